@@ -1,0 +1,16 @@
+"""gunicorn settings for the web process (environment only: PORT, WEB_CONCURRENCY, WEB_THREADS)."""
+
+import os
+
+bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104 - behind a load balancer
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# gthread: a long-poll parks a thread, not a process, and holds no database connection while it
+# waits, so one process serves many waiting clients with plain blocking code (no monkey-patching
+# of psycopg or redis, which gevent would need).
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "32"))
+# Long-polls last up to 30 s; the timeout is for a stuck worker, not a slow request.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"

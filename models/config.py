@@ -1,0 +1,106 @@
+"""Configuration: the environment, read in one place.
+
+Every process (web, worker, beat, flower, migrations) builds a `Settings` from `os.environ` once
+at start-up. Nothing else in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# The embedded defaults that `make run` / `make test` start (scripts/devstack.py).
+EMBEDDED_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:55432/chatq"
+EMBEDDED_REDIS_URL = "redis://127.0.0.1:56379/0"
+DEV_AUTH_SECRET = "chatq-dev-secret-do-not-use-in-production"  # noqa: S105 - only in explicit dev mode
+WELL_KNOWN_SECRETS = frozenset({"", "secret", "changeme", "change-me", "password", DEV_AUTH_SECRET})
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a process that may start."""
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from error
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from error
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = EMBEDDED_DATABASE_URL
+    redis_url: str = EMBEDDED_REDIS_URL
+    auth_secret: str = ""
+    dev_mode: bool = False
+    port: int = 8000
+    server_id: str = field(default_factory=socket.gethostname)
+    # Reply engine.
+    engine: str = "builtin"
+    engine_delay_ms: int = 0
+    # Delivery: how long a claim on a conversation lives without renewal, how often the sweeper
+    # runs, how long a queued message may wait before it is enqueued again, and when to give up.
+    lease_seconds: float = 30.0
+    sweep_interval_seconds: float = 5.0
+    requeue_after_seconds: float = 15.0
+    max_attempts: int = 5
+    answer_deadline_seconds: float = 600.0
+    # Long-poll: the longest a waiting request sleeps between two reads of Postgres when no
+    # notification arrives (a lost notification costs at most this much).
+    recheck_seconds: float = 1.0
+    # Rate limiting of POSTs, per user, shared by all web nodes through Redis ("" turns it off).
+    rate_limit: str = "120/minute"
+
+    @property
+    def auth_secret_or_dev(self) -> str:
+        return self.auth_secret or (DEV_AUTH_SECRET if self.dev_mode else "")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("DATABASE_URL") or EMBEDDED_DATABASE_URL,
+            redis_url=env.get("REDIS_URL") or EMBEDDED_REDIS_URL,
+            auth_secret=env.get("AUTH_SECRET", ""),
+            dev_mode=_flag(env.get("CHATQ_DEV")),
+            port=_int(env, "PORT", 8000),
+            server_id=env.get("SERVER_ID") or socket.gethostname(),
+            engine=env.get("ENGINE", "builtin"),
+            engine_delay_ms=_int(env, "ENGINE_DELAY_MS", 0),
+            lease_seconds=_float(env, "LEASE_SECONDS", 30.0),
+            sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 5.0),
+            requeue_after_seconds=_float(env, "REQUEUE_AFTER_SECONDS", 15.0),
+            max_attempts=_int(env, "MAX_ATTEMPTS", 5),
+            answer_deadline_seconds=_float(env, "ANSWER_DEADLINE_SECONDS", 600.0),
+            recheck_seconds=_float(env, "RECHECK_SECONDS", 1.0),
+            rate_limit=env.get("RATE_LIMIT", "120/minute"),
+        )
+
+    def require_auth_secret(self) -> str:
+        """The HS256 secret, or a ConfigError that says why web may not start."""
+        if self.auth_secret and self.auth_secret not in WELL_KNOWN_SECRETS:
+            return self.auth_secret
+        if self.dev_mode:
+            return self.auth_secret_or_dev
+        if not self.auth_secret:
+            raise ConfigError("AUTH_SECRET is not set; set it, or set CHATQ_DEV=1 for local development")
+        raise ConfigError("AUTH_SECRET is a well-known value; choose a long random secret")

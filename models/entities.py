@@ -1,0 +1,132 @@
+"""The tables: conversations, their messages, the users' tasks and stored idempotent answers."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, created_at, updated_at, user_id, uuid_pk
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    ANSWERED = "answered"
+    FAILED = "failed"
+
+
+PENDING = (Status.QUEUED, Status.PROCESSING)
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[user_id]
+    title: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    # The last seq handed out; incrementing it under the row lock numbers messages 1, 2, 3 ...
+    last_seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # The claim a worker holds while it generates a reply in this conversation. `lease_version`
+    # only grows: it is the fencing token a worker presents when it commits a reply.
+    lease_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[created_at]
+    updated_at: Mapped[updated_at]
+
+    __table_args__ = (Index("ix_conversations_user_created", "user_id", text("created_at DESC"), text("id DESC")),)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[uuid_pk]
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
+    )
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    role: Mapped[Role] = mapped_column(Enum(Role, name="message_role", values_callable=lambda e: [m.value for m in e]))
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    # User messages only: where the message is on its way to a reply.
+    status: Mapped[Status | None] = mapped_column(
+        Enum(Status, name="message_status", values_callable=lambda e: [m.value for m in e])
+    )
+    attempts: Mapped[int] = mapped_column(SmallInteger, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Assistant messages only: the question it answers. Unique: exactly one reply per message.
+    reply_to_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    # Assistant messages only: the tools the engine called, and the last seq it was shown.
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    context_seq: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[created_at]
+    updated_at: Mapped[updated_at]
+
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+        CheckConstraint("(role = 'user') = (status IS NOT NULL)", name="status_only_on_user_messages"),
+        # The sweeper's and the claim's access path: unanswered messages, oldest first.
+        Index(
+            "ix_messages_pending",
+            "conversation_id",
+            "seq",
+            postgresql_where=text("status IN ('queued', 'processing')"),
+        ),
+    )
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[user_id]
+    title: Mapped[str] = mapped_column(String(500), nullable=False)
+    done: Mapped[bool] = mapped_column(nullable=False, default=False)
+    # The reply attempt's tool call that created it: a replayed generation adds nothing twice.
+    origin_message_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    origin_call: Mapped[int | None] = mapped_column(SmallInteger)
+    created_at: Mapped[created_at]
+    updated_at: Mapped[updated_at]
+
+    __table_args__ = (
+        Index("ix_tasks_user_created", "user_id", "created_at"),
+        UniqueConstraint("origin_message_id", "origin_call", name="uq_tasks_origin"),
+    )
+
+
+class IdempotentRequest(Base):
+    """The first answer to a POST that carried an Idempotency-Key, replayed to its retries."""
+
+    __tablename__ = "idempotent_requests"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    status_code: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[created_at]
+
+    __table_args__ = (Index("ix_idempotent_requests_created", "created_at"),)

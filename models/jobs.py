@@ -1,0 +1,5 @@
+"""Names both sides of the queue agree on. web sends by name; only worker/ defines the tasks."""
+
+ANSWER_MESSAGE = "chatq.answer_message"
+SWEEP = "chatq.sweep"
+REQUEST_ID_HEADER = "chatq_request_id"

@@ -1,0 +1,61 @@
+"""Queries that web and worker both need. They take a session; the caller owns the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from .entities import Conversation, Message, Role
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    """Ids are opaque to clients; anything that is not one of ours simply does not exist."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def owned_conversation(session: Session, user: str, conversation_id: str) -> Conversation | None:
+    cid = parse_uuid(conversation_id)
+    if cid is None:
+        return None
+    return session.scalars(
+        select(Conversation).where(Conversation.id == cid, Conversation.user_id == user)
+    ).one_or_none()
+
+
+def owned_message(session: Session, user: str, message_id: str) -> Message | None:
+    mid = parse_uuid(message_id)
+    if mid is None:
+        return None
+    return session.scalars(
+        select(Message)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.id == mid, Conversation.user_id == user)
+    ).one_or_none()
+
+
+def replies_to(session: Session, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Message]:
+    if not message_ids:
+        return {}
+    rows = session.scalars(select(Message).where(Message.reply_to_id.in_(message_ids)))
+    return {row.reply_to_id: row for row in rows if row.reply_to_id is not None}
+
+
+def history_for(session: Session, question: Message) -> list[Message]:
+    """What a reply to `question` is generated from: every message before it and every reply
+    already given, never a user message sent after it. Ordered by seq."""
+    return list(
+        session.scalars(
+            select(Message)
+            .where(
+                Message.conversation_id == question.conversation_id,
+                or_(Message.seq < question.seq, Message.role == Role.ASSISTANT),
+            )
+            .order_by(Message.seq)
+        )
+    )

@@ -1,0 +1,9 @@
+"""Change notifications through Redis pub/sub: a hint to re-read Postgres, never the truth."""
+
+from __future__ import annotations
+
+import uuid
+
+
+def conversation_channel(conversation_id: uuid.UUID | str) -> str:
+    return f"chatq:conversation:{conversation_id}"

@@ -1,0 +1,47 @@
+"""chatq's web front: authenticate, store the message, enqueue its id, answer 202."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, request
+
+from models import Settings
+from models.logs import configure_logging
+
+from . import api, cli, ops, outages, problems, request_id, services
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.json.sort_keys = False  # keep the contract's field order
+    settings = Settings.from_env()
+    app.config.from_mapping(
+        AUTH_SECRET=settings.require_auth_secret(),
+        SERVER_ID=settings.server_id,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        DB_POOL_SIZE=10,
+    )
+    if test_config:
+        app.config.update(test_config)
+    configure_logging()
+
+    services.init_app(app, settings)
+    request_id.init_app(app)
+    problems.register_error_handlers(app)
+    outages.init_app(app)
+    cli.init_app(app)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(api.bp)
+
+    @app.after_request
+    def _conditional_get(response: Response) -> Response:
+        # Plain pollers: an unchanged answer costs a 304 and no body.
+        if request.method == "GET" and response.status_code == 200 and response.is_json:
+            response.add_etag()
+            response.make_conditional(request)
+        return response
+
+    return app

@@ -1,0 +1,232 @@
+"""The v1 API: conversations, messages, chat and tasks. Views are a handful of lines each."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy import delete, func, select, tuple_, update
+
+from models import PENDING, Conversation, Message, Role, Status, Task
+from models.queries import owned_conversation, owned_message, parse_uuid, replies_to
+
+from . import schemas
+from .accept import POLL_URL, accept_message, fingerprint
+from .auth import authenticate
+from .enqueue import send_answer_job
+from .inputs import json_body, query
+from .problems import Problem
+from .serialize import conversation_json, message_json, task_json
+from .services import db
+from .waiting import wait_for
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+PENDING_RETRY_AFTER = "1"  # seconds a plain poller should wait before asking again
+
+
+@bp.before_request
+def _identify() -> None:
+    authenticate()
+
+
+# Conversations ---------------------------------------------------------------------------------
+
+
+@bp.post("/conversations")
+def create_conversation() -> tuple[dict[str, Any], int]:
+    body = json_body(schemas.NewConversation)
+    session = db()
+    with session.begin():
+        row = Conversation(user_id=g.user, title=(body.title or "New conversation").strip())
+        session.add(row)
+    return conversation_json(row), 201
+
+
+def _encode_cursor(row: Conversation) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, ident = raw.partition("|")
+        parsed = parse_uuid(ident)
+        if parsed is None:
+            raise ValueError(ident)
+        return datetime.fromisoformat(moment), parsed
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem(422, "cursor: not a cursor this API handed out", slug="invalid-field") from None
+
+
+@bp.get("/conversations")
+def list_conversations() -> dict[str, Any]:
+    page = query(schemas.ConversationPage)
+    statement = select(Conversation).where(Conversation.user_id == g.user)
+    if page.cursor:
+        statement = statement.where(
+            tuple_(Conversation.created_at, Conversation.id) < tuple_(*_decode_cursor(page.cursor))
+        )
+    rows = list(
+        db().scalars(
+            statement.order_by(Conversation.created_at.desc(), Conversation.id.desc()).limit(page.limit + 1)
+        )
+    )
+    more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    return {
+        "items": [conversation_json(row) for row in rows],
+        "next_cursor": _encode_cursor(rows[-1]) if more else None,
+    }
+
+
+def _conversation_or_404(conversation_id: str) -> Conversation:
+    row = owned_conversation(db(), g.user, conversation_id)
+    if row is None:
+        raise Problem(404, "No such conversation.")
+    return row
+
+
+@bp.get("/conversations/<conversation_id>")
+def get_conversation(conversation_id: str) -> dict[str, Any]:
+    return conversation_json(_conversation_or_404(conversation_id))
+
+
+@bp.delete("/conversations/<conversation_id>")
+def delete_conversation(conversation_id: str) -> tuple[str, int]:
+    session = db()
+    with session.begin():
+        row = _conversation_or_404(conversation_id)
+        session.execute(delete(Conversation).where(Conversation.id == row.id))
+    return "", 204
+
+
+# Messages --------------------------------------------------------------------------------------
+
+
+def _accepted(content: str, conversation_id: str | None, route: str, payload: dict[str, Any]) -> Response:
+    key = request.headers.get("Idempotency-Key")
+    idempotency = None
+    if key is not None:
+        if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+            raise Problem(422, "Idempotency-Key: must be 1 to 255 printable characters", slug="invalid-field")
+        idempotency = (key, fingerprint(route, payload))
+    session = db()
+    with session.begin():
+        accepted = accept_message(
+            session,
+            user=g.user,
+            content=content,
+            conversation_id=conversation_id,
+            request_id=g.request_id,
+            idempotency=idempotency,
+        )
+    if accepted.message_id is not None:
+        send_answer_job(accepted.message_id, g.request_id)
+    response = jsonify(accepted.body)
+    response.status_code = accepted.status
+    response.headers["Location"] = accepted.body["poll_url"]
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.post("/conversations/<conversation_id>/messages")
+def post_message(conversation_id: str) -> Response:
+    body = json_body(schemas.NewMessage)
+    return _accepted(body.content, conversation_id, f"conversations/{conversation_id}/messages",
+                     body.model_dump())
+
+
+@bp.post("/chat")
+def chat() -> Response:
+    body = json_body(schemas.NewChat)
+    return _accepted(body.message, body.conversation_id, "chat", body.model_dump())
+
+
+def _message_view(message_id: str) -> tuple[dict[str, Any], bool]:
+    session = db()
+    row = owned_message(session, g.user, message_id)
+    if row is None:
+        raise Problem(404, "No such message.")
+    reply = replies_to(session, [row.id]).get(row.id)
+    return message_json(row, reply), row.status not in PENDING
+
+
+@bp.get("/messages/<message_id>")
+def get_message(message_id: str) -> Response:
+    params = query(schemas.MessageQuery)
+    body, final = _message_view(message_id)
+    if not final and params.wait > 0:
+        body = wait_for(body["conversation_id"], lambda: _message_view(message_id), params.wait)
+    response = jsonify(body)
+    if body.get("status") in (Status.QUEUED, Status.PROCESSING):
+        response.headers["Retry-After"] = PENDING_RETRY_AFTER
+    return response
+
+
+@bp.post("/messages/<message_id>/retry")
+def retry_message(message_id: str) -> Response:
+    session = db()
+    with session.begin():
+        row = owned_message(session, g.user, message_id)
+        if row is None or row.role is not Role.USER:
+            raise Problem(404, "No such message.")
+        requeued = session.execute(
+            update(Message)
+            .where(Message.id == row.id, Message.status == Status.FAILED)
+            .values(status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now())
+            .returning(Message.id)
+        ).first()
+        if requeued is None:
+            raise Problem(409, f"Only a failed message can be retried; this one is {row.status.value}.",
+                          slug="not-failed")
+        session.refresh(row)
+    send_answer_job(row.id, g.request_id)
+    response = jsonify({"conversation_id": str(row.conversation_id), "message": message_json(row),
+                        "poll_url": POLL_URL.format(row.id)})
+    response.status_code = 202
+    response.headers["Location"] = POLL_URL.format(row.id)
+    return response
+
+
+def _messages_after(conversation_id: str, after: int, limit: int) -> tuple[dict[str, Any], bool]:
+    session = db()
+    conversation = _conversation_or_404(conversation_id)
+    rows = list(
+        session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation.id, Message.seq > after)
+            .order_by(Message.seq)
+            .limit(limit)
+        )
+    )
+    replies = replies_to(session, [row.id for row in rows])
+    items = [message_json(row, replies.get(row.id)) for row in rows]
+    return {"items": items, "last_seq": rows[-1].seq if rows else after}, bool(items)
+
+
+@bp.get("/conversations/<conversation_id>/messages")
+def list_messages(conversation_id: str) -> dict[str, Any]:
+    params = query(schemas.MessagesQuery)
+    body, found = _messages_after(conversation_id, params.after, params.limit)
+    if not found and params.wait > 0:
+        body = wait_for(conversation_id, lambda: _messages_after(conversation_id, params.after, params.limit),
+                        params.wait)
+    return body
+
+
+# Tasks -----------------------------------------------------------------------------------------
+
+
+@bp.get("/tasks")
+def list_tasks() -> dict[str, Any]:
+    params = query(schemas.TasksQuery)
+    statement = select(Task).where(Task.user_id == g.user)
+    if params.status != "all":
+        statement = statement.where(Task.done.is_(params.status == "done"))
+    rows = db().scalars(statement.order_by(Task.created_at, Task.id))
+    return {"items": [task_json(row) for row in rows]}

@@ -1,0 +1,31 @@
+"""Sending answer jobs, always after the transaction that stored the message has committed."""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+
+from models.jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER
+
+from .services import services
+
+log = structlog.get_logger(__name__)
+
+
+def send_answer_job(message_id: uuid.UUID, request_id: str | None) -> bool:
+    """Enqueue the job for a committed message. A broker outage is not the client's problem:
+    the message is safe in Postgres as `queued`, and the sweeper enqueues it again."""
+    try:
+        services().producer.send_task(
+            ANSWER_MESSAGE,
+            args=[str(message_id)],
+            headers={REQUEST_ID_HEADER: request_id},
+            retry=False,
+        )
+    except (KombuOperationalError, RedisError, OSError) as error:
+        log.warning("enqueue_failed", message_id=str(message_id), error=str(error))
+        return False
+    return True

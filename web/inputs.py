@@ -1,0 +1,41 @@
+"""Reading what a client sent: JSON bodies and query strings, each failure a clear problem."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from .problems import Problem
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _field_errors(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "body"
+        parts.append(f"{field}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def json_body(model: type[M]) -> M:
+    if not request.is_json:
+        raise Problem(415, "Send the body as JSON with 'Content-Type: application/json'.")
+    data = request.get_json(silent=True)  # reading the body enforces MAX_CONTENT_LENGTH (413)
+    if data is None:
+        raise Problem(400, "The body is not valid JSON.", slug="malformed-json")
+    if not isinstance(data, dict):
+        raise Problem(422, "body: must be a JSON object", slug="invalid-field")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise Problem(422, _field_errors(error), slug="invalid-field") from None
+
+
+def query(model: type[M]) -> M:
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as error:
+        raise Problem(422, _field_errors(error), slug="invalid-field") from None

@@ -1,0 +1,44 @@
+"""Operations endpoints: /health (dependencies) and /livez (this process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from flask import Blueprint, current_app
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .services import db, services
+
+bp = Blueprint("ops", __name__)
+log = structlog.get_logger(__name__)
+
+
+@bp.get("/livez")
+def livez() -> dict[str, str]:
+    return {"status": "alive", "server_id": current_app.config["SERVER_ID"]}
+
+
+@bp.get("/health")
+def health() -> tuple[dict[str, Any], int, dict[str, str]]:
+    database = broker = "connected"
+    try:
+        db().execute(text("SELECT 1"))
+    except SQLAlchemyError as error:
+        log.warning("health_database_down", error=str(error).splitlines()[0])
+        database = "disconnected"
+    try:
+        services().redis.ping()
+    except RedisError as error:
+        log.warning("health_broker_down", error=str(error))
+        broker = "disconnected"
+    healthy = database == broker == "connected"
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "database": database,
+        "broker": broker,
+        "server_id": current_app.config["SERVER_ID"],
+    }
+    return body, (200 if healthy else 503), ({} if healthy else {"Retry-After": "5"})

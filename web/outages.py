@@ -1,0 +1,37 @@
+"""Postgres or Redis unreachable: 503 with Retry-After, never a 500 and never a half-done write."""
+
+from __future__ import annotations
+
+import structlog
+from flask import Flask, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from .problems import problem_response
+
+log = structlog.get_logger(__name__)
+RETRY_AFTER = "5"
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeoutError)
+    def _database_down(error: Exception) -> Response:
+        log.warning("database_unreachable", error=str(error).splitlines()[0])
+        return problem_response(503, "The database is unreachable; nothing was stored. Retry later.",
+                                slug="database-unavailable", headers={"Retry-After": RETRY_AFTER})
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(error: DBAPIError) -> Response:
+        if error.connection_invalidated:
+            return _database_down(error)
+        raise error
+
+    @app.errorhandler(RedisConnectionError)
+    @app.errorhandler(RedisTimeoutError)
+    def _redis_down(error: Exception) -> Response:
+        log.warning("redis_unreachable", error=str(error))
+        return problem_response(503, "Redis is unreachable. Retry later.",
+                                slug="redis-unavailable", headers={"Retry-After": RETRY_AFTER})

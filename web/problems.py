@@ -1,0 +1,65 @@
+"""Every error is application/problem+json (RFC 9457): {type, title, status, detail, request_id}."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import structlog
+from flask import Flask, Response, g, json
+from werkzeug.exceptions import HTTPException
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_TYPE_BASE = "https://chatq.dev/problems/"
+
+
+class Problem(Exception):
+    """Raise to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, *, slug: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.headers = headers or {}
+
+
+def problem_response(status: int, detail: str, *, slug: str | None = None,
+                     headers: dict[str, str] | None = None) -> Response:
+    phrase = HTTPStatus(status).phrase
+    body = {
+        "type": PROBLEM_TYPE_BASE + (slug or phrase.lower().replace(" ", "-")),
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+        "request_id": g.get("request_id"),
+    }
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    response.headers.update(headers or {})
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Problem)
+    def _problem(error: Problem) -> Response:
+        return problem_response(error.status, error.detail, slug=error.slug, headers=error.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        status = error.code or 500
+        headers = {}
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        detail = {
+            404: "No such resource.",
+            413: "The request body is larger than 64 KiB.",
+        }.get(status, error.description or HTTPStatus(status).phrase)
+        return problem_response(status, detail, headers=headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        # A bug, or a dependency failing in a way we did not name: log it whole, tell the client
+        # only that it happened and which request it was.
+        log.exception("unhandled_error", error_type=type(error).__name__)
+        return problem_response(500, "Something went wrong on our side; the request id identifies it.")

@@ -1,0 +1,72 @@
+"""The process-wide clients one web process holds (connection pools, not user data), and the
+per-request database session, opened lazily and closed on teardown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Settings
+from models.db import make_engine, make_sessionmaker
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    producer: Celery
+
+
+def make_producer(settings: Settings) -> Celery:
+    """A Celery app that only sends: web never imports worker/, it sends jobs by name."""
+    producer = Celery("chatq-web", broker=settings.redis_url, set_as_current=False)
+    producer.conf.update(
+        task_send_sent_event=True,
+        broker_connection_timeout=2,
+        broker_connection_retry=False,
+        # Publishing must not hang a request when Redis is down: the message is already
+        # committed and the sweeper enqueues it once Redis is back.
+        broker_transport_options={"socket_connect_timeout": 1, "socket_timeout": 2},
+    )
+    return producer
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    engine = make_engine(settings.database_url, pool_size=app.config["DB_POOL_SIZE"], max_overflow=5)
+    app.extensions["chatq"] = Services(
+        settings=settings,
+        sessions=make_sessionmaker(engine),
+        redis=redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30
+        ),
+        producer=make_producer(settings),
+    )
+
+    @app.teardown_appcontext
+    def _close_session(_error: BaseException | None) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.close()
+
+
+def services() -> Services:
+    return current_app.extensions["chatq"]
+
+
+def db() -> Session:
+    """This request's session. Views open transactions on it with `db().begin()`."""
+    if "db_session" not in g:
+        g.db_session = services().sessions()
+    return g.db_session
+
+
+def release_db() -> None:
+    """Give the connection back before a long wait: a waiting request holds no connection."""
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

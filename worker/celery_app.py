@@ -1,0 +1,50 @@
+"""The Celery app `celery -A worker` finds. Task defaults are chosen here, once, with reasons."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from celery import Celery, signals
+
+from models import Settings
+from models.jobs import SWEEP
+from models.logs import configure_logging
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("chatq", broker=settings.redis_url, include=["worker.tasks"])
+    time_limit = max(1.0, settings.lease_seconds * 0.9)
+    app.conf.update(
+        # Results live in Postgres; Celery's result backend would only be a second, weaker copy.
+        task_ignore_result=True,
+        # Acknowledge a job after it ran, not when it was received: a worker that dies mid-reply
+        # leaves its job to be delivered again ...
+        task_acks_late=True,
+        # ... including when the pool child is SIGKILLed (by default Celery acks those).
+        task_reject_on_worker_lost=True,
+        # One job at a time per process: a prefetched job would wait behind a slow one, and may
+        # outlive the visibility timeout and be delivered twice.
+        worker_prefetch_multiplier=1,
+        # A generation that hangs is killed before its lease runs out; the lease's fencing token
+        # makes a late reply harmless anyway. Soft limit first, so the message is given back.
+        task_time_limit=time_limit,
+        task_soft_time_limit=time_limit * 0.8,
+        # Unacked jobs come back after this; it must exceed the longest job (the time limit).
+        broker_transport_options={"visibility_timeout": max(300, int(time_limit * 4))},
+        broker_connection_retry_on_startup=True,
+        # Flower shows each job as it is sent, received, started and finished.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        # The sweeper puts back what Redis lost or a dead worker dropped (see worker/sweeper.py).
+        beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_interval_seconds}},
+        # beat's last-run times only; losing the file loses nothing (the schedule is an interval).
+        beat_schedule_filename=str(Path(tempfile.gettempdir()) / "chatq-celerybeat-schedule"),
+    )
+    return app
+
+
+@signals.setup_logging.connect
+def _structured_logging(**_kwargs: object) -> None:
+    configure_logging()

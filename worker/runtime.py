@@ -1,0 +1,36 @@
+"""What one worker process holds: settings, a connection pool, a Redis client and the engine.
+Created lazily in the process that runs tasks (after prefork's fork), never at import time."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Settings
+from models.db import make_engine, make_sessionmaker
+
+from .engine import ReplyEngine
+from .engine import make_engine as make_reply_engine
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    engine: ReplyEngine
+
+
+@functools.cache
+def runtime() -> Runtime:
+    settings = Settings.from_env()
+    return Runtime(
+        settings=settings,
+        # A task uses one connection, plus one for its lease heartbeat.
+        sessions=make_sessionmaker(make_engine(settings.database_url, pool_size=2, max_overflow=2)),
+        redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2),
+        engine=make_reply_engine(settings),
+    )

@@ -1,0 +1,120 @@
+"""The jobs: answer a message, sweep for lost work. Both take ids only and are idempotent."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import structlog
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from models.jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER, SWEEP
+from models.queries import parse_uuid
+
+from . import app, claims, notify, sweeper
+from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
+from .runtime import runtime
+
+log = structlog.get_logger(__name__)
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+
+
+@worker_process_init.connect
+def _fresh_runtime(**_kwargs: object) -> None:
+    # A pool child must not share the parent's sockets; build its own on first use.
+    runtime.cache_clear()
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter: spread retries of many messages instead of sending them back together."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+
+
+def enqueue(message_id: uuid.UUID, request_id: str | None = None) -> None:
+    answer_message.apply_async(args=[str(message_id)], headers={REQUEST_ID_HEADER: request_id})
+
+
+@app.task(name=ANSWER_MESSAGE, bind=True)
+def answer_message(self: Task, message_id: str) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=self.request.id, message_id=message_id)
+    try:
+        _answer(self, message_id)
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def _answer(task: Task, message_id: str) -> None:
+    rt = runtime()
+    parsed = parse_uuid(message_id)
+    conversation_id = claims.pending_conversation(rt, parsed) if parsed is not None else None
+    if conversation_id is None:
+        log.info("job_noop", reason="answered_or_unknown")
+        return
+    lease, question, failed = claims.claim(rt, conversation_id)
+    for failed_id in failed:
+        notify.conversation_changed(rt, conversation_id, failed_id, "failed")
+    if lease is None:
+        log.info("job_noop", reason="conversation_busy", conversation_id=str(conversation_id))
+        return
+    if question is None:
+        return
+    structlog.contextvars.bind_contextvars(
+        request_id=question.request_id,
+        conversation_id=str(conversation_id),
+        message_id=str(question.id),
+        user=question.user,
+        attempt=question.attempt,
+    )
+    notify.conversation_changed(rt, conversation_id, question.id, "processing")
+    retry_in: float | None = None
+    try:
+        tools = TodoTools(rt.sessions, question.user, question.id)
+        request = ReplyRequest(
+            user=question.user,
+            conversation_id=conversation_id,
+            message_id=question.id,
+            content=question.content,
+            history=question.history,
+            tools=tools,
+        )
+        with claims.renewing(rt, lease):
+            reply = rt.engine.reply(request)
+        seq = claims.commit_reply(rt, lease, question, reply)
+        if seq is None:
+            log.warning("reply_discarded", reason="lease_lost")
+        else:
+            log.info("answered", reply_seq=seq, tools=[call["name"] for call in reply.tool_calls])
+    except (TransientEngineError, SoftTimeLimitExceeded) as error:
+        log.warning("generation_interrupted", error=str(error) or type(error).__name__)
+        if claims.finish_unanswered(rt, lease, question, error=None):
+            retry_in = _backoff(question.attempt)
+    except PermanentEngineError as error:
+        log.warning("generation_failed", error=str(error))
+        claims.finish_unanswered(rt, lease, question, error=str(error))
+    except Exception:
+        # A bug: fail the message with a reason a person can read instead of retrying it forever.
+        log.exception("generation_crashed")
+        claims.finish_unanswered(rt, lease, question, error="The assistant hit an internal error; retry later.")
+    finally:
+        notify.conversation_changed(rt, conversation_id, question.id, "changed")
+    # The next message of this conversation waited for our lease: send it on its way.
+    following = claims.next_pending(rt, conversation_id)
+    if following is not None:
+        if following == question.id and retry_in is not None:
+            answer_message.apply_async(args=[str(following)], countdown=retry_in)
+        else:
+            enqueue(following)
+
+
+@app.task(name=SWEEP)
+def sweep() -> int:
+    due = sweeper.sweep(runtime())
+    for message_id in due:
+        enqueue(message_id)
+    if due:
+        log.info("sweep_requeued", count=len(due))
+    return len(due)
