@@ -1,0 +1,35 @@
+# Two commands on a fresh machine with Python 3.11+: `make run` and `make test`.
+# With DATABASE_URL / REDIS_URL unset, both start the embedded Postgres and Redis (see README).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+
+.PHONY: run test lint services stop clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/python scripts/devstack.py run
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python scripts/devstack.py test $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+services: $(STAMP)
+	$(BIN)/python scripts/devstack.py up
+
+stop:
+	$(BIN)/python scripts/devstack.py down
+
+clean: stop
+	rm -rf $(VENV) .data
