@@ -1,0 +1,133 @@
+"""Fixtures: one test database built by Alembic, a Redis database of its own, and the real
+processes (gunicorn, Celery workers) running against them.
+
+DATABASE_URL / REDIS_URL name the servers (scripts/devstack.py starts the embedded ones when they
+are unset). Tests never touch the database those URLs name: they create `chatq_test` beside it
+and use Redis database 15, flushing it first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy.engine import make_url
+
+from tests.support import ROOT, TEST_SECRET, Api, Process, Web, Worker
+
+TEST_DATABASE = "chatq_test"
+TEST_REDIS_DB = 15
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A fresh, empty database `name` on the server of `server_url`, schema from Alembic."""
+    with psycopg.connect(_libpq(server_url), autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True,
+                   env={**os.environ, "DATABASE_URL": url}, capture_output=True)
+    return url
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    server = os.environ.get("DATABASE_URL")
+    if not server:
+        pytest.exit("DATABASE_URL is not set: run the tests with `make test`", returncode=2)
+    return create_database(server, TEST_DATABASE)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    server = os.environ.get("REDIS_URL")
+    if not server:
+        pytest.exit("REDIS_URL is not set: run the tests with `make test`", returncode=2)
+    url = server.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}" if server.count("/") > 2 else f"{server}/{TEST_REDIS_DB}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "CHATQ_DEV"}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        AUTH_SECRET=TEST_SECRET,
+        RATE_LIMIT="",
+        SWEEP_INTERVAL_SECONDS="1",
+        REQUEUE_AFTER_SECONDS="3",
+        LEASE_SECONDS="10",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Stack:
+    """One web node and one worker, restartable."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.web = Web("web", env)
+        self.worker = Worker("worker", env)
+
+    def start(self) -> Stack:
+        self.web.start()
+        self.worker.start()
+        return self
+
+    def stop(self) -> None:
+        for process in (self.web, self.worker):
+            process.stop()
+
+    def restart(self) -> None:
+        """Every process stopped and started again, as after a deploy; same port for clients."""
+        self.stop()
+        port = self.web.port
+        self.web = Web("web", self.env)
+        self.web.port = port
+        self.web.env["PORT"] = str(port)
+        self.worker = Worker("worker", self.env)
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return self.web.url
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
+    running = Stack(stack_env).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def api(stack: Stack) -> Api:
+    """A fresh user, so tests never see each other's data."""
+    return Api(stack.url)
+
+
+@pytest.fixture
+def make_api(stack: Stack):
+    return lambda user=None: Api(stack.url, user)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """A direct connection to the test database, for asserting what is stored."""
+    with psycopg.connect(_libpq(database_url), autocommit=True) as connection:
+        yield connection
+
+
+__all__ = ["Process", "Stack"]

@@ -1,0 +1,183 @@
+"""Real processes for tests: gunicorn and Celery workers on the test database, and an HTTP client
+that speaks the API as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TEST_SECRET = "test-secret-" + "x" * 32
+ARTIFACTS = ROOT / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def token(user: str, *, secret: str = TEST_SECRET, **claims: Any) -> str:
+    payload = {"sub": user, "exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+class Process:
+    """One long-running process with its output in a log file under artifacts/."""
+
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = dict(env)
+        self.log_path = ARTIFACTS / "logs" / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+class Web(Process):
+    def __init__(self, name: str, env: Mapping[str, str], *, workers: int = 1) -> None:
+        self.port = free_port()
+        env = {**env, "PORT": str(self.port), "BIND_HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers),
+               "SERVER_ID": name}
+        super().__init__(name, [str(BIN / "gunicorn"), "web:create_app()", "--config", "gunicorn.conf.py"], env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Web:
+        super().start()
+
+        def live() -> bool:
+            assert self.popen is not None and self.popen.poll() is None, self.log_text()[-3000:]
+            try:
+                return requests.get(self.url + "/livez", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(live, timeout=30, what=f"{self.name} to serve")
+        return self
+
+
+class Worker(Process):
+    def __init__(self, name: str, env: Mapping[str, str], *, concurrency: int = 2) -> None:
+        argv = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
+                "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"]
+        super().__init__(name, argv, env)
+
+    def start(self) -> Worker:
+        offset = len(self.log_text())
+        super().start()
+
+        def ready() -> bool:
+            assert self.popen is not None and self.popen.poll() is None, self.log_text()[-3000:]
+            return " ready." in self.log_text()[offset:]
+
+        wait_until(ready, timeout=30, what=f"{self.name} to be ready")
+        return self
+
+
+class Beat(Process):
+    def __init__(self, name: str, env: Mapping[str, str]) -> None:
+        schedule = ARTIFACTS / f"{name}-schedule"
+        super().__init__(name, [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel=INFO",
+                                "-s", str(schedule)], env)
+
+
+class Api:
+    """The API as one user sees it."""
+
+    def __init__(self, base_url: str, user: str | None = None) -> None:
+        self.base_url = base_url
+        self.user = user or f"user-{uuid.uuid4().hex[:10]}"
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {token(self.user)}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 40)
+        return self.http.request(method, self.base_url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def chat(self, message: str, conversation_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": message}
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        response = self.post("/api/v1/chat", json=body, **kwargs)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait_answered(self, message_id: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.get(f"/api/v1/messages/{message_id}", params={"wait": 10})
+            assert response.status_code == 200, response.text
+            message = response.json()
+            if message["status"] in ("answered", "failed") or time.monotonic() > deadline:
+                return message
+
+    def ask(self, message: str, conversation_id: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Send a message and wait for its reply: (conversation id, the answered message)."""
+        accepted = self.chat(message, conversation_id)
+        answered = self.wait_answered(accepted["message"]["id"])
+        assert answered["status"] == "answered", answered
+        return accepted["conversation_id"], answered
+
+    def tasks(self, status: str = "open") -> list[dict[str, Any]]:
+        response = self.get("/api/v1/tasks", params={"status": status})
+        assert response.status_code == 200, response.text
+        return response.json()["items"]
