@@ -18,7 +18,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from tests.support import ROOT, TEST_SECRET, Api, Process, Web, Worker
+from tests.support import ROOT, TEST_SECRET, Api, Beat, Process, Web, Worker
 
 TEST_DATABASE = "chatq_test"
 TEST_REDIS_DB = 15
@@ -74,20 +74,22 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
 
 
 class Stack:
-    """One web node and one worker, restartable."""
+    """One web node, one worker and the sweeper (beat), restartable."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.web = Web("web", env)
         self.worker = Worker("worker", env)
+        self.beat = Beat("beat", env)
 
     def start(self) -> Stack:
         self.web.start()
         self.worker.start()
+        self.beat.start()
         return self
 
     def stop(self) -> None:
-        for process in (self.web, self.worker):
+        for process in (self.web, self.worker, self.beat):
             process.stop()
 
     def restart(self) -> None:
@@ -98,6 +100,7 @@ class Stack:
         self.web.port = port
         self.web.env["PORT"] = str(port)
         self.worker = Worker("worker", self.env)
+        self.beat = Beat("beat", self.env)
         self.start()
 
     @property

@@ -1,0 +1,71 @@
+"""/health, /livez and behaviour with Postgres unreachable."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+
+from tests.support import Api, Web, free_port
+
+
+def test_health_reports_healthy(stack) -> None:
+    response = requests.get(stack.url + "/health", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"status": "healthy", "database": "connected", "broker": "connected",
+                               "server_id": "web"}
+    assert requests.get(stack.url + "/livez", timeout=10).status_code == 200
+
+
+@pytest.fixture
+def web_without_postgres(stack_env):
+    """A web node whose DATABASE_URL points at a port where nothing listens."""
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/chatq"
+    node = Web("web-no-db", {**stack_env, "DATABASE_URL": dead}).start()
+    yield node
+    node.stop()
+
+
+def test_health_is_503_unhealthy_when_postgres_is_unreachable(web_without_postgres) -> None:
+    response = requests.get(web_without_postgres.url + "/health", timeout=20)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    body = response.json()
+    assert body["status"] == "unhealthy" and body["database"] == "disconnected" and body["broker"] == "connected"
+    assert requests.get(web_without_postgres.url + "/livez", timeout=10).status_code == 200
+
+
+def test_posts_are_503_with_retry_after_when_postgres_is_unreachable(web_without_postgres) -> None:
+    response = Api(web_without_postgres.url).post("/api/v1/chat", json={"message": "hi"})
+    assert response.status_code == 503
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_health_is_503_when_redis_is_unreachable(stack_env) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    node = Web("web-no-redis", {**stack_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}).start()
+    try:
+        response = requests.get(node.url + "/health", timeout=20)
+        assert response.status_code == 503
+        assert response.json()["broker"] == "disconnected" and response.json()["database"] == "connected"
+    finally:
+        node.stop()
+
+
+def test_posts_succeed_while_redis_is_down_and_the_sweeper_delivers_them(stack_env, make_api) -> None:
+    """Decision: with Redis unreachable a POST still answers 202 (the message is committed in
+    Postgres as `queued`); the sweeper enqueues it once a worker and Redis can be reached."""
+    node = Web("web-no-redis-post", {**stack_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).start()
+    user = make_api()
+    try:
+        response = Api(node.url, user.user).post("/api/v1/chat", json={"message": "Add task: survive redis"})
+        assert response.status_code == 202, response.text
+    finally:
+        node.stop()
+    answered = user.wait_answered(response.json()["message"]["id"])
+    assert answered["status"] == "answered"
+    assert [task["title"] for task in user.tasks()] == ["survive redis"]
