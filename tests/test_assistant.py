@@ -108,7 +108,7 @@ def test_anything_else_gets_a_friendly_pointer(api: Api, phrase: str) -> None:
     "phrase", ["complete buy bread", "done 7", "delete nothing-like-this", "rename 3 to x", "mark it as done"]
 )
 def test_a_task_that_cannot_be_found_gets_a_clear_answer(api: Api, phrase: str) -> None:
-    conversation_id, answered = api.ask(phrase)
+    _conversation_id, answered = api.ask(phrase)
     assert answered["status"] == "answered"
     reply = answered["reply"]["content"]
     assert any(words in reply for words in ("couldn't find", "no task", "not sure which", "empty"))
