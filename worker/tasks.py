@@ -9,6 +9,9 @@ import structlog
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import OperationalError
 
 from models.jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
@@ -37,17 +40,30 @@ def enqueue(message_id: uuid.UUID, request_id: str | None = None) -> None:
     answer_message.apply_async(args=[str(message_id)], headers={REQUEST_ID_HEADER: request_id})
 
 
-@app.task(name=ANSWER_MESSAGE, bind=True)
+# Postgres or Redis unreachable for a moment: worth retrying, with jittered exponential backoff.
+# Anything else is a bug or a permanent condition and is not retried blindly.
+TRANSIENT_INFRASTRUCTURE = (OperationalError, RedisConnectionError, RedisTimeoutError)
+
+
+@app.task(
+    name=ANSWER_MESSAGE,
+    bind=True,
+    autoretry_for=TRANSIENT_INFRASTRUCTURE,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=8,
+)
 def answer_message(self: Task, message_id: str) -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(task_id=self.request.id, message_id=message_id)
     try:
-        _answer(self, message_id)
+        _answer(message_id)
     finally:
         structlog.contextvars.clear_contextvars()
 
 
-def _answer(task: Task, message_id: str) -> None:
+def _answer(message_id: str) -> None:
     rt = runtime()
     parsed = parse_uuid(message_id)
     conversation_id = claims.pending_conversation(rt, parsed) if parsed is not None else None
@@ -71,23 +87,17 @@ def _answer(task: Task, message_id: str) -> None:
     )
     notify.conversation_changed(rt, conversation_id, question.id, "processing")
     retry_in: float | None = None
+    request = ReplyRequest(
+        user=question.user,
+        conversation_id=conversation_id,
+        message_id=question.id,
+        content=question.content,
+        history=question.history,
+        tools=TodoTools(rt.sessions, question.user, question.id),
+    )
     try:
-        tools = TodoTools(rt.sessions, question.user, question.id)
-        request = ReplyRequest(
-            user=question.user,
-            conversation_id=conversation_id,
-            message_id=question.id,
-            content=question.content,
-            history=question.history,
-            tools=tools,
-        )
         with claims.renewing(rt, lease):
             reply = rt.engine.reply(request)
-        seq = claims.commit_reply(rt, lease, question, reply)
-        if seq is None:
-            log.warning("reply_discarded", reason="lease_lost")
-        else:
-            log.info("answered", reply_seq=seq, tools=[call["name"] for call in reply.tool_calls])
     except (TransientEngineError, SoftTimeLimitExceeded) as error:
         log.warning("generation_interrupted", error=str(error) or type(error).__name__)
         if claims.finish_unanswered(rt, lease, question, error=None):
@@ -95,12 +105,19 @@ def _answer(task: Task, message_id: str) -> None:
     except PermanentEngineError as error:
         log.warning("generation_failed", error=str(error))
         claims.finish_unanswered(rt, lease, question, error=str(error))
+    except TRANSIENT_INFRASTRUCTURE:
+        raise  # Postgres or Redis trouble: the job is retried; the lease runs out for the sweeper
     except Exception:
         # A bug: fail the message with a reason a person can read instead of retrying it forever.
         log.exception("generation_crashed")
         claims.finish_unanswered(rt, lease, question, error="The assistant hit an internal error; retry later.")
-    finally:
-        notify.conversation_changed(rt, conversation_id, question.id, "changed")
+    else:
+        seq = claims.commit_reply(rt, lease, question, reply)
+        if seq is None:
+            log.warning("reply_discarded", reason="lease_lost")
+        else:
+            log.info("answered", reply_seq=seq, tools=[call["name"] for call in reply.tool_calls])
+    notify.conversation_changed(rt, conversation_id, question.id, "changed")
     # The next message of this conversation waited for our lease: send it on its way.
     following = claims.next_pending(rt, conversation_id)
     if following is not None:
@@ -110,7 +127,7 @@ def _answer(task: Task, message_id: str) -> None:
             enqueue(following)
 
 
-@app.task(name=SWEEP)
+@app.task(name=SWEEP, autoretry_for=TRANSIENT_INFRASTRUCTURE, max_retries=0)
 def sweep() -> int:
     due = sweeper.sweep(runtime())
     for message_id in due:
