@@ -1,0 +1,183 @@
+"""Delivery guarantees under faults (CONTRACT.md, guarantees 2-4): every accepted message is
+answered exactly once, in order, whatever dies. Each scenario prints a line of figures."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.faults.audit import audit, wait_terminal
+from tests.faults.conftest import FaultStack, Killer
+from tests.support import Api
+
+pytestmark = pytest.mark.faults
+
+
+def _post(api: Api, conversation_id: str, text: str) -> str | None:
+    """Post once; the message id if it was accepted (202), None otherwise."""
+    try:
+        response = api.post(f"/api/v1/conversations/{conversation_id}/messages", json={"content": text}, timeout=10)
+    except requests.RequestException:
+        return None
+    return response.json()["message"]["id"] if response.status_code == 202 else None
+
+
+def test_workers_sigkilled_every_second(fault_stack: FaultStack) -> None:
+    """1. Three workers answer 200 messages in 20 conversations while a random worker is
+    SIGKILLed every second and restarted."""
+    stack = fault_stack.start(workers=3)
+    users = [Api(stack.webs[0].url) for _ in range(20)]
+    conversations = [user.chat(f"Add task: first of {n}")["conversation_id"] for n, user in enumerate(users)]
+    accepted = [m["id"] for user, cid in zip(users, conversations, strict=True)
+                for m in user.get(f"/api/v1/conversations/{cid}/messages").json()["items"]]
+    killer = Killer(stack, period=1.0)
+    killer.start()
+    try:
+        jobs = [(users[n], conversations[n], f"Add task: item {k} of {n}") for k in range(1, 10) for n in range(20)]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            accepted += [mid for mid in pool.map(lambda job: _post(*job), jobs) if mid]
+        wait_terminal(stack.connect, accepted, timeout=150)
+    finally:
+        killer.stop()
+    with stack.connect() as connection:
+        figures = audit(connection, "sigkill-workers", sent=200, ids=accepted)
+    figures.extra = f"kills={killer.kills}"
+    figures.report().assert_clean()
+    assert figures.accepted == 200 and killer.kills >= 3
+
+
+def test_redis_restarts_empty_with_jobs_queued(fault_stack: FaultStack) -> None:
+    """2. Redis is killed with jobs queued and comes back empty; every message is still answered."""
+    stack = fault_stack.start(workers=0)  # no worker yet: the jobs wait in Redis
+    user = Api(stack.webs[0].url)
+    accepted, conversation_id = [], None
+    for n in range(30):
+        answer = user.chat(f"Add task: queued {n}", conversation_id if n % 3 else None)
+        conversation_id = answer["conversation_id"]
+        accepted.append(answer["message"]["id"])
+    stack.kill_redis()
+    stack.start_redis()
+    stack.workers = [stack.new_worker(i) for i in range(2)]
+    wait_terminal(stack.connect, accepted, timeout=90)
+    with stack.connect() as connection:
+        audit(connection, "redis-restarted-empty", sent=30, ids=accepted).report().assert_clean()
+
+
+def test_postgres_down_for_five_seconds_under_load(fault_stack: FaultStack) -> None:
+    """3. Postgres stops for 5 s under load: POSTs meanwhile get 503, every accepted message is
+    answered afterwards, and no web or worker process was restarted."""
+    stack = fault_stack.start(workers=2)
+    users = [Api(stack.webs[0].url) for _ in range(5)]
+    conversations = [user.chat("hello")["conversation_id"] for user in users]
+    accepted: list[str] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load(index: int) -> None:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            try:
+                response = users[index].post(f"/api/v1/conversations/{conversations[index]}/messages",
+                                             json={"content": f"Add task: load {index}-{n}"}, timeout=15)
+            except requests.RequestException:
+                statuses.append(0)
+                continue
+            statuses.append(response.status_code)
+            if response.status_code == 202:
+                accepted.append(response.json()["message"]["id"])
+            elif response.status_code == 503:
+                assert int(response.headers["Retry-After"]) > 0
+            time.sleep(0.05)
+
+    pids = [p.popen.pid for p in [*stack.webs, *stack.workers]]
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(len(users))]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    stack.stop_postgres()
+    time.sleep(5)
+    stack.start_postgres()
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    wait_terminal(stack.connect, accepted, timeout=90)
+    with stack.connect() as connection:
+        figures = audit(connection, "postgres-down-5s", sent=len(statuses), ids=accepted)
+    unavailable = statuses.count(503)
+    figures.extra = f"http_503={unavailable} other={len(statuses) - unavailable - len(accepted)}"
+    figures.report().assert_clean()
+    assert unavailable > 0, "no POST met the outage"
+    assert set(statuses) <= {202, 503}, statuses
+    assert all(p.popen.poll() is None for p in [*stack.webs, *stack.workers])
+    assert [p.popen.pid for p in [*stack.webs, *stack.workers]] == pids
+
+
+def test_concurrent_retries_of_one_idempotency_key(fault_stack: FaultStack) -> None:
+    """4. Twenty concurrent retries of one Idempotency-Key: one message, one reply."""
+    stack = fault_stack.start(workers=2, beat=False)
+    user = Api(stack.webs[0].url)
+    conversation_id = user.chat("hello")["conversation_id"]
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    path = f"/api/v1/conversations/{conversation_id}/messages"
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda _: user.post(path, json={"content": "Add task: just once"}, headers=key),
+                                  range(20)))
+    ids = sorted({r.json()["message"]["id"] for r in responses if r.status_code == 202})
+    wait_terminal(stack.connect, ids)
+    with stack.connect() as connection:
+        figures = audit(connection, "idempotency-burst", sent=20, ids=ids)
+        messages = connection.execute(
+            "SELECT count(*) FROM messages WHERE conversation_id = %s AND content = 'Add task: just once'",
+            (conversation_id,)).fetchone()[0]
+    figures.extra = f"responses_202={sum(r.status_code == 202 for r in responses)} messages={messages}"
+    figures.report().assert_clean()
+    assert len(ids) == 1 and messages == 1
+    assert [t["title"] for t in user.tasks()] == ["just once"]
+
+
+def test_back_to_back_messages_with_three_workers_are_answered_in_order(fault_stack: FaultStack) -> None:
+    """5. Five messages posted back to back into one conversation, three workers: five replies in
+    seq order, each generated after the one before (the 5th reply's history holds the 4th)."""
+    stack = fault_stack.start(workers=3, beat=False)
+    user = Api(stack.webs[0].url)
+    first = user.chat("Add task: one")
+    conversation_id = first["conversation_id"]
+    ids = [first["message"]["id"]] + [
+        _post(user, conversation_id, text) for text in ("Add task: two", "Add task: three", "Add task: four",
+                                                       "what did I just add?")
+    ]
+    wait_terminal(stack.connect, ids)
+    with stack.connect() as connection:
+        figures = audit(connection, "back-to-back", sent=5, ids=ids)
+        replies = connection.execute(
+            "SELECT r.seq, r.context_seq FROM messages q JOIN messages r ON r.reply_to_id = q.id "
+            "WHERE q.id = ANY(%s::uuid[]) ORDER BY q.seq", (ids,)).fetchall()
+    figures.report().assert_clean()
+    assert [seq for seq, _ in replies] == sorted(seq for seq, _ in replies)
+    assert replies[4][1] >= replies[3][0], "the 5th reply was generated without the 4th in its history"
+    assert "four" in user.wait_answered(ids[4])["reply"]["content"]
+
+
+def test_web_node_sigkilled_right_after_answering_202(fault_stack: FaultStack) -> None:
+    """6. A web node is SIGKILLed right after answering 202: the message is answered anyway."""
+    stack = fault_stack.start(webs=2, workers=1)
+    doomed, survivor = stack.webs
+    user = Api(doomed.url)
+    accepted = []
+    for n in range(5):
+        accepted.append(user.chat(f"Add task: before the crash {n}")["message"]["id"])
+    doomed.kill(signal.SIGKILL)
+    survivor_user = Api(survivor.url, user.user)
+    answered = [survivor_user.wait_answered(mid) for mid in accepted]
+    with stack.connect() as connection:
+        audit(connection, "web-sigkilled-after-202", sent=5, ids=accepted).report().assert_clean()
+    assert all(message["status"] == "answered" for message in answered)
