@@ -145,6 +145,8 @@ def stop() -> None:
 def environment() -> dict[str, str]:
     """The environment every chatq process gets: the given servers, or the embedded ones started."""
     env = dict(os.environ)
+    # The Procfile's commands (gunicorn, celery) are the virtualenv's.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if not env.get("DATABASE_URL"):
         start_postgres()
         env["DATABASE_URL"] = EMBEDDED_DATABASE_URL
@@ -174,7 +176,7 @@ def main(argv: list[str]) -> int:
         print(
             f"\nchatq is starting.\n  API:    http://127.0.0.1:{port}/api/v1  (health: http://127.0.0.1:{port}/health)\n"
             f"  Flower: http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}\n"
-            f"  Token:  {Path(python).parent / 'flask'} --app web token alice\n"
+            f"  Token:  CHATQ_DEV=1 .venv/bin/flask --app web token alice\n"
             "  Stop:   Ctrl-C (data stays in .data/ for the next run)\n",
             flush=True,
         )

@@ -181,3 +181,30 @@ def test_web_node_sigkilled_right_after_answering_202(fault_stack: FaultStack) -
     with stack.connect() as connection:
         audit(connection, "web-sigkilled-after-202", sent=5, ids=accepted).report().assert_clean()
     assert all(message["status"] == "answered" for message in answered)
+
+
+def test_a_message_that_cannot_be_answered_fails_readably_and_can_be_retried(fault_stack: FaultStack) -> None:
+    """Never stuck: generations that always outlive the time limit end in `failed` with an error a
+    person can read after MAX_ATTEMPTS; the retry endpoint puts the message back, and a healthy
+    worker answers it."""
+    fault_stack.env.update(ENGINE_DELAY_MS="5000", LEASE_SECONDS="2", MAX_ATTEMPTS="2")
+    stack = fault_stack.start(workers=1)
+    user = Api(stack.webs[0].url)
+    accepted = user.chat("Add task: slow")
+    message_id = accepted["message"]["id"]
+    wait_terminal(stack.connect, [message_id], timeout=60)
+    failed = user.get(f"/api/v1/messages/{message_id}").json()
+    assert failed["status"] == "failed" and "2 attempts" in failed["error"] and failed["reply"] is None
+
+    requeued = user.post(f"/api/v1/messages/{message_id}/retry")
+    assert requeued.status_code == 202 and requeued.json()["message"]["status"] == "queued"
+    assert user.post(f"/api/v1/messages/{message_id}/retry").status_code == 409  # no longer failed
+    assert Api(stack.webs[0].url).post(f"/api/v1/messages/{message_id}/retry").status_code == 404
+
+    stack.workers[0].kill()
+    fault_stack.env.update(ENGINE_DELAY_MS="0", LEASE_SECONDS="10", MAX_ATTEMPTS="5")
+    stack.workers = [stack.new_worker(0)]
+    answered = user.wait_answered(message_id)
+    assert answered["status"] == "answered" and answered["error"] is None
+    assert "slow" in answered["reply"]["content"]
+    assert [task["title"] for task in user.tasks()] == ["slow"]
