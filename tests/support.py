@@ -3,6 +3,7 @@ that speaks the API as a user would."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -67,7 +68,7 @@ class Process:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = signal.SIGKILL, grace: float = 20) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
         try:
@@ -75,7 +76,7 @@ class Process:
         except ProcessLookupError:
             return
         try:
-            self.popen.wait(timeout=20)
+            self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(timeout=10)
@@ -94,6 +95,11 @@ class Web(Process):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        # SIGQUIT: gunicorn's quick shutdown; open event streams would still hold it up to its
+        # graceful timeout, which a test need not wait for.
+        self.kill(signal.SIGQUIT, grace=2)
 
     def start(self) -> Web:
         super().start()
@@ -181,3 +187,44 @@ class Api:
         response = self.get("/api/v1/tasks", params={"status": status})
         assert response.status_code == 200, response.text
         return response.json()["items"]
+
+
+class EventStream:
+    """A minimal Server-Sent Events reader over a streaming requests response."""
+
+    def __init__(self, api: Api, path: str, headers: dict[str, str] | None = None) -> None:
+        self.response = api.http.get(api.base_url + path, headers=headers or {}, stream=True, timeout=(5, 30))
+        self.lines = self.response.iter_lines(decode_unicode=True)
+        self.comments = 0
+
+    def next_event(self) -> dict[str, Any]:
+        """The next event: {"id": str | None, "event": str, "data": parsed JSON}."""
+        event: dict[str, Any] = {"id": None, "event": "message", "data": ""}
+        for line in self.lines:
+            if line == "":
+                if event["data"]:
+                    event["data"] = json.loads(event["data"])
+                    return event
+                continue
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "data":
+                event["data"] += value
+            elif field in ("id", "event"):
+                event[field] = value
+        raise EOFError("the stream ended")
+
+    def until(self, predicate, limit: int = 50) -> list[dict[str, Any]]:
+        """Events up to and including the first that satisfies `predicate`."""
+        seen = []
+        for _ in range(limit):
+            seen.append(self.next_event())
+            if predicate(seen[-1]):
+                return seen
+        raise AssertionError(f"no matching event in {limit}: {seen}")
+
+    def close(self) -> None:
+        self.response.close()

@@ -9,7 +9,7 @@ from flask import Flask, Response, request
 from models import Settings
 from models.logs import configure_logging
 
-from . import api, cli, ops, outages, problems, request_id, services
+from . import api, cli, events, ops, outages, problems, request_id, services
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -35,6 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(events.bp)
 
     @app.after_request
     def _conditional_get(response: Response) -> Response:

@@ -83,7 +83,7 @@ def list_conversations() -> dict[str, Any]:
     }
 
 
-def _conversation_or_404(conversation_id: str) -> Conversation:
+def conversation_or_404(conversation_id: str) -> Conversation:
     row = owned_conversation(db(), g.user, conversation_id)
     if row is None:
         raise Problem(404, "No such conversation.")
@@ -92,14 +92,14 @@ def _conversation_or_404(conversation_id: str) -> Conversation:
 
 @bp.get("/conversations/<conversation_id>")
 def get_conversation(conversation_id: str) -> dict[str, Any]:
-    return conversation_json(_conversation_or_404(conversation_id))
+    return conversation_json(conversation_or_404(conversation_id))
 
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
     session = db()
     with session.begin():
-        row = _conversation_or_404(conversation_id)
+        row = conversation_or_404(conversation_id)
         session.execute(delete(Conversation).where(Conversation.id == row.id))
     return "", 204
 
@@ -195,7 +195,7 @@ def retry_message(message_id: str) -> Response:
 
 def _messages_after(conversation_id: str, after: int, limit: int) -> tuple[dict[str, Any], bool]:
     session = db()
-    conversation = _conversation_or_404(conversation_id)
+    conversation = conversation_or_404(conversation_id)
     rows = list(
         session.scalars(
             select(Message)

@@ -1,0 +1,139 @@
+"""Server-Sent Events for one conversation, resumable on any web node.
+
+`GET /api/v1/conversations/{cid}/events` (with `Last-Event-ID` or `?after=N`) streams:
+
+- `event: message` with `id: <seq>` for every message whose seq is above the cursor, in order;
+- `event: message` *without* an id when a message the stream already sent changes (a question
+  becomes `processing`, `answered` or `failed`). An update re-sent with its own, older seq would
+  move the client's Last-Event-ID backwards and replay everything after it on reconnect, so updates
+  leave the cursor alone; a reconnecting client gets the current state of every unanswered
+  question at or below its cursor first, so it misses no update either;
+- a `: heartbeat` comment every `HEARTBEAT_SECONDS`, so proxies keep the stream open.
+
+Like a long-poll, the stream holds no database connection between reads: it sleeps on the
+conversation's Redis channel and re-reads Postgres when woken (or every re-check interval). It
+ends after `STREAM_SECONDS`; EventSource reconnects with Last-Event-ID by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from flask import Blueprint, Response, g, request, stream_with_context
+from redis.exceptions import RedisError
+from sqlalchemy import select
+
+from models import PENDING, Message
+from models.queries import replies_to
+from models.signals import conversation_channel
+
+from .api import conversation_or_404
+from .auth import authenticate
+from .problems import Problem
+from .serialize import message_json
+from .services import db, release_db, services
+
+bp = Blueprint("events", __name__, url_prefix="/api/v1")
+log = structlog.get_logger(__name__)
+HEARTBEAT_SECONDS = 10.0
+STREAM_SECONDS = 300.0
+RECONNECT_MS = 2000
+
+
+@bp.before_request
+def _identify() -> None:
+    authenticate()
+
+
+def _cursor() -> int:
+    raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+    if not raw.isdigit() or len(raw) > 9:
+        raise Problem(422, "Last-Event-ID / after: must be a message seq (a whole number)", slug="invalid-field")
+    return int(raw)
+
+
+def _frame(message: dict[str, Any], with_id: bool) -> str:
+    head = f"id: {message['seq']}\n" if with_id else ""
+    return f"{head}event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
+
+
+def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tuple[list[str], int]:
+    """Frames for what is new above `cursor` and for watched questions whose status moved."""
+    session = db()
+    new = list(session.scalars(
+        select(Message).where(Message.conversation_id == conversation_id, Message.seq > cursor).order_by(Message.seq)
+    ))
+    moved = list(session.scalars(select(Message).where(Message.id.in_(list(watched))))) if watched else []
+    moved = [row for row in moved if row.status is not None and row.status.value != watched[str(row.id)]]
+    replies = replies_to(session, [row.id for row in [*new, *moved]])
+    frames = []
+    for row in moved:
+        frames.append(_frame(message_json(row, replies.get(row.id)), with_id=False))
+    for row in new:
+        frames.append(_frame(message_json(row, replies.get(row.id)), with_id=True))
+        cursor = row.seq
+    for row in [*moved, *new]:
+        if row.status in PENDING:
+            watched[str(row.id)] = row.status.value
+        else:
+            watched.pop(str(row.id), None)
+    release_db()
+    return frames, cursor
+
+
+@bp.get("/conversations/<conversation_id>/events")
+def conversation_events(conversation_id: str) -> Response:
+    cursor = _cursor()
+    conversation = conversation_or_404(conversation_id)
+    # Questions at or below the cursor that may still change: the client gets their state now.
+    watched = {
+        str(row.id): ""
+        for row in db().scalars(
+            select(Message.id).where(
+                Message.conversation_id == conversation.id, Message.seq <= cursor, Message.status.in_(PENDING)
+            )
+        )
+    }
+    release_db()
+    settings = services().settings
+    user = g.user
+
+    def stream() -> Iterator[str]:
+        nonlocal cursor
+        pubsub = services().redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            try:
+                pubsub.subscribe(conversation_channel(conversation.id))
+            except RedisError as error:
+                log.warning("events_without_notifications", error=str(error), user=user)
+                pubsub = None
+            yield f"retry: {RECONNECT_MS}\n\n"
+            ends = time.monotonic() + STREAM_SECONDS
+            beat = time.monotonic() + HEARTBEAT_SECONDS
+            while time.monotonic() < ends:
+                frames, cursor = _changes(conversation.id, cursor, watched)
+                yield from frames
+                if time.monotonic() >= beat:
+                    yield ": heartbeat\n\n"
+                    beat = time.monotonic() + HEARTBEAT_SECONDS
+                pause = min(settings.recheck_seconds, max(0.0, beat - time.monotonic()))
+                if pubsub is None:
+                    time.sleep(pause)
+                    continue
+                try:
+                    pubsub.get_message(timeout=pause)
+                except RedisError:
+                    pubsub = None
+        finally:
+            if pubsub is not None:
+                pubsub.close()
+
+    return Response(
+        stream_with_context(stream()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
