@@ -20,6 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	scripts/ensure-chromium.sh
 	$(BIN)/python scripts/devstack.py test $(PYTEST_ARGS)
 
 lint: $(STAMP)

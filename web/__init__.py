@@ -9,7 +9,7 @@ from flask import Flask, Response, request
 from models import Settings
 from models.logs import configure_logging
 
-from . import api, cli, events, ops, outages, problems, request_id, services
+from . import api, cli, events, ops, outages, page, problems, request_id, security, services
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -23,6 +23,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SERVER_ID=settings.server_id,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         DB_POOL_SIZE=10,
+        DEV_TOKENS=settings.dev_mode,
     )
     if test_config:
         app.config.update(test_config)
@@ -33,6 +34,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     problems.register_error_handlers(app)
     outages.init_app(app)
     cli.init_app(app)
+    security.init_app(app)
+    app.register_blueprint(page.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(events.bp)

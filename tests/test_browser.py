@@ -1,0 +1,94 @@
+"""The chat page in a real headless Chromium (Debian's package), driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+
+from tests.support import ARTIFACTS, Web
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def dev_web(stack, stack_env):
+    """A web node in explicit dev mode: the page's sign-in can mint tokens."""
+    node = Web("web-dev", {**stack_env, "CHATQ_DEV": "1"}).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which("chromium"):
+        pytest.skip("no Chromium here: `make test` installs Debian's chromium where apt-get can")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield instance
+        instance.close()
+
+
+def test_sign_in_chat_reload_and_recall(dev_web: Web, browser) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(dev_web.url + "/")
+
+    page.fill("#user-name", f"browser-{uuid.uuid4().hex[:8]}")
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
+
+    page.fill("#message", "Add task: buy milk")
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.user >> text=Add task: buy milk")
+    page.wait_for_selector(".message.assistant >> text=buy milk")
+    page.wait_for_selector("#task-list li >> text=buy milk")
+
+    page.reload()
+    page.wait_for_selector(".message.assistant >> text=buy milk")
+    page.wait_for_selector("#task-list li >> text=buy milk")
+    assert "#c=" in page.url
+
+    page.fill("#message", "What did I just add?")
+    page.press("#message", "Enter")
+    answer = page.wait_for_selector(".message.assistant >> nth=1")
+    page.wait_for_function("document.querySelectorAll('.message.assistant').length === 2")
+    assert "buy milk" in answer.inner_text()
+    assert page.locator(".typing").count() == 0
+    page.fill("#message", "remind me to water the plants")
+    page.press("#message", "Enter")
+    page.wait_for_selector("#task-list li >> text=water the plants")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "screenshots").mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "screenshots" / "chat.png"))
+    assert errors == []
+
+
+def test_the_page_sends_security_headers_and_no_inline_script(dev_web: Web) -> None:
+    import requests
+
+    response = requests.get(dev_web.url + "/", timeout=10)
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script>" not in response.text and "onclick" not in response.text
+
+
+def test_dev_token_endpoint_is_off_unless_dev_mode(stack, dev_web: Web) -> None:
+    import requests
+
+    assert requests.post(stack.url + "/dev/token", json={"user": "x"}, timeout=10).status_code == 404
+    minted = requests.post(dev_web.url + "/dev/token", json={"user": "x"}, timeout=10)
+    assert minted.status_code == 200 and minted.json()["token"]
+    assert requests.post(dev_web.url + "/dev/token", json={"user": "bad name!"}, timeout=10).status_code == 422

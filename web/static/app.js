@@ -1,0 +1,301 @@
+// chatq's chat page: plain JavaScript, no build step. Everything it shows comes from the API, so a
+// reload (or a different web node behind the load balancer) restores it all.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const WAIT_SECONDS = 25;
+const state = { token: null, user: null, conversationId: null, items: new Map(), waiting: new Set() };
+
+// --- API -----------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super((problem && problem.detail) || `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body, headers = {}) {
+  const init = { method, headers: { Authorization: `Bearer ${state.token}`, ...headers } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401) {
+    signOut();
+    throw new ApiError(401, await response.json().catch(() => null));
+  }
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  return response.status === 204 ? null : response.json();
+}
+
+// POSTs of messages carry an Idempotency-Key and are retried on network errors and 503s, so a
+// flaky connection never sends a message twice.
+async function postMessage(path, body) {
+  const key = crypto.randomUUID();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await api("POST", path, body, { "Idempotency-Key": key });
+    } catch (error) {
+      const transient = !(error instanceof ApiError) || error.status === 503 || error.status === 429;
+      if (!transient || attempt >= 4) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** attempt));
+    }
+  }
+}
+
+// --- Sign in -------------------------------------------------------------------------------------
+
+function showSignIn() {
+  const dev = document.body.dataset.devSignIn === "1";
+  $("dev-sign-in").hidden = !dev;
+  $("token-sign-in").hidden = dev;
+  $("app").hidden = true;
+  $("sign-in").hidden = false;
+  (dev ? $("user-name") : $("token")).focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  $("sign-in-error").textContent = "";
+  try {
+    if (document.body.dataset.devSignIn === "1") {
+      const response = await fetch("/dev/token", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ user: $("user-name").value.trim() }),
+      });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.detail || "Could not sign in");
+      localStorage.setItem("chatq.token", body.token);
+    } else {
+      localStorage.setItem("chatq.token", $("token").value.trim());
+    }
+    await start();
+  } catch (error) {
+    $("sign-in-error").textContent = error.message;
+  }
+}
+
+function signOut() {
+  localStorage.removeItem("chatq.token");
+  state.token = null;
+  showSignIn();
+}
+
+function userFromToken(token) {
+  try {
+    const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return payload.sub;
+  } catch {
+    return null;
+  }
+}
+
+// --- Conversations -------------------------------------------------------------------------------
+
+async function loadConversations() {
+  const page = await api("GET", "/api/v1/conversations?limit=50");
+  const list = $("conversations");
+  list.replaceChildren();
+  for (const conversation of page.items) {
+    const item = document.createElement("li");
+    item.classList.toggle("active", conversation.id === state.conversationId);
+    const button = document.createElement("button");
+    button.textContent = conversation.title || "Untitled";
+    button.title = conversation.title;
+    button.addEventListener("click", () => selectConversation(conversation.id));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+async function selectConversation(conversationId) {
+  state.conversationId = conversationId;
+  state.items = new Map();
+  history.replaceState(null, "", conversationId ? `#c=${conversationId}` : "#");
+  $("conversation-title").textContent = "New conversation";
+  render();
+  if (conversationId) {
+    try {
+      const conversation = await api("GET", `/api/v1/conversations/${conversationId}`);
+      $("conversation-title").textContent = conversation.title || "Untitled";
+      let after = 0;
+      for (;;) {
+        const page = await api("GET", `/api/v1/conversations/${conversationId}/messages?after=${after}&limit=100`);
+        page.items.forEach(remember);
+        if (page.items.length < 100) break;
+        after = page.last_seq;
+      }
+    } catch (error) {
+      if (error.status === 404) return selectConversation(null);
+      throw error;
+    }
+    render();
+    for (const item of state.items.values()) {
+      if (item.role === "user" && isPending(item)) waitForReply(item.id);
+    }
+  }
+  await loadConversations();
+  $("message").focus();
+}
+
+// --- Messages ------------------------------------------------------------------------------------
+
+const isPending = (message) => message.status === "queued" || message.status === "processing";
+
+function remember(message) {
+  state.items.set(message.id, message);
+  if (message.reply) state.items.set(message.reply.id, message.reply);
+}
+
+function render() {
+  const list = $("messages");
+  list.replaceChildren();
+  const items = [...state.items.values()].sort((a, b) => a.seq - b.seq);
+  $("empty").hidden = items.length > 0;
+  for (const message of items) {
+    const bubble = document.createElement("li");
+    bubble.className = `message ${message.role}`;
+    bubble.dataset.id = message.id;
+    bubble.dataset.seq = message.seq;
+    bubble.textContent = message.content;
+    list.append(bubble);
+    if (message.role !== "user") continue;
+    if (isPending(message)) {
+      const status = document.createElement("li");
+      status.className = "status pending";
+      status.textContent = message.status === "queued" ? "Queued…" : "Thinking…";
+      list.append(status);
+      if (!message.reply) {
+        const typing = document.createElement("li");
+        typing.className = "typing";
+        typing.setAttribute("aria-label", "The assistant is answering");
+        typing.append(document.createElement("span"), document.createElement("span"), document.createElement("span"));
+        list.append(typing);
+      }
+    } else if (message.status === "failed") {
+      const status = document.createElement("li");
+      status.className = "status failed";
+      status.textContent = `Not answered: ${message.error || "unknown error"} `;
+      const retry = document.createElement("button");
+      retry.className = "retry";
+      retry.textContent = "Retry";
+      retry.addEventListener("click", () => retryMessage(message.id));
+      status.append(retry);
+      list.append(status);
+    }
+  }
+  list.scrollTop = list.scrollHeight;
+}
+
+// Long-poll one message until it is answered or failed: the server returns as soon as the reply
+// is committed, on whichever web node the request lands.
+async function waitForReply(messageId) {
+  if (state.waiting.has(messageId)) return;
+  state.waiting.add(messageId);
+  const conversationId = state.conversationId;
+  try {
+    for (;;) {
+      let message;
+      try {
+        message = await api("GET", `/api/v1/messages/${messageId}?wait=${WAIT_SECONDS}`);
+      } catch (error) {
+        if (error.status === 404 || error.status === 401) return;
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        continue;
+      }
+      if (state.conversationId !== conversationId) return;
+      remember(message);
+      render();
+      if (!isPending(message)) {
+        await loadTasks();
+        return;
+      }
+    }
+  } finally {
+    state.waiting.delete(messageId);
+  }
+}
+
+async function send(event) {
+  event.preventDefault();
+  const box = $("message");
+  const content = box.value;
+  if (!content.trim()) return;
+  box.value = "";
+  autosize();
+  try {
+    const accepted = state.conversationId
+      ? await postMessage(`/api/v1/conversations/${state.conversationId}/messages`, { content })
+      : await postMessage("/api/v1/chat", { message: content });
+    if (!state.conversationId) {
+      state.conversationId = accepted.conversation_id;
+      history.replaceState(null, "", `#c=${accepted.conversation_id}`);
+      $("conversation-title").textContent = content.slice(0, 60);
+      loadConversations();
+    }
+    remember(accepted.message);
+    render();
+    waitForReply(accepted.message.id);
+  } catch (error) {
+    box.value = content;
+    alert(`Your message was not sent: ${error.message}`);
+  }
+}
+
+async function retryMessage(messageId) {
+  const accepted = await api("POST", `/api/v1/messages/${messageId}/retry`);
+  remember(accepted.message);
+  render();
+  waitForReply(messageId);
+}
+
+// --- Tasks ---------------------------------------------------------------------------------------
+
+async function loadTasks() {
+  const { items } = await api("GET", "/api/v1/tasks?status=all");
+  const open = items.filter((task) => !task.done);
+  const fill = (list, tasks) => list.replaceChildren(...tasks.map((task) => {
+    const item = document.createElement("li");
+    item.textContent = task.title;
+    return item;
+  }));
+  fill($("task-list"), open);
+  fill($("done-list"), items.filter((task) => task.done));
+  $("task-count").textContent = String(open.length);
+}
+
+// --- Start ---------------------------------------------------------------------------------------
+
+function autosize() {
+  const box = $("message");
+  box.style.height = "auto";
+  box.style.height = `${Math.min(box.scrollHeight, 160)}px`;
+}
+
+async function start() {
+  state.token = localStorage.getItem("chatq.token");
+  state.user = state.token && userFromToken(state.token);
+  if (!state.user) return showSignIn();
+  $("sign-in").hidden = true;
+  $("app").hidden = false;
+  $("me").textContent = state.user;
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("c");
+  await Promise.all([selectConversation(fromHash), loadTasks()]);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("new-conversation").addEventListener("click", () => selectConversation(null));
+  $("composer").addEventListener("submit", send);
+  $("message").addEventListener("input", autosize);
+  $("message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  start().catch((error) => console.error(error));
+});
