@@ -16,8 +16,14 @@ RETRY_AFTER = "5"
 
 
 def init_app(app: Flask) -> None:
-    @app.errorhandler(OperationalError)
     @app.errorhandler(PoolTimeoutError)
+    def _database_busy(error: Exception) -> Response:
+        # Every pooled connection is in use: back-pressure, not an outage.
+        log.warning("database_pool_exhausted", error=str(error).splitlines()[0])
+        return problem_response(503, "The service is busy; nothing was stored. Retry later.",
+                                slug="busy", headers={"Retry-After": "1"})
+
+    @app.errorhandler(OperationalError)
     def _database_down(error: Exception) -> Response:
         log.warning("database_unreachable", error=str(error).splitlines()[0])
         return problem_response(503, "The database is unreachable; nothing was stored. Retry later.",
