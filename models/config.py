@@ -67,6 +67,8 @@ class Settings:
     # Long-poll: the longest a waiting request sleeps between two reads of Postgres when no
     # notification arrives (a lost notification costs at most this much).
     recheck_seconds: float = 1.0
+    # Server-Sent Events: a comment this often keeps proxies from closing an idle stream.
+    sse_heartbeat_seconds: float = 10.0
     # Rate limiting of POSTs, per user, shared by all web nodes through Redis ("" turns it off).
     rate_limit: str = "120/minute"
 
@@ -92,6 +94,7 @@ class Settings:
             max_attempts=_int(env, "MAX_ATTEMPTS", 5),
             answer_deadline_seconds=_float(env, "ANSWER_DEADLINE_SECONDS", 600.0),
             recheck_seconds=_float(env, "RECHECK_SECONDS", 1.0),
+            sse_heartbeat_seconds=_float(env, "SSE_HEARTBEAT_SECONDS", 10.0),
             rate_limit=env.get("RATE_LIMIT", "120/minute"),
         )
 

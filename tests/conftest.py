@@ -68,6 +68,7 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
         SWEEP_INTERVAL_SECONDS="1",
         REQUEUE_AFTER_SECONDS="3",
         LEASE_SECONDS="10",
+        SSE_HEARTBEAT_SECONDS="1",
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -71,3 +71,13 @@ def test_events_of_another_users_conversation_are_404(make_api) -> None:
     owner, stranger = make_api(), make_api()
     conversation_id = owner.chat("private")["conversation_id"]
     assert stranger.get(f"/api/v1/conversations/{conversation_id}/events").status_code == 404
+
+
+def test_an_idle_stream_carries_heartbeat_comments(api: Api) -> None:
+    conversation_id = api.post("/api/v1/conversations", json={}).json()["id"]
+    stream = EventStream(api, f"/api/v1/conversations/{conversation_id}/events")
+    try:
+        lines = [next(stream.lines) for _ in range(6)]
+    finally:
+        stream.close()
+    assert ": heartbeat" in lines

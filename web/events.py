@@ -8,7 +8,7 @@
   move the client's Last-Event-ID backwards and replay everything after it on reconnect, so updates
   leave the cursor alone; a reconnecting client gets the current state of every unanswered
   question at or below its cursor first, so it misses no update either;
-- a `: heartbeat` comment every `HEARTBEAT_SECONDS`, so proxies keep the stream open.
+- a `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS`, so proxies keep the stream open.
 
 Like a long-poll, the stream holds no database connection between reads: it sleeps on the
 conversation's Redis channel and re-reads Postgres when woken (or every re-check interval). It
@@ -39,7 +39,6 @@ from .services import db, release_db, services
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 log = structlog.get_logger(__name__)
-HEARTBEAT_SECONDS = 10.0
 STREAM_SECONDS = 300.0
 RECONNECT_MS = 2000
 
@@ -113,13 +112,13 @@ def conversation_events(conversation_id: str) -> Response:
                 pubsub = None
             yield f"retry: {RECONNECT_MS}\n\n"
             ends = time.monotonic() + STREAM_SECONDS
-            beat = time.monotonic() + HEARTBEAT_SECONDS
+            beat = time.monotonic() + settings.sse_heartbeat_seconds
             while time.monotonic() < ends:
                 frames, cursor = _changes(conversation.id, cursor, watched)
                 yield from frames
                 if time.monotonic() >= beat:
                     yield ": heartbeat\n\n"
-                    beat = time.monotonic() + HEARTBEAT_SECONDS
+                    beat = time.monotonic() + settings.sse_heartbeat_seconds
                 pause = min(settings.recheck_seconds, max(0.0, beat - time.monotonic()))
                 if pubsub is None:
                     time.sleep(pause)
