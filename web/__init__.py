@@ -9,7 +9,7 @@ from flask import Flask, Response, request
 from models import Settings
 from models.logs import configure_logging
 
-from . import api, cli, events, ops, outages, page, problems, request_id, security, services
+from . import api, cli, events, openapi, ops, outages, page, problems, request_id, security, services
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -39,6 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.after_request
     def _conditional_get(response: Response) -> Response:

@@ -21,9 +21,11 @@ from .inputs import json_body, query
 from .problems import Problem
 from .serialize import conversation_json, message_json, task_json
 from .services import db
+from .spec import operation
 from .waiting import wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+IDEMPOTENCY_HEADER = {"Idempotency-Key": "1-255 printable characters; a retry with it replays the first answer"}
 PENDING_RETRY_AFTER = "1"  # seconds a plain poller should wait before asking again
 
 
@@ -36,6 +38,7 @@ def _identify() -> None:
 
 
 @bp.post("/conversations")
+@operation("Start a conversation", body=schemas.NewConversation, responses={201: schemas.ConversationOut})
 def create_conversation() -> tuple[dict[str, Any], int]:
     body = json_body(schemas.NewConversation)
     session = db()
@@ -63,6 +66,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, Any]:
 
 
 @bp.get("/conversations")
+@operation("List conversations, newest first", query=schemas.ConversationPage,
+           responses={200: schemas.ConversationList})
 def list_conversations() -> dict[str, Any]:
     page = query(schemas.ConversationPage)
     statement = select(Conversation).where(Conversation.user_id == g.user)
@@ -91,11 +96,13 @@ def conversation_or_404(conversation_id: str) -> Conversation:
 
 
 @bp.get("/conversations/<conversation_id>")
+@operation("Get a conversation", responses={200: schemas.ConversationOut})
 def get_conversation(conversation_id: str) -> dict[str, Any]:
     return conversation_json(conversation_or_404(conversation_id))
 
 
 @bp.delete("/conversations/<conversation_id>")
+@operation("Delete a conversation and its messages", responses={204: None})
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
     session = db()
     with session.begin():
@@ -135,6 +142,8 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
 
 
 @bp.post("/conversations/<conversation_id>/messages")
+@operation("Send a message into a conversation", body=schemas.NewMessage, responses={202: schemas.Accepted},
+           headers=IDEMPOTENCY_HEADER)
 def post_message(conversation_id: str) -> Response:
     body = json_body(schemas.NewMessage)
     return _accepted(body.content, conversation_id, f"conversations/{conversation_id}/messages",
@@ -142,6 +151,8 @@ def post_message(conversation_id: str) -> Response:
 
 
 @bp.post("/chat")
+@operation("Send a message, starting a conversation when none is given", body=schemas.NewChat,
+           responses={202: schemas.Accepted}, headers=IDEMPOTENCY_HEADER)
 def chat() -> Response:
     body = json_body(schemas.NewChat)
     return _accepted(body.message, body.conversation_id, "chat", body.model_dump())
@@ -157,6 +168,8 @@ def _message_view(message_id: str) -> tuple[dict[str, Any], bool]:
 
 
 @bp.get("/messages/<message_id>")
+@operation("Get a message; with wait, return once it is answered or failed", query=schemas.MessageQuery,
+           responses={200: schemas.AnyMessage})
 def get_message(message_id: str) -> Response:
     params = query(schemas.MessageQuery)
     body, final = _message_view(message_id)
@@ -169,6 +182,7 @@ def get_message(message_id: str) -> Response:
 
 
 @bp.post("/messages/<message_id>/retry")
+@operation("Put a failed message back in the queue", responses={202: schemas.Accepted})
 def retry_message(message_id: str) -> Response:
     session = db()
     with session.begin():
@@ -210,6 +224,8 @@ def _messages_after(conversation_id: str, after: int, limit: int) -> tuple[dict[
 
 
 @bp.get("/conversations/<conversation_id>/messages")
+@operation("Messages after a seq, in order; with wait, return once one exists", query=schemas.MessagesQuery,
+           responses={200: schemas.MessageList})
 def list_messages(conversation_id: str) -> dict[str, Any]:
     params = query(schemas.MessagesQuery)
     body, found = _messages_after(conversation_id, params.after, params.limit)
@@ -223,6 +239,7 @@ def list_messages(conversation_id: str) -> dict[str, Any]:
 
 
 @bp.get("/tasks")
+@operation("The todo list", query=schemas.TasksQuery, responses={200: schemas.TaskList})
 def list_tasks() -> dict[str, Any]:
     params = query(schemas.TasksQuery)
     statement = select(Task).where(Task.user_id == g.user)

@@ -34,8 +34,10 @@ from models.signals import conversation_channel
 from .api import conversation_or_404
 from .auth import authenticate
 from .problems import Problem
+from .schemas import EventsQuery
 from .serialize import message_json
 from .services import db, release_db, services
+from .spec import operation
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 log = structlog.get_logger(__name__)
@@ -85,6 +87,8 @@ def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tupl
 
 
 @bp.get("/conversations/<conversation_id>/events")
+@operation("Server-Sent Events of a conversation, resumable with Last-Event-ID", query=EventsQuery,
+           responses={200: "text/event-stream"}, headers={"Last-Event-ID": "the last seq received"})
 def conversation_events(conversation_id: str) -> Response:
     cursor = _cursor()
     conversation = conversation_or_404(conversation_id)

@@ -10,18 +10,23 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .schemas import Alive, Health
 from .services import db, services
+from .spec import operation
 
 bp = Blueprint("ops", __name__)
 log = structlog.get_logger(__name__)
 
 
 @bp.get("/livez")
+@operation("This process serves", responses={200: Alive}, authenticated=False)
 def livez() -> dict[str, str]:
     return {"status": "alive", "server_id": current_app.config["SERVER_ID"]}
 
 
 @bp.get("/health")
+@operation("Postgres and Redis reachable from this node", responses={200: Health, 503: Health},
+           authenticated=False)
 def health() -> tuple[dict[str, Any], int, dict[str, str]]:
     database = broker = "connected"
     try:

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from flask import Blueprint, current_app, render_template
-from pydantic import BaseModel, StringConstraints
 
 from .auth import issue_token
 from .inputs import json_body
 from .problems import Problem
+from .schemas import DevSignIn, DevToken
+from .spec import operation
 
 bp = Blueprint("page", __name__, static_folder="static", static_url_path="/static",
                template_folder="templates")
 
 
-class DevSignIn(BaseModel):
-    user: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
-
-
 @bp.get("/")
+@operation("The chat page", responses={200: "text/html"}, authenticated=False)
 def index() -> str:
     return render_template("index.html", dev_sign_in=current_app.config["DEV_TOKENS"])
 
 
 @bp.post("/dev/token")
+@operation("Dev mode only: a token for any user name", body=DevSignIn, responses={200: DevToken},
+           authenticated=False)
 def dev_token() -> dict[str, Any]:
     # Off unless the deployment runs in explicit dev mode: anyone could mint any user's token.
     if not current_app.config["DEV_TOKENS"]:

@@ -1,10 +1,13 @@
-"""Request bodies and query strings, validated by pydantic; a failure names the field (422)."""
+"""The API's request and response schemas (pydantic). They validate what clients send (a failure
+is a 422 that names the field), shape what the API answers, and are the source of the OpenAPI
+document (web/openapi.py) — one definition for all three."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_serializer, field_validator
 
 MAX_CONTENT = 8000
 MAX_PAGE = 100
@@ -16,6 +19,9 @@ def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be only white space")
     return value
+
+
+# Requests -----------------------------------------------------------------------------------------
 
 
 class _Body(BaseModel):
@@ -39,20 +45,142 @@ class NewChat(_Body):
     _blank = field_validator("message")(_not_blank)
 
 
-class ConversationPage(BaseModel):
+class DevSignIn(_Body):
+    user: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ConversationPage(_Query):
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
     cursor: str | None = None
 
 
-class MessagesQuery(BaseModel):
-    after: int = Field(default=0, ge=0)
+class MessagesQuery(_Query):
+    after: int = Field(default=0, ge=0, le=2**31 - 1)
     limit: int = Field(default=50, ge=1, le=MAX_PAGE)
     wait: float = Field(default=0, ge=0, le=30)
 
 
-class MessageQuery(BaseModel):
+class MessageQuery(_Query):
     wait: float = Field(default=0, ge=0, le=30)
 
 
-class TasksQuery(BaseModel):
-    status: str = Field(default="open", pattern="^(open|done|all)$")
+class EventsQuery(_Query):
+    after: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class TasksQuery(_Query):
+    status: Literal["open", "done", "all"] = "open"
+
+
+# Responses ----------------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_serializer("*", when_used="json", check_fields=False)
+    def _rfc3339(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value
+
+
+class ConversationOut(_Out):
+    id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationList(_Out):
+    items: list[ConversationOut]
+    next_cursor: str | None
+
+
+class ToolCall(_Out):
+    name: str
+    arguments: dict[str, Any]
+    result: dict[str, Any]
+
+
+class AssistantMessageOut(_Out):
+    id: str
+    conversation_id: str
+    seq: int
+    role: Literal["assistant"]
+    content: str
+    created_at: datetime
+    error: str | None
+    reply_to: str
+    tool_calls: list[ToolCall]
+
+
+class UserMessageOut(_Out):
+    id: str
+    conversation_id: str
+    seq: int
+    role: Literal["user"]
+    content: str
+    created_at: datetime
+    error: str | None
+    status: Literal["queued", "processing", "answered", "failed"]
+    reply: AssistantMessageOut | None
+
+
+MessageOut = Annotated[UserMessageOut | AssistantMessageOut, Field(discriminator="role")]
+
+
+class AnyMessage(RootModel[MessageOut]):
+    """A user message (with its reply) or an assistant message."""
+
+
+class MessageList(_Out):
+    items: list[MessageOut]
+    last_seq: int
+
+
+class Accepted(_Out):
+    conversation_id: str
+    message: UserMessageOut
+    poll_url: str
+
+
+class TaskOut(_Out):
+    id: str
+    title: str
+    done: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskList(_Out):
+    items: list[TaskOut]
+
+
+class Health(_Out):
+    status: Literal["healthy", "unhealthy"]
+    database: Literal["connected", "disconnected"]
+    broker: Literal["connected", "disconnected"]
+    server_id: str
+
+
+class Alive(_Out):
+    status: Literal["alive"]
+    server_id: str
+
+
+class DevToken(_Out):
+    token: str
+    user: str
+
+
+class ProblemOut(_Out):
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str | None
