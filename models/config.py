@@ -51,7 +51,16 @@ class Settings:
     database_url: str = EMBEDDED_DATABASE_URL
     redis_url: str = EMBEDDED_REDIS_URL
     auth_secret: str = ""
+    # Tokens from an external identity provider, verified against its JWKS (RS256, EdDSA).
+    auth_jwks_url: str = ""
+    auth_jwks_ttl_seconds: int = 300
+    # An unknown key id triggers at most one refetch per this many seconds: a rotation is picked up
+    # quickly, and tokens with made-up key ids cannot make us hammer the provider.
+    auth_jwks_cooldown_seconds: float = 10.0
+    auth_issuer: str = ""
+    auth_audience: str = ""
     dev_mode: bool = False
+    flower_basic_auth: str = ""
     port: int = 8000
     server_id: str = field(default_factory=socket.gethostname)
     # Reply engine.
@@ -83,7 +92,13 @@ class Settings:
             database_url=env.get("DATABASE_URL") or EMBEDDED_DATABASE_URL,
             redis_url=env.get("REDIS_URL") or EMBEDDED_REDIS_URL,
             auth_secret=env.get("AUTH_SECRET", ""),
+            auth_jwks_url=env.get("AUTH_JWKS_URL", ""),
+            auth_jwks_ttl_seconds=_int(env, "AUTH_JWKS_TTL_SECONDS", 300),
+            auth_jwks_cooldown_seconds=_float(env, "AUTH_JWKS_COOLDOWN_SECONDS", 10.0),
+            auth_issuer=env.get("AUTH_ISSUER", ""),
+            auth_audience=env.get("AUTH_AUDIENCE", ""),
             dev_mode=_flag(env.get("CHATQ_DEV")),
+            flower_basic_auth=env.get("FLOWER_BASIC_AUTH", ""),
             port=_int(env, "PORT", 8000),
             server_id=env.get("SERVER_ID") or socket.gethostname(),
             engine=env.get("ENGINE", "builtin"),
@@ -99,11 +114,16 @@ class Settings:
         )
 
     def require_auth_secret(self) -> str:
-        """The HS256 secret, or a ConfigError that says why web may not start."""
-        if self.auth_secret and self.auth_secret not in WELL_KNOWN_SECRETS:
+        """The HS256 secret ("" when only JWKS tokens are accepted), or a ConfigError that says why
+        web may not start."""
+        if self.auth_secret and self.auth_secret not in WELL_KNOWN_SECRETS and len(self.auth_secret) >= 32:
             return self.auth_secret
         if self.dev_mode:
             return self.auth_secret_or_dev
         if not self.auth_secret:
-            raise ConfigError("AUTH_SECRET is not set; set it, or set CHATQ_DEV=1 for local development")
-        raise ConfigError("AUTH_SECRET is a well-known value; choose a long random secret")
+            if self.auth_jwks_url:
+                return ""
+            raise ConfigError("AUTH_SECRET is not set; set it (or AUTH_JWKS_URL), or set CHATQ_DEV=1 for "
+                              "local development")
+        raise ConfigError("AUTH_SECRET is a well-known value or shorter than 32 characters; choose a long "
+                          "random secret")

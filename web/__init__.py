@@ -9,7 +9,7 @@ from flask import Flask, Response, request
 from models import Settings
 from models.logs import configure_logging
 
-from . import api, cli, events, openapi, ops, outages, page, problems, request_id, security, services
+from . import api, auth, cli, events, limits, openapi, ops, outages, page, problems, request_id, security, services
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -30,6 +30,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     configure_logging()
 
     services.init_app(app, settings)
+    auth.init_app(app, settings)
+    limits.init_app(app, settings)
     request_id.init_app(app)
     problems.register_error_handlers(app)
     outages.init_app(app)

@@ -1,15 +1,65 @@
-"""Identity: a bearer JWT, HS256-signed with AUTH_SECRET; the `sub` claim is the user id."""
+"""Identity: a bearer JWT. HS256 tokens are signed with AUTH_SECRET; tokens of an external identity
+provider (RS256, EdDSA) are verified against its JWKS (AUTH_JWKS_URL), with optional issuer and
+audience checks. The `sub` claim is the user id."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jwt
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request
+
+from models import Settings
 
 from .problems import Problem
 
 MAX_USER_ID = 128
+ASYMMETRIC = ("RS256", "EdDSA")
+
+
+class Verifier:
+    """Checks tokens for one web process. Its JWKS client caches the provider's *public keys* for
+    AUTH_JWKS_TTL_SECONDS and refetches them when a token names a key id it has not seen (a key
+    rotation), at most once per AUTH_JWKS_COOLDOWN_SECONDS; it holds nothing about users."""
+
+    def __init__(self, settings: Settings, secret: str) -> None:
+        self.secret = secret
+        self.issuer = settings.auth_issuer or None
+        self.audience = settings.auth_audience or None
+        self.jwks = (
+            jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=settings.auth_jwks_ttl_seconds,
+                            cooldown_duration=settings.auth_jwks_cooldown_seconds, timeout=5)
+            if settings.auth_jwks_url
+            else None
+        )
+
+    def claims(self, token: str) -> dict[str, Any]:
+        algorithm = jwt.get_unverified_header(token).get("alg")
+        if algorithm == "HS256" and self.secret:
+            key: Any = self.secret
+        elif algorithm in ASYMMETRIC and self.jwks is not None:
+            try:
+                key = self.jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientConnectionError as error:
+                raise Problem(503, "The identity provider's keys cannot be fetched; retry later.",
+                              headers={"Retry-After": "5"}) from error
+            except jwt.PyJWKClientError as error:
+                raise jwt.InvalidTokenError(str(error)) from error
+        else:
+            raise jwt.InvalidAlgorithmError(f"tokens signed with {algorithm!r} are not accepted")
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            issuer=self.issuer,
+            audience=self.audience,
+            options={"require": ["sub"], "verify_aud": self.audience is not None},
+        )
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.extensions["chatq.auth"] = Verifier(settings, app.config["AUTH_SECRET"])
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -18,19 +68,18 @@ def _unauthorized(detail: str) -> Problem:
 
 def authenticate() -> str:
     """The user id of this request, or a 401 problem. Called before every /api/ view."""
+    if "user" in g:
+        return g.user
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("Send 'Authorization: Bearer <token>'.")
     try:
-        claims = jwt.decode(
-            token.strip(),
-            current_app.config["AUTH_SECRET"],
-            algorithms=["HS256"],
-            options={"require": ["sub"]},
-        )
+        claims = current_app.extensions["chatq.auth"].claims(token.strip())
     except jwt.ExpiredSignatureError:
         raise _unauthorized("The token has expired.") from None
+    except (jwt.InvalidIssuerError, jwt.InvalidAudienceError):
+        raise _unauthorized("The token was issued by or for someone else.") from None
     except jwt.InvalidTokenError:
         raise _unauthorized("The token is malformed or its signature does not verify.") from None
     subject = claims.get("sub")
