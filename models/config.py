@@ -66,6 +66,13 @@ class Settings:
     # Reply engine.
     engine: str = "builtin"
     engine_delay_ms: int = 0
+    # ENGINE=openai: any server speaking the OpenAI Chat Completions protocol.
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = ""
+    llm_timeout_s: float = 60.0
+    llm_system_prompt: str = ""
+    llm_stream: bool = True
     # Delivery: how long a claim on a conversation lives without renewal, how often the sweeper
     # runs, how long a queued message may wait before it is enqueued again, and when to give up.
     lease_seconds: float = 30.0
@@ -103,6 +110,12 @@ class Settings:
             server_id=env.get("SERVER_ID") or socket.gethostname(),
             engine=env.get("ENGINE", "builtin"),
             engine_delay_ms=_int(env, "ENGINE_DELAY_MS", 0),
+            llm_base_url=env.get("LLM_BASE_URL", ""),
+            llm_model=env.get("LLM_MODEL", ""),
+            llm_api_key=env.get("LLM_API_KEY", ""),
+            llm_timeout_s=_float(env, "LLM_TIMEOUT_S", 60.0),
+            llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
+            llm_stream=_flag(env.get("LLM_STREAM", "1")),
             lease_seconds=_float(env, "LEASE_SECONDS", 30.0),
             sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 5.0),
             requeue_after_seconds=_float(env, "REQUEUE_AFTER_SECONDS", 15.0),
@@ -112,6 +125,17 @@ class Settings:
             sse_heartbeat_seconds=_float(env, "SSE_HEARTBEAT_SECONDS", 10.0),
             rate_limit=env.get("RATE_LIMIT", "120/minute"),
         )
+
+    def require_engine(self) -> None:
+        """A ConfigError that says what is missing when the configured engine cannot run."""
+        if self.engine == "builtin":
+            return
+        if self.engine != "openai":
+            raise ConfigError(f"ENGINE must be 'builtin' or 'openai', not {self.engine!r}")
+        missing = [name for name, value in (("LLM_BASE_URL", self.llm_base_url), ("LLM_MODEL", self.llm_model))
+                   if not value]
+        if missing:
+            raise ConfigError(f"ENGINE=openai needs {' and '.join(missing)}")
 
     def require_auth_secret(self) -> str:
         """The HS256 secret ("" when only JWKS tokens are accepted), or a ConfigError that says why

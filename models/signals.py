@@ -7,3 +7,8 @@ import uuid
 
 def conversation_channel(conversation_id: uuid.UUID | str) -> str:
     return f"chatq:conversation:{conversation_id}"
+
+
+def delta_channel(conversation_id: uuid.UUID | str) -> str:
+    """Streamed text of replies being generated: for event streams only (long-polls do not wake)."""
+    return f"chatq:conversation:{conversation_id}:deltas"

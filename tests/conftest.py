@@ -135,3 +135,9 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
 
 
 __all__ = ["Process", "Stack"]
+
+
+@pytest.fixture
+def db_llm(llm_stack) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(_libpq(llm_stack.env["DATABASE_URL"]), autocommit=True) as connection:
+        yield connection

@@ -8,6 +8,9 @@
   move the client's Last-Event-ID backwards and replay everything after it on reconnect, so updates
   leave the cursor alone; a reconnecting client gets the current state of every unanswered
   question at or below its cursor first, so it misses no update either;
+- `event: delta` (no id) with `{"message_id", "attempt", "index", "text"}` for each piece of a
+  reply a streaming engine is still generating; the final `message` event follows the commit and
+  is the truth (a new attempt after a crash starts its deltas again from index 0);
 - a `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS`, so proxies keep the stream open.
 
 Like a long-poll, the stream holds no database connection between reads: it sleeps on the
@@ -29,7 +32,7 @@ from sqlalchemy import select
 
 from models import PENDING, Message
 from models.queries import replies_to
-from models.signals import conversation_channel
+from models.signals import conversation_channel, delta_channel
 
 from .api import conversation_or_404
 from .auth import authenticate
@@ -60,6 +63,18 @@ def _cursor() -> int:
 def _frame(message: dict[str, Any], with_id: bool) -> str:
     head = f"id: {message['seq']}\n" if with_id else ""
     return f"{head}event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
+
+
+def _drain(pubsub: Any, timeout: float) -> list[tuple[str | None, str]]:
+    """Wait up to `timeout` for a notification, then take every one already waiting."""
+    woken = []
+    message = pubsub.get_message(timeout=timeout)
+    while message is not None:
+        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+        data = message["data"].decode() if isinstance(message["data"], bytes) else str(message["data"])
+        woken.append((channel, data))
+        message = pubsub.get_message(timeout=0)
+    return woken
 
 
 def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tuple[list[str], int]:
@@ -108,18 +123,21 @@ def conversation_events(conversation_id: str) -> Response:
     def stream() -> Iterator[str]:
         nonlocal cursor
         pubsub = services().redis.pubsub(ignore_subscribe_messages=True)
+        deltas = delta_channel(conversation.id)
         try:
             try:
-                pubsub.subscribe(conversation_channel(conversation.id))
+                pubsub.subscribe(conversation_channel(conversation.id), deltas)
             except RedisError as error:
                 log.warning("events_without_notifications", error=str(error), user=user)
                 pubsub = None
             yield f"retry: {RECONNECT_MS}\n\n"
             ends = time.monotonic() + STREAM_SECONDS
             beat = time.monotonic() + settings.sse_heartbeat_seconds
+            reread = True
             while time.monotonic() < ends:
-                frames, cursor = _changes(conversation.id, cursor, watched)
-                yield from frames
+                if reread:
+                    frames, cursor = _changes(conversation.id, cursor, watched)
+                    yield from frames
                 if time.monotonic() >= beat:
                     yield ": heartbeat\n\n"
                     beat = time.monotonic() + settings.sse_heartbeat_seconds
@@ -128,9 +146,12 @@ def conversation_events(conversation_id: str) -> Response:
                     time.sleep(pause)
                     continue
                 try:
-                    pubsub.get_message(timeout=pause)
+                    woken = _drain(pubsub, pause)
                 except RedisError:
-                    pubsub = None
+                    pubsub, woken = None, []
+                # Streamed text goes straight through; anything else (or silence) means re-read.
+                yield from (f"event: delta\ndata: {data}\n\n" for channel, data in woken if channel == deltas)
+                reread = not woken or any(channel != deltas for channel, _ in woken)
         finally:
             if pubsub is not None:
                 pubsub.close()

@@ -13,6 +13,7 @@ from models.logs import configure_logging
 
 
 def create_celery(settings: Settings) -> Celery:
+    settings.require_engine()  # refuse to start a worker that could answer nothing
     app = Celery("chatq", broker=settings.redis_url, include=["worker.tasks"])
     time_limit = max(1.0, settings.lease_seconds * 0.9)
     app.conf.update(

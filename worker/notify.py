@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 import structlog
 from redis.exceptions import RedisError
 
-from models.signals import conversation_channel
+from models.signals import conversation_channel, delta_channel
 
 from .runtime import Runtime
 
@@ -21,3 +22,21 @@ def conversation_changed(rt: Runtime, conversation_id: uuid.UUID, message_id: uu
         rt.redis.publish(conversation_channel(conversation_id), payload)
     except RedisError as error:  # waiting clients fall back to their re-check interval
         log.warning("notify_failed", error=str(error))
+
+
+def delta_publisher(
+    rt: Runtime, conversation_id: uuid.UUID, message_id: uuid.UUID, attempt: int
+) -> Callable[[str], None]:
+    """A callback that publishes each streamed piece of a reply, numbered, for live clients."""
+    channel = delta_channel(conversation_id)
+    counter = iter(range(1 << 30))
+
+    def publish(text: str) -> None:
+        payload = json.dumps({"message_id": str(message_id), "attempt": attempt, "index": next(counter),
+                              "text": text})
+        try:
+            rt.redis.publish(channel, payload)
+        except RedisError as error:
+            log.warning("delta_publish_failed", error=str(error))
+
+    return publish

@@ -94,6 +94,7 @@ def _answer(message_id: str) -> None:
         content=question.content,
         history=question.history,
         tools=TodoTools(rt.sessions, question.user, question.id),
+        on_delta=notify.delta_publisher(rt, conversation_id, question.id, question.attempt),
     )
     try:
         with claims.renewing(rt, lease):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models import ConfigError, Settings
+from models import Settings
 
 from .base import (
     EngineError,
@@ -14,18 +14,28 @@ from .base import (
     Turn,
 )
 from .builtin import BuiltinEngine
+from .openai_compat import DEFAULT_SYSTEM_PROMPT, OpenAICompatibleEngine, OpenAIConfig
 from .tools import TodoTools
 
 
 def make_engine(settings: Settings) -> ReplyEngine:
-    if settings.engine == "builtin":
-        return BuiltinEngine(delay_ms=settings.engine_delay_ms)
-    raise ConfigError(f"ENGINE={settings.engine!r} is not known; use 'builtin'")
+    settings.require_engine()
+    if settings.engine == "openai":
+        return OpenAICompatibleEngine(OpenAIConfig(
+            base_url=settings.llm_base_url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key,
+            timeout_s=settings.llm_timeout_s,
+            system_prompt=settings.llm_system_prompt or DEFAULT_SYSTEM_PROMPT,
+            stream=settings.llm_stream,
+        ))
+    return BuiltinEngine(delay_ms=settings.engine_delay_ms)
 
 
 __all__ = [
     "BuiltinEngine",
     "EngineError",
+    "OpenAICompatibleEngine",
     "PermanentEngineError",
     "Reply",
     "ReplyEngine",

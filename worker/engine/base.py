@@ -4,6 +4,7 @@ calling the todo tools on the way; the worker persists what it returns."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +41,9 @@ class ReplyRequest:
     content: str
     history: list[Turn]
     tools: TodoTools
+    # Called with each piece of text as a streaming engine produces it (a hint for live clients;
+    # the committed reply is the truth).
+    on_delta: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""A local stand-in for an OpenAI-compatible model server, scripted per test. It speaks the real
+Chat Completions wire protocol: JSON answers, `text/event-stream` chunks ending in `data: [DONE]`,
+`tool_calls` (streamed by index), `finish_reason`, and error bodies with their status codes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeModelServer:
+    def __init__(self) -> None:
+        self.script: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.streaming = threading.Event()  # set when a streamed answer has begun
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length))
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": body,
+                                            "authorization": self.headers.get("Authorization")})
+                    step = server.script.pop(0) if server.script else {"content": "OK"}
+                server.answer(self, body, step)
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+    def reset(self, *steps: dict[str, Any]) -> None:
+        with self.lock:
+            self.script = list(steps)
+            self.requests = []
+        self.streaming.clear()
+
+    # The wire protocol ---------------------------------------------------------------------------
+
+    def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], step: dict[str, Any]) -> None:
+        if "status" in step:
+            payload = json.dumps({"error": {"message": step.get("message", "scripted failure"),
+                                            "type": "invalid_request_error" if step["status"] < 500 else "server_error",
+                                            "code": step.get("code")}}).encode()
+            handler.send_response(step["status"])
+            handler.send_header("Content-Type", "application/json")
+            if "retry_after" in step:
+                handler.send_header("Retry-After", str(step["retry_after"]))
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        calls = [{"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function",
+                  "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])
+                               if not isinstance(call["arguments"], str) else call["arguments"]}}
+                 for call in step.get("tool_calls", [])]
+        finish = "tool_calls" if calls else "stop"
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": step.get("content") if not calls else None}
+            if calls:
+                message["tool_calls"] = calls
+            payload = json.dumps({"id": completion_id, "object": "chat.completion", "created": int(time.time()),
+                                  "model": body["model"], "choices": [{"index": 0, "message": message,
+                                                                       "finish_reason": finish}]}).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+        def send(data: str) -> None:
+            raw = f"data: {data}\n\n".encode()
+            handler.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+            handler.wfile.flush()
+
+        try:
+            send(json.dumps(chunk({"role": "assistant", "content": ""})))
+            self.streaming.set()
+            for index, call in enumerate(calls):
+                arguments = call["function"]["arguments"]
+                half = len(arguments) // 2
+                send(json.dumps(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                                       "function": {"name": call["function"]["name"],
+                                                                    "arguments": arguments[:half]}}]})))
+                send(json.dumps(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]})))
+            for piece in _pieces(step.get("content") or "") if not calls else []:
+                time.sleep(step.get("chunk_delay", 0))
+                send(json.dumps(chunk({"content": piece})))
+            send(json.dumps(chunk({}, finish)))
+            send("[DONE]")
+            handler.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker died mid-stream
+
+
+def _pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]

@@ -1,0 +1,168 @@
+"""ENGINE=openai against a local fake model server that speaks the Chat Completions protocol:
+answers, tool calls, retries, permanent failures, a worker killed mid-stream, streamed deltas."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from tests.conftest import TEST_REDIS_DB, Stack, create_database
+from tests.fake_llm import FakeModelServer
+from tests.support import Api, EventStream, Process, Web, Worker
+
+LLM_REDIS_DB = TEST_REDIS_DB - 1
+
+
+@pytest.fixture(scope="module")
+def model_server():
+    server = FakeModelServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def llm_stack(stack_env, model_server):
+    """A stack of its own (database, Redis database, web, worker, beat) whose workers use a model."""
+    server = os.environ["DATABASE_URL"]
+    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{LLM_REDIS_DB}"
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**stack_env, "DATABASE_URL": create_database(server, "chatq_llm"), "REDIS_URL": redis_url,
+           "ENGINE": "openai", "LLM_BASE_URL": model_server.base_url, "LLM_MODEL": "fake-model",
+           "LLM_API_KEY": "sk-test", "LEASE_SECONDS": "4", "REQUEUE_AFTER_SECONDS": "2"}
+    running = Stack(env)
+    running.web = Web("llm-web", env)
+    running.worker = Worker("llm-worker", env)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def model(model_server):
+    model_server.reset()
+    return model_server
+
+
+@pytest.fixture
+def user(llm_stack) -> Api:
+    return Api(llm_stack.url)
+
+
+def test_a_plain_answer(user: Api, model: FakeModelServer) -> None:
+    model.reset({"content": "Hello! How can I help with your list?"})
+    _, answered = user.ask("hi there")
+    assert answered["reply"]["content"] == "Hello! How can I help with your list?"
+    request = model.requests[0]
+    assert request["path"] == "/v1/chat/completions" and request["authorization"] == "Bearer sk-test"
+    assert request["body"]["model"] == "fake-model"
+    assert [m["role"] for m in request["body"]["messages"]] == ["system", "user"]
+    assert {tool["function"]["name"] for tool in request["body"]["tools"]} == {
+        "add_task", "list_tasks", "complete_task", "delete_task", "rename_task"}
+
+
+def test_a_tool_call_then_an_answer_and_recall_after_restarting_everything(
+    llm_stack, user: Api, model: FakeModelServer
+) -> None:
+    model.reset({"tool_calls": [{"name": "add_task", "arguments": {"title": "buy milk"}}]},
+                {"content": "Added “buy milk” to your list."})
+    conversation_id, answered = user.ask("Add task: buy milk")
+    assert [t["title"] for t in user.tasks()] == ["buy milk"]
+    reply = answered["reply"]
+    assert reply["content"] == "Added “buy milk” to your list."
+    assert reply["tool_calls"][0]["name"] == "add_task" and reply["tool_calls"][0]["result"]["task"]["title"] == \
+        "buy milk"
+    tool_message = model.requests[1]["body"]["messages"][-1]
+    assert tool_message["role"] == "tool" and "buy milk" in tool_message["content"]
+
+    llm_stack.restart()
+    model.reset({"content": "You just added “buy milk”."})
+    _, recalled = user.ask("What did I just add?", conversation_id)
+    assert "buy milk" in recalled["reply"]["content"]
+    history = model.requests[0]["body"]["messages"]
+    roles = [m["role"] for m in history]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert history[2]["tool_calls"][0]["function"]["name"] == "add_task"
+    assert "buy milk" in history[3]["content"] and history[3]["tool_call_id"] == history[2]["tool_calls"][0]["id"]
+
+
+def test_bad_tool_arguments_are_answered_to_the_model_not_crashed(user: Api, model: FakeModelServer) -> None:
+    model.reset({"tool_calls": [{"name": "complete_task", "arguments": "{not json"}]},
+                {"content": "Sorry, which task?"})
+    _, answered = user.ask("complete the thing")
+    assert answered["reply"]["content"] == "Sorry, which task?"
+    assert "bad arguments" in model.requests[1]["body"]["messages"][-1]["content"]
+
+
+def test_429_then_success(user: Api, model: FakeModelServer) -> None:
+    model.reset({"status": 429, "retry_after": "0.2", "message": "slow down"}, {"content": "Recovered."})
+    _, answered = user.ask("hello?")
+    assert answered["reply"]["content"] == "Recovered." and len(model.requests) == 2
+
+
+def test_a_permanent_400_fails_readably_then_retry_answers(user: Api, model: FakeModelServer) -> None:
+    model.reset({"status": 400, "message": "context length exceeded"})
+    message_id = user.chat("a very long story")["message"]["id"]
+    failed = user.wait_answered(message_id)
+    assert failed["status"] == "failed" and "context length exceeded" in failed["error"]
+    assert len(model.requests) == 1  # permanent: not retried
+    model.reset({"content": "Now it fits."})
+    assert user.post(f"/api/v1/messages/{message_id}/retry").status_code == 202
+    answered = user.wait_answered(message_id)
+    assert answered["status"] == "answered" and answered["reply"]["content"] == "Now it fits."
+
+
+def test_a_worker_killed_mid_stream_leaves_exactly_one_reply(llm_stack, user: Api, model: FakeModelServer,
+                                                             db_llm) -> None:
+    model.reset({"content": "this answer streams slowly and never finishes " * 3, "chunk_delay": 0.3},
+                {"content": "The second attempt answers."})
+    message_id = user.chat("tell me something")["message"]["id"]
+    assert model.streaming.wait(20)
+    llm_stack.worker.kill(signal.SIGKILL)
+    llm_stack.worker = Worker("llm-worker", llm_stack.env).start()
+    answered = user.wait_answered(message_id, timeout=60)
+    assert answered["status"] == "answered"
+    assert answered["reply"]["content"] == "The second attempt answers."
+    replies = db_llm.execute("SELECT count(*) FROM messages WHERE reply_to_id = %s", (message_id,)).fetchone()[0]
+    assert replies == 1
+
+
+def test_streamed_deltas_reach_an_event_stream_on_another_node_before_the_final_message(
+    llm_stack, user: Api, model: FakeModelServer
+) -> None:
+    other = Web("llm-web-b", llm_stack.env).start()
+    try:
+        conversation_id = user.post("/api/v1/conversations", json={}).json()["id"]
+        watcher = Api(other.url, user.user)
+        stream = EventStream(watcher, f"/api/v1/conversations/{conversation_id}/events")
+        model.reset({"content": "one two three four five six", "chunk_delay": 0.15})
+        events: list[dict] = []
+        reader = threading.Thread(target=lambda: events.extend(
+            stream.until(lambda e: e["event"] == "message" and e["data"]["role"] == "assistant")))
+        reader.start()
+        user.post(f"/api/v1/conversations/{conversation_id}/messages", json={"content": "count to six"})
+        reader.join(timeout=30)
+        stream.close()
+    finally:
+        other.stop()
+    kinds = [e["event"] for e in events]
+    assert "delta" in kinds
+    last_delta = max(i for i, kind in enumerate(kinds) if kind == "delta")
+    reply_events = [i for i, e in enumerate(events) if e["event"] == "message" and e["data"]["role"] == "assistant"]
+    assert reply_events == [len(events) - 1] and reply_events[0] > last_delta  # deltas first, then the reply
+    assert events[-1]["data"]["content"] == "one two three four five six"
+    deltas = [e["data"] for e in events if e["event"] == "delta"]
+    assert "".join(d["text"] for d in deltas) == "one two three four five six"
+    assert [d["index"] for d in deltas] == list(range(len(deltas)))
+
+
+@pytest.mark.parametrize("missing", ["LLM_BASE_URL", "LLM_MODEL"])
+def test_the_worker_refuses_to_start_without_base_url_or_model(llm_stack, missing: str) -> None:
+    worker = Worker(f"llm-worker-bad-{missing}", {**llm_stack.env, missing: ""})
+    Process.start(worker)  # without waiting for "ready": it must not get there
+    assert worker.popen.wait(timeout=30) != 0
+    assert missing in worker.log_text()

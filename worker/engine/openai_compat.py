@@ -1,0 +1,236 @@
+"""A reply engine for any server that speaks OpenAI's Chat Completions protocol (OpenAI, Ollama,
+vLLM, llama.cpp's server, LiteLLM's proxy).
+
+It turns the history loaded from Postgres into chat messages — including the tool calls and tool
+results recorded on earlier replies, so "what did I just add?" works with a model too — offers the
+todo tools as functions, runs the calls the model makes, and loops until the model answers (at most
+`max_steps` requests). With streaming on, content deltas are handed to `on_delta` as they arrive.
+
+Failures: timeouts, connection errors, 429 and 5xx are transient — retried here a few times with
+jittered backoff that honours Retry-After, then handed to the worker as TransientEngineError (the
+message goes back to the queue). Other 4xx and malformed answers are permanent: the message fails
+with a readable error and the retry endpoint can requeue it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from .base import PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
+from .tools import TodoTools
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are chatq, a friendly assistant that keeps the user's todo list. Use the tools to add, list, "
+    "complete, delete and rename tasks; list the tasks first when you need a task's id. Answer briefly "
+    "and say what you did."
+)
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {
+        "name": "add_task", "description": "Add a task to the user's todo list.",
+        "parameters": {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}}},
+    {"type": "function", "function": {
+        "name": "list_tasks", "description": "List the user's tasks, numbered, with their ids.",
+        "parameters": {"type": "object", "properties": {
+            "status": {"type": "string", "enum": ["open", "done", "all"]}}}}},
+    {"type": "function", "function": {
+        "name": "complete_task", "description": "Mark a task as done.",
+        "parameters": {"type": "object", "properties": {"task_id": {"type": "string"}}, "required": ["task_id"]}}},
+    {"type": "function", "function": {
+        "name": "delete_task", "description": "Delete a task.",
+        "parameters": {"type": "object", "properties": {"task_id": {"type": "string"}}, "required": ["task_id"]}}},
+    {"type": "function", "function": {
+        "name": "rename_task", "description": "Give a task a new title.",
+        "parameters": {"type": "object", "properties": {"task_id": {"type": "string"}, "title": {"type": "string"}},
+                       "required": ["task_id", "title"]}}},
+]
+TOOL_NAMES = {tool["function"]["name"] for tool in TOOLS}
+ATTEMPTS = 3  # requests per step before a transient failure is handed to the worker
+BACKOFF_CAP = 10.0
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    base_url: str
+    model: str
+    api_key: str = ""
+    timeout_s: float = 60.0
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_steps: int = 6
+    stream: bool = True
+
+
+@dataclass
+class _Answer:
+    content: str
+    tool_calls: list[dict[str, Any]]  # [{"id", "name", "arguments": str}]
+
+
+def call_id(turn: Turn, index: int) -> str:
+    return f"call_{turn.seq}_{index}"
+
+
+def history_messages(system_prompt: str, history: list[Turn], content: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    for turn in history:
+        if turn.role == "assistant" and turn.tool_calls:
+            calls = [{"id": call_id(turn, i), "type": "function",
+                      "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}
+                     for i, call in enumerate(turn.tool_calls)]
+            messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+            messages += [{"role": "tool", "tool_call_id": call_id(turn, i), "content": json.dumps(call.get("result"))}
+                         for i, call in enumerate(turn.tool_calls)]
+        messages.append({"role": turn.role, "content": turn.content})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def run_tool(tools: TodoTools, name: str, raw_arguments: str) -> dict[str, Any]:
+    """Run one tool call of the model's. Bad arguments are the model's mistake: they are answered
+    as a tool error it can read and correct, never raised."""
+    if name not in TOOL_NAMES:
+        return {"error": f"unknown tool {name!r}"}
+    try:
+        arguments = json.loads(raw_arguments or "{}")
+        if not isinstance(arguments, dict):
+            raise ValueError("arguments must be a JSON object")
+        return getattr(tools, name)(**arguments)
+    except (ValueError, TypeError) as error:
+        return {"error": f"bad arguments for {name}: {error}"}
+
+
+class OpenAICompatibleEngine:
+    def __init__(self, config: OpenAIConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self._sleep = sleep
+
+    def reply(self, request: ReplyRequest) -> Reply:
+        messages = history_messages(self.config.system_prompt, request.history, request.content)
+        for _step in range(self.config.max_steps):
+            answer = self._complete(messages, request.on_delta)
+            if not answer.tool_calls:
+                return Reply(content=answer.content, tool_calls=list(request.tools.calls))
+            messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
+                {"id": call["id"], "type": "function", "function": {"name": call["name"],
+                                                                    "arguments": call["arguments"]}}
+                for call in answer.tool_calls]})
+            for call in answer.tool_calls:
+                result = run_tool(request.tools, call["name"], call["arguments"])
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
+        raise PermanentEngineError(f"The model did not answer within {self.config.max_steps} steps.")
+
+    # One completion, retried -----------------------------------------------------------------
+
+    def _complete(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None) -> _Answer:
+        last: TransientEngineError | None = None
+        for attempt in range(ATTEMPTS):
+            try:
+                return self._request(messages, on_delta)
+            except _Retryable as error:
+                last = TransientEngineError(str(error))
+                if attempt + 1 < ATTEMPTS:
+                    self._sleep(error.retry_after or random.uniform(0, min(BACKOFF_CAP, 2 ** attempt)))
+        assert last is not None
+        raise last
+
+    def _request(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None) -> _Answer:
+        body = {"model": self.config.model, "messages": messages, "tools": TOOLS, "stream": self.config.stream}
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        try:
+            response = requests.post(url, json=body, headers=headers, timeout=self.config.timeout_s,
+                                     stream=self.config.stream)
+        except requests.Timeout as error:
+            raise _Retryable(f"the model server timed out: {error}") from error
+        except requests.ConnectionError as error:
+            raise _Retryable(f"the model server cannot be reached: {error}") from error
+        with response:
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Retryable(f"the model server answered {response.status_code}: {_error_text(response)}",
+                                 retry_after=_retry_after(response))
+            if response.status_code >= 400:
+                raise PermanentEngineError(
+                    f"The model server refused the request ({response.status_code}): {_error_text(response)}")
+            try:
+                if self.config.stream:
+                    return _read_stream(response, on_delta)
+                return _read_json(response.json())
+            except requests.RequestException as error:
+                raise _Retryable(f"the model server's answer broke off: {error}") from error
+            except (ValueError, KeyError, TypeError, IndexError) as error:
+                raise PermanentEngineError(f"The model server's answer is malformed: {error}") from error
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    try:
+        return min(BACKOFF_CAP, max(0.0, float(response.headers.get("Retry-After", ""))))
+    except ValueError:
+        return None
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        return str(error.get("message") or error)[:300]
+    except (ValueError, AttributeError):
+        return response.text[:300]
+
+
+def _read_json(payload: dict[str, Any]) -> _Answer:
+    message = payload["choices"][0]["message"]
+    calls = [{"id": call["id"], "name": call["function"]["name"], "arguments": call["function"].get("arguments", "")}
+             for call in message.get("tool_calls") or []]
+    if message.get("content") is None and not calls:
+        raise ValueError("an answer with neither content nor tool calls")
+    return _Answer(content=message.get("content") or "", tool_calls=calls)
+
+
+def _events(response: requests.Response) -> Iterator[dict[str, Any]]:
+    for line in response.iter_lines(decode_unicode=True):
+        if not line or not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def _read_stream(response: requests.Response, on_delta: Callable[[str], None] | None) -> _Answer:
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finished = False
+    for chunk in _events(response):
+        if "error" in chunk:
+            raise ValueError(f"error in stream: {chunk['error']}")
+        for choice in chunk.get("choices", []):
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+                if on_delta is not None:
+                    on_delta(delta["content"])
+            for part in delta.get("tool_calls") or []:
+                call = calls.setdefault(part["index"], {"id": "", "name": "", "arguments": ""})
+                call["id"] = part.get("id") or call["id"]
+                function = part.get("function") or {}
+                call["name"] += function.get("name") or ""
+                call["arguments"] += function.get("arguments") or ""
+            finished = finished or choice.get("finish_reason") is not None
+    if not finished:
+        raise requests.ConnectionError("the stream ended before a finish_reason")
+    if not content and not calls:
+        raise ValueError("an answer with neither content nor tool calls")
+    return _Answer(content="".join(content), tool_calls=[calls[i] for i in sorted(calls)])
