@@ -9,6 +9,7 @@ and use Redis database 15, flushing it first.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from sqlalchemy.engine import make_url
 from tests.support import ROOT, TEST_SECRET, Api, Beat, Process, Web, Worker
 
 TEST_DATABASE = "chatq_test"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TEST_REDIS_DB = 15
 
 
@@ -141,3 +143,19 @@ __all__ = ["Process", "Stack"]
 def db_llm(llm_stack) -> Iterator[psycopg.Connection]:
     with psycopg.connect(_libpq(llm_stack.env["DATABASE_URL"]), autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not shutil.which("chromium"):
+        pytest.skip("no Chromium here: `make test` installs Debian's chromium where apt-get can")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield instance
+        instance.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from tests.support import ARTIFACTS, Web
 
 pytestmark = pytest.mark.browser
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -19,22 +17,6 @@ def dev_web(stack, stack_env):
     node = Web("web-dev", {**stack_env, "CHATQ_DEV": "1"}).start()
     yield node
     node.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which("chromium"):
-        pytest.skip("no Chromium here: `make test` installs Debian's chromium where apt-get can")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        yield instance
-        instance.close()
 
 
 def test_sign_in_chat_reload_and_recall(dev_web: Web, browser) -> None:

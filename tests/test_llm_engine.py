@@ -166,3 +166,25 @@ def test_the_worker_refuses_to_start_without_base_url_or_model(llm_stack, missin
     Process.start(worker)  # without waiting for "ready": it must not get there
     assert worker.popen.wait(timeout=30) != 0
     assert missing in worker.log_text()
+
+
+@pytest.mark.browser
+def test_the_chat_page_renders_tokens_as_they_arrive(llm_stack, model: FakeModelServer, browser) -> None:
+    node = Web("llm-web-dev", {**llm_stack.env, "CHATQ_DEV": "1"}).start()
+    try:
+        page = browser.new_page()
+        page.goto(node.url + "/")
+        page.fill("#user-name", f"streamer-{os.getpid()}")
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#app:not([hidden])")
+        final_text = "Streaming word by word works nicely here"
+        model.reset({"content": final_text, "chunk_delay": 0.3})
+        page.fill("#message", "stream something")
+        page.press("#message", "Enter")
+        draft = page.wait_for_selector(".message.assistant.draft", timeout=15000)
+        partial = draft.inner_text()
+        page.wait_for_selector(f".message.assistant:not(.draft) >> text={final_text}", timeout=20000)
+        assert partial and final_text.startswith(partial.strip()) and len(partial.strip()) < len(final_text)
+        assert page.locator(".message.assistant.draft").count() == 0
+    finally:
+        node.stop()

@@ -4,7 +4,11 @@
 
 const $ = (id) => document.getElementById(id);
 const WAIT_SECONDS = 25;
-const state = { token: null, user: null, conversationId: null, items: new Map(), waiting: new Set() };
+const state = {
+  token: null, user: null, conversationId: null, items: new Map(), waiting: new Set(),
+  drafts: new Map(),  // message id -> {attempt, text}: a reply still being streamed by the model
+  stream: null,       // the AbortController of the conversation's event stream
+};
 
 // --- API -----------------------------------------------------------------------------------------
 
@@ -111,8 +115,10 @@ async function loadConversations() {
 }
 
 async function selectConversation(conversationId) {
+  if (state.stream) state.stream.abort();
   state.conversationId = conversationId;
   state.items = new Map();
+  state.drafts = new Map();
   history.replaceState(null, "", conversationId ? `#c=${conversationId}` : "#");
   $("conversation-title").textContent = "New conversation";
   render();
@@ -137,6 +143,7 @@ async function selectConversation(conversationId) {
     }
   }
   await loadConversations();
+  if (conversationId) followEvents(conversationId);
   $("message").focus();
 }
 
@@ -146,7 +153,11 @@ const isPending = (message) => message.status === "queued" || message.status ===
 
 function remember(message) {
   state.items.set(message.id, message);
-  if (message.reply) state.items.set(message.reply.id, message.reply);
+  if (message.reply) {
+    state.items.set(message.reply.id, message.reply);
+    state.drafts.delete(message.id);
+  }
+  if (message.reply_to) state.drafts.delete(message.reply_to);
 }
 
 function render() {
@@ -167,7 +178,13 @@ function render() {
       status.className = "status pending";
       status.textContent = message.status === "queued" ? "Queued…" : "Thinking…";
       list.append(status);
-      if (!message.reply) {
+      const draft = state.drafts.get(message.id);
+      if (!message.reply && draft) {
+        const bubble = document.createElement("li");
+        bubble.className = "message assistant draft";
+        bubble.textContent = draft.text;
+        list.append(bubble);
+      } else if (!message.reply) {
         const typing = document.createElement("li");
         typing.className = "typing";
         typing.setAttribute("aria-label", "The assistant is answering");
@@ -234,6 +251,7 @@ async function send(event) {
       history.replaceState(null, "", `#c=${accepted.conversation_id}`);
       $("conversation-title").textContent = content.slice(0, 60);
       loadConversations();
+      followEvents(accepted.conversation_id);
     }
     remember(accepted.message);
     render();
@@ -249,6 +267,72 @@ async function retryMessage(messageId) {
   remember(accepted.message);
   render();
   waitForReply(messageId);
+}
+
+// The conversation's event stream, read with fetch() (EventSource cannot send a bearer token).
+// It carries the model's text as it is generated ("delta" events) and every new message; the
+// long-polls above remain the source of truth for each question's final state.
+async function followEvents(conversationId) {
+  if (state.stream) state.stream.abort();
+  const controller = new AbortController();
+  state.stream = controller;
+  let lastEventId = Math.max(0, ...[...state.items.values()].map((m) => m.seq));
+  while (!controller.signal.aborted && state.conversationId === conversationId) {
+    try {
+      const response = await fetch(`/api/v1/conversations/${conversationId}/events`, {
+        headers: { Authorization: `Bearer ${state.token}`, "Last-Event-ID": String(lastEventId) },
+        signal: controller.signal,
+      });
+      if (!response.ok) return;
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const event = parseEvent(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+          if (event.id) lastEventId = Number(event.id);
+          if (event.data && state.conversationId === conversationId) onEvent(event);
+        }
+      }
+    } catch (error) {
+      if (controller.signal.aborted) return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function parseEvent(block) {
+  const event = { type: "message", id: null, data: "" };
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue;
+    const [field, ...rest] = line.split(":");
+    const value = rest.join(":").replace(/^ /, "");
+    if (field === "event") event.type = value;
+    else if (field === "id") event.id = value;
+    else if (field === "data") event.data += value;
+  }
+  return event;
+}
+
+function onEvent(event) {
+  const data = JSON.parse(event.data);
+  if (event.type === "delta") {
+    const draft = state.drafts.get(data.message_id);
+    if (draft && draft.attempt === data.attempt) {
+      draft.text += data.text;
+    } else if (data.index === 0) {  // joined mid-reply: keep the typing dots rather than show a torn text
+      state.drafts.set(data.message_id, { attempt: data.attempt, text: data.text });
+    } else {
+      return;
+    }
+  } else {
+    remember(data);
+  }
+  render();
 }
 
 // --- Tasks ---------------------------------------------------------------------------------------
