@@ -69,3 +69,32 @@ def test_posts_succeed_while_redis_is_down_and_the_sweeper_delivers_them(stack_e
     answered = user.wait_answered(response.json()["message"]["id"])
     assert answered["status"] == "answered"
     assert [task["title"] for task in user.tasks()] == ["survive redis"]
+
+
+def test_one_request_id_follows_a_message_from_post_to_reply(stack, api: Api) -> None:
+    """Structured (JSON) log lines of the web request and of the worker job that answered it carry
+    the same request id, with the user, conversation, message and Celery task ids."""
+    import json
+    import time
+    import uuid
+
+    request_id = f"trace-{uuid.uuid4().hex}"
+    response = api.post("/api/v1/chat", json={"message": "Add task: traced"}, headers={"X-Request-ID": request_id})
+    message_id = response.json()["message"]["id"]
+    api.wait_answered(message_id)
+    time.sleep(0.3)
+
+    def lines(process) -> list[dict]:
+        found = []
+        for raw in process.log_text().splitlines():
+            if request_id in raw and raw.startswith("{"):
+                found.append(json.loads(raw))
+        return found
+
+    web_lines, worker_lines = lines(stack.web), lines(stack.worker)
+    accepted = next(line for line in web_lines if line["event"] == "message_accepted")
+    assert accepted["user"] == api.user and accepted["message_id"] == message_id
+    assert accepted["conversation_id"] == response.json()["conversation_id"]
+    answered = next(line for line in worker_lines if line["event"] == "answered")
+    assert answered["message_id"] == message_id and answered["user"] == api.user and answered["task_id"]
+    assert answered["conversation_id"] == accepted["conversation_id"]

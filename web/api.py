@@ -7,6 +7,7 @@ import binascii
 from datetime import datetime
 from typing import Any
 
+import structlog
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, func, select, tuple_, update
 
@@ -25,6 +26,7 @@ from .spec import operation
 from .waiting import wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+log = structlog.get_logger(__name__)
 IDEMPOTENCY_HEADER = {"Idempotency-Key": "1-255 printable characters; a retry with it replays the first answer"}
 PENDING_RETRY_AFTER = "1"  # seconds a plain poller should wait before asking again
 
@@ -131,6 +133,10 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
             request_id=g.request_id,
             idempotency=idempotency,
         )
+    structlog.contextvars.bind_contextvars(
+        user=g.user, conversation_id=accepted.body["conversation_id"], message_id=accepted.body["message"]["id"]
+    )
+    log.info("message_accepted", replayed=accepted.replayed)
     if accepted.message_id is not None:
         send_answer_job(accepted.message_id, g.request_id)
     response = jsonify(accepted.body)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import jwt
+import structlog
 from flask import Flask, current_app, g, request
 
 from models import Settings
@@ -86,6 +87,7 @@ def authenticate() -> str:
     if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_USER_ID:
         raise _unauthorized("The token's 'sub' claim must be a user id of 1 to 128 characters.")
     g.user = subject
+    structlog.contextvars.bind_contextvars(user=subject)
     return subject
 
 

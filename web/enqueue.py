@@ -23,6 +23,8 @@ def send_answer_job(message_id: uuid.UUID, request_id: str | None) -> bool:
             ANSWER_MESSAGE,
             args=[str(message_id)],
             headers={REQUEST_ID_HEADER: request_id},
+            # Flower and the logs name the job by what it answers, not only by its uuid.
+            shadow=f"{ANSWER_MESSAGE} {message_id}",
             retry=False,
         )
     except (KombuOperationalError, RedisError, OSError) as error:

@@ -36,8 +36,9 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
 
-def enqueue(message_id: uuid.UUID, request_id: str | None = None) -> None:
-    answer_message.apply_async(args=[str(message_id)], headers={REQUEST_ID_HEADER: request_id})
+def enqueue(message_id: uuid.UUID, request_id: str | None = None, countdown: float | None = None) -> None:
+    answer_message.apply_async(args=[str(message_id)], headers={REQUEST_ID_HEADER: request_id},
+                               shadow=f"{ANSWER_MESSAGE} {message_id}", countdown=countdown)
 
 
 # Postgres or Redis unreachable for a moment: worth retrying, with jittered exponential backoff.
@@ -56,7 +57,11 @@ TRANSIENT_INFRASTRUCTURE = (OperationalError, RedisConnectionError, RedisTimeout
 )
 def answer_message(self: Task, message_id: str) -> None:
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(task_id=self.request.id, message_id=message_id)
+    # The request id that accepted the message travels in the job's headers: one grep follows a
+    # message from POST to reply.
+    structlog.contextvars.bind_contextvars(
+        task_id=self.request.id, message_id=message_id, request_id=self.request.get(REQUEST_ID_HEADER)
+    )
     try:
         _answer(message_id)
     finally:
@@ -122,10 +127,7 @@ def _answer(message_id: str) -> None:
     # The next message of this conversation waited for our lease: send it on its way.
     following = claims.next_pending(rt, conversation_id)
     if following is not None:
-        if following == question.id and retry_in is not None:
-            answer_message.apply_async(args=[str(following)], countdown=retry_in)
-        else:
-            enqueue(following)
+        enqueue(following, question.request_id, countdown=retry_in if following == question.id else None)
 
 
 @app.task(name=SWEEP, autoretry_for=TRANSIENT_INFRASTRUCTURE, max_retries=0)
