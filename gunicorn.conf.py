@@ -2,6 +2,12 @@
 
 import os
 
+from models.metrics_support import prepare_multiprocess_dir
+
+# Metrics from every worker process are added up at /metrics (prometheus-client multiprocess mode);
+# this must happen before the app, and so prometheus-client, is imported.
+prepare_multiprocess_dir("web")
+
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104 - behind a load balancer
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # gthread: a long-poll parks a thread, not a process, and holds no database connection while it
@@ -14,3 +20,9 @@ timeout = 60
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -62,6 +62,7 @@ class Settings:
     dev_mode: bool = False
     flower_basic_auth: str = ""
     port: int = 8000
+    worker_metrics_port: int = 9808
     server_id: str = field(default_factory=socket.gethostname)
     # Reply engine.
     engine: str = "builtin"
@@ -107,6 +108,7 @@ class Settings:
             dev_mode=_flag(env.get("CHATQ_DEV")),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH", ""),
             port=_int(env, "PORT", 8000),
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9808),
             server_id=env.get("SERVER_ID") or socket.gethostname(),
             engine=env.get("ENGINE", "builtin"),
             engine_delay_ms=_int(env, "ENGINE_DELAY_MS", 0),

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from collections.abc import Callable
+
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(database_url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
-    return create_engine(
+def make_engine(
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    on_round_trip: Callable[[str], None] | None = None,
+) -> Engine:
+    """`on_round_trip(kind)` is called for every statement ("statement"), and every transaction
+    begin and commit ("begin", "commit"), each a round trip to Postgres: the benchmark counts them."""
+    engine = create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -16,6 +26,11 @@ def make_engine(database_url: str, *, pool_size: int = 5, max_overflow: int = 10
         pool_timeout=5,
         connect_args={"connect_timeout": 3},
     )
+    if on_round_trip is not None:
+        event.listen(engine, "before_cursor_execute", lambda *_args: on_round_trip("statement"))
+        event.listen(engine, "begin", lambda *_args: on_round_trip("begin"))
+        event.listen(engine, "commit", lambda *_args: on_round_trip("commit"))
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -117,6 +117,8 @@ class Web(Process):
 
 class Worker(Process):
     def __init__(self, name: str, env: Mapping[str, str], *, concurrency: int = 2) -> None:
+        self.metrics_port = free_port()
+        env = {**env, "WORKER_METRICS_PORT": str(self.metrics_port)}
         argv = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
                 "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"]
         super().__init__(name, argv, env)

@@ -9,7 +9,22 @@ from flask import Flask, Response, request
 from models import Settings
 from models.logs import configure_logging
 
-from . import api, auth, cli, events, limits, openapi, ops, outages, page, problems, request_id, security, services
+from . import (
+    api,
+    auth,
+    cli,
+    events,
+    limits,
+    metrics,
+    openapi,
+    ops,
+    outages,
+    page,
+    problems,
+    request_id,
+    security,
+    services,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -29,16 +44,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     configure_logging()
 
-    services.init_app(app, settings)
+    services.init_app(app, settings, on_round_trip=metrics.count_round_trip)
     auth.init_app(app, settings)
     limits.init_app(app, settings)
     request_id.init_app(app)
+    metrics.init_app(app)
     problems.register_error_handlers(app)
     outages.init_app(app)
     cli.init_app(app)
     security.init_app(app)
     app.register_blueprint(page.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(openapi.bp)

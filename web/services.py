@@ -3,6 +3,7 @@ per-request database session, opened lazily and closed on teardown."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -36,8 +37,9 @@ def make_producer(settings: Settings) -> Celery:
     return producer
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    engine = make_engine(settings.database_url, pool_size=app.config["DB_POOL_SIZE"], max_overflow=5)
+def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None] | None = None) -> None:
+    engine = make_engine(settings.database_url, pool_size=app.config["DB_POOL_SIZE"], max_overflow=5,
+                         on_round_trip=on_round_trip)
     app.extensions["chatq"] = Services(
         settings=settings,
         sessions=make_sessionmaker(engine),

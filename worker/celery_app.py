@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
+import structlog
 from celery import Celery, signals
 
 from models import Settings
 from models.jobs import SWEEP
 from models.logs import configure_logging
+from models.metrics_support import scrape_registry
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -49,3 +52,24 @@ def create_celery(settings: Settings) -> Celery:
 @signals.setup_logging.connect
 def _structured_logging(**_kwargs: object) -> None:
     configure_logging()
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_kwargs: object) -> None:
+    port = Settings.from_env().worker_metrics_port
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr="0.0.0.0", registry=scrape_registry())  # noqa: S104 - scraped by Prometheus
+    except OSError as error:  # another worker on this host has the port: its metrics still serve
+        structlog.get_logger(__name__).warning("metrics_port_taken", port=port, error=str(error))
+
+
+@signals.worker_process_shutdown.connect
+def _forget_process(pid: int | None = None, **_kwargs: object) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

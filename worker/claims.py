@@ -51,6 +51,7 @@ class Question:
     attempt: int
     request_id: str | None
     history: list[Turn]
+    waited_seconds: float  # from acceptance to this claim
 
 
 def pending_conversation(rt: Runtime, message_id: uuid.UUID) -> uuid.UUID | None:
@@ -89,16 +90,17 @@ def claim(rt: Runtime, conversation_id: uuid.UUID) -> tuple[Lease | None, Questi
         lease = Lease(conversation_id, version)
         user = session.scalar(select(Conversation.user_id).where(Conversation.id == conversation_id))
         while True:
-            message = session.scalars(
-                select(Message)
+            row = session.execute(
+                select(Message, func.extract("epoch", func.now() - Message.created_at))
                 .where(Message.conversation_id == conversation_id, Message.status.in_(PENDING))
                 .order_by(Message.seq)
                 .limit(1)
             ).one_or_none()
-            if message is None:
+            if row is None:
                 _release(session, lease)
                 return lease, None, failed
-            reason = _give_up_reason(session, message, rt)
+            message, age = row[0], float(row[1])
+            reason = _give_up_reason(message, age, rt)
             if reason is None:
                 break
             message.status, message.error = Status.FAILED, reason
@@ -119,15 +121,15 @@ def claim(rt: Runtime, conversation_id: uuid.UUID) -> tuple[Lease | None, Questi
                 Turn(seq=row.seq, role=row.role.value, content=row.content, tool_calls=row.tool_calls or [])
                 for row in history_for(session, message)
             ],
+            waited_seconds=age,
         )
     return lease, question, failed
 
 
-def _give_up_reason(session: Session, message: Message, rt: Runtime) -> str | None:
+def _give_up_reason(message: Message, age: float, rt: Runtime) -> str | None:
     if message.attempts >= rt.settings.max_attempts:
         return f"Not answered after {message.attempts} attempts; retry the message to try again."
-    age = session.scalar(select(func.extract("epoch", func.now() - message.created_at)))
-    if age is not None and float(age) > rt.settings.answer_deadline_seconds:
+    if age > rt.settings.answer_deadline_seconds:
         return f"Not answered within {int(rt.settings.answer_deadline_seconds)} seconds; retry the message."
     return None
 
@@ -148,9 +150,10 @@ def _release(session: Session, lease: Lease) -> None:
     )
 
 
-def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) -> int | None:
+def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) -> tuple[int, float] | None:
     """Store the reply and mark the question answered, if the lease is still ours.
-    Returns the reply's seq, or None when the reply was discarded."""
+    Returns the reply's seq and the seconds since the question was accepted, or None when the
+    reply was discarded."""
     try:
         with rt.sessions.begin() as session:
             return _store_reply(session, lease, question, reply)
@@ -163,7 +166,7 @@ class _DuplicateReply(Exception):
     """Raised inside the commit transaction to roll it back whole."""
 
 
-def _store_reply(session: Session, lease: Lease, question: Question, reply: Reply) -> int | None:
+def _store_reply(session: Session, lease: Lease, question: Question, reply: Reply) -> tuple[int, float] | None:
     if not _holds(session, lease):
         return None
     seq = session.execute(
@@ -189,10 +192,13 @@ def _store_reply(session: Session, lease: Lease, question: Question, reply: Repl
     ).first()
     if stored is None:
         raise _DuplicateReply
-    session.execute(
-        update(Message).where(Message.id == question.id).values(status=Status.ANSWERED, error=None)
-    )
-    return seq
+    latency = session.execute(
+        update(Message)
+        .where(Message.id == question.id)
+        .values(status=Status.ANSWERED, error=None)
+        .returning(func.extract("epoch", func.now() - Message.created_at))
+    ).scalar_one()
+    return seq, float(latency)
 
 
 def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, error: str | None) -> bool:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Settings
 from models.db import make_engine, make_sessionmaker
 
+from . import metrics
 from .engine import ReplyEngine
 from .engine import make_engine as make_reply_engine
 
@@ -30,7 +31,8 @@ def runtime() -> Runtime:
     return Runtime(
         settings=settings,
         # A task uses one connection, plus one for its lease heartbeat.
-        sessions=make_sessionmaker(make_engine(settings.database_url, pool_size=2, max_overflow=2)),
+        sessions=make_sessionmaker(make_engine(settings.database_url, pool_size=2, max_overflow=2,
+                                               on_round_trip=metrics.count_round_trip)),
         redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2),
         engine=make_reply_engine(settings),
     )

@@ -31,8 +31,9 @@ STALE = text(
 )
 
 
-def sweep(rt: Runtime) -> list[uuid.UUID]:
-    """Returns the ids of the messages to enqueue again (already marked as enqueued now)."""
+def sweep(rt: Runtime) -> list[tuple[uuid.UUID, str]]:
+    """Returns (message id, reason) for each message to enqueue again, already marked as enqueued
+    now; the reason is `lease_expired` or `queued_too_long`."""
     requeue_after = timedelta(seconds=rt.settings.requeue_after_seconds)
     with rt.sessions.begin() as session:
         if not session.scalar(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK))):
@@ -43,11 +44,13 @@ def sweep(rt: Runtime) -> list[uuid.UUID]:
             leased = row.lease_expires_at is not None and row.lease_expires_at > now
             if leased:
                 continue  # a live worker holds the conversation and will carry on with it
-            if row.status == "processing" or row.enqueued_at is None or row.enqueued_at < now - requeue_after:
-                due.append(row.id)
+            if row.status == "processing":
+                due.append((row.id, "lease_expired"))
+            elif row.enqueued_at is None or row.enqueued_at < now - requeue_after:
+                due.append((row.id, "queued_too_long"))
             if len(due) >= BATCH:
                 break
         if due:
-            session.execute(update(Message).where(Message.id.in_(due)).values(enqueued_at=func.now()))
+            session.execute(update(Message).where(Message.id.in_([i for i, _ in due])).values(enqueued_at=func.now()))
         session.execute(delete(IdempotentRequest).where(IdempotentRequest.created_at < now - IDEMPOTENCY_KEEP))
     return due

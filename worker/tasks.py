@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 
 import structlog
@@ -16,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from models.jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
 
-from . import app, claims, notify, sweeper
+from . import app, claims, metrics, notify, sweeper
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
 from .runtime import runtime
 
@@ -74,12 +75,15 @@ def _answer(message_id: str) -> None:
     conversation_id = claims.pending_conversation(rt, parsed) if parsed is not None else None
     if conversation_id is None:
         log.info("job_noop", reason="answered_or_unknown")
+        metrics.DUPLICATES.labels("answered_or_unknown").inc()
         return
     lease, question, failed = claims.claim(rt, conversation_id)
     for failed_id in failed:
+        metrics.FAILURES.labels("gave_up").inc()
         notify.conversation_changed(rt, conversation_id, failed_id, "failed")
     if lease is None:
         log.info("job_noop", reason="conversation_busy", conversation_id=str(conversation_id))
+        metrics.DUPLICATES.labels("conversation_busy").inc()
         return
     if question is None:
         return
@@ -91,6 +95,8 @@ def _answer(message_id: str) -> None:
         attempt=question.attempt,
     )
     notify.conversation_changed(rt, conversation_id, question.id, "processing")
+    metrics.CLAIMS.inc()
+    metrics.QUEUE_WAIT.observe(question.waited_seconds)
     retry_in: float | None = None
     request = ReplyRequest(
         user=question.user,
@@ -101,28 +107,36 @@ def _answer(message_id: str) -> None:
         tools=TodoTools(rt.sessions, question.user, question.id),
         on_delta=notify.delta_publisher(rt, conversation_id, question.id, question.attempt),
     )
+    started = time.perf_counter()
     try:
-        with claims.renewing(rt, lease):
+        with claims.renewing(rt, lease), metrics.GENERATION.time():
             reply = rt.engine.reply(request)
     except (TransientEngineError, SoftTimeLimitExceeded) as error:
         log.warning("generation_interrupted", error=str(error) or type(error).__name__)
+        metrics.RETRIES.inc()
         if claims.finish_unanswered(rt, lease, question, error=None):
             retry_in = _backoff(question.attempt)
     except PermanentEngineError as error:
         log.warning("generation_failed", error=str(error))
+        metrics.FAILURES.labels("permanent").inc()
         claims.finish_unanswered(rt, lease, question, error=str(error))
     except TRANSIENT_INFRASTRUCTURE:
         raise  # Postgres or Redis trouble: the job is retried; the lease runs out for the sweeper
     except Exception:
         # A bug: fail the message with a reason a person can read instead of retrying it forever.
         log.exception("generation_crashed")
+        metrics.FAILURES.labels("crashed").inc()
         claims.finish_unanswered(rt, lease, question, error="The assistant hit an internal error; retry later.")
     else:
-        seq = claims.commit_reply(rt, lease, question, reply)
-        if seq is None:
+        committed = claims.commit_reply(rt, lease, question, reply)
+        if committed is None:
             log.warning("reply_discarded", reason="lease_lost")
+            metrics.LEASE_LOST.inc()
         else:
-            log.info("answered", reply_seq=seq, tools=[call["name"] for call in reply.tool_calls])
+            seq, latency = committed
+            metrics.REPLY_LATENCY.observe(latency)
+            log.info("answered", reply_seq=seq, tools=[call["name"] for call in reply.tool_calls],
+                     generation_ms=round((time.perf_counter() - started) * 1000, 1))
     notify.conversation_changed(rt, conversation_id, question.id, "changed")
     # The next message of this conversation waited for our lease: send it on its way.
     following = claims.next_pending(rt, conversation_id)
@@ -133,8 +147,9 @@ def _answer(message_id: str) -> None:
 @app.task(name=SWEEP, autoretry_for=TRANSIENT_INFRASTRUCTURE, max_retries=0)
 def sweep() -> int:
     due = sweeper.sweep(runtime())
-    for message_id in due:
+    for message_id, reason in due:
         enqueue(message_id)
+        metrics.REQUEUED.labels(reason).inc()
     if due:
         log.info("sweep_requeued", count=len(due))
     return len(due)

@@ -1,0 +1,75 @@
+"""Prometheus metrics of the web process, served at /metrics (all gunicorn workers added up),
+with the queue's depth read from Postgres at scrape time."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from models import Message, Status
+from models.metrics_support import scrape_registry
+
+from .services import services
+from .spec import operation
+
+bp = Blueprint("metrics", __name__)
+
+REQUEST_SECONDS = Histogram(
+    "chatq_http_request_duration_seconds", "Time to answer an HTTP request.", ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SQL_ROUND_TRIPS = Counter("chatq_sql_round_trips_total", "Round trips to Postgres.", ["process", "kind"])
+
+
+def count_round_trip(kind: str) -> None:
+    SQL_ROUND_TRIPS.labels("web", kind).inc()
+
+
+class QueueDepth:
+    """queued and processing messages, counted in Postgres when scraped."""
+
+    def collect(self):
+        gauge = GaugeMetricFamily("chatq_messages", "User messages waiting for a reply.", labels=["status"])
+        with services().sessions() as session:
+            counts = dict(session.execute(
+                select(Message.status, func.count()).where(Message.status.in_([Status.QUEUED, Status.PROCESSING]))
+                .group_by(Message.status)
+            ).all())
+        for status in (Status.QUEUED, Status.PROCESSING):
+            gauge.add_metric([status.value], counts.get(status, 0))
+        yield gauge
+
+
+@bp.get("/metrics")
+@operation("Prometheus metrics of this web node", responses={200: "text/plain"}, authenticated=False)
+def metrics() -> Response:
+    registry = CollectorRegistry()
+    registry.register(_Merged(scrape_registry()))
+    registry.register(QueueDepth())
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _Merged:
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def collect(self):
+        yield from self.source.collect()
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        if "started" in g and request.endpoint != "metrics.metrics":
+            route = request.url_rule.rule if request.url_rule else "unmatched"
+            REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(
+                time.perf_counter() - g.started)
+        return response

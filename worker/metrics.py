@@ -1,0 +1,33 @@
+"""Prometheus metrics of the worker. Served by the worker's main process on WORKER_METRICS_PORT,
+added up over its pool processes (see worker/celery_app.py for the set-up order)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+QUEUE_WAIT = Histogram("chatq_queue_wait_seconds", "From a message's acceptance to its claim by a worker.",
+                       buckets=LATENCY_BUCKETS)
+GENERATION = Histogram("chatq_generation_seconds", "Time the reply engine took.", buckets=LATENCY_BUCKETS)
+REPLY_LATENCY = Histogram("chatq_reply_latency_seconds", "From a message's acceptance to its reply's commit.",
+                          buckets=LATENCY_BUCKETS)
+CLAIMS = Counter("chatq_claims_total", "Messages claimed for answering (each an attempt).")
+LEASE_LOST = Counter("chatq_lease_lost_total", "Replies discarded because their lease had been taken over.")
+REQUEUED = Counter("chatq_sweeper_requeued_total", "Jobs the sweeper sent again.", ["reason"])
+DUPLICATES = Counter("chatq_duplicate_deliveries_total", "Jobs that found nothing to do.", ["reason"])
+FAILURES = Counter("chatq_failures_total", "Messages that became failed.", ["reason"])
+RETRIES = Counter("chatq_generation_retries_total", "Generations given back to the queue to try again.")
+SQL_ROUND_TRIPS = Counter("chatq_sql_round_trips_total", "Round trips to Postgres.", ["process", "kind"])
+
+
+def count_round_trip(kind: str) -> None:
+    SQL_ROUND_TRIPS.labels("worker", kind).inc()
+
+# Every labelled series exists from the start, at zero, so dashboards and alerts see them.
+for _reason in ("answered_or_unknown", "conversation_busy"):
+    DUPLICATES.labels(_reason)
+for _reason in ("gave_up", "permanent", "crashed"):
+    FAILURES.labels(_reason)
+for _reason in ("lease_expired", "queued_too_long"):
+    REQUEUED.labels(_reason)
