@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: run test lint services stop clean
+.PHONY: run test lint services stop clean cluster
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	scripts/ensure-chromium.sh
+	scripts/ensure-packages.sh
 	$(BIN)/python scripts/devstack.py test $(PYTEST_ARGS)
+
+cluster: $(STAMP)
+	scripts/ensure-packages.sh nginx
+	$(BIN)/python scripts/cluster.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

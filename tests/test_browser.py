@@ -44,7 +44,7 @@ def test_sign_in_chat_reload_and_recall(dev_web: Web, browser) -> None:
     page.fill("#message", "What did I just add?")
     page.press("#message", "Enter")
     answer = page.wait_for_selector(".message.assistant >> nth=1")
-    page.wait_for_function("document.querySelectorAll('.message.assistant').length === 2")
+    page.locator(".message.assistant").nth(1).wait_for()
     assert "buy milk" in answer.inner_text()
     assert page.locator(".typing").count() == 0
     page.fill("#message", "remind me to water the plants")

@@ -1,0 +1,106 @@
+"""A local cluster without Docker: 3 gunicorn web nodes on loopback behind a real nginx, N Celery
+workers (WORKERS=N), beat and Flower, until Ctrl-C.
+
+    make cluster            # or: WORKERS=4 WEB_NODES=3 python scripts/cluster.py
+
+Uses DATABASE_URL / REDIS_URL, or the embedded defaults (scripts/devstack.py). nginx comes from
+Debian's package (`make cluster` installs it where it can). Every response names the node that
+served it in `X-Served-By`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts import devstack
+
+ROOT = devstack.ROOT
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
+
+
+def render_nginx_conf(upstream_ports: list[int], listen_port: int, folder: Path) -> Path:
+    """deploy/nginx.conf with loopback upstreams, our listen port, and pid/log files in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = NGINX_TEMPLATE.read_text()
+    upstreams = "\n        ".join(f"server 127.0.0.1:{port} max_fails=1 fail_timeout=3s;" for port in upstream_ports)
+    replacements = {
+        "upstreams": upstreams,
+        "listen": f"listen 127.0.0.1:{listen_port};",
+        "pid": f"pid {folder / 'nginx.pid'};",
+        "error_log": f"error_log {folder / 'error.log'} warn;",
+    }
+    for marker, line in replacements.items():
+        text = re.sub(rf"^(\s*)\S.*# chatq: {marker}$", lambda m, line=line: m.group(1) + line, text, flags=re.M)
+    if os.geteuid() == 0:
+        text = "user root;\n" + text  # temp files under `folder`, which root owns
+    for temp in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        text = text.replace("http {\n", f"http {{\n    {temp}_temp_path {folder / temp};\n", 1)
+    conf = folder / "nginx.conf"
+    conf.write_text(text)
+    return conf
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+def main() -> int:
+    nginx = nginx_binary()
+    if nginx is None:
+        sys.exit("nginx is not installed: `apt-get install nginx` (make cluster does this where it can)")
+    env = devstack.environment()
+    env.setdefault("CHATQ_DEV", "1")
+    env.setdefault("FLOWER_UNAUTHENTICATED_API", "1")
+    bin_dir = Path(sys.executable).parent
+    web_nodes, workers = int(os.environ.get("WEB_NODES", "3")), int(os.environ.get("WORKERS", "2"))
+    listen = int(os.environ.get("CLUSTER_PORT", "8080"))
+    folder = devstack.DATA / "cluster"
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
+
+    processes: list[subprocess.Popen[bytes]] = []
+    ports = [8101 + i for i in range(web_nodes)]
+    for index, port in enumerate(ports, start=1):
+        node_env = {**env, "PORT": str(port), "BIND_HOST": "127.0.0.1", "SERVER_ID": f"web{index}",
+                    "PROMETHEUS_MULTIPROC_DIR": ""}
+        processes.append(subprocess.Popen([str(bin_dir / "gunicorn"), "web:create_app()", "--config",
+                                           "gunicorn.conf.py"], cwd=ROOT, env=node_env))
+    for index in range(1, workers + 1):
+        worker_env = {**env, "WORKER_METRICS_PORT": str(9810 + index), "PROMETHEUS_MULTIPROC_DIR": ""}
+        processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "worker", "--loglevel=INFO",
+                                           "-n", f"worker{index}@%h"], cwd=ROOT, env=worker_env))
+    processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "beat", "--loglevel=INFO",
+                                       "-s", str(folder / "celerybeat-schedule")], cwd=ROOT, env=env))
+    processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "flower", "--port=5555"],
+                                      cwd=ROOT, env=env))
+    conf = render_nginx_conf(ports, listen, folder)
+    processes.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"]))
+    print(f"\nchatq cluster: {web_nodes} web nodes ({', '.join(map(str, ports))}) behind nginx on "
+          f"http://127.0.0.1:{listen}, {workers} workers, beat, Flower on http://127.0.0.1:5555\n"
+          f"  Token: CHATQ_DEV=1 .venv/bin/flask --app web token alice\n  Stop:  Ctrl-C\n", flush=True)
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

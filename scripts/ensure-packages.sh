@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The browser test drives Debian's Chromium and the cluster test runs Debian's nginx. Install them
+# where we can (root with apt-get); where we cannot, those tests skip themselves and say why.
+# Never fails the build. Usage: ensure-packages.sh [package ...]   (default: chromium nginx)
+packages=("${@:-chromium nginx}")
+missing=()
+for package in ${packages[@]}; do
+  command -v "$package" >/dev/null 2>&1 || [ -x "/usr/sbin/$package" ] || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing Debian packages for the tests: ${missing[*]} (about 30 s) ..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 \
+    || echo "Could not install ${missing[*]}; the tests that need them will be skipped."
+  # Debian starts nginx as a service on port 80 when it installs it; ours runs on its own ports.
+  if [[ " ${missing[*]} " == *" nginx "* ]] && command -v nginx >/dev/null 2>&1; then
+    (service nginx stop || nginx -s stop) >/dev/null 2>&1 || true
+  fi
+fi
+exit 0
