@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The browser test drives Debian's Chromium and the cluster test runs Debian's nginx. Install them
+# The browser test drives Debian's Chromium, the cluster test runs Debian's nginx and the deployment
+# test validates docker-compose.yml with Debian's docker-compose. Install them
 # where we can (root with apt-get); where we cannot, those tests skip themselves and say why.
-# Never fails the build. Usage: ensure-packages.sh [package ...]   (default: chromium nginx)
-packages=("${@:-chromium nginx}")
+# Never fails the build. Usage: ensure-packages.sh [package ...]   (default: all three)
+packages=("${@:-chromium nginx docker-compose}")
 missing=()
 for package in ${packages[@]}; do
   command -v "$package" >/dev/null 2>&1 || [ -x "/usr/sbin/$package" ] || missing+=("$package")
