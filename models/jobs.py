@@ -2,4 +2,5 @@
 
 ANSWER_MESSAGE = "chatq.answer_message"
 SWEEP = "chatq.sweep"
+PING = "chatq.ping"
 REQUEST_ID_HEADER = "chatq_request_id"

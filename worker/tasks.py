@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
-from models.jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER, SWEEP
+from models.jobs import ANSWER_MESSAGE, PING, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
 
 from . import app, claims, metrics, notify, sweeper
@@ -153,3 +153,12 @@ def sweep() -> int:
     if due:
         log.info("sweep_requeued", count=len(due))
     return len(due)
+
+
+@app.task(name=PING, ignore_result=True)
+def ping(reply_to: str) -> None:
+    """Answer on a Redis list: operators' and the benchmark's check of the bare queue round trip
+    (broker -> worker -> Redis), with no Postgres and no engine."""
+    client = runtime().redis
+    client.lpush(reply_to, "pong")
+    client.expire(reply_to, 60)

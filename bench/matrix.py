@@ -1,0 +1,155 @@
+"""The benchmark matrix: one run, several deployments, one table. Starts its own processes on a
+`chatq_bench` database beside DATABASE_URL's (or the embedded default's) and a Redis database of
+its own, then for each row runs bench/load.py's load and the no-op baseline at the same
+concurrency; then measures reply latency at history lengths 10, 1,000 and 10,000.
+
+    .venv/bin/python bench/matrix.py [--users 16] [--messages 15]     # about 3 minutes
+
+Not a test: it prints figures (see BENCHMARKS.md for a run and how to read it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+import redis
+import requests
+
+from bench.load import describe, run_baseline, run_load, token
+from scripts import devstack
+from scripts.cluster import nginx_binary, render_nginx_conf
+from tests.conftest import create_database
+from tests.support import ARTIFACTS, Process, Web, Worker, free_port, wait_until
+
+SECRET = "bench-secret-" + "b" * 32
+BENCH_REDIS_DB = 13
+TOOL_CALLS = ('[{"name": "add_task", "arguments": {"title": "x"}, "result": {"task": '
+              '{"id": "00000000-0000-0000-0000-000000000000", "title": "x", "done": false}}}]')
+
+
+class Deployment:
+    def __init__(self, env: dict[str, str], webs: int, workers: int) -> None:
+        self.env = env
+        self.webs = [Web(f"bench-web{i}", env).start() for i in range(webs)]
+        self.workers = [Worker(f"bench-worker{i}", env, concurrency=2).start() for i in range(workers)]
+        self.proxy = None
+        if webs > 1:
+            port = free_port()
+            conf = render_nginx_conf([w.port for w in self.webs], port, ARTIFACTS / "bench-nginx")
+            self.proxy = Process("bench-nginx", [nginx_binary(), "-c", str(conf), "-p", str(conf.parent), "-g",
+                                                 "daemon off;"], env).start()
+            self.url = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                try:
+                    return requests.get(self.url + "/livez", timeout=1).ok
+                except requests.RequestException:
+                    return False
+
+            wait_until(up, what="nginx")
+        else:
+            self.url = self.webs[0].url
+
+    @property
+    def metrics(self) -> list[str]:
+        return [w.url + "/metrics" for w in self.webs] + [
+            f"http://127.0.0.1:{w.metrics_port}/metrics" for w in self.workers]
+
+    def stop(self) -> None:
+        for process in [*self.webs, *self.workers, *([self.proxy] if self.proxy else [])]:
+            process.kill(signal.SIGKILL)
+
+
+def seed_history(database_url: str, user: str, length: int) -> str:
+    """A conversation of `length` messages (user and assistant turns), written straight to SQL."""
+    conversation_id = str(uuid.uuid4())
+    libpq = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(libpq, autocommit=True) as connection:
+        connection.execute("INSERT INTO conversations (id, user_id, title, last_seq, lease_version) "
+                           "VALUES (%s, %s, 'history', %s, 0)", (conversation_id, user, length))
+        connection.execute(
+            """
+            WITH q AS (
+              INSERT INTO messages (id, conversation_id, seq, role, content, status, attempts)
+              SELECT gen_random_uuid(), %(c)s, s, 'user', 'add history item ' || s, 'answered', 1
+              FROM generate_series(1, %(n)s, 2) AS s RETURNING id, seq)
+            INSERT INTO messages (id, conversation_id, seq, role, content, reply_to_id, tool_calls, attempts)
+            SELECT gen_random_uuid(), %(c)s, q.seq + 1, 'assistant', 'Added it.', q.id, %(calls)s::jsonb, 0
+            FROM q WHERE q.seq + 1 <= %(n)s
+            """,
+            {"c": conversation_id, "n": length, "calls": TOOL_CALLS},
+        )
+    return conversation_id
+
+
+def history_latency(deployment: Deployment, database_url: str, length: int, samples: int = 15) -> float:
+    user = f"bench-history-{length}-{uuid.uuid4().hex[:6]}"
+    conversation_id = seed_history(database_url, user, length)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token(SECRET, user)}"
+    timings = []
+    for n in range(samples):
+        started = time.perf_counter()
+        body = {"message": f"what did I just add? {n}", "conversation_id": conversation_id}
+        accepted = session.post(deployment.url + "/api/v1/chat", json=body).json()
+        while session.get(deployment.url + accepted["poll_url"], params={"wait": 30}).json()["status"] not in (
+                "answered", "failed"):
+            pass
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--messages", type=int, default=15)
+    args = parser.parse_args()
+    base = devstack.environment()
+    database_url = create_database(base["DATABASE_URL"], "chatq_bench")
+    redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
+           "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "WEB_CONCURRENCY": "2",
+           "PROMETHEUS_MULTIPROC_DIR": ""}
+    rows = []
+    for webs, workers in [(1, 1), (1, 2), (1, 4), (3, 2)]:
+        deployment = Deployment(env, webs, workers)
+        try:
+            baseline = run_baseline(redis_url, args.users, args.messages)
+            load = run_load(deployment.url, SECRET, args.users, args.messages, deployment.metrics)
+            print(describe(f"[{webs} web, {workers} workers] baseline", baseline), flush=True)
+            print(describe(f"[{webs} web, {workers} workers] chatq   ", load, baseline), flush=True)
+            rows.append((webs, workers, load, baseline))
+            if (webs, workers) == (1, 2):
+                light = run_load(deployment.url, SECRET, 1, 40)
+                print(f"light load (1 user, 40 messages): post->reply p50 "
+                      f"{statistics.median(light.reply_ms):.1f} ms", flush=True)
+                lengths = {n: history_latency(deployment, database_url, n) for n in (10, 1000, 10000)}
+                print("reply latency by history length: " + ", ".join(
+                    f"{n}: {ms:.1f} ms" for n, ms in lengths.items())
+                    + f" (10,000 / 10 = {lengths[10000] / lengths[10]:.2f}x)", flush=True)
+        finally:
+            deployment.stop()
+    print("\n| web nodes | workers (x2 processes) | messages/s | no-op jobs/s | ratio | reply p50 / p99 ms | "
+          "SQL round trips / message |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for webs, workers, load, baseline in rows:
+        print(f"| {webs} | {workers} | {load.rate:.1f} | {baseline.rate:.1f} | {load.rate / baseline.rate:.0%} | "
+              f"{sorted(load.reply_ms)[len(load.reply_ms) // 2]:.1f} / "
+              f"{sorted(load.reply_ms)[min(len(load.reply_ms) - 1, int(len(load.reply_ms) * .99))]:.1f} | "
+              f"{load.sql_per_message:.1f} |")
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+if __name__ == "__main__":
+    main()
