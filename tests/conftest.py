@@ -19,7 +19,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from tests.support import ROOT, TEST_SECRET, Api, Beat, Process, Web, Worker
+from tests.support import ARTIFACTS, ROOT, TEST_SECRET, Api, Beat, Process, Web, Worker
 
 TEST_DATABASE = "chatq_test"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -159,3 +159,18 @@ def browser():
         )
         yield instance
         instance.close()
+
+
+FIGURES = ARTIFACTS / "fault-figures.txt"
+
+
+def pytest_sessionstart(session) -> None:
+    FIGURES.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The figure lines the fault and scale scenarios printed, together at the end of the run."""
+    if FIGURES.exists():
+        terminalreporter.section("fault-injection figures")
+        for line in FIGURES.read_text().splitlines():
+            terminalreporter.write_line(line)

@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass
 
 import redis
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Settings
@@ -21,6 +22,9 @@ from .engine import make_engine as make_reply_engine
 class Runtime:
     settings: Settings
     sessions: sessionmaker[Session]
+    # The same pool in autocommit: the claim, the reply's commit and the tools are each one
+    # statement, atomic on its own, so they need no BEGIN/COMMIT round trips.
+    db: Engine
     redis: redis.Redis
     engine: ReplyEngine
 
@@ -28,11 +32,12 @@ class Runtime:
 @functools.cache
 def runtime() -> Runtime:
     settings = Settings.from_env()
+    # A task uses one connection, plus one for its lease heartbeat.
+    database = make_engine(settings.database_url, pool_size=2, max_overflow=2, on_round_trip=metrics.count_round_trip)
     return Runtime(
         settings=settings,
-        # A task uses one connection, plus one for its lease heartbeat.
-        sessions=make_sessionmaker(make_engine(settings.database_url, pool_size=2, max_overflow=2,
-                                               on_round_trip=metrics.count_round_trip)),
+        sessions=make_sessionmaker(database),
+        db=database.execution_options(isolation_level="AUTOCOMMIT"),
         redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2),
         engine=make_reply_engine(settings),
     )

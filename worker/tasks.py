@@ -19,7 +19,7 @@ from models.queries import parse_uuid
 
 from . import app, claims, metrics, notify, sweeper
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
-from .runtime import runtime
+from .runtime import Runtime, runtime
 
 log = structlog.get_logger(__name__)
 BACKOFF_BASE = 1.0
@@ -72,19 +72,17 @@ def answer_message(self: Task, message_id: str) -> None:
 def _answer(message_id: str) -> None:
     rt = runtime()
     parsed = parse_uuid(message_id)
-    conversation_id = claims.pending_conversation(rt, parsed) if parsed is not None else None
-    if conversation_id is None:
-        log.info("job_noop", reason="answered_or_unknown")
-        metrics.DUPLICATES.labels("answered_or_unknown").inc()
-        return
-    lease, question, failed = claims.claim(rt, conversation_id)
-    for failed_id in failed:
+    claimed = claims.claim(rt, parsed) if parsed is not None else claims.Claim(None, None, [], "answered_or_unknown")
+    lease, question = claimed.lease, claimed.question
+    for failed_id in claimed.failed:
         metrics.FAILURES.labels("gave_up").inc()
-        notify.conversation_changed(rt, conversation_id, failed_id, "failed")
+        if lease is not None:
+            notify.conversation_changed(rt, lease.conversation_id, failed_id, "failed")
     if lease is None:
-        log.info("job_noop", reason="conversation_busy", conversation_id=str(conversation_id))
-        metrics.DUPLICATES.labels("conversation_busy").inc()
+        log.info("job_noop", reason=claimed.noop_reason)
+        metrics.DUPLICATES.labels(claimed.noop_reason or "answered_or_unknown").inc()
         return
+    conversation_id = lease.conversation_id
     if question is None:
         return
     structlog.contextvars.bind_contextvars(
@@ -104,7 +102,7 @@ def _answer(message_id: str) -> None:
         message_id=question.id,
         content=question.content,
         history=question.history,
-        tools=TodoTools(rt.sessions, question.user, question.id),
+        tools=TodoTools(rt.db, question.user, question.id),
         on_delta=notify.delta_publisher(rt, conversation_id, question.id, question.attempt),
     )
     started = time.perf_counter()
@@ -133,12 +131,20 @@ def _answer(message_id: str) -> None:
             log.warning("reply_discarded", reason="lease_lost")
             metrics.LEASE_LOST.inc()
         else:
-            seq, latency = committed
-            metrics.REPLY_LATENCY.observe(latency)
-            log.info("answered", reply_seq=seq, tools=[call["name"] for call in reply.tool_calls],
+            metrics.REPLY_LATENCY.observe(committed.latency_seconds)
+            log.info("answered", reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
                      generation_ms=round((time.perf_counter() - started) * 1000, 1))
+            notify.conversation_changed(rt, conversation_id, question.id, "answered")
+            if committed.check_next:  # else nothing was waiting for this conversation's lease
+                _send_next(rt, conversation_id, question, None)
+            return
     notify.conversation_changed(rt, conversation_id, question.id, "changed")
-    # The next message of this conversation waited for our lease: send it on its way.
+    _send_next(rt, conversation_id, question, retry_in)
+
+
+def _send_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Question, retry_in: float | None) -> None:
+    """The conversation's next unanswered message waited for our lease: send it on its way (or,
+    for a generation given back to the queue, the same message again after its backoff)."""
     following = claims.next_pending(rt, conversation_id)
     if following is not None:
         enqueue(following, question.request_id, countdown=retry_in if following == question.id else None)

@@ -18,9 +18,8 @@ import pytest
 
 from scripts import devstack
 from tests.conftest import create_database
-from tests.support import ARTIFACTS, TEST_SECRET, Beat, Web, Worker, free_port
+from tests.support import TEST_SECRET, Beat, Web, Worker, free_port
 
-FIGURES = ARTIFACTS / "fault-figures.txt"
 FAULT_ENV = {
     "ENGINE_DELAY_MS": "150",      # slow enough to be killed mid-generation
     "LEASE_SECONDS": "3",          # a dead worker's claim runs out quickly
@@ -115,11 +114,3 @@ class Killer(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join()
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if FIGURES.exists():
-        terminalreporter.section("fault-injection figures")
-        for line in FIGURES.read_text().splitlines():
-            terminalreporter.write_line(line)
-        FIGURES.unlink()

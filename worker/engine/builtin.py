@@ -93,7 +93,7 @@ class BuiltinEngine:
         result = request.tools.add_task(title)
         if "error" in result:
             return "What should the task say? For example: “Add task: buy milk”."
-        open_count = len(request.tools.list_tasks()["tasks"])
+        open_count = result["open_tasks"]
         return f"Added {_quote(result['task']['title'])} to your list. You have {open_count} open " + (
             "task." if open_count == 1 else "tasks."
         )

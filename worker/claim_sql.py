@@ -1,0 +1,112 @@
+"""The SQL of claiming and answering, each step one statement (one round trip, atomic on its own,
+run in autocommit). Kept together so the locking order is visible: the conversation row first,
+then message rows — the same order the web front takes when it numbers a new message."""
+
+from sqlalchemy import TextClause, text
+
+
+def _statement(*parts: str) -> TextClause:
+    """A statement built from the constant fragments below (never from data: values are bound)."""
+    return text("".join(parts))
+
+
+# What a claimed conversation's earliest unanswered message and its history look like. Appended
+# to a statement that defines the CTE `claimed` (id, user_id, lease_version, last_seq).
+_PICK = """
+, question AS (
+    SELECT m.id FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
+     WHERE m.status IN ('queued', 'processing')
+     ORDER BY m.seq LIMIT 1
+), picked AS (
+    UPDATE messages AS m SET status = 'processing', attempts = m.attempts + 1, updated_at = now()
+      FROM question WHERE m.id = question.id
+ RETURNING m.id, m.seq, m.content, m.attempts, m.request_id,
+           extract(epoch FROM now() - m.created_at)::float8 AS age
+)
+SELECT claimed.id AS conversation_id, claimed.user_id, claimed.lease_version, claimed.last_seq,
+       picked.id AS question_id, picked.seq, picked.content, picked.attempts, picked.request_id, picked.age,
+       (SELECT count(*) FROM messages AS p
+         WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing')) AS pending,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(h.seq, h.role, h.content, h.tool_calls) ORDER BY h.seq), '[]')
+          FROM messages AS h
+         WHERE h.conversation_id = claimed.id AND (h.seq < picked.seq OR h.role = 'assistant')) AS history
+  FROM claimed LEFT JOIN picked ON true
+"""
+
+# A job names a message; take its conversation's lease (if no live lease exists) and the
+# conversation's earliest unanswered message, with everything its reply is generated from.
+CLAIM = _statement("""
+WITH claimed AS (
+    UPDATE conversations AS c
+       SET lease_version = c.lease_version + 1, lease_expires_at = now() + make_interval(secs => :lease)
+      FROM messages AS m
+     WHERE m.id = :message_id AND m.status IN ('queued', 'processing') AND c.id = m.conversation_id
+       AND (c.lease_expires_at IS NULL OR c.lease_expires_at < now())
+ RETURNING c.id, c.user_id, c.lease_version, c.last_seq
+
+)""", _PICK)
+
+# The same, for the next message of a conversation whose lease we already hold.
+PICK = _statement("""
+WITH claimed AS (
+    SELECT id, user_id, lease_version, last_seq FROM conversations
+     WHERE id = :conversation_id AND lease_version = :version
+
+)""", _PICK)
+
+# Why a claim found nothing: the message is answered (or unknown), or its conversation is busy.
+WHY_NOT = text("SELECT status::text FROM messages WHERE id = :message_id")
+
+# Store the reply and mark its question answered — only while our fencing token is current. A
+# second reply to one message violates uq_messages_reply_to_id and rolls the statement back whole.
+COMMIT_REPLY = text("""
+WITH fenced AS (
+    UPDATE conversations SET last_seq = last_seq + 1, lease_expires_at = NULL, updated_at = now()
+     WHERE id = :conversation_id AND lease_version = :version
+ RETURNING last_seq
+), reply AS (
+    INSERT INTO messages (id, conversation_id, seq, role, content, reply_to_id, tool_calls, context_seq,
+                          request_id, attempts, created_at, updated_at)
+    SELECT :reply_id, :conversation_id, fenced.last_seq, 'assistant', :content, :question_id,
+           CAST(:tool_calls AS jsonb), :context_seq, :request_id, 0, now(), now()
+      FROM fenced
+ RETURNING seq
+), answered AS (
+    UPDATE messages SET status = 'answered', error = NULL, updated_at = now()
+     WHERE id = :question_id AND EXISTS (SELECT 1 FROM reply)
+ RETURNING extract(epoch FROM now() - created_at)::float8 AS latency
+)
+SELECT reply.seq, answered.latency FROM reply, answered
+""")
+
+# Give a message up (too many attempts, too old): failed, with a reason a person can read.
+GIVE_UP = text("UPDATE messages SET status = 'failed', error = :error, updated_at = now() WHERE id = :question_id")
+
+# Give the question back (queued again, or failed with an error) and release the lease, if ours.
+GIVE_BACK = text("""
+WITH fenced AS (
+    UPDATE conversations SET lease_expires_at = NULL
+     WHERE id = :conversation_id AND lease_version = :version RETURNING id
+)
+UPDATE messages SET status = CAST(:status AS message_status), error = :error, enqueued_at = now(), updated_at = now()
+ WHERE id = :question_id AND EXISTS (SELECT 1 FROM fenced)
+RETURNING id
+""")
+
+RELEASE = text("""
+UPDATE conversations SET lease_expires_at = NULL WHERE id = :conversation_id AND lease_version = :version
+""")
+
+RENEW = text("""
+UPDATE conversations SET lease_expires_at = now() + make_interval(secs => :lease)
+ WHERE id = :conversation_id AND lease_version = :version
+RETURNING id
+""")
+
+# After a reply: the conversation's earliest unanswered message, marked as enqueued now.
+NEXT_PENDING = text("""
+UPDATE messages SET enqueued_at = now()
+ WHERE id = (SELECT id FROM messages WHERE conversation_id = :conversation_id AND status IN ('queued', 'processing')
+              ORDER BY seq LIMIT 1)
+RETURNING id
+""")
