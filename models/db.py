@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,8 +29,16 @@ def make_engine(
     )
     if on_round_trip is not None:
         event.listen(engine, "before_cursor_execute", lambda *_args: on_round_trip("statement"))
-        event.listen(engine, "begin", lambda *_args: on_round_trip("begin"))
-        event.listen(engine, "commit", lambda *_args: on_round_trip("commit"))
+        def transaction_edge(kind: str) -> Callable[..., None]:
+            def count(connection: Any) -> None:
+                # In autocommit the driver sends no BEGIN or COMMIT: nothing to count.
+                if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                    on_round_trip(kind)
+
+            return count
+
+        event.listen(engine, "begin", transaction_edge("begin"))
+        event.listen(engine, "commit", transaction_edge("commit"))
     return engine
 
 

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from .entities import Conversation, Message, Role
 
@@ -37,6 +37,21 @@ def owned_message(session: Session, user: str, message_id: str) -> Message | Non
         .join(Conversation, Conversation.id == Message.conversation_id)
         .where(Message.id == mid, Conversation.user_id == user)
     ).one_or_none()
+
+
+def owned_message_with_reply(session: Session, user: str, message_id: str) -> tuple[Message, Message | None] | None:
+    """A message of the user's, with its reply if it has one: one statement."""
+    mid = parse_uuid(message_id)
+    if mid is None:
+        return None
+    reply = aliased(Message)
+    row = session.execute(
+        select(Message, reply)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .outerjoin(reply, reply.reply_to_id == Message.id)
+        .where(Message.id == mid, Conversation.user_id == user)
+    ).one_or_none()
+    return (row[0], row[1]) if row is not None else None
 
 
 def replies_to(session: Session, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Message]:

@@ -12,3 +12,8 @@ def conversation_channel(conversation_id: uuid.UUID | str) -> str:
 def delta_channel(conversation_id: uuid.UUID | str) -> str:
     """Streamed text of replies being generated: for event streams only (long-polls do not wake)."""
     return f"chatq:conversation:{conversation_id}:deltas"
+
+
+def message_channel(message_id: uuid.UUID | str) -> str:
+    """A question's own channel: told when it is answered or fails (long-polls of one message)."""
+    return f"chatq:message:{message_id}"

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import Row, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -57,17 +57,43 @@ def _claim_key(session: Session, user: str, key: str, print_: str) -> Idempotent
     return stored
 
 
-def _next_seq(session: Session, user: str, conversation_id: uuid.UUID) -> int:
-    """Number the next message; the row lock this takes orders concurrent posts."""
-    seq = session.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id, Conversation.user_id == user)
-        .values(last_seq=Conversation.last_seq + 1)
-        .returning(Conversation.last_seq)
-    ).scalar_one_or_none()
-    if seq is None:
-        raise Problem(404, "No such conversation.")
-    return seq
+def _store(session: Session, *, user: str, content: str, conversation_id: str | None,
+           request_id: str) -> Row[Any] | None:
+    """Number and insert the message in one statement: the conversation row's lock (taken by the
+    UPDATE that bumps its `last_seq`, or the INSERT of a new conversation) orders concurrent posts.
+    None when the conversation is not the user's."""
+    if conversation_id is None:
+        numbered = (
+            insert(Conversation)
+            .values(user_id=user, title=_title_from(content), last_seq=1)
+            .returning(Conversation.id.label("cid"), Conversation.last_seq.label("seq"))
+            .cte("numbered")
+        )
+    else:
+        parsed = parse_uuid(conversation_id)
+        if parsed is None:
+            return None
+        numbered = (
+            update(Conversation)
+            .where(Conversation.id == parsed, Conversation.user_id == user)
+            .values(last_seq=Conversation.last_seq + 1, updated_at=func.now())
+            .returning(Conversation.id.label("cid"), Conversation.last_seq.label("seq"))
+            .cte("numbered")
+        )
+    columns = Message.__table__.c
+    values = select(
+        literal(uuid.uuid4(), columns.id.type), numbered.c.cid, numbered.c.seq,
+        literal(Role.USER, columns.role.type), literal(content, columns.content.type),
+        literal(Status.QUEUED, columns.status.type), literal(0, columns.attempts.type),
+        literal(request_id, columns.request_id.type), func.now(),
+    )
+    statement = (
+        insert(Message)
+        .from_select(["id", "conversation_id", "seq", "role", "content", "status", "attempts", "request_id",
+                      "enqueued_at"], values)
+        .returning(*columns)
+    )
+    return session.execute(statement).one_or_none()
 
 
 def accept_message(
@@ -79,41 +105,18 @@ def accept_message(
     request_id: str,
     idempotency: tuple[str, str] | None,
 ) -> Accepted:
-    """Store a user message. `idempotency` is (key, fingerprint) when the client sent a key.
-    The caller commits; nothing here is visible to anyone until then."""
+    """Store a user message. Without an idempotency key `session` may be in autocommit: storing is
+    one statement. With a key (key, fingerprint), the caller runs this in a transaction."""
     if idempotency is not None:
         stored = _claim_key(session, user, *idempotency)
         if stored is not None:
             return Accepted(stored.status_code, stored.body, None, replayed=True)
-
-    if conversation_id is None:
-        cid = session.execute(
-            insert(Conversation)
-            .values(user_id=user, title=_title_from(content), last_seq=1)
-            .returning(Conversation.id)
-        ).scalar_one()
-        seq = 1
-    else:
-        parsed = parse_uuid(conversation_id)
-        if parsed is None:
-            raise Problem(404, "No such conversation.")
-        cid, seq = parsed, _next_seq(session, user, parsed)
-
-    message = Message(
-        conversation_id=cid,
-        seq=seq,
-        role=Role.USER,
-        content=content,
-        status=Status.QUEUED,
-        request_id=request_id,
-        enqueued_at=func.now(),
-    )
-    session.add(message)
-    session.flush()
-    session.refresh(message, ["created_at", "enqueued_at"])
+    message = _store(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id)
+    if message is None:
+        raise Problem(404, "No such conversation.")
     body = {
-        "conversation_id": str(cid),
-        "message": message_json(message),
+        "conversation_id": str(message.conversation_id),
+        "message": message_json(message),  # type: ignore[arg-type] - a row with a Message's columns
         "poll_url": POLL_URL.format(message.id),
     }
     if idempotency is not None:

@@ -10,18 +10,20 @@ from typing import Any
 import structlog
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.orm import Session
 
 from models import PENDING, Conversation, Message, Role, Status, Task
-from models.queries import owned_conversation, owned_message, parse_uuid, replies_to
+from models.queries import owned_conversation, owned_message, owned_message_with_reply, parse_uuid, replies_to
+from models.signals import conversation_channel, message_channel
 
 from . import schemas
 from .accept import POLL_URL, accept_message, fingerprint
 from .auth import authenticate
-from .enqueue import send_answer_job
+from .enqueue import announce, send_answer_job
 from .inputs import json_body, query
 from .problems import Problem
 from .serialize import conversation_json, message_json, task_json
-from .services import db
+from .services import db, reader
 from .spec import operation
 from .waiting import wait_for
 
@@ -78,7 +80,7 @@ def list_conversations() -> dict[str, Any]:
             tuple_(Conversation.created_at, Conversation.id) < tuple_(*_decode_cursor(page.cursor))
         )
     rows = list(
-        db().scalars(
+        reader().scalars(
             statement.order_by(Conversation.created_at.desc(), Conversation.id.desc()).limit(page.limit + 1)
         )
     )
@@ -90,8 +92,8 @@ def list_conversations() -> dict[str, Any]:
     }
 
 
-def conversation_or_404(conversation_id: str) -> Conversation:
-    row = owned_conversation(db(), g.user, conversation_id)
+def conversation_or_404(conversation_id: str, session: Session | None = None) -> Conversation:
+    row = owned_conversation(session or reader(), g.user, conversation_id)
     if row is None:
         raise Problem(404, "No such conversation.")
     return row
@@ -108,7 +110,7 @@ def get_conversation(conversation_id: str) -> dict[str, Any]:
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
     session = db()
     with session.begin():
-        row = conversation_or_404(conversation_id)
+        row = conversation_or_404(conversation_id, session)
         session.execute(delete(Conversation).where(Conversation.id == row.id))
     return "", 204
 
@@ -123,22 +125,21 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
         if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
             raise Problem(422, "Idempotency-Key: must be 1 to 255 printable characters", slug="invalid-field")
         idempotency = (key, fingerprint(route, payload))
-    session = db()
-    with session.begin():
-        accepted = accept_message(
-            session,
-            user=g.user,
-            content=content,
-            conversation_id=conversation_id,
-            request_id=g.request_id,
-            idempotency=idempotency,
-        )
+    arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
+                 "request_id": g.request_id, "idempotency": idempotency}
+    if idempotency is None:
+        accepted = accept_message(reader(), **arguments)  # one statement: autocommit is enough
+    else:
+        session = db()
+        with session.begin():
+            accepted = accept_message(session, **arguments)
     structlog.contextvars.bind_contextvars(
         user=g.user, conversation_id=accepted.body["conversation_id"], message_id=accepted.body["message"]["id"]
     )
     log.info("message_accepted", replayed=accepted.replayed)
     if accepted.message_id is not None:
         send_answer_job(accepted.message_id, g.request_id)
+        announce(accepted.body["conversation_id"], accepted.message_id, "queued")
     response = jsonify(accepted.body)
     response.status_code = accepted.status
     response.headers["Location"] = accepted.body["poll_url"]
@@ -165,11 +166,10 @@ def chat() -> Response:
 
 
 def _message_view(message_id: str) -> tuple[dict[str, Any], bool]:
-    session = db()
-    row = owned_message(session, g.user, message_id)
-    if row is None:
+    found = owned_message_with_reply(reader(), g.user, message_id)
+    if found is None:
         raise Problem(404, "No such message.")
-    reply = replies_to(session, [row.id]).get(row.id)
+    row, reply = found
     return message_json(row, reply), row.status not in PENDING
 
 
@@ -178,9 +178,10 @@ def _message_view(message_id: str) -> tuple[dict[str, Any], bool]:
            responses={200: schemas.AnyMessage})
 def get_message(message_id: str) -> Response:
     params = query(schemas.MessageQuery)
-    body, final = _message_view(message_id)
-    if not final and params.wait > 0:
-        body = wait_for(body["conversation_id"], lambda: _message_view(message_id), params.wait)
+    if params.wait > 0:
+        body = wait_for(message_channel(message_id), lambda: _message_view(message_id), params.wait)
+    else:
+        body, _ = _message_view(message_id)
     response = jsonify(body)
     if body.get("status") in (Status.QUEUED, Status.PROCESSING):
         response.headers["Retry-After"] = PENDING_RETRY_AFTER
@@ -206,6 +207,7 @@ def retry_message(message_id: str) -> Response:
                           slug="not-failed")
         session.refresh(row)
     send_answer_job(row.id, g.request_id)
+    announce(str(row.conversation_id), row.id, "queued")
     response = jsonify({"conversation_id": str(row.conversation_id), "message": message_json(row),
                         "poll_url": POLL_URL.format(row.id)})
     response.status_code = 202
@@ -214,8 +216,8 @@ def retry_message(message_id: str) -> Response:
 
 
 def _messages_after(conversation_id: str, after: int, limit: int) -> tuple[dict[str, Any], bool]:
-    session = db()
-    conversation = conversation_or_404(conversation_id)
+    session = reader()
+    conversation = conversation_or_404(conversation_id, session)
     rows = list(
         session.scalars(
             select(Message)
@@ -234,11 +236,12 @@ def _messages_after(conversation_id: str, after: int, limit: int) -> tuple[dict[
            responses={200: schemas.MessageList})
 def list_messages(conversation_id: str) -> dict[str, Any]:
     params = query(schemas.MessagesQuery)
-    body, found = _messages_after(conversation_id, params.after, params.limit)
-    if not found and params.wait > 0:
-        body = wait_for(conversation_id, lambda: _messages_after(conversation_id, params.after, params.limit),
-                        params.wait)
-    return body
+    if params.wait <= 0:
+        return _messages_after(conversation_id, params.after, params.limit)[0]
+    conversation = conversation_or_404(conversation_id)
+    return wait_for(conversation_channel(conversation.id),
+                    lambda: _messages_after(conversation_id, params.after, params.limit),
+                    params.wait, wake=lambda change: change.get("status") != "processing")
 
 
 # Tasks -----------------------------------------------------------------------------------------
@@ -251,5 +254,5 @@ def list_tasks() -> dict[str, Any]:
     statement = select(Task).where(Task.user_id == g.user)
     if params.status != "all":
         statement = statement.where(Task.done.is_(params.status == "done"))
-    rows = db().scalars(statement.order_by(Task.created_at, Task.id))
+    rows = reader().scalars(statement.order_by(Task.created_at, Task.id))
     return {"items": [task_json(row) for row in rows]}

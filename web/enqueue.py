@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import structlog
@@ -9,6 +10,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from models.jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER
+from models.signals import conversation_channel
 
 from .services import services
 
@@ -31,3 +33,12 @@ def send_answer_job(message_id: uuid.UUID, request_id: str | None) -> bool:
         log.warning("enqueue_failed", message_id=str(message_id), error=str(error))
         return False
     return True
+
+
+def announce(conversation_id: str, message_id: uuid.UUID, status: str) -> None:
+    """Wake long-polls and event streams of this conversation on every node: a new message."""
+    payload = json.dumps({"message_id": str(message_id), "status": status})
+    try:
+        services().redis.publish(conversation_channel(conversation_id), payload)
+    except RedisError as error:  # they re-check on their own within RECHECK_SECONDS
+        log.warning("announce_failed", error=str(error))

@@ -39,7 +39,7 @@ from .auth import authenticate
 from .problems import Problem
 from .schemas import EventsQuery
 from .serialize import message_json
-from .services import db, release_db, services
+from .services import reader, release_db, services
 from .spec import operation
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
@@ -79,7 +79,7 @@ def _drain(pubsub: Any, timeout: float) -> list[tuple[str | None, str]]:
 
 def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tuple[list[str], int]:
     """Frames for what is new above `cursor` and for watched questions whose status moved."""
-    session = db()
+    session = reader()
     new = list(session.scalars(
         select(Message).where(Message.conversation_id == conversation_id, Message.seq > cursor).order_by(Message.seq)
     ))
@@ -110,7 +110,7 @@ def conversation_events(conversation_id: str) -> Response:
     # Questions at or below the cursor that may still change: the client gets their state now.
     watched = {
         str(row.id): ""
-        for row in db().scalars(
+        for row in reader().scalars(
             select(Message.id).where(
                 Message.conversation_id == conversation.id, Message.seq <= cursor, Message.status.in_(PENDING)
             )

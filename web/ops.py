@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .schemas import Alive, Health
-from .services import db, services
+from .services import reader, services
 from .spec import operation
 
 bp = Blueprint("ops", __name__)
@@ -30,7 +30,7 @@ def livez() -> dict[str, str]:
 def health() -> tuple[dict[str, Any], int, dict[str, str]]:
     database = broker = "connected"
     try:
-        db().execute(text("SELECT 1"))
+        reader().execute(text("SELECT 1"))
     except SQLAlchemyError as error:
         log.warning("health_database_down", error=str(error).splitlines()[0])
         database = "disconnected"

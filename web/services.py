@@ -19,6 +19,8 @@ from models.db import make_engine, make_sessionmaker
 class Services:
     settings: Settings
     sessions: sessionmaker[Session]
+    # The same pool in autocommit, for reads and single-statement writes: no BEGIN/COMMIT round trips.
+    autocommit: sessionmaker[Session]
     redis: redis.Redis
     producer: Celery
 
@@ -43,6 +45,7 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
     app.extensions["chatq"] = Services(
         settings=settings,
         sessions=make_sessionmaker(engine),
+        autocommit=make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
         redis=redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30
         ),
@@ -51,9 +54,7 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
 
     @app.teardown_appcontext
     def _close_session(_error: BaseException | None) -> None:
-        session = g.pop("db_session", None)
-        if session is not None:
-            session.close()
+        release_db()
 
 
 def services() -> Services:
@@ -67,8 +68,17 @@ def db() -> Session:
     return g.db_session
 
 
+def reader() -> Session:
+    """This request's autocommit session: each statement is its own transaction. For reads, and
+    for writes that are a single statement."""
+    if "db_reader" not in g:
+        g.db_reader = services().autocommit()
+    return g.db_reader
+
+
 def release_db() -> None:
-    """Give the connection back before a long wait: a waiting request holds no connection."""
-    session = g.pop("db_session", None)
-    if session is not None:
-        session.close()
+    """Give the connections back (before a long wait, and at the end of the request)."""
+    for name in ("db_session", "db_reader"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.close()

@@ -1,57 +1,67 @@
 """Long-poll: wait for a change without holding a database connection.
 
-The waiting request subscribes to the conversation's Redis channel, then reads Postgres (the
-truth). It sleeps until a notification arrives or `recheck_seconds` pass, and reads again. A lost
-notification therefore costs at most one re-check interval, never a missed reply.
+The waiting request subscribes to a Redis channel first (the message's, or the conversation's), then reads Postgres (the
+truth), so a change between the two is not missed. It sleeps until a notification that concerns
+it arrives, or `recheck_seconds` pass, and reads again. A lost notification therefore costs at
+most one re-check interval, never a missed reply.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
-
-from models.signals import conversation_channel
 
 from .services import release_db, services
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+Wake = Callable[[dict[str, Any]], bool]
 
 
-def wait_for(conversation_id: object, read: Callable[[], tuple[T, bool]], seconds: float) -> T:
+def wait_for(channel: str, read: Callable[[], tuple[T, bool]], seconds: float, wake: Wake | None = None) -> T:
     """Call `read` (which returns a value and whether it is final) until it is final or `seconds`
-    have passed; return the last value read."""
-    value, done = read()
-    if done or seconds <= 0:
-        return value
+    have passed; return the last value read. `wake` picks the notifications worth a read."""
     deadline = time.monotonic() + seconds
     recheck = services().settings.recheck_seconds
-    pubsub = services().redis.pubsub(ignore_subscribe_messages=True)
+    pubsub: Any = services().redis.pubsub(ignore_subscribe_messages=True)
     try:
         try:
-            pubsub.subscribe(conversation_channel(conversation_id))
+            pubsub.subscribe(channel)
         except RedisError as error:
             log.warning("wait_without_notifications", error=str(error))
             pubsub = None
         while True:
-            release_db()
-            value, done = read()  # read after subscribing: a change in between is not missed
+            value, done = read()
+            release_db()  # no connection is held while waiting
             remaining = deadline - time.monotonic()
             if done or remaining <= 0:
                 return value
-            release_db()
-            pause = min(remaining, recheck)
+            pause_until = time.monotonic() + min(remaining, recheck)
             if pubsub is None:
-                time.sleep(pause)
+                time.sleep(max(0.0, pause_until - time.monotonic()))
                 continue
             try:
-                pubsub.get_message(timeout=pause)
+                _sleep_until_relevant(pubsub, pause_until, wake)
             except RedisError:
                 pubsub = None
     finally:
         if pubsub is not None:
             pubsub.close()
+
+
+def _sleep_until_relevant(pubsub: Any, until: float, wake: Wake | None) -> None:
+    while (left := until - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left)
+        if message is None:
+            continue
+        try:
+            payload = json.loads(message["data"])
+        except (TypeError, ValueError):
+            return
+        if wake is None or wake(payload):
+            return

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 from redis.exceptions import RedisError
 
-from models.signals import conversation_channel, delta_channel
+from models.signals import conversation_channel, delta_channel, message_channel
 
 from .runtime import Runtime
 
@@ -19,7 +19,11 @@ log = structlog.get_logger(__name__)
 def conversation_changed(rt: Runtime, conversation_id: uuid.UUID, message_id: uuid.UUID, status: str) -> None:
     payload = json.dumps({"message_id": str(message_id), "status": status})
     try:
-        rt.redis.publish(conversation_channel(conversation_id), payload)
+        with rt.redis.pipeline(transaction=False) as pipe:  # one round trip to Redis
+            pipe.publish(conversation_channel(conversation_id), payload)
+            if status != "processing":
+                pipe.publish(message_channel(message_id), payload)
+            pipe.execute()
     except RedisError as error:  # waiting clients fall back to their re-check interval
         log.warning("notify_failed", error=str(error))
 
