@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Settings
 from models.db import make_engine, make_sessionmaker
 
+from .wakeups import Wakeups
+
 
 @dataclass(frozen=True)
 class Services:
@@ -51,6 +53,8 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
         ),
         producer=make_producer(settings),
     )
+
+    app.extensions["chatq.wakeups"] = Wakeups(app.extensions["chatq"].redis)
 
     @app.teardown_appcontext
     def _close_session(_error: BaseException | None) -> None:
