@@ -36,7 +36,7 @@ def cluster(stack_env):
 
     wait_until(serving, timeout=15, what="nginx")
     yield {"url": url, "webs": webs, "env": env}
-    proxy.kill(signal.SIGQUIT)
+    proxy.kill(signal.SIGTERM)  # nginx: fast shutdown (SIGQUIT would wait out open connections)
     for web in webs:
         web.stop()
 
