@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 # The embedded defaults that `make run` / `make test` start (scripts/devstack.py).
 EMBEDDED_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:55432/chatq"
@@ -26,24 +27,20 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: N) -> N:
+    """The variable as a number of the default's type; unset or empty gives the default."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return type(default)(raw)
     except ValueError as error:
-        raise ConfigError(f"{name} must be an integer, not {raw!r}") from error
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ConfigError(f"{name} must be {kind}, not {raw!r}") from error
 
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as error:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from error
 
 
 @dataclass(frozen=True)
@@ -101,30 +98,30 @@ class Settings:
             redis_url=env.get("REDIS_URL") or EMBEDDED_REDIS_URL,
             auth_secret=env.get("AUTH_SECRET", ""),
             auth_jwks_url=env.get("AUTH_JWKS_URL", ""),
-            auth_jwks_ttl_seconds=_int(env, "AUTH_JWKS_TTL_SECONDS", 300),
-            auth_jwks_cooldown_seconds=_float(env, "AUTH_JWKS_COOLDOWN_SECONDS", 10.0),
+            auth_jwks_ttl_seconds=_number(env, "AUTH_JWKS_TTL_SECONDS", 300),
+            auth_jwks_cooldown_seconds=_number(env, "AUTH_JWKS_COOLDOWN_SECONDS", 10.0),
             auth_issuer=env.get("AUTH_ISSUER", ""),
             auth_audience=env.get("AUTH_AUDIENCE", ""),
             dev_mode=_flag(env.get("CHATQ_DEV")),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH", ""),
-            port=_int(env, "PORT", 8000),
-            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9808),
+            port=_number(env, "PORT", 8000),
+            worker_metrics_port=_number(env, "WORKER_METRICS_PORT", 9808),
             server_id=env.get("SERVER_ID") or socket.gethostname(),
             engine=env.get("ENGINE", "builtin"),
-            engine_delay_ms=_int(env, "ENGINE_DELAY_MS", 0),
+            engine_delay_ms=_number(env, "ENGINE_DELAY_MS", 0),
             llm_base_url=env.get("LLM_BASE_URL", ""),
             llm_model=env.get("LLM_MODEL", ""),
             llm_api_key=env.get("LLM_API_KEY", ""),
-            llm_timeout_s=_float(env, "LLM_TIMEOUT_S", 60.0),
+            llm_timeout_s=_number(env, "LLM_TIMEOUT_S", 60.0),
             llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
             llm_stream=_flag(env.get("LLM_STREAM", "1")),
-            lease_seconds=_float(env, "LEASE_SECONDS", 30.0),
-            sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 5.0),
-            requeue_after_seconds=_float(env, "REQUEUE_AFTER_SECONDS", 15.0),
-            max_attempts=_int(env, "MAX_ATTEMPTS", 5),
-            answer_deadline_seconds=_float(env, "ANSWER_DEADLINE_SECONDS", 600.0),
-            recheck_seconds=_float(env, "RECHECK_SECONDS", 1.0),
-            sse_heartbeat_seconds=_float(env, "SSE_HEARTBEAT_SECONDS", 10.0),
+            lease_seconds=_number(env, "LEASE_SECONDS", 30.0),
+            sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 5.0),
+            requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
+            max_attempts=_number(env, "MAX_ATTEMPTS", 5),
+            answer_deadline_seconds=_number(env, "ANSWER_DEADLINE_SECONDS", 600.0),
+            recheck_seconds=_number(env, "RECHECK_SECONDS", 1.0),
+            sse_heartbeat_seconds=_number(env, "SSE_HEARTBEAT_SECONDS", 10.0),
             rate_limit=env.get("RATE_LIMIT", "120/minute"),
         )
 

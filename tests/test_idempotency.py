@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 from tests.support import Api
 
@@ -44,23 +43,7 @@ def test_keys_are_scoped_to_the_user(make_api) -> None:
     assert a.json()["message"]["id"] != b.json()["message"]["id"]
 
 
-def test_concurrent_retries_of_one_key_create_one_message(api: Api, db) -> None:
-    conversation_id = api.chat("start")["conversation_id"]
-    key = {"Idempotency-Key": f"burst-{uuid.uuid4()}"}
-    path = f"/api/v1/conversations/{conversation_id}/messages"
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        responses = list(pool.map(lambda _: api.post(path, json={"content": "Add task: once"}, headers=key),
-                                  range(20)))
-    assert {response.status_code for response in responses} == {202}
-    assert len({response.json()["message"]["id"] for response in responses}) == 1
-    api.wait_answered(responses[0].json()["message"]["id"])
-    rows = db.execute(
-        "SELECT count(*) FILTER (WHERE role = 'user' AND content = 'Add task: once'),"
-        " count(*) FILTER (WHERE role = 'assistant' AND reply_to_id = %s) FROM messages WHERE conversation_id = %s",
-        (responses[0].json()["message"]["id"], conversation_id),
-    ).fetchone()
-    assert rows == (1, 1)
-    assert [task["title"] for task in api.tasks()] == ["once"]
+# Twenty concurrent retries of one key: tests/faults/test_faults.py::test_concurrent_retries_of_one_idempotency_key
 
 
 def test_invalid_key_is_422(api: Api) -> None:

@@ -8,6 +8,7 @@ const state = {
   token: null, user: null, conversationId: null, items: new Map(), waiting: new Set(),
   drafts: new Map(),  // message id -> {attempt, text}: a reply still being streamed by the model
   stream: null,       // the AbortController of the conversation's event stream
+  sending: null,      // the promise of the last send: sends go in order
 };
 
 // --- API -----------------------------------------------------------------------------------------
@@ -235,13 +236,19 @@ async function waitForReply(messageId) {
   }
 }
 
-async function send(event) {
+// Sends go one after another: a message typed while the first one of a new conversation is still
+// on its way must land in that conversation, not start another.
+function send(event) {
   event.preventDefault();
   const box = $("message");
   const content = box.value;
   if (!content.trim()) return;
   box.value = "";
   autosize();
+  state.sending = (state.sending || Promise.resolve()).then(() => deliver(content));
+}
+
+async function deliver(content) {
   try {
     const accepted = state.conversationId
       ? await postMessage(`/api/v1/conversations/${state.conversationId}/messages`, { content })
@@ -257,7 +264,7 @@ async function send(event) {
     render();
     waitForReply(accepted.message.id);
   } catch (error) {
-    box.value = content;
+    $("message").value = content;
     alert(`Your message was not sent: ${error.message}`);
   }
 }
