@@ -74,6 +74,8 @@ class Settings:
     # Delivery: how long a claim on a conversation lives without renewal, how often the sweeper
     # runs, how long a queued message may wait before it is enqueued again, and when to give up.
     lease_seconds: float = 30.0
+    # The hard limit of one generation (0 = the engine's default, see `task_time_limit`).
+    task_time_limit_seconds: float = 0.0
     sweep_interval_seconds: float = 5.0
     requeue_after_seconds: float = 15.0
     max_attempts: int = 5
@@ -116,6 +118,7 @@ class Settings:
             llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
             llm_stream=_flag(env.get("LLM_STREAM", "1")),
             lease_seconds=_number(env, "LEASE_SECONDS", 30.0),
+            task_time_limit_seconds=_number(env, "TASK_TIME_LIMIT_SECONDS", 0.0),
             sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 5.0),
             requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
             max_attempts=_number(env, "MAX_ATTEMPTS", 5),
@@ -124,6 +127,15 @@ class Settings:
             sse_heartbeat_seconds=_number(env, "SSE_HEARTBEAT_SECONDS", 10.0),
             rate_limit=env.get("RATE_LIMIT", "120/minute"),
         )
+
+    @property
+    def task_time_limit(self) -> float:
+        """The built-in engine answers in milliseconds: a job that runs longer than 0.9 x the lease is
+        stuck, and is killed before its lease runs out. A model may take minutes: its generations
+        renew the lease while they run, and the limit only bounds a hung one."""
+        if self.task_time_limit_seconds > 0:
+            return self.task_time_limit_seconds
+        return max(1.0, self.lease_seconds * 0.9) if self.engine == "builtin" else 300.0
 
     def require_engine(self) -> None:
         """A ConfigError that says what is missing when the configured engine cannot run."""

@@ -188,3 +188,17 @@ def test_the_chat_page_renders_tokens_as_they_arrive(llm_stack, model: FakeModel
         assert page.locator(".message.assistant.draft").count() == 0
     finally:
         node.stop()
+
+
+def test_a_generation_longer_than_the_lease_renews_it_and_answers_once(user: Api, model: FakeModelServer,
+                                                                        db_llm) -> None:
+    """LEASE_SECONDS is 4 here; this answer streams for about 6 s on its first and only attempt."""
+    model.reset({"content": "slow but steady " * 4, "chunk_delay": 0.5})
+    message_id = user.chat("take your time")["message"]["id"]
+    answered = user.wait_answered(message_id, timeout=60)
+    assert answered["status"] == "answered" and answered["reply"]["content"].startswith("slow but steady")
+    attempts, replies = db_llm.execute(
+        "SELECT q.attempts, (SELECT count(*) FROM messages r WHERE r.reply_to_id = q.id) FROM messages q "
+        "WHERE q.id = %s", (message_id,)).fetchone()
+    assert (attempts, replies) == (1, 1)
+    assert len(model.requests) == 1

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from tests.support import TEST_SECRET, token
+from tests.support import ARTIFACTS, TEST_SECRET, token
 from web import create_app
 from web.openapi import build_document
 from web.spec import Operation
@@ -75,5 +75,8 @@ def test_fuzz_no_5xx_and_every_answer_conforms(stack) -> None:
 
         check()
     total = sum(counted.values())
-    print(f"fuzzed {total} cases over {len(counted)} operations: no 5xx, every answer conforms")
+    line = f"schemathesis: {total} cases over {len(counted)} operations, no 5xx, every answer conforms"
+    print(line)
+    with (ARTIFACTS / "fault-figures.txt").open("a") as figures:  # shown at the end of the run
+        figures.write(line + "\n")
     assert len(counted) >= 14 and total >= 200

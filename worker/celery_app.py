@@ -18,7 +18,7 @@ from models.metrics_support import scrape_registry
 def create_celery(settings: Settings) -> Celery:
     settings.require_engine()  # refuse to start a worker that could answer nothing
     app = Celery("chatq", broker=settings.redis_url, include=["worker.tasks"])
-    time_limit = max(1.0, settings.lease_seconds * 0.9)
+    time_limit = settings.task_time_limit
     app.conf.update(
         # Results live in Postgres; Celery's result backend would only be a second, weaker copy.
         task_ignore_result=True,
@@ -30,8 +30,9 @@ def create_celery(settings: Settings) -> Celery:
         # One job at a time per process: a prefetched job would wait behind a slow one, and may
         # outlive the visibility timeout and be delivered twice.
         worker_prefetch_multiplier=1,
-        # A generation that hangs is killed before its lease runs out; the lease's fencing token
-        # makes a late reply harmless anyway. Soft limit first, so the message is given back.
+        # A generation that hangs is killed (for the built-in engine, before its lease runs out; a
+        # model's generation renews its lease); the fencing token makes a late reply harmless
+        # anyway. Soft limit first, so the message is given back to the queue.
         task_time_limit=time_limit,
         task_soft_time_limit=time_limit * 0.8,
         # Unacked jobs come back after this; it must exceed the longest job (the time limit).
