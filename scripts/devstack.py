@@ -171,6 +171,7 @@ def main(argv: list[str]) -> int:
     if command == "run":
         env.setdefault("CHATQ_DEV", "1")
         env.setdefault("FLOWER_UNAUTHENTICATED_API", "1")
+        env.setdefault("PORT", "8000")  # honcho would otherwise hand web its own 5000
         subprocess.run([python, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
         port = env.get("PORT", "8000")
         print(
