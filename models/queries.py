@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from .entities import Conversation, Message, Role
+from .entities import Conversation, Message
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -59,18 +59,3 @@ def replies_to(session: Session, message_ids: Sequence[uuid.UUID]) -> dict[uuid.
         return {}
     rows = session.scalars(select(Message).where(Message.reply_to_id.in_(message_ids)))
     return {row.reply_to_id: row for row in rows if row.reply_to_id is not None}
-
-
-def history_for(session: Session, question: Message) -> list[Message]:
-    """What a reply to `question` is generated from: every message before it and every reply
-    already given, never a user message sent after it. Ordered by seq."""
-    return list(
-        session.scalars(
-            select(Message)
-            .where(
-                Message.conversation_id == question.conversation_id,
-                or_(Message.seq < question.seq, Message.role == Role.ASSISTANT),
-            )
-            .order_by(Message.seq)
-        )
-    )
