@@ -66,6 +66,9 @@ class Wakeups:
 
     def _deliver(self, channel: bytes | str, data: bytes | str) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel
+        with self._lock:
+            if name not in self._waiters:  # e.g. a model's streamed text: nobody long-polls that
+                return
         try:
             payload = json.loads(data)
         except (TypeError, ValueError):
