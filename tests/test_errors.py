@@ -75,9 +75,10 @@ def test_body_over_64_kib_is_413(api: Api) -> None:
         ({"message": 42}, "message"),
         ({}, "message"),
         ({"message": "hi", "unexpected": 1}, "unexpected"),
+        ({"message": "nul \u0000 inside"}, "message"),
         ([1, 2], "body"),
     ],
-    ids=["empty", "white-space", "8001-chars", "not-a-string", "missing", "unknown-field", "not-an-object"],
+    ids=["empty", "white-space", "8001-chars", "not-a-string", "missing", "unknown-field", "nul", "not-an-object"],
 )
 def test_invalid_fields_are_422_naming_the_field(api: Api, body, field: str) -> None:
     problem = assert_problem(api.post("/api/v1/chat", json=body), 422)
@@ -142,3 +143,8 @@ def test_request_id_is_echoed_when_well_formed_and_made_otherwise(api: Api, db) 
     assert stored.fetchone()[0] == "trace.abc-123_X"
     made = api.get("/api/v1/tasks", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
     assert made and made != "bad id with spaces"
+
+
+def test_a_title_with_nul_is_422(api: Api) -> None:
+    problem = assert_problem(api.post("/api/v1/conversations", json={"title": "a\u0000b"}), 422)
+    assert "title" in problem["detail"]

@@ -33,7 +33,10 @@ def init_app(app: Flask) -> None:
     def _database_error(error: DBAPIError) -> Response:
         if error.connection_invalidated:
             return _database_down(error)
-        raise error
+        # Anything else the database refused is a bug of ours (input is validated before it gets
+        # there): log it whole, answer like any unexpected error.
+        log.exception("database_error", error_type=type(error.orig).__name__)
+        return problem_response(500, "Something went wrong on our side; the request id identifies it.")
 
     @app.errorhandler(RedisConnectionError)
     @app.errorhandler(RedisTimeoutError)

@@ -18,6 +18,13 @@ Content = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT)
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be only white space")
+    return _storable(value)
+
+
+def _storable(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the INSERT.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
     return value
 
 
@@ -31,6 +38,8 @@ class _Body(BaseModel):
 class NewConversation(_Body):
     title: Annotated[str, StringConstraints(max_length=200)] | None = None
 
+    _storable = field_validator("title")(_storable)
+
 
 class NewMessage(_Body):
     content: Content
@@ -40,7 +49,7 @@ class NewMessage(_Body):
 
 class NewChat(_Body):
     message: Content
-    conversation_id: str | None = None
+    conversation_id: Annotated[str, StringConstraints(max_length=64)] | None = None
 
     _blank = field_validator("message")(_not_blank)
 

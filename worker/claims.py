@@ -129,8 +129,9 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         "version": lease.version,
         "reply_id": uuid.uuid4(),
         "question_id": question.id,
-        "content": reply.content,
-        "tool_calls": json.dumps(reply.tool_calls),
+        # PostgreSQL text and jsonb cannot hold NUL, which a model may produce: drop it.
+        "content": reply.content.replace("\x00", ""),
+        "tool_calls": json.dumps(reply.tool_calls).replace("\\u0000", ""),
         "context_seq": max((turn.seq for turn in question.history), default=0),
         "request_id": question.request_id,
     }

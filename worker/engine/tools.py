@@ -17,6 +17,11 @@ MAX_TITLE = 500
 COLUMNS = (Task.id, Task.title, Task.done)
 
 
+def _clean_title(title: object) -> str:
+    # A model may send anything: PostgreSQL text cannot hold NUL, and titles have a length.
+    return str(title).replace("\x00", "").strip()[:MAX_TITLE]
+
+
 def task_summary(row: Any, number: int | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"id": str(row.id), "title": row.title, "done": row.done}
     if number is not None:
@@ -38,7 +43,7 @@ class TodoTools:
         return result
 
     def add_task(self, title: str) -> dict[str, Any]:
-        title = str(title).strip()[:MAX_TITLE]
+        title = _clean_title(title)
         if not title:
             return self._record("add_task", {"title": title}, {"error": "a task needs a title"})
         call_index = len(self.calls)
@@ -91,7 +96,7 @@ class TodoTools:
         return self._change("delete_task", task_id, {}, delete(Task))
 
     def rename_task(self, task_id: str, title: str) -> dict[str, Any]:
-        title = str(title).strip()[:MAX_TITLE]
+        title = _clean_title(title)
         if not title:
             return self._record("rename_task", {"task_id": str(task_id), "title": title},
                                 {"error": "a task needs a title"})
