@@ -130,8 +130,8 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         "reply_id": uuid.uuid4(),
         "question_id": question.id,
         # PostgreSQL text and jsonb cannot hold NUL, which a model may produce: drop it.
-        "content": reply.content.replace("\x00", ""),
-        "tool_calls": json.dumps(reply.tool_calls).replace("\\u0000", ""),
+        "content": _without_nul(reply.content),
+        "tool_calls": json.dumps(_without_nul(reply.tool_calls)),
         "context_seq": max((turn.seq for turn in question.history), default=0),
         "request_id": question.request_id,
     }
@@ -147,6 +147,16 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
     # wait for us. (A message numbered after this commit finds the lease free on its own.)
     arrived_since_claim = row.seq - 1 > lease.last_seq
     return Committed(row.seq, row.latency, check_next=lease.others_pending > 0 or arrived_since_claim)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, error: str | None) -> bool:
