@@ -202,3 +202,11 @@ def test_a_generation_longer_than_the_lease_renews_it_and_answers_once(user: Api
         "WHERE q.id = %s", (message_id,)).fetchone()
     assert (attempts, replies) == (1, 1)
     assert len(model.requests) == 1
+
+
+def test_a_model_answer_with_nul_characters_is_stored_without_them(user: Api, model: FakeModelServer) -> None:
+    model.reset({"tool_calls": [{"name": "add_task", "arguments": {"title": "nul\u0000task"}}]},
+                {"content": "Done\u0000, added it."})
+    _, answered = user.ask("add something odd")
+    assert answered["reply"]["content"] == "Done, added it."
+    assert [t["title"] for t in user.tasks()] == ["nultask"]
