@@ -3,6 +3,9 @@ workers (WORKERS=N), beat and Flower, until Ctrl-C.
 
     make cluster            # or: WORKERS=4 WEB_NODES=3 python scripts/cluster.py
 
+Ports: CLUSTER_PORT (nginx, 8080), CLUSTER_WEB_PORT (the first web node, 8101), CLUSTER_METRICS_PORT
+(the first worker's metrics, 9811), FLOWER_PORT (5555).
+
 Uses DATABASE_URL / REDIS_URL, or the embedded defaults (scripts/devstack.py). nginx comes from
 Debian's package (`make cluster` installs it where it can). Every response names the node that
 served it in `X-Served-By`.
@@ -63,29 +66,35 @@ def main() -> int:
     bin_dir = Path(sys.executable).parent
     web_nodes, workers = int(os.environ.get("WEB_NODES", "3")), int(os.environ.get("WORKERS", "2"))
     listen = int(os.environ.get("CLUSTER_PORT", "8080"))
-    folder = devstack.DATA / "cluster"
+    first_web_port = int(os.environ.get("CLUSTER_WEB_PORT", "8101"))
+    first_metrics_port = int(os.environ.get("CLUSTER_METRICS_PORT", "9811"))
+    flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
+    folder = Path(os.environ.get("CLUSTER_DIR", devstack.DATA / "cluster"))
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
 
     processes: list[subprocess.Popen[bytes]] = []
-    ports = [8101 + i for i in range(web_nodes)]
+    ports = [first_web_port + i for i in range(web_nodes)]
     for index, port in enumerate(ports, start=1):
         node_env = {**env, "PORT": str(port), "BIND_HOST": "127.0.0.1", "SERVER_ID": f"web{index}",
                     "PROMETHEUS_MULTIPROC_DIR": ""}
         processes.append(subprocess.Popen([str(bin_dir / "gunicorn"), "web:create_app()", "--config",
                                            "gunicorn.conf.py"], cwd=ROOT, env=node_env))
     for index in range(1, workers + 1):
-        worker_env = {**env, "WORKER_METRICS_PORT": str(9810 + index), "PROMETHEUS_MULTIPROC_DIR": ""}
+        worker_env = {**env, "WORKER_METRICS_PORT": str(first_metrics_port + index - 1),
+                      "PROMETHEUS_MULTIPROC_DIR": ""}
         processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "worker", "--loglevel=INFO",
                                            "-n", f"worker{index}@%h"], cwd=ROOT, env=worker_env))
     processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "beat", "--loglevel=INFO",
                                        "-s", str(folder / "celerybeat-schedule")], cwd=ROOT, env=env))
-    processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "flower", "--port=5555"],
+    processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "flower", f"--port={flower_port}"],
                                       cwd=ROOT, env=env))
     conf = render_nginx_conf(ports, listen, folder)
     processes.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"]))
     print(f"\nchatq cluster: {web_nodes} web nodes ({', '.join(map(str, ports))}) behind nginx on "
-          f"http://127.0.0.1:{listen}, {workers} workers, beat, Flower on http://127.0.0.1:5555\n"
+          f"http://127.0.0.1:{listen}, {workers} workers, beat, Flower on http://127.0.0.1:{flower_port}\n"
           f"  Token: CHATQ_DEV=1 .venv/bin/flask --app web token alice\n  Stop:  Ctrl-C\n", flush=True)
+    # Ctrl-C or a SIGTERM (a supervisor, a test) stops every process of the cluster, not only this one.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
