@@ -3,8 +3,8 @@ workers (WORKERS=N), beat and Flower, until Ctrl-C.
 
     make cluster            # or: WORKERS=4 WEB_NODES=3 python scripts/cluster.py
 
-Ports: CLUSTER_PORT (nginx, 8080), CLUSTER_WEB_PORT (the first web node, 8101), CLUSTER_METRICS_PORT
-(the first worker's metrics, 9811), FLOWER_PORT (5555).
+Ports: CLUSTER_PORT (nginx, 8080), CLUSTER_WEB_PORT (the first web node, 8101; or CLUSTER_WEB_PORTS,
+a comma-separated list), CLUSTER_METRICS_PORT (the first worker's metrics, 9811), FLOWER_PORT (5555).
 
 Uses DATABASE_URL / REDIS_URL, or the embedded defaults (scripts/devstack.py). nginx comes from
 Debian's package (`make cluster` installs it where it can). Every response names the node that
@@ -70,10 +70,12 @@ def main() -> int:
     first_metrics_port = int(os.environ.get("CLUSTER_METRICS_PORT", "9811"))
     flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
     folder = Path(os.environ.get("CLUSTER_DIR", devstack.DATA / "cluster"))
+    folder.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule here: it must exist first
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
 
     processes: list[subprocess.Popen[bytes]] = []
-    ports = [first_web_port + i for i in range(web_nodes)]
+    ports = [int(p) for p in os.environ.get("CLUSTER_WEB_PORTS", "").split(",") if p] or [
+        first_web_port + i for i in range(web_nodes)]
     for index, port in enumerate(ports, start=1):
         node_env = {**env, "PORT": str(port), "BIND_HOST": "127.0.0.1", "SERVER_ID": f"web{index}",
                     "PROMETHEUS_MULTIPROC_DIR": ""}
@@ -90,7 +92,7 @@ def main() -> int:
                                       cwd=ROOT, env=env))
     conf = render_nginx_conf(ports, listen, folder)
     processes.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"]))
-    print(f"\nchatq cluster: {web_nodes} web nodes ({', '.join(map(str, ports))}) behind nginx on "
+    print(f"\nchatq cluster: {len(ports)} web nodes ({', '.join(map(str, ports))}) behind nginx on "
           f"http://127.0.0.1:{listen}, {workers} workers, beat, Flower on http://127.0.0.1:{flower_port}\n"
           f"  Token: CHATQ_DEV=1 .venv/bin/flask --app web token alice\n  Stop:  Ctrl-C\n", flush=True)
     # Ctrl-C or a SIGTERM (a supervisor, a test) stops every process of the cluster, not only this one.

@@ -44,12 +44,10 @@ def test_make_run_serves_the_api_the_page_and_flower(stack_env) -> None:
 def test_make_cluster_serves_through_nginx(stack_env) -> None:
     if nginx_binary() is None:
         pytest.skip("no nginx here: `make test` installs Debian's nginx where apt-get can")
-    first_web = free_port()
-    while not all(_port_free(first_web + i) for i in range(2)):
-        first_web = free_port()
-    port = free_port()
-    env = {**stack_env, "CLUSTER_PORT": str(port), "CLUSTER_WEB_PORT": str(first_web), "WEB_NODES": "2",
-           "WORKERS": "1", "CLUSTER_METRICS_PORT": str(free_port()), "FLOWER_PORT": str(free_port()),
+    port, metrics, flower = free_port(), free_port(), free_port()
+    web_ports = f"{free_port()},{free_port()}"
+    env = {**stack_env, "CLUSTER_PORT": str(port), "CLUSTER_WEB_PORTS": web_ports,
+           "WORKERS": "1", "CLUSTER_METRICS_PORT": str(metrics), "FLOWER_PORT": str(flower),
            "CLUSTER_DIR": str(ARTIFACTS / "make-cluster")}
     cluster = Process("make-cluster", [sys.executable, "scripts/cluster.py"], env).start()
     try:
@@ -58,7 +56,11 @@ def test_make_cluster_serves_through_nginx(stack_env) -> None:
         nodes: set[str] = set()
 
         def both_nodes_answer() -> bool:
-            response = requests.get(url + "/livez", timeout=5)
+            assert cluster.popen is not None and cluster.popen.poll() is None, cluster.log_text()[-3000:]
+            try:
+                response = requests.get(url + "/livez", timeout=5)
+            except requests.RequestException:
+                return False
             if response.status_code == 200:
                 nodes.add(response.headers["X-Served-By"])
             return nodes == {"web1", "web2"}
@@ -68,10 +70,3 @@ def test_make_cluster_serves_through_nginx(stack_env) -> None:
         assert "via make cluster" in answered["reply"]["content"]
     finally:
         _stop(cluster)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
