@@ -13,11 +13,10 @@ import structlog
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    renderer = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
-    )
+    on_terminal = sys.stderr.isatty()
+    renderer = structlog.dev.ConsoleRenderer(colors=False) if on_terminal else structlog.processors.JSONRenderer()
+    # In JSON, an exception's traceback goes into the line as text (the console renderer prints it).
+    exceptions = [] if on_terminal else [structlog.processors.format_exc_info]
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -33,7 +32,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, renderer],
         )
     )
     root = logging.getLogger()
