@@ -30,6 +30,8 @@ def make_engine(
         pool_recycle=1800,
         pool_timeout=5,
         connect_args={"connect_timeout": 3},
+        # An error's text must not carry what users wrote (it ends up in logs): no bound values.
+        hide_parameters=True,
     )
     if on_round_trip is not None:
         event.listen(engine, "before_cursor_execute", lambda *_args: on_round_trip("statement"))
