@@ -28,7 +28,7 @@ import requests
 from bench.load import describe, run_baseline, run_load, token
 from scripts import devstack
 from scripts.cluster import nginx_binary, render_nginx_conf
-from tests.conftest import create_database
+from scripts.devstack import create_database
 from tests.support import ARTIFACTS, Process, Web, Worker, free_port, wait_until
 
 SECRET = "bench-secret-" + "b" * 32
@@ -73,8 +73,7 @@ class Deployment:
 def seed_history(database_url: str, user: str, length: int) -> str:
     """A conversation of `length` messages (user and assistant turns), written straight to SQL."""
     conversation_id = str(uuid.uuid4())
-    libpq = database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(libpq, autocommit=True) as connection:
+    with psycopg.connect(devstack.libpq_url(database_url), autocommit=True) as connection:
         connection.execute("INSERT INTO conversations (id, user_id, title, last_seq, lease_version) "
                            "VALUES (%s, %s, 'history', %s, 0)", (conversation_id, user, length))
         connection.execute(

@@ -1,4 +1,5 @@
-"""Queries that web and worker both need. They take a session; the caller owns the transaction."""
+"""Queries of the ORM models (the worker's own SQL is in worker/claim_sql.py). They take a session;
+the caller owns the transaction."""
 
 from __future__ import annotations
 
@@ -25,17 +26,6 @@ def owned_conversation(session: Session, user: str, conversation_id: str) -> Con
         return None
     return session.scalars(
         select(Conversation).where(Conversation.id == cid, Conversation.user_id == user)
-    ).one_or_none()
-
-
-def owned_message(session: Session, user: str, message_id: str) -> Message | None:
-    mid = parse_uuid(message_id)
-    if mid is None:
-        return None
-    return session.scalars(
-        select(Message)
-        .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.id == mid, Conversation.user_id == user)
     ).one_or_none()
 
 

@@ -137,6 +137,28 @@ def stop_redis(folder: Path | None = None, sig: int = signal.SIGTERM) -> None:
         pidfile.unlink(missing_ok=True)
 
 
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL (postgresql+psycopg://...) as libpq and psycopg take it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A fresh, empty database `name` on the server of `server_url` (dropped first if it exists),
+    its schema built by `alembic upgrade head`. For tests and benchmarks; returns its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with psycopg.connect(libpq_url(server_url), autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True,
+                   env={**os.environ, "DATABASE_URL": url}, capture_output=True)
+    return url
+
+
 def stop() -> None:
     stop_postgres()
     stop_redis()

@@ -10,35 +10,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 import redis
-from sqlalchemy.engine import make_url
 
-from tests.support import ARTIFACTS, ROOT, TEST_SECRET, Api, Beat, Process, Web, Worker
+from scripts.devstack import create_database, libpq_url
+from tests.support import ARTIFACTS, TEST_SECRET, Api, Beat, Process, Web, Worker
 
 TEST_DATABASE = "chatq_test"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TEST_REDIS_DB = 15
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def create_database(server_url: str, name: str) -> str:
-    """A fresh, empty database `name` on the server of `server_url`, schema from Alembic."""
-    with psycopg.connect(_libpq(server_url), autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True,
-                   env={**os.environ, "DATABASE_URL": url}, capture_output=True)
-    return url
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +115,7 @@ def make_api(stack: Stack):
 @pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """A direct connection to the test database, for asserting what is stored."""
-    with psycopg.connect(_libpq(database_url), autocommit=True) as connection:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
         yield connection
 
 
@@ -141,7 +124,7 @@ __all__ = ["Process", "Stack"]
 
 @pytest.fixture
 def db_llm(llm_stack) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(_libpq(llm_stack.env["DATABASE_URL"]), autocommit=True) as connection:
+    with psycopg.connect(libpq_url(llm_stack.env["DATABASE_URL"]), autocommit=True) as connection:
         yield connection
 
 

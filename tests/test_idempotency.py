@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.support import Api
+from tests.support import Api, wait_until
 
 
 def test_a_retry_replays_the_first_answer_and_creates_one_reply(api: Api, db) -> None:
@@ -49,3 +49,19 @@ def test_keys_are_scoped_to_the_user(make_api) -> None:
 def test_invalid_key_is_422(api: Api) -> None:
     response = api.post("/api/v1/chat", json={"message": "hi"}, headers={"Idempotency-Key": "x" * 256})
     assert response.status_code == 422
+
+
+def test_keys_are_kept_at_least_24_hours_and_swept_after_48(api: Api, db) -> None:
+    """The sweeper (beat runs it every second in the test stack) deletes stored answers older than
+    48 hours and keeps younger ones: the contract promises at least 24."""
+    young, old = f"young-{uuid.uuid4()}", f"old-{uuid.uuid4()}"
+    for key, age in ((young, "25 hours"), (old, "49 hours")):
+        db.execute("INSERT INTO idempotent_requests (user_id, key, fingerprint, status_code, body, created_at) "
+                   "VALUES (%s, %s, 'f', 202, '{}', now() - %s::interval)", (api.user, key, age))
+
+    def keys() -> set[str]:
+        rows = db.execute("SELECT key FROM idempotent_requests WHERE user_id = %s", (api.user,)).fetchall()
+        return {row[0] for row in rows}
+
+    wait_until(lambda: old not in keys(), timeout=20, what="the sweeper to delete the old key")
+    assert young in keys()

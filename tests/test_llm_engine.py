@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from tests.conftest import TEST_REDIS_DB, Stack, create_database
+from scripts.devstack import create_database
+from tests.conftest import TEST_REDIS_DB, Stack
 from tests.fake_llm import FakeModelServer
 from tests.support import Api, EventStream, Process, Web, Worker
 

@@ -111,6 +111,36 @@ def test_long_poll_returns_when_the_reply_is_committed_not_when_the_wait_ends(ap
     assert result["status"] == "answered"
 
 
+def test_listing_with_wait_returns_when_a_new_message_exists(api: Api, make_api) -> None:
+    """A long-poll on `after=N` answers once a message above N exists — here one posted by another
+    client of the same user after the poll began — not when its 30 s run out."""
+    conversation_id, _ = api.ask("hello")  # seqs 1 and 2
+    events: list[str] = []
+    result: dict = {}
+
+    def poll() -> None:
+        result.update(api.get(f"/api/v1/conversations/{conversation_id}/messages",
+                              params={"after": 2, "wait": 30}).json())
+        events.append("poll returned")
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    other_device = make_api(api.user)
+    other_device.post(f"/api/v1/conversations/{conversation_id}/messages", json={"content": "Add task: from my phone"})
+    poller.join(timeout=25)
+    events.append("25 s passed" if poller.is_alive() else "joined")
+    poller.join()
+    assert events[0] == "poll returned", events
+    assert result["items"][0]["seq"] == 3 and result["items"][0]["content"] == "Add task: from my phone"
+    assert result["last_seq"] >= 3
+
+
+def test_listing_with_wait_and_nothing_new_answers_empty_when_the_wait_ends(api: Api) -> None:
+    conversation_id, _ = api.ask("hello")
+    page = api.get(f"/api/v1/conversations/{conversation_id}/messages", params={"after": 2, "wait": 1}).json()
+    assert page == {"items": [], "last_seq": 2}
+
+
 def test_plain_polling_gets_304_when_nothing_changed(api: Api) -> None:
     _, answered = api.ask("Add task: etag")
     first = api.get(f"/api/v1/messages/{answered['id']}")

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import PENDING, Conversation, Message, Role, Status, Task
-from models.queries import owned_conversation, owned_message, owned_message_with_reply, parse_uuid, replies_to
+from models.queries import owned_conversation, owned_message_with_reply, parse_uuid, replies_to
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
@@ -193,9 +193,10 @@ def get_message(message_id: str) -> Response:
 def retry_message(message_id: str) -> Response:
     session = db()
     with session.begin():
-        row = owned_message(session, g.user, message_id)
-        if row is None or row.role is not Role.USER:
+        found = owned_message_with_reply(session, g.user, message_id)
+        if found is None or found[0].role is not Role.USER:
             raise Problem(404, "No such message.")
+        row = found[0]
         requeued = session.execute(
             update(Message)
             .where(Message.id == row.id, Message.status == Status.FAILED)

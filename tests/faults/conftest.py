@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from scripts import devstack
-from tests.conftest import create_database
+from scripts.devstack import create_database
 from tests.support import TEST_SECRET, Beat, Web, Worker, free_port
 
 FAULT_ENV = {
