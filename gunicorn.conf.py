@@ -18,7 +18,10 @@ threads = int(os.environ.get("WEB_THREADS", "32"))
 # Long-polls last up to 30 s; the timeout is for a stuck worker, not a slow request.
 timeout = 60
 graceful_timeout = 30
-keepalive = 5
+# Longer than the load balancer's idle time for upstream connections (deploy/nginx.conf: 60 s):
+# otherwise gunicorn may close a connection nginx is about to reuse, and a POST sent on it fails
+# with 502 (nginx does not replay a request it has sent). Idle keep-alive costs no thread in gthread.
+keepalive = 75
 accesslog = "-"
 
 

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,6 +57,19 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 
 
+def _wait_for_nodes(ports: list[int], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    for port in ports:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    sys.exit(f"web node on port {port} did not start")
+                time.sleep(0.2)
+
+
 def main() -> int:
     nginx = nginx_binary()
     if nginx is None:
@@ -90,6 +104,9 @@ def main() -> int:
                                        "-s", str(folder / "celerybeat-schedule")], cwd=ROOT, env=env))
     processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "flower", f"--port={flower_port}"],
                                       cwd=ROOT, env=env))
+    # nginx only once every node serves: a node refusing connections at start-up is marked down for
+    # fail_timeout, and with all of them down nginx answers 502 to everything for that while.
+    _wait_for_nodes(ports)
     conf = render_nginx_conf(ports, listen, folder)
     processes.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"]))
     print(f"\nchatq cluster: {len(ports)} web nodes ({', '.join(map(str, ports))}) behind nginx on "
