@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, created_at, updated_at, user_id, uuid_pk
@@ -78,8 +78,9 @@ class Message(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Assistant messages only: the question it answers. Unique: exactly one reply per message.
     reply_to_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
-    # Assistant messages only: the tools the engine called, and the last seq it was shown.
-    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # Assistant messages only: the tools the engine called, and the last seq it was shown. json,
+    # not jsonb: read whole with every history, never queried inside (migration 0002 says why).
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     context_seq: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[created_at]

@@ -10,9 +10,13 @@ def _statement(*parts: str) -> TextClause:
     return text("".join(parts))
 
 
-# What a claimed conversation's earliest unanswered message and its history look like. The history
-# travels as one json (not jsonb) array: building jsonb costs Postgres 2.7x more at 10,000 messages. Appended
-# to a statement that defines the CTE `claimed` (id, user_id, lease_version, last_seq).
+# What a claimed conversation's earliest unanswered message and its history look like: one row for
+# the claim (`part` 0: the question as seq/role/content, and the lease) and one row per message of
+# the history (`part` 1: seq, role, content, tool_calls). Rows rather than one aggregated json
+# value: at 10,000 messages, json_agg cost Postgres 15 ms and the worker's json decoding 40 ms,
+# while rows stream out as stored (sorted here: Postgres sorts 10,000 rows in a fraction of the
+# time Python takes). Tool calls come as their json text, decoded only when an engine reads them.
+# Appended to a statement that defines the CTE `claimed` (id, user_id, lease_version, last_seq).
 _PICK = """
 , question AS (
     SELECT m.id FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
@@ -24,14 +28,18 @@ _PICK = """
  RETURNING m.id, m.seq, m.content, m.attempts, m.request_id,
            extract(epoch FROM now() - m.created_at)::float8 AS age
 )
-SELECT claimed.id AS conversation_id, claimed.user_id, claimed.lease_version, claimed.last_seq,
-       picked.id AS question_id, picked.seq, picked.content, picked.attempts, picked.request_id, picked.age,
+SELECT picked.seq, 'user' AS role, picked.content, NULL::text AS tool_calls, 0 AS part,
+       claimed.id AS conversation_id, claimed.user_id, claimed.lease_version, claimed.last_seq,
+       picked.id AS question_id, picked.attempts, picked.request_id, picked.age,
        (SELECT count(*) FROM messages AS p
-         WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing')) AS pending,
-       (SELECT coalesce(json_agg(json_build_array(h.seq, h.role, h.content, h.tool_calls) ORDER BY h.seq), '[]')
-          FROM messages AS h
-         WHERE h.conversation_id = claimed.id AND (h.seq < picked.seq OR h.role = 'assistant')) AS history
+         WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing')) AS pending
   FROM claimed LEFT JOIN picked ON true
+UNION ALL
+SELECT h.seq, h.role::text, h.content, h.tool_calls::text, 1,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM claimed JOIN picked ON true JOIN messages AS h ON h.conversation_id = claimed.id
+ WHERE h.seq < picked.seq OR h.role = 'assistant'
+ ORDER BY part, seq
 """
 
 # A job names a message; take its conversation's lease (if no live lease exists) and the
@@ -69,7 +77,7 @@ WITH fenced AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, reply_to_id, tool_calls, context_seq,
                           request_id, attempts, created_at, updated_at)
     SELECT :reply_id, :conversation_id, fenced.last_seq, 'assistant', :content, :question_id,
-           CAST(:tool_calls AS jsonb), :context_seq, :request_id, 0, now(), now()
+           CAST(:tool_calls AS json), :context_seq, :request_id, 0, now(), now()
       FROM fenced
  RETURNING seq
 ), answered AS (

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Row
+from sqlalchemy import Result, Row
 from sqlalchemy.exc import IntegrityError
 
 from . import claim_sql
-from .engine import Reply, Turn
+from .engine import History, Reply
 from .runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -54,7 +54,7 @@ class Question:
     content: str
     attempt: int
     request_id: str | None
-    history: list[Turn]
+    history: History
     waited_seconds: float  # from acceptance to this claim
 
 
@@ -69,8 +69,8 @@ class Claim:
 def claim(rt: Runtime, message_id: uuid.UUID) -> Claim:
     """Take the lease of the message's conversation and its earliest unanswered message."""
     with rt.db.connect() as connection:
-        row = connection.execute(claim_sql.CLAIM, {"message_id": message_id,
-                                                   "lease": rt.settings.lease_seconds}).one_or_none()
+        row, history = _claimed(connection.execute(claim_sql.CLAIM, {"message_id": message_id,
+                                                                     "lease": rt.settings.lease_seconds}))
         if row is None:
             status = connection.execute(claim_sql.WHY_NOT, {"message_id": message_id}).scalar_one_or_none()
             reason = "conversation_busy" if status in ("queued", "processing") else "answered_or_unknown"
@@ -80,17 +80,26 @@ def claim(rt: Runtime, message_id: uuid.UUID) -> Claim:
         while row is not None and row.question_id is not None:
             reason = _give_up_reason(row, rt)
             if reason is None:
-                return Claim(lease, _question(row), failed)
+                return Claim(lease, _question(row, history), failed)
             connection.execute(claim_sql.GIVE_UP, {"question_id": row.question_id, "error": reason})
             failed.append(row.question_id)
-            row = connection.execute(claim_sql.PICK, {"conversation_id": lease.conversation_id,
-                                                      "version": lease.version}).one_or_none()
+            row, history = _claimed(connection.execute(claim_sql.PICK, {"conversation_id": lease.conversation_id,
+                                                                        "version": lease.version}))
         connection.execute(claim_sql.RELEASE,
                            {"conversation_id": lease.conversation_id, "version": lease.version})
         return Claim(lease, None, failed)
 
 
-def _question(row: Row[Any]) -> Question:
+def _claimed(result: Result[Any]) -> tuple[Row[Any] | None, History]:
+    """The claim's row (None: nothing claimed) and the history, in seq order, from the rows of
+    CLAIM or PICK."""
+    rows = result.all()
+    if not rows or rows[0].part != 0:
+        return None, History([])
+    return rows[0], History(rows[1:])
+
+
+def _question(row: Row[Any], history: History) -> Question:
     return Question(
         id=row.question_id,
         conversation_id=row.conversation_id,
@@ -99,8 +108,7 @@ def _question(row: Row[Any]) -> Question:
         content=row.content,
         attempt=row.attempts,
         request_id=row.request_id,
-        history=[Turn(seq=seq, role=role, content=content, tool_calls=calls or [])
-                 for seq, role, content, calls in row.history],
+        history=history,
         waited_seconds=row.age,
     )
 
@@ -129,10 +137,10 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         "version": lease.version,
         "reply_id": uuid.uuid4(),
         "question_id": question.id,
-        # PostgreSQL text and jsonb cannot hold NUL, which a model may produce: drop it.
+        # PostgreSQL text cannot hold NUL, which a model may produce: drop it.
         "content": _without_nul(reply.content),
         "tool_calls": json.dumps(_without_nul(reply.tool_calls)),
-        "context_seq": max((turn.seq for turn in question.history), default=0),
+        "context_seq": question.history[-1].seq if question.history else 0,
         "request_id": question.request_id,
     }
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 import uuid
@@ -30,6 +31,10 @@ BACKOFF_CAP = 30.0
 def _fresh_runtime(**_kwargs: object) -> None:
     # A pool child must not share the parent's sockets; build its own on first use.
     runtime.cache_clear()
+    # What the child inherited (Celery, SQLAlchemy, the modules) lives as long as it does: keep the
+    # garbage collector's full collections from walking it on every long history. Without this, a
+    # 10,000-message history set off full collections of 30-50 ms (bench/matrix.py, py-spy).
+    gc.freeze()
 
 
 def _backoff(attempt: int) -> float:

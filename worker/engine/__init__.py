@@ -6,6 +6,7 @@ from models import Settings
 
 from .base import (
     EngineError,
+    History,
     PermanentEngineError,
     Reply,
     ReplyEngine,
@@ -35,6 +36,7 @@ def make_engine(settings: Settings) -> ReplyEngine:
 __all__ = [
     "BuiltinEngine",
     "EngineError",
+    "History",
     "OpenAICompatibleEngine",
     "PermanentEngineError",
     "Reply",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .base import Reply, ReplyRequest, Turn
@@ -170,7 +170,7 @@ class BuiltinEngine:
         return f"I couldn't find a task matching {_quote(ref)}. Say “show my tasks” to see your list."
 
     @staticmethod
-    def _last_mentioned(history: list[Turn], tools: TodoTools) -> dict[str, Any] | None:
+    def _last_mentioned(history: Sequence[Turn], tools: TodoTools) -> dict[str, Any] | None:
         """`it`: the task named by the latest tool call in this conversation that still exists."""
         current = {t["id"]: t for t in tools.list_tasks("all")["tasks"]}
         for turn in reversed(history):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,7 @@ def call_id(turn: Turn, index: int) -> str:
     return f"call_{turn.seq}_{index}"
 
 
-def history_messages(system_prompt: str, history: list[Turn], content: str) -> list[dict[str, Any]]:
+def history_messages(system_prompt: str, history: Sequence[Turn], content: str) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
     for turn in history:
         if turn.role == "assistant" and turn.tool_calls:
