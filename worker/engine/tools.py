@@ -8,13 +8,40 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from models import Task
 
 MAX_TITLE = 500
 COLUMNS = (Task.id, Task.title, Task.done)
+
+# The statements, built once with bound values (building them on every call was a third of a
+# worker's CPU per message; py-spy --gil under bench/load.py).
+# (Named apart from the columns: insert() and update() reserve the column names for themselves.)
+_USER, _ID, _TITLE = bindparam("user", type_=Task.user_id.type), bindparam("task_id"), bindparam("new_title")
+_ORIGIN, _CALL = bindparam("origin"), bindparam("call")
+_OPEN_COUNT = select(func.count()).where(Task.user_id == _USER, Task.done.is_(False))
+_ADDED = (
+    insert(Task)
+    .values(user_id=_USER, title=_TITLE, origin_message_id=_ORIGIN, origin_call=_CALL)
+    .on_conflict_do_nothing(constraint="uq_tasks_origin")
+    .returning(*COLUMNS)
+    .cte("added")
+)
+# The open count is read from the snapshot before the insert: the new task adds one.
+ADD = select(_ADDED, _OPEN_COUNT.scalar_subquery().label("open_before"))
+ADDED_BEFORE = select(*COLUMNS).where(Task.origin_message_id == _ORIGIN, Task.origin_call == _CALL)
+_LISTED = select(*COLUMNS).where(Task.user_id == _USER)
+LIST = {
+    "open": _LISTED.where(Task.done.is_(False)).order_by(Task.created_at, Task.id),
+    "done": _LISTED.where(Task.done.is_(True)).order_by(Task.created_at, Task.id),
+    "all": _LISTED.order_by(Task.created_at, Task.id),
+}
+_OWNED = and_(Task.id == _ID, Task.user_id == _USER)
+COMPLETE = update(Task).where(_OWNED).values(done=True, updated_at=func.now()).returning(*COLUMNS)
+DELETE = delete(Task).where(_OWNED).returning(*COLUMNS)
+RENAME = update(Task).where(_OWNED).values(title=_TITLE, updated_at=func.now()).returning(*COLUMNS)
 
 
 def _clean_title(title: object) -> str:
@@ -46,37 +73,24 @@ class TodoTools:
         title = _clean_title(title)
         if not title:
             return self._record("add_task", {"title": title}, {"error": "a task needs a title"})
-        call_index = len(self.calls)
-        added = (
-            insert(Task)
-            .values(user_id=self._user, title=title, origin_message_id=self._origin, origin_call=call_index)
-            .on_conflict_do_nothing(constraint="uq_tasks_origin")
-            .returning(*COLUMNS)
-            .cte("added")
-        )
-        # The open count is read from the snapshot before the insert: the new task adds one.
-        open_before = select(func.count()).where(Task.user_id == self._user, Task.done.is_(False)).scalar_subquery()
+        origin = {"origin": self._origin, "call": len(self.calls)}
         with self._db.connect() as connection:
-            row = connection.execute(select(added, open_before.label("open_before"))).one_or_none()
+            row = connection.execute(ADD, {"user": self._user, "new_title": title, **origin}).one_or_none()
             if row is None:  # a replayed generation: the task exists from the attempt before
-                row = connection.execute(select(*COLUMNS).where(
-                    Task.origin_message_id == self._origin, Task.origin_call == call_index)).one()
-                open_tasks = connection.execute(select(func.count()).where(
-                    Task.user_id == self._user, Task.done.is_(False))).scalar_one()
+                row = connection.execute(ADDED_BEFORE, origin).one()
+                open_tasks = connection.execute(_OPEN_COUNT, {"user": self._user}).scalar_one()
             else:
                 open_tasks = row.open_before + 1
         return self._record("add_task", {"title": title}, {"task": task_summary(row), "open_tasks": open_tasks})
 
     def list_tasks(self, status: str = "open") -> dict[str, Any]:
-        statement = select(*COLUMNS).where(Task.user_id == self._user)
-        if status != "all":
-            statement = statement.where(Task.done.is_(status == "done"))
         with self._db.connect() as connection:
-            rows = connection.execute(statement.order_by(Task.created_at, Task.id)).all()
+            rows = connection.execute(LIST.get(status, LIST["open"]), {"user": self._user}).all()
         tasks = [task_summary(row, number) for number, row in enumerate(rows, start=1)]
         return self._record("list_tasks", {"status": status}, {"tasks": tasks})
 
-    def _change(self, name: str, task_id: str, arguments: dict[str, Any], statement: Any) -> dict[str, Any]:
+    def _change(self, name: str, task_id: str, arguments: dict[str, Any], statement: Any,
+                values: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             ident = uuid.UUID(str(task_id))
         except ValueError:
@@ -84,21 +98,20 @@ class TodoTools:
         row = None
         if ident is not None:
             with self._db.connect() as connection:
-                owned = and_(Task.id == ident, Task.user_id == self._user)
-                row = connection.execute(statement.where(owned).returning(*COLUMNS)).one_or_none()
+                bound = {"task_id": ident, "user": self._user, **(values or {})}
+                row = connection.execute(statement, bound).one_or_none()
         result = {"task": task_summary(row)} if row is not None else {"error": f"no task with id {task_id}"}
         return self._record(name, {"task_id": str(task_id), **arguments}, result)
 
     def complete_task(self, task_id: str) -> dict[str, Any]:
-        return self._change("complete_task", task_id, {}, update(Task).values(done=True, updated_at=func.now()))
+        return self._change("complete_task", task_id, {}, COMPLETE)
 
     def delete_task(self, task_id: str) -> dict[str, Any]:
-        return self._change("delete_task", task_id, {}, delete(Task))
+        return self._change("delete_task", task_id, {}, DELETE)
 
     def rename_task(self, task_id: str, title: str) -> dict[str, Any]:
         title = _clean_title(title)
         if not title:
             return self._record("rename_task", {"task_id": str(task_id), "title": title},
                                 {"error": "a task needs a title"})
-        return self._change("rename_task", task_id, {"title": title},
-                            update(Task).values(title=title, updated_at=func.now()))
+        return self._change("rename_task", task_id, {"title": title}, RENAME, {"new_title": title})
