@@ -211,3 +211,29 @@ def test_a_model_answer_with_nul_characters_is_stored_without_them(user: Api, mo
     _, answered = user.ask("add something odd")
     assert answered["reply"]["content"] == "Done, added it."
     assert [t["title"] for t in user.tasks()] == ["nultask"]
+
+
+def test_each_reply_is_generated_from_everything_before_it_and_nothing_sent_after(
+    llm_stack, user: Api, model: FakeModelServer
+) -> None:
+    # Contract, delivery 4: the history a reply is generated from holds every message before its
+    # question and every reply already given, in seq order (as clients show the conversation: the
+    # replies to back-to-back messages come after them) — and not the user's later messages, even
+    # when they are already stored when the generation starts (the worker is down while all three
+    # are sent).
+    _, first = user.ask("first")
+    conversation_id = first["conversation_id"]
+    llm_stack.worker.stop()
+    model.reset({"content": "answer two"}, {"content": "answer three"}, {"content": "answer four"})
+    sent = [user.chat(text, conversation_id)["message"]["id"] for text in ("two", "three", "four")]
+    llm_stack.worker = Worker("llm-worker", llm_stack.env).start()
+    answered = [user.wait_answered(message_id) for message_id in sent]
+    assert [message["reply"]["content"] for message in answered] == ["answer two", "answer three", "answer four"]
+    shown = [[(m["role"], m["content"]) for m in request["body"]["messages"][1:]] for request in model.requests]
+    assert shown == [
+        [("user", "first"), ("assistant", first["reply"]["content"]), ("user", "two")],
+        [("user", "first"), ("assistant", first["reply"]["content"]), ("user", "two"), ("assistant", "answer two"),
+         ("user", "three")],
+        [("user", "first"), ("assistant", first["reply"]["content"]), ("user", "two"), ("user", "three"),
+         ("assistant", "answer two"), ("assistant", "answer three"), ("user", "four")],
+    ]

@@ -22,10 +22,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import Result, Row
+from sqlalchemy import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from . import claim_sql
@@ -90,16 +91,56 @@ def claim(rt: Runtime, message_id: uuid.UUID) -> Claim:
         return Claim(lease, None, failed)
 
 
-def _claimed(result: Result[Any]) -> tuple[Row[Any] | None, History]:
-    """The claim's row (None: nothing claimed) and the history, in seq order, from the rows of
-    CLAIM or PICK."""
-    rows = result.all()
-    if not rows or rows[0].part != 0:
+_PART_AND_SEQ = itemgetter(4, 0)
+
+
+class _Claimed(NamedTuple):
+    """What CLAIM or PICK claimed: the lease, and the question unless nothing was left."""
+
+    conversation_id: uuid.UUID
+    user_id: str
+    lease_version: int
+    last_seq: int
+    pending: int  # unanswered messages of the conversation, the question included
+    question_id: uuid.UUID | None
+    seq: int | None
+    content: str | None
+    attempts: int
+    request_id: str | None
+    age: float  # seconds since the question was accepted
+
+
+def _claimed(result: CursorResult[Any]) -> tuple[_Claimed | None, History]:
+    """The claim (None: nothing claimed) and the history, in seq order, from the rows of CLAIM or
+    PICK (see claim_sql._PICK for their shape: seq, role, content, tool_calls, part, claim)."""
+    # The driver's own tuples: SQLAlchemy's Row objects cost a third of fetching a 10,000-message
+    # history, and these rows are read by position anyway.
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    rows.sort(key=_PART_AND_SEQ)
+    if not rows or rows[0][4] != 0:
         return None, History([])
-    return rows[0], History(rows[1:])
+    seq, _role, content, _calls, _part, claim = rows[0]
+    question_id = claim["question_id"]
+    return _Claimed(
+        conversation_id=uuid.UUID(claim["conversation_id"]),
+        user_id=claim["user_id"],
+        lease_version=claim["lease_version"],
+        last_seq=claim["last_seq"],
+        pending=claim["pending"],
+        question_id=uuid.UUID(question_id) if question_id else None,
+        seq=seq,
+        content=content,
+        attempts=claim["attempts"] or 0,
+        request_id=claim["request_id"],
+        age=claim["age"] or 0.0,
+    ), History(rows[1:])
 
 
-def _question(row: Row[Any], history: History) -> Question:
+def _question(row: _Claimed, history: History) -> Question:
+    assert row.question_id is not None and row.seq is not None and row.content is not None
     return Question(
         id=row.question_id,
         conversation_id=row.conversation_id,
@@ -113,7 +154,7 @@ def _question(row: Row[Any], history: History) -> Question:
     )
 
 
-def _give_up_reason(row: Row[Any], rt: Runtime) -> str | None:
+def _give_up_reason(row: _Claimed, rt: Runtime) -> str | None:
     tried = row.attempts - 1  # the claim just counted this attempt
     if tried >= rt.settings.max_attempts:
         return f"Not answered after {tried} attempts; retry the message to try again."
