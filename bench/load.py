@@ -13,19 +13,27 @@ per message counted by the processes themselves (chatq_sql_round_trips_total, we
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
 
 import jwt
 import redis
 import requests
+import urllib3
 from celery import Celery
+
+from bench.cpu import cpu_seconds, describe_cpu, per_message_ms
 
 PING = "chatq.ping"
 
@@ -57,6 +65,7 @@ class LoadResult:
     post_ms: list[float] = field(default_factory=list)
     reply_ms: list[float] = field(default_factory=list)
     sql_per_message: float | None = None
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per message by part (bench/cpu.py)
 
     @property
     def rate(self) -> float:
@@ -66,25 +75,30 @@ class LoadResult:
 def run_load(url: str, secret: str, users: int, messages: int, metrics_urls: list[str] | None = None) -> LoadResult:
     result = LoadResult()
     lock = threading.Lock()
+    # urllib3 rather than requests: the load generator shares the machine's cores with what it
+    # measures, and requests cost it twice the CPU per message (bench/matrix.py's CPU table).
+    target = urllib3.util.parse_url(url)
 
     def user_loop(index: int) -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {token(secret, f'bench-{uuid.uuid4().hex[:8]}-{index}')}"
+        connection = urllib3.HTTPConnectionPool(target.host, target.port, maxsize=1, timeout=60, retries=False)
+        headers = {"Authorization": f"Bearer {token(secret, f'bench-{uuid.uuid4().hex[:8]}-{index}')}",
+                   "Content-Type": "application/json"}
         conversation_id = None
         for n in range(messages):
-            body = {"message": f"add bench item {n}"}
+            body: dict[str, str] = {"message": f"add bench item {n}"}
             if conversation_id:
                 body["conversation_id"] = conversation_id
             started = time.perf_counter()
             try:
-                response = session.post(url + "/api/v1/chat", json=body, timeout=30)
+                response = connection.request("POST", "/api/v1/chat", body=json.dumps(body), headers=headers)
                 posted = time.perf_counter()
-                if response.status_code != 202:
-                    raise RuntimeError(response.status_code)
-                accepted = response.json()
+                if response.status != 202:
+                    raise RuntimeError(response.status)
+                accepted = json.loads(response.data)
                 conversation_id = accepted["conversation_id"]
                 while True:
-                    message = session.get(url + accepted["poll_url"], params={"wait": 30}, timeout=60).json()
+                    message = json.loads(connection.request("GET", accepted["poll_url"] + "?wait=30",
+                                                            headers=headers).data)
                     if message["status"] in ("answered", "failed"):
                         break
                 done = time.perf_counter()
@@ -93,15 +107,17 @@ def run_load(url: str, secret: str, users: int, messages: int, metrics_urls: lis
                     result.reply_ms.append((done - started) * 1000)
                     result.messages += message["status"] == "answered"
                     result.errors += message["status"] == "failed"
-            except (requests.RequestException, RuntimeError, ValueError):
+            except (urllib3.exceptions.HTTPError, RuntimeError, ValueError, KeyError):
                 with lock:
                     result.errors += 1
 
     before = round_trips(metrics_urls) if metrics_urls else None
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=users) as pool:
         list(pool.map(user_loop, range(users)))
     result.seconds = time.perf_counter() - started
+    result.cpu_ms = per_message_ms(cpu_before, cpu_seconds(), result.messages)
     if metrics_urls and before is not None and result.messages:
         time.sleep(1.0)  # let the last counters land
         result.sql_per_message = (round_trips(metrics_urls) - before) / result.messages
@@ -131,10 +147,12 @@ def run_baseline(redis_url: str, senders: int, jobs: int) -> LoadResult:
                     result.post_ms.append((posted - started) * 1000)
                     result.reply_ms.append((done - started) * 1000)
 
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=senders) as pool:
         list(pool.map(sender, range(senders)))
     result.seconds = time.perf_counter() - started
+    result.cpu_ms = per_message_ms(cpu_before, cpu_seconds(), result.messages)
     return result
 
 
@@ -144,7 +162,8 @@ def describe(name: str, result: LoadResult, baseline: LoadResult | None = None) 
     return (f"{name}: {result.messages} messages in {result.seconds:.1f} s = {result.rate:.1f}/s{ratio}; "
             f"post->reply p50 {percentile(result.reply_ms, .5):.1f} / p95 {percentile(result.reply_ms, .95):.1f} / "
             f"p99 {percentile(result.reply_ms, .99):.1f} ms; POST p50 {percentile(result.post_ms, .5):.1f} / "
-            f"p99 {percentile(result.post_ms, .99):.1f} ms; errors {result.errors}{sql}")
+            f"p99 {percentile(result.post_ms, .99):.1f} ms; errors {result.errors}{sql}"
+            + (f"\n    CPU ms per message: {describe_cpu(result.cpu_ms)}" if result.cpu_ms else ""))
 
 
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> None:

@@ -25,7 +25,7 @@ import psycopg
 import redis
 import requests
 
-from bench.load import describe, run_baseline, run_load, token
+from bench.load import describe, percentile, run_baseline, run_load, token
 from scripts import devstack
 from scripts.cluster import nginx_binary, render_nginx_conf
 from scripts.devstack import create_database
@@ -40,7 +40,8 @@ TOOL_CALLS = ('[{"name": "add_task", "arguments": {"title": "x"}, "result": {"ta
 class Deployment:
     def __init__(self, env: dict[str, str], webs: int, workers: int) -> None:
         self.env = env
-        self.webs = [Web(f"bench-web{i}", env).start() for i in range(webs)]
+        # A node as deployed: gunicorn with WEB_CONCURRENCY processes (its default, 2).
+        self.webs = [Web(f"bench-web{i}", env, workers=int(env["WEB_CONCURRENCY"])).start() for i in range(webs)]
         self.workers = [Worker(f"bench-worker{i}", env, concurrency=2).start() for i in range(workers)]
         self.proxy = None
         if webs > 1:
@@ -91,21 +92,28 @@ def seed_history(database_url: str, user: str, length: int) -> str:
     return conversation_id
 
 
-def history_latency(deployment: Deployment, database_url: str, length: int, samples: int = 15) -> float:
-    user = f"bench-history-{length}-{uuid.uuid4().hex[:6]}"
-    conversation_id = seed_history(database_url, user, length)
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token(SECRET, user)}"
-    timings = []
-    for n in range(samples):
-        started = time.perf_counter()
-        body = {"message": f"what did I just add? {n}", "conversation_id": conversation_id}
-        accepted = session.post(deployment.url + "/api/v1/chat", json=body).json()
-        while session.get(deployment.url + accepted["poll_url"], params={"wait": 30}).json()["status"] not in (
-                "answered", "failed"):
-            pass
-        timings.append((time.perf_counter() - started) * 1000)
-    return statistics.median(timings)
+def history_latencies(deployment: Deployment, database_url: str, lengths: tuple[int, ...],
+                      samples: int = 41) -> dict[int, float]:
+    """Median post->reply latency in conversations of each history length. The lengths take turns,
+    sample by sample, so that the machine's noise falls on all of them alike."""
+    conversations = {}
+    for length in lengths:
+        user = f"bench-history-{length}-{uuid.uuid4().hex[:6]}"
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token(SECRET, user)}"
+        conversations[length] = (session, seed_history(database_url, user, length))
+    timings: dict[int, list[float]] = {length: [] for length in lengths}
+    for n in range(samples + 1):
+        for length, (session, conversation_id) in conversations.items():
+            started = time.perf_counter()
+            body = {"message": f"what did I just add? {n}", "conversation_id": conversation_id}
+            accepted = session.post(deployment.url + "/api/v1/chat", json=body).json()
+            while session.get(deployment.url + accepted["poll_url"], params={"wait": 30}).json()["status"] not in (
+                    "answered", "failed"):
+                pass
+            if n:  # the first round warms each conversation up
+                timings[length].append((time.perf_counter() - started) * 1000)
+    return {length: statistics.median(values) for length, values in timings.items()}
 
 
 def main() -> None:
@@ -133,20 +141,20 @@ def main() -> None:
                 light = run_load(deployment.url, SECRET, 1, 40)
                 print(f"light load (1 user, 40 messages): post->reply p50 "
                       f"{statistics.median(light.reply_ms):.1f} ms", flush=True)
-                lengths = {n: history_latency(deployment, database_url, n) for n in (10, 1000, 10000)}
+                lengths = history_latencies(deployment, database_url, (10, 1000, 10000))
                 print("reply latency by history length: " + ", ".join(
                     f"{n}: {ms:.1f} ms" for n, ms in lengths.items())
                     + f" (10,000 / 10 = {lengths[10000] / lengths[10]:.2f}x)", flush=True)
         finally:
             deployment.stop()
-    print("\n| web nodes | workers (x2 processes) | messages/s | no-op jobs/s | ratio | reply p50 / p99 ms | "
-          "SQL round trips / message |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| web nodes (x2 processes) | workers (x2 processes) | messages/s | no-op jobs/s | ratio | "
+          "reply p50 / p99 ms | SQL round trips / message | CPU ms / message (no-op) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for webs, workers, load, baseline in rows:
         print(f"| {webs} | {workers} | {load.rate:.1f} | {baseline.rate:.1f} | {load.rate / baseline.rate:.0%} | "
-              f"{sorted(load.reply_ms)[len(load.reply_ms) // 2]:.1f} / "
-              f"{sorted(load.reply_ms)[min(len(load.reply_ms) - 1, int(len(load.reply_ms) * .99))]:.1f} | "
-              f"{load.sql_per_message:.1f} |")
+              f"{percentile(load.reply_ms, .5):.1f} / {percentile(load.reply_ms, .99):.1f} | "
+              f"{load.sql_per_message:.1f} | {load.cpu_ms.get('total', 0):.1f} "
+              f"({baseline.cpu_ms.get('total', 0):.1f}) |")
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
