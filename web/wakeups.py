@@ -1,8 +1,18 @@
-"""One Redis subscription per web process, shared by all its waiting requests.
+"""One Redis pub/sub connection per web process, shared by all its waiting requests.
 
 A long-poll used to open its own pub/sub connection (a TCP connect and a subscribe per wait, a
-Redis connection per idle waiter). Instead one thread per process pattern-subscribes to the
-message and conversation channels and sets the events of the requests waiting on each channel.
+Redis connection per idle waiter). Then one connection per process pattern-subscribed to every
+message and conversation channel — but then every web process received and parsed every
+notification of the whole deployment: one node of 6 gunicorn processes spent 9.4 ms of CPU per
+message against 7.2 ms with 2 (bench/matrix.py's CPU accounts), a cost that grew with each process
+added. Now the connection subscribes to exactly the channels this process's requests wait on,
+for as long as one waits: what a process receives no longer depends on how many there are.
+
+The listener thread only reads. Requests send SUBSCRIBE and UNSUBSCRIBE themselves (redis-py
+serialises commands on the connection with its own lock), under our lock so that the order of
+commands matches the order of changes to who waits; a request that subscribes waits for Redis's
+confirmation before it reads Postgres, so nothing published after its read can pass it by.
+
 What it holds is only who is waiting right now — open sockets' wake-up flags, lost harmlessly with
 the process (a waiter re-reads Postgres every RECHECK_SECONDS anyway). No user data.
 """
@@ -12,8 +22,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
-from collections import defaultdict
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,8 +32,10 @@ import structlog
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
-PATTERNS = ("chatq:message:*", "chatq:conversation:*")
 Wake = Callable[[dict[str, Any]], bool]
+# How long a request waits for Redis to confirm its subscription (a round trip, normally well under
+# a millisecond) before it goes on anyway and relies on its re-checks.
+CONFIRM_SECONDS = 1.0
 
 
 class _Waiter:
@@ -35,61 +46,120 @@ class _Waiter:
 
 class Wakeups:
     def __init__(self, client: redis.Redis) -> None:
-        self._client = client
+        # The listener blocks on its reads for as long as nothing happens: no socket timeout, and no
+        # health-check PINGs, which redis-py would send from the reading thread (commands go out
+        # from the waiting requests' threads, under redis-py's lock).
+        kwargs = {**client.connection_pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
+        self._client = redis.Redis(connection_pool=client.connection_pool.__class__(**kwargs))
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[_Waiter]] = defaultdict(set)
+        self._waiters: dict[str, set[_Waiter]] = {}
+        self._confirmed: dict[str, threading.Event] = {}
+        self._pubsub: redis.client.PubSub | None = None
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
-    def _ensure_listening(self) -> None:
+    def _ensure_listening(self) -> redis.client.PubSub:
+        """The listening connection, started in the process that serves requests (never in
+        gunicorn's master) and again after a failure."""
         with self._lock:
-            # Started lazily in the process that serves requests (never in gunicorn's master).
-            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._listen, name="chatq-wakeups", daemon=True)
+            if (self._pubsub is not None and self._thread is not None and self._thread.is_alive()
+                    and self._pid == os.getpid()):
+                return self._pubsub
+            pubsub = self._client.pubsub()
+            # A channel of its own keeps the connection subscribed (and the listener reading) while
+            # no request waits.
+            pubsub.subscribe(f"chatq:wakeups:{uuid.uuid4().hex}")
+            for channel in self._waiters:
+                pubsub.subscribe(channel)
+            self._pubsub, self._pid = pubsub, os.getpid()
+            self._thread = threading.Thread(target=self._listen, args=(pubsub,), name="chatq-wakeups", daemon=True)
             self._thread.start()
+            return pubsub
 
-    def _listen(self) -> None:
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.psubscribe(*PATTERNS)
-                for message in pubsub.listen():
-                    if message.get("type") == "pmessage":
-                        self._deliver(message["channel"], message["data"])
-            except RedisError as error:
-                log.warning("wakeups_reconnecting", error=str(error))
-                time.sleep(1)
-            finally:
-                pubsub.close()
+    def _listen(self, pubsub: redis.client.PubSub) -> None:
+        try:
+            while True:
+                message = pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                if message["type"] == "message":
+                    self._deliver(message["channel"], message["data"])
+                elif message["type"] == "subscribe":
+                    self._confirm(message["channel"])
+        except (RedisError, OSError, ValueError, RuntimeError) as error:
+            # The next wait starts a new connection; waiting requests fall back to their re-checks.
+            log.warning("wakeups_disconnected", error=str(error))
+            with self._lock:
+                if self._pubsub is pubsub:
+                    self._pubsub = None
+        finally:
+            pubsub.close()
+
+    @staticmethod
+    def _name(channel: bytes | str) -> str:
+        return channel.decode() if isinstance(channel, bytes) else channel
+
+    def _confirm(self, channel: bytes | str) -> None:
+        with self._lock:
+            confirmed = self._confirmed.get(self._name(channel))
+        if confirmed is not None:
+            confirmed.set()
 
     def _deliver(self, channel: bytes | str, data: bytes | str) -> None:
-        name = channel.decode() if isinstance(channel, bytes) else channel
         with self._lock:
-            if name not in self._waiters:  # e.g. a model's streamed text: nobody long-polls that
-                return
+            waiters = list(self._waiters.get(self._name(channel), ()))
+        if not waiters:
+            return
         try:
             payload = json.loads(data)
         except (TypeError, ValueError):
             payload = {}
-        with self._lock:
-            waiters = list(self._waiters.get(name, ()))
         for waiter in waiters:
             if waiter.wake is None or waiter.wake(payload):
                 waiter.event.set()
 
     @contextmanager
     def waiting(self, channel: str, wake: Wake | None = None) -> Iterator[threading.Event]:
-        """An event set when `channel` gets a notification that `wake` accepts (all, when None)."""
-        self._ensure_listening()
+        """An event set when `channel` gets a notification that `wake` accepts (all, when None).
+        On entering, this process is subscribed to the channel (or Redis could not be reached)."""
         waiter = _Waiter(wake)
-        with self._lock:
-            self._waiters[channel].add(waiter)
+        confirmed: threading.Event | None = None
+        try:
+            pubsub = self._ensure_listening()
+            with self._lock:
+                waiters = self._waiters.setdefault(channel, set())
+                if not waiters:  # the first waiter on this channel in this process subscribes
+                    confirmed = self._confirmed[channel] = threading.Event()
+                    waiters.add(waiter)
+                    pubsub.subscribe(channel)
+                else:
+                    waiters.add(waiter)
+                    confirmed = self._confirmed.get(channel)
+        except RedisError as error:  # the waiter re-checks Postgres on its own
+            log.warning("wakeups_subscribe_failed", error=str(error))
+            with self._lock:
+                self._waiters.setdefault(channel, set()).add(waiter)
+        if confirmed is not None:
+            confirmed.wait(CONFIRM_SECONDS)
         try:
             yield waiter.event
         finally:
-            with self._lock:
-                self._waiters[channel].discard(waiter)
-                if not self._waiters[channel]:
-                    del self._waiters[channel]
+            self._leave(channel, waiter)
+
+    def _leave(self, channel: str, waiter: _Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(channel)
+            if waiters is None:
+                return
+            waiters.discard(waiter)
+            if waiters:
+                return
+            del self._waiters[channel]
+            self._confirmed.pop(channel, None)
+            pubsub = self._pubsub
+            if pubsub is None:
+                return
+            try:
+                pubsub.unsubscribe(channel)
+            except RedisError as error:  # the listener notices too, and the next wait reconnects
+                log.warning("wakeups_unsubscribe_failed", error=str(error))
