@@ -91,7 +91,7 @@ def claim(rt: Runtime, message_id: uuid.UUID) -> Claim:
         return Claim(lease, None, failed)
 
 
-_PART_AND_SEQ = itemgetter(4, 0)
+_SEQ = itemgetter(0)
 
 
 class _Claimed(NamedTuple):
@@ -112,17 +112,17 @@ class _Claimed(NamedTuple):
 
 def _claimed(result: CursorResult[Any]) -> tuple[_Claimed | None, History]:
     """The claim (None: nothing claimed) and the history, in seq order, from the rows of CLAIM or
-    PICK (see claim_sql._PICK for their shape: seq, role, content, tool_calls, part, claim)."""
+    PICK (see claim_sql._PICK for their shape: seq, role, content, tool_calls, claim)."""
     # The driver's own tuples: SQLAlchemy's Row objects cost a third of fetching a 10,000-message
     # history, and these rows are read by position anyway.
     try:
         rows = result.cursor.fetchall()
     finally:
         result.close()
-    rows.sort(key=_PART_AND_SEQ)
-    if not rows or rows[0][4] != 0:
+    rows.sort(key=_SEQ)  # the claim's row (seq 0) first
+    if not rows or rows[0][4] is None:
         return None, History([])
-    seq, _role, content, _calls, _part, claim = rows[0]
+    _zero, _role, content, _calls, claim = rows[0]
     question_id = claim["question_id"]
     return _Claimed(
         conversation_id=uuid.UUID(claim["conversation_id"]),
@@ -131,7 +131,7 @@ def _claimed(result: CursorResult[Any]) -> tuple[_Claimed | None, History]:
         last_seq=claim["last_seq"],
         pending=claim["pending"],
         question_id=uuid.UUID(question_id) if question_id else None,
-        seq=seq,
+        seq=claim["seq"],
         content=content,
         attempts=claim["attempts"] or 0,
         request_id=claim["request_id"],
