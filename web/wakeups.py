@@ -49,8 +49,10 @@ class Wakeups:
         # The listener blocks on its reads for as long as nothing happens: no socket timeout, and no
         # health-check PINGs, which redis-py would send from the reading thread (commands go out
         # from the waiting requests' threads, under redis-py's lock).
-        kwargs = {**client.connection_pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
-        self._client = redis.Redis(connection_pool=client.connection_pool.__class__(**kwargs))
+        pool = client.connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
+        self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
+                                                                        **kwargs))
         self._lock = threading.Lock()
         self._waiters: dict[str, set[_Waiter]] = {}
         self._confirmed: dict[str, threading.Event] = {}
@@ -66,11 +68,13 @@ class Wakeups:
                     and self._pid == os.getpid()):
                 return self._pubsub
             pubsub = self._client.pubsub()
-            # A channel of its own keeps the connection subscribed (and the listener reading) while
-            # no request waits.
-            pubsub.subscribe(f"chatq:wakeups:{uuid.uuid4().hex}")
-            for channel in self._waiters:
-                pubsub.subscribe(channel)
+            try:
+                # A channel of its own keeps the connection subscribed (and the listener reading)
+                # while no request waits.
+                pubsub.subscribe(f"chatq:wakeups:{uuid.uuid4().hex}", *self._waiters)
+            except RedisError:
+                pubsub.close()
+                raise
             self._pubsub, self._pid = pubsub, os.getpid()
             self._thread = threading.Thread(target=self._listen, args=(pubsub,), name="chatq-wakeups", daemon=True)
             self._thread.start()
@@ -121,30 +125,41 @@ class Wakeups:
     @contextmanager
     def waiting(self, channel: str, wake: Wake | None = None) -> Iterator[threading.Event]:
         """An event set when `channel` gets a notification that `wake` accepts (all, when None).
-        On entering, this process is subscribed to the channel (or Redis could not be reached)."""
+        On entering, this process is subscribed to the channel (or Redis could not be reached, and
+        the waiter relies on its re-checks)."""
         waiter = _Waiter(wake)
-        confirmed: threading.Event | None = None
-        try:
-            pubsub = self._ensure_listening()
-            with self._lock:
-                waiters = self._waiters.setdefault(channel, set())
-                if not waiters:  # the first waiter on this channel in this process subscribes
-                    confirmed = self._confirmed[channel] = threading.Event()
-                    waiters.add(waiter)
-                    pubsub.subscribe(channel)
-                else:
-                    waiters.add(waiter)
-                    confirmed = self._confirmed.get(channel)
-        except RedisError as error:  # the waiter re-checks Postgres on its own
-            log.warning("wakeups_subscribe_failed", error=str(error))
-            with self._lock:
-                self._waiters.setdefault(channel, set()).add(waiter)
+        confirmed = self._register(channel, waiter)
         if confirmed is not None:
             confirmed.wait(CONFIRM_SECONDS)
         try:
             yield waiter.event
         finally:
             self._leave(channel, waiter)
+
+    def _register(self, channel: str, waiter: _Waiter) -> threading.Event | None:
+        """Add the waiter, subscribing the channel if it is the channel's first. Returns the event
+        Redis's confirmation of the subscription sets, or None when there is none to wait for."""
+        try:
+            pubsub: redis.client.PubSub | None = self._ensure_listening()
+        except RedisError as error:
+            log.warning("wakeups_unavailable", error=str(error))
+            pubsub = None
+        with self._lock:
+            waiters = self._waiters.setdefault(channel, set())
+            first = not waiters
+            waiters.add(waiter)
+            if pubsub is None:
+                return None
+            if not first:
+                return self._confirmed.get(channel)
+            confirmed = self._confirmed[channel] = threading.Event()
+            try:
+                pubsub.subscribe(channel)
+            except RedisError as error:
+                log.warning("wakeups_subscribe_failed", error=str(error))
+                del self._confirmed[channel]
+                return None
+            return confirmed
 
     def _leave(self, channel: str, waiter: _Waiter) -> None:
         with self._lock:
