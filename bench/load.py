@@ -112,12 +112,7 @@ def run_load(url: str, secret: str, users: int, messages: int, metrics_urls: lis
                     result.errors += 1
 
     before = round_trips(metrics_urls) if metrics_urls else None
-    cpu_before = cpu_seconds()
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=users) as pool:
-        list(pool.map(user_loop, range(users)))
-    result.seconds = time.perf_counter() - started
-    result.cpu_ms = per_message_ms(cpu_before, cpu_seconds(), result.messages)
+    _run_at_once(user_loop, users, result)
     if metrics_urls and before is not None and result.messages:
         time.sleep(1.0)  # let the last counters land
         result.sql_per_message = (round_trips(metrics_urls) - before) / result.messages
@@ -147,13 +142,18 @@ def run_baseline(redis_url: str, senders: int, jobs: int) -> LoadResult:
                     result.post_ms.append((posted - started) * 1000)
                     result.reply_ms.append((done - started) * 1000)
 
+    _run_at_once(sender, senders, result)
+    return result
+
+
+def _run_at_once(loop: Callable[[int], None], concurrency: int, result: LoadResult) -> None:
+    """Run loop(0) ... loop(concurrency - 1) at once; record the wall time and the CPU per message."""
     cpu_before = cpu_seconds()
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=senders) as pool:
-        list(pool.map(sender, range(senders)))
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(loop, range(concurrency)))
     result.seconds = time.perf_counter() - started
     result.cpu_ms = per_message_ms(cpu_before, cpu_seconds(), result.messages)
-    return result
 
 
 def describe(name: str, result: LoadResult, baseline: LoadResult | None = None) -> str:
