@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +191,27 @@ class Api:
         response = self.get("/api/v1/tasks", params={"status": status})
         assert response.status_code == 200, response.text
         return response.json()["items"]
+
+
+class BackgroundPoll(threading.Thread):
+    """One long-poll of a message (GET ?wait=) on a thread of its own: what it answered, and after
+    how many seconds."""
+
+    def __init__(self, api: Api, message_id: str, wait: int = 30) -> None:
+        super().__init__(daemon=True)
+        self.api, self.message_id, self.wait = api, message_id, wait
+        self.answer: dict[str, Any] = {}
+        self.seconds = float("nan")
+
+    def run(self) -> None:
+        started = time.monotonic()
+        self.answer = self.api.get(f"/api/v1/messages/{self.message_id}", params={"wait": self.wait}).json()
+        self.seconds = time.monotonic() - started
+
+
+def subscribers(client: redis.Redis, channel: str) -> int:
+    """How many connections Redis has subscribed to `channel` (PUBSUB NUMSUB)."""
+    return dict(client.pubsub_numsub(channel)).get(channel.encode(), 0)
 
 
 class EventStream:

@@ -93,11 +93,11 @@ class Wakeups:
         except (RedisError, OSError, ValueError, RuntimeError) as error:
             # The next wait starts a new connection; waiting requests fall back to their re-checks.
             log.warning("wakeups_disconnected", error=str(error))
-            with self._lock:
+        finally:
+            with self._lock:  # no request subscribes on it while it closes, nor after
                 if self._pubsub is pubsub:
                     self._pubsub = None
-        finally:
-            pubsub.close()
+                pubsub.close()
 
     @staticmethod
     def _name(channel: bytes | str) -> str:
@@ -148,7 +148,7 @@ class Wakeups:
             waiters = self._waiters.setdefault(channel, set())
             first = not waiters
             waiters.add(waiter)
-            if pubsub is None:
+            if pubsub is None or pubsub is not self._pubsub:  # none, or closed since
                 return None
             if not first:
                 return self._confirmed.get(channel)

@@ -11,11 +11,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 import requests
 
 from tests.faults.audit import audit, wait_terminal
 from tests.faults.conftest import FaultStack, Killer
-from tests.support import Api
+from tests.support import Api, BackgroundPoll, subscribers, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -208,3 +209,26 @@ def test_a_message_that_cannot_be_answered_fails_readably_and_can_be_retried(fau
     assert answered["status"] == "answered" and answered["error"] is None
     assert "slow" in answered["reply"]["content"]
     assert [task["title"] for task in user.tasks()] == ["slow"]
+
+
+def test_long_polls_are_woken_by_notifications_again_after_redis_restarts(fault_stack: FaultStack) -> None:
+    """7. The web process's pub/sub connection dies with Redis; the next wait opens a new one, so
+    waits are woken by their answers again rather than by their re-checks (here longer than the
+    wait itself)."""
+    fault_stack.env["RECHECK_SECONDS"] = "60"
+    stack = fault_stack.start(workers=1, beat=False)
+    user = Api(stack.webs[0].url)
+    broker = redis.Redis.from_url(stack.env["REDIS_URL"])
+    conversation_id, _ = user.ask("Add task: before the restart")  # the listener is running
+    stack.kill_redis()
+    stack.start_redis()
+    for worker in stack.workers:
+        worker.kill()
+    message_id = user.chat("Add task: after the restart", conversation_id)["message"]["id"]
+    poll = BackgroundPoll(user, message_id)
+    poll.start()
+    wait_until(lambda: subscribers(broker, f"chatq:message:{message_id}") == 1,
+               what="the waiting process to subscribe on the restarted Redis")
+    stack.workers = [stack.new_worker(0)]
+    poll.join(timeout=40)
+    assert poll.answer["status"] == "answered" and poll.seconds < 30
