@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +37,8 @@ Wake = Callable[[dict[str, Any]], bool]
 # How long a request waits for Redis to confirm its subscription (a round trip, normally well under
 # a millisecond) before it goes on anyway and relies on its re-checks.
 CONFIRM_SECONDS = 1.0
+# Idle seconds before the first probe, seconds between probes, probes unanswered before it is dead.
+KEEPALIVE = {socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 3}
 
 
 class _Waiter:
@@ -48,9 +51,12 @@ class Wakeups:
     def __init__(self, client: redis.Redis) -> None:
         # The listener blocks on its reads for as long as nothing happens: no socket timeout, and no
         # health-check PINGs, which redis-py would send from the reading thread (commands go out
-        # from the waiting requests' threads, under redis-py's lock).
+        # from the waiting requests' threads, under redis-py's lock). TCP keep-alive instead finds
+        # a connection that died silently (a NAT or load balancer dropping an idle flow) within a
+        # minute or so: the read fails, and the next wait opens a new connection.
         pool = client.connection_pool
-        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0,
+                  "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
         self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
                                                                         **kwargs))
         self._lock = threading.Lock()
