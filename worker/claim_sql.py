@@ -45,6 +45,7 @@ SELECT h.seq, h.role::text, h.content, h.tool_calls::text, NULL
   FROM claimed JOIN picked ON true JOIN messages AS h ON h.conversation_id = claimed.id
  WHERE h.seq < picked.seq OR h.role = 'assistant'
 """
+
 # A job names a message; take its conversation's lease (if no live lease exists) and the
 # conversation's earliest unanswered message, with everything its reply is generated from.
 CLAIM = _statement("""
