@@ -220,14 +220,20 @@ def test_each_reply_is_generated_from_everything_before_it_and_nothing_sent_afte
     # question and every reply already given, in seq order (as clients show the conversation: the
     # replies to back-to-back messages come after them) — and not the user's later messages, even
     # when they are already stored when the generation starts (the worker is down while all three
-    # are sent).
+    # are sent). The worker that answers them plans without index scans, so Postgres returns the
+    # rows as they lie on disk, where an answered question's last version follows its reply.
     _, first = user.ask("first")
     conversation_id = first["conversation_id"]
     llm_stack.worker.stop()
     model.reset({"content": "answer two"}, {"content": "answer three"}, {"content": "answer four"})
     sent = [user.chat(text, conversation_id)["message"]["id"] for text in ("two", "three", "four")]
-    llm_stack.worker = Worker("llm-worker", llm_stack.env).start()
-    answered = [user.wait_answered(message_id) for message_id in sent]
+    heap_order = {"PGOPTIONS": "-c enable_indexscan=off -c enable_bitmapscan=off -c enable_indexonlyscan=off"}
+    llm_stack.worker = Worker("llm-worker", {**llm_stack.env, **heap_order}).start()
+    try:
+        answered = [user.wait_answered(message_id) for message_id in sent]
+    finally:
+        llm_stack.worker.stop()
+        llm_stack.worker = Worker("llm-worker", llm_stack.env).start()
     assert [message["reply"]["content"] for message in answered] == ["answer two", "answer three", "answer four"]
     shown = [[(m["role"], m["content"]) for m in request["body"]["messages"][1:]] for request in model.requests]
     assert shown == [
