@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from models import Message, Status
 from models.metrics_support import scrape_registry
+from models.round_trips import counter_for
 
 from .services import services
 from .spec import operation
@@ -22,11 +23,7 @@ REQUEST_SECONDS = Histogram(
     "chatq_http_request_duration_seconds", "Time to answer an HTTP request.", ["route", "method", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-SQL_ROUND_TRIPS = Counter("chatq_sql_round_trips_total", "Round trips to Postgres.", ["process", "kind"])
-
-
-def count_round_trip(kind: str) -> None:
-    SQL_ROUND_TRIPS.labels("web", kind).inc()
+count_round_trip = counter_for("web")
 
 
 class QueueDepth:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from models.round_trips import counter_for
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 QUEUE_WAIT = Histogram("chatq_queue_wait_seconds", "From a message's acceptance to its claim by a worker.",
@@ -18,11 +20,7 @@ REQUEUED = Counter("chatq_sweeper_requeued_total", "Jobs the sweeper sent again.
 DUPLICATES = Counter("chatq_duplicate_deliveries_total", "Jobs that found nothing to do.", ["reason"])
 FAILURES = Counter("chatq_failures_total", "Messages that became failed.", ["reason"])
 RETRIES = Counter("chatq_generation_retries_total", "Generations given back to the queue to try again.")
-SQL_ROUND_TRIPS = Counter("chatq_sql_round_trips_total", "Round trips to Postgres.", ["process", "kind"])
-
-
-def count_round_trip(kind: str) -> None:
-    SQL_ROUND_TRIPS.labels("worker", kind).inc()
+count_round_trip = counter_for("worker")
 
 # Every labelled series exists from the start, at zero, so dashboards and alerts see them.
 for _reason in ("answered_or_unknown", "conversation_busy"):
