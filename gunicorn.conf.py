@@ -1,26 +1,60 @@
-"""gunicorn settings for the web process (environment only: PORT, WEB_CONCURRENCY, WEB_THREADS)."""
+"""gunicorn settings for the web process, from the same Settings every chatq process reads.
 
-import os
+Worker class: gevent. A waiting client (a long-poll of up to 30 s, an event stream of up to 300 s)
+is a parked greenlet and a socket — a few KiB, not a thread — so one process holds thousands of
+them while every other request is served at once (README, "Waiting clients"). The Flask code is
+the same code that runs under any worker: gunicorn monkey-patches the standard library when the
+worker starts, psycopg 3 cooperates with gevent by itself, and redis-py and kombu use the patched
+sockets. What bounds a process is admission (MAX_WAITS, MAX_WAITS_PER_USER, web/waiting.py), not
+a thread pool.
+"""
 
+import resource
+
+from gunicorn.workers.base_async import AsyncWorker
+from gunicorn.workers.ggevent import GeventWorker
+
+from models import Settings
 from models.metrics_support import prepare_multiprocess_dir
 
 # Metrics from every worker process are added up at /metrics (prometheus-client multiprocess mode);
 # this must happen before the app, and so prometheus-client, is imported.
 prepare_multiprocess_dir("web")
+settings = Settings.from_env()
 
-bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104 - behind a load balancer
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gthread: a long-poll parks a thread, not a process, and holds no database connection while it
-# waits, so one process serves many waiting clients with plain blocking code (no monkey-patching
-# of psycopg or redis, which gevent would need).
-worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "32"))
+# Every waiting client holds a socket: let the process open as many files as the system allows.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY or _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+
+class Worker(GeventWorker):
+    """gunicorn's gevent worker, with a deadline on every read and write of a client's socket.
+
+    gunicorn bounds reading a request's head by `keepalive` seconds, but not a body sent a byte at
+    a time, nor a client that stops reading an event stream: each would hold its connection for
+    good. With a socket timeout, a client silent for `client_timeout_seconds` is disconnected.
+    A long-poll does not touch its socket while it waits, so the timeout never ends a wait.
+    """
+
+    def handle(self, listener, client, addr):
+        client.settimeout(settings.client_timeout_seconds)
+        AsyncWorker.handle(self, listener, client, addr)  # GeventWorker's own would clear the timeout
+
+
+bind = f"{settings.bind_host}:{settings.port}"
+workers = settings.web_concurrency
+worker_class = Worker
+# Simultaneous connections per process: the waits admission lets in, and room for everything else
+# (posts, reads, health checks) beside them; past it gunicorn stops accepting until one closes.
+worker_connections = settings.max_waits + 1000
 # Long-polls last up to 30 s; the timeout is for a stuck worker, not a slow request.
 timeout = 60
+# A deploy's SIGTERM lets waits and streams end within this (their clients then poll again).
 graceful_timeout = 30
 # Longer than the load balancer's idle time for upstream connections (deploy/nginx.conf: 60 s):
 # otherwise gunicorn may close a connection nginx is about to reuse, and a POST sent on it fails
-# with 502 (nginx does not replay a request it has sent). Idle keep-alive costs no thread in gthread.
+# with 502 (nginx does not replay a request it has sent). It also bounds reading a request's head.
 keepalive = 75
 accesslog = "-"
 

@@ -59,6 +59,9 @@ class Settings:
     dev_mode: bool = False
     flower_basic_auth: str = ""
     port: int = 8000
+    # Where web listens: every interface behind a load balancer; loopback only in dev mode, whose
+    # token endpoint and well-known secret must not be reachable from the network.
+    bind_host: str = "0.0.0.0"  # noqa: S104
     worker_metrics_port: int = 9808
     server_id: str = field(default_factory=socket.gethostname)
     # Reply engine.
@@ -80,9 +83,21 @@ class Settings:
     requeue_after_seconds: float = 15.0
     max_attempts: int = 5
     answer_deadline_seconds: float = 600.0
-    # Long-poll: the longest a waiting request sleeps between two reads of Postgres when no
-    # notification arrives (a lost notification costs at most this much).
-    recheck_seconds: float = 1.0
+    # Waiting requests (long-polls, event streams) are woken by Redis notifications. While the
+    # notification connection is up, a waiter still re-reads Postgres every `recheck_seconds` (a
+    # safety net for a notification lost on the publishing side); while it is down, every
+    # `fallback_recheck_seconds`. A long safety interval is what lets a process hold thousands of
+    # waits: 5,000 waiters re-reading every second would be 5,000 queries a second of nothing.
+    recheck_seconds: float = 15.0
+    fallback_recheck_seconds: float = 1.0
+    # Admission of waiting requests, per web process: past `max_waits` a new one is answered 503
+    # at once; one user may hold at most `max_waits_per_user` of them (429 past that).
+    max_waits: int = 5000
+    max_waits_per_user: int = 20
+    # gunicorn: processes per node, and how long a client may leave its socket silent (a slow or
+    # idle connection, slowloris) before it is closed.
+    web_concurrency: int = 2
+    client_timeout_seconds: float = 30.0
     # Server-Sent Events: a comment this often keeps proxies from closing an idle stream.
     sse_heartbeat_seconds: float = 10.0
     # Rate limiting of POSTs, per user, shared by all web nodes through Redis ("" turns it off).
@@ -107,6 +122,7 @@ class Settings:
             dev_mode=_flag(env.get("CHATQ_DEV")),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH", ""),
             port=_number(env, "PORT", 8000),
+            bind_host=env.get("BIND_HOST") or ("127.0.0.1" if _flag(env.get("CHATQ_DEV")) else "0.0.0.0"),  # noqa: S104
             worker_metrics_port=_number(env, "WORKER_METRICS_PORT", 9808),
             server_id=env.get("SERVER_ID") or socket.gethostname(),
             engine=env.get("ENGINE", "builtin"),
@@ -123,7 +139,12 @@ class Settings:
             requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
             max_attempts=_number(env, "MAX_ATTEMPTS", 5),
             answer_deadline_seconds=_number(env, "ANSWER_DEADLINE_SECONDS", 600.0),
-            recheck_seconds=_number(env, "RECHECK_SECONDS", 1.0),
+            recheck_seconds=_number(env, "RECHECK_SECONDS", 15.0),
+            fallback_recheck_seconds=_number(env, "FALLBACK_RECHECK_SECONDS", 1.0),
+            max_waits=_number(env, "MAX_WAITS", 5000),
+            max_waits_per_user=_number(env, "MAX_WAITS_PER_USER", 20),
+            web_concurrency=_number(env, "WEB_CONCURRENCY", 2),
+            client_timeout_seconds=_number(env, "CLIENT_TIMEOUT_SECONDS", 30.0),
             sse_heartbeat_seconds=_number(env, "SSE_HEARTBEAT_SECONDS", 10.0),
             rate_limit=env.get("RATE_LIMIT", "120/minute"),
         )

@@ -14,6 +14,7 @@ def make_engine(
     *,
     pool_size: int = 5,
     max_overflow: int = 10,
+    pool_timeout: float = 5,
     on_round_trip: Callable[[str], None] | None = None,
 ) -> Engine:
     """`on_round_trip(kind)` is called for every statement ("statement"), and every transaction
@@ -28,7 +29,7 @@ def make_engine(
         # (the request answers 503, the job retries). Recycling retires connections a server-side
         # idle timeout may have cut.
         pool_recycle=1800,
-        pool_timeout=5,
+        pool_timeout=pool_timeout,
         connect_args={"connect_timeout": 3},
         # An error's text must not carry what users wrote (it ends up in logs): no bound values.
         hide_parameters=True,

@@ -24,6 +24,7 @@ from . import (
     request_id,
     security,
     services,
+    waiting,
 )
 
 MAX_BODY_BYTES = 64 * 1024
@@ -45,6 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     configure_logging()
 
     services.init_app(app, settings, on_round_trip=metrics.count_round_trip)
+    waiting.init_app(app, settings)
     auth.init_app(app, settings)
     limits.init_app(app, settings)
     request_id.init_app(app)

@@ -178,8 +178,12 @@ def _message_view(message_id: str) -> tuple[dict[str, Any], bool]:
            responses={200: schemas.AnyMessage})
 def get_message(message_id: str) -> Response:
     params = query(schemas.MessageQuery)
+    ident = parse_uuid(message_id)
+    if ident is None:  # answered before anything waits
+        raise Problem(404, "No such message.")
     if params.wait > 0:
-        body = wait_for(message_channel(message_id), lambda: _message_view(message_id), params.wait)
+        # The channel is named by the canonical id: "ABC…", "{abc…}" and "abc…" are one message.
+        body = wait_for(message_channel(ident), lambda: _message_view(message_id), params.wait)
     else:
         body, _ = _message_view(message_id)
     response = jsonify(body)

@@ -13,8 +13,8 @@
   is the truth (a new attempt after a crash starts its deltas again from index 0);
 - a `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS`, so proxies keep the stream open.
 
-Like a long-poll, the stream holds no database connection between reads: it sleeps on the
-conversation's Redis channel and re-reads Postgres when woken (or every re-check interval). It
+Like a long-poll, the stream is a waiting request (web/waiting.py: admitted, no database connection
+held while it sleeps on its channels in web/wakeups.py) and re-reads Postgres when woken. It
 ends after `STREAM_SECONDS`; EventSource reconnects with Last-Event-ID by itself.
 """
 
@@ -27,7 +27,6 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, request, stream_with_context
-from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from models import PENDING, Message
@@ -39,8 +38,9 @@ from .auth import authenticate
 from .problems import Problem
 from .schemas import EventsQuery
 from .serialize import message_json
-from .services import reader, release_db, services
+from .services import reader, release_db, services, use_wait_pool
 from .spec import operation
+from .waiting import admission, recheck_after, wakeups
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 log = structlog.get_logger(__name__)
@@ -55,7 +55,8 @@ def _identify() -> None:
 
 def _cursor() -> int:
     raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-    if not raw.isdigit() or len(raw) > 9:
+    # isascii: str.isdigit() is also true for "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise Problem(422, "Last-Event-ID / after: must be a message seq (a whole number)", slug="invalid-field")
     return int(raw)
 
@@ -63,18 +64,6 @@ def _cursor() -> int:
 def _frame(message: dict[str, Any], with_id: bool) -> str:
     head = f"id: {message['seq']}\n" if with_id else ""
     return f"{head}event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
-
-
-def _drain(pubsub: Any, timeout: float) -> list[tuple[str | None, str]]:
-    """Wait up to `timeout` for a notification, then take every one already waiting."""
-    woken = []
-    message = pubsub.get_message(timeout=timeout)
-    while message is not None:
-        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-        data = message["data"].decode() if isinstance(message["data"], bytes) else str(message["data"])
-        woken.append((channel, data))
-        message = pubsub.get_message(timeout=0)
-    return woken
 
 
 def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tuple[list[str], int]:
@@ -117,47 +106,42 @@ def conversation_events(conversation_id: str) -> Response:
         )
     }
     release_db()
-    settings = services().settings
-    user = g.user
+    heartbeat = services().settings.sse_heartbeat_seconds
+    user, gate = g.user, admission()
+    gate.enter(user)  # a stream is a waiting request: 503/429 past this node's limits
 
     def stream() -> Iterator[str]:
         nonlocal cursor
-        pubsub = services().redis.pubsub(ignore_subscribe_messages=True)
         deltas = delta_channel(conversation.id)
-        try:
-            try:
-                pubsub.subscribe(conversation_channel(conversation.id), deltas)
-            except RedisError as error:
-                log.warning("events_without_notifications", error=str(error), user=user)
-                pubsub = None
+        with wakeups().waiting(conversation_channel(conversation.id), deltas, keep=True) as waiter:
+            use_wait_pool()
             yield f"retry: {RECONNECT_MS}\n\n"
-            ends = time.monotonic() + STREAM_SECONDS
-            beat = time.monotonic() + settings.sse_heartbeat_seconds
-            reread = True
-            while time.monotonic() < ends:
-                if reread:
+            now = time.monotonic()
+            ends, beat, recheck = now + STREAM_SECONDS, now + heartbeat, now
+            while now < ends:
+                if now >= recheck:
                     frames, cursor = _changes(conversation.id, cursor, watched)
                     yield from frames
+                    recheck = time.monotonic() + recheck_after()
                 if time.monotonic() >= beat:
                     yield ": heartbeat\n\n"
-                    beat = time.monotonic() + settings.sse_heartbeat_seconds
-                pause = min(settings.recheck_seconds, max(0.0, beat - time.monotonic()))
-                if pubsub is None:
-                    time.sleep(pause)
-                    continue
-                try:
-                    woken = _drain(pubsub, pause)
-                except RedisError:
-                    pubsub, woken = None, []
-                # Streamed text goes straight through; anything else (or silence) means re-read.
+                    beat = time.monotonic() + heartbeat
+                woke = waiter.event.wait(max(0.0, min(beat, recheck, ends) - time.monotonic()))
+                waiter.event.clear()
+                woken = waiter.take()
+                # Streamed text goes straight through; a change (or a wake-up with no notification:
+                # the notifications were interrupted) means the truth is read again now.
                 yield from (f"event: delta\ndata: {data}\n\n" for channel, data in woken if channel == deltas)
-                reread = not woken or any(channel != deltas for channel, _ in woken)
-        finally:
-            if pubsub is not None:
-                pubsub.close()
+                if any(channel != deltas for channel, _ in woken) or (woke and not woken):
+                    recheck = time.monotonic()
+                now = time.monotonic()
 
-    return Response(
+    response = Response(
         stream_with_context(stream()),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # Called when the server is done with the response (ended, or the client went away), whether
+    # or not the stream ever started.
+    response.call_on_close(lambda: gate.leave(user))
+    return response

@@ -23,6 +23,9 @@ class Services:
     sessions: sessionmaker[Session]
     # The same pool in autocommit, for reads and single-statement writes: no BEGIN/COMMIT round trips.
     autocommit: sessionmaker[Session]
+    # Waiting requests read through a pool of their own: a burst of thousands of waits starting
+    # at once queues for these connections, while posts and plain reads keep theirs.
+    waits: sessionmaker[Session]
     redis: redis.Redis
     producer: Celery
 
@@ -44,10 +47,13 @@ def make_producer(settings: Settings) -> Celery:
 def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None] | None = None) -> None:
     engine = make_engine(settings.database_url, pool_size=app.config["DB_POOL_SIZE"], max_overflow=5,
                          on_round_trip=on_round_trip)
+    waits_engine = make_engine(settings.database_url, pool_size=4, max_overflow=4, pool_timeout=30,
+                               on_round_trip=on_round_trip)
     app.extensions["chatq"] = Services(
         settings=settings,
         sessions=make_sessionmaker(engine),
         autocommit=make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
+        waits=make_sessionmaker(waits_engine.execution_options(isolation_level="AUTOCOMMIT")),
         redis=redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30
         ),
@@ -76,8 +82,14 @@ def reader() -> Session:
     """This request's autocommit session: each statement is its own transaction. For reads, and
     for writes that are a single statement."""
     if "db_reader" not in g:
-        g.db_reader = services().autocommit()
+        g.db_reader = services().waits() if g.get("waiting") else services().autocommit()
     return g.db_reader
+
+
+def use_wait_pool() -> None:
+    """From now on this request is a waiting one: its reads go through the waits' own pool."""
+    release_db()
+    g.waiting = True
 
 
 def release_db() -> None:

@@ -1,29 +1,36 @@
 """One Redis pub/sub connection per web process, shared by all its waiting requests.
 
-A long-poll used to open its own pub/sub connection (a TCP connect and a subscribe per wait, a
-Redis connection per idle waiter). Then one connection per process pattern-subscribed to every
-message and conversation channel — but then every web process received and parsed every
-notification of the whole deployment: one node of 6 gunicorn processes spent 9.4 ms of CPU per
-message against 7.2 ms with 2 (bench/matrix.py's CPU accounts), a cost that grew with each process
-added. Now the connection subscribes to exactly the channels this process's requests wait on,
-for as long as one waits: what a process receives no longer depends on how many there are.
+Every waiting request — a long-poll or an event stream — registers here for the channels it cares
+about. The process's one connection is subscribed to exactly the channels its requests wait on, for
+as long as one waits, so what a process receives does not depend on how many processes there are
+(one pattern subscription to everything cost each process the parsing of every notification of the
+deployment: BENCHMARKS.md, stop 9), and a waiting client costs a set entry, not a connection.
 
-The listener thread only reads. Requests send SUBSCRIBE and UNSUBSCRIBE themselves (redis-py
-serialises commands on the connection with its own lock), under our lock so that the order of
-commands matches the order of changes to who waits; a request that subscribes waits for Redis's
-confirmation before it reads Postgres, so nothing published after its read can pass it by.
+The listener (a thread; a greenlet under gunicorn's gevent worker) only reads. Requests send
+SUBSCRIBE and UNSUBSCRIBE themselves (redis-py serialises commands on the connection), under our
+lock so that the order of commands matches the order of changes to who waits; a request that
+subscribes waits for Redis's confirmation before it reads Postgres, so nothing published after its
+read can pass it by.
+
+When the connection fails, the listener wakes every waiter (each re-reads Postgres, and re-checks
+often while `healthy` is false), reconnects with backoff, subscribes again to every channel still
+waited on, and wakes every waiter once more: whatever was published in the gap is read from
+Postgres, the truth.
 
 What it holds is only who is waiting right now — open sockets' wake-up flags, lost harmlessly with
-the process (a waiter re-reads Postgres every RECHECK_SECONDS anyway). No user data.
+the process. No user data.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,135 +46,190 @@ Wake = Callable[[dict[str, Any]], bool]
 CONFIRM_SECONDS = 1.0
 # Idle seconds before the first probe, seconds between probes, probes unanswered before it is dead.
 KEEPALIVE = {socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 3}
+RECONNECT_SECONDS = (0.2, 5.0)  # first and longest pause between two attempts to reconnect
+# A stream that is not read for a while keeps at most this many undelivered notifications; it
+# re-reads Postgres anyway when woken, so dropping the oldest loses no state, only live text.
+INBOX_LIMIT = 1000
 
 
-class _Waiter:
-    def __init__(self, wake: Wake | None) -> None:
+class Waiter:
+    """One waiting request: an event to sleep on and, for a stream, the notifications themselves."""
+
+    def __init__(self, wake: Wake | None, keep: bool) -> None:
         self.event = threading.Event()
         self.wake = wake
+        self.inbox: deque[tuple[str, str]] | None = deque(maxlen=INBOX_LIMIT) if keep else None
+
+    def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
+        if self.inbox is not None:
+            self.inbox.append((channel, data))
+            self.event.set()
+        elif self.wake is None or self.wake(payload or {}):
+            self.event.set()
+
+    def take(self) -> list[tuple[str, str]]:
+        """The notifications kept since the last call (streams only)."""
+        taken = []
+        while self.inbox:
+            taken.append(self.inbox.popleft())
+        return taken
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class Wakeups:
     def __init__(self, client: redis.Redis) -> None:
         # The listener blocks on its reads for as long as nothing happens: no socket timeout, and no
-        # health-check PINGs, which redis-py would send from the reading thread (commands go out
-        # from the waiting requests' threads, under redis-py's lock). TCP keep-alive instead finds
-        # a connection that died silently (a NAT or load balancer dropping an idle flow) within a
-        # minute or so: the read fails, and the next wait opens a new connection.
+        # health-check PINGs, which redis-py would send from the reading thread. TCP keep-alive
+        # instead finds a connection that died silently (a NAT or load balancer dropping an idle
+        # flow) within a minute or so: the read fails, and the listener reconnects.
         pool = client.connection_pool
         kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0,
                   "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
         self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
                                                                         **kwargs))
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[_Waiter]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}
         self._confirmed: dict[str, threading.Event] = {}
         self._pubsub: redis.client.PubSub | None = None
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
-    def _ensure_listening(self) -> redis.client.PubSub:
-        """The listening connection, started in the process that serves requests (never in
-        gunicorn's master) and again after a failure."""
+    @property
+    def healthy(self) -> bool:
+        """Notifications reach this process: waiters may rely on them and re-check rarely."""
+        return self._pubsub is not None
+
+    def _ensure_listener(self) -> None:
+        """The listening thread, started in the process that serves requests (never in gunicorn's
+        master, whose children would inherit a thread that does not run)."""
         with self._lock:
-            if (self._pubsub is not None and self._thread is not None and self._thread.is_alive()
-                    and self._pid == os.getpid()):
-                return self._pubsub
-            pubsub = self._client.pubsub()
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._pubsub, self._pid = None, os.getpid()
+            self._thread = threading.Thread(target=self._run, name="chatq-wakeups", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        pause = RECONNECT_SECONDS[0]
+        while True:
             try:
-                # A channel of its own keeps the connection subscribed (and the listener reading)
-                # while no request waits.
+                pubsub, subscribed = self._connect()
+            except (RedisError, OSError) as error:
+                log.warning("wakeups_unavailable", error=str(error))
+                time.sleep(pause * random.uniform(0.5, 1.0))
+                pause = min(pause * 2, RECONNECT_SECONDS[1])
+                continue
+            pause = RECONNECT_SECONDS[0]
+            self._listen(pubsub, subscribed)
+            self._wake_all()  # from now on waiters re-check often, until we are back
+
+    def _connect(self) -> tuple[redis.client.PubSub, int]:
+        pubsub = self._client.pubsub()
+        with self._lock:
+            # A channel of its own keeps the connection subscribed (and the listener reading) while
+            # no request waits; then every channel a request waits on.
+            try:
                 pubsub.subscribe(f"chatq:wakeups:{uuid.uuid4().hex}", *self._waiters)
-            except RedisError:
+            except (RedisError, OSError):
                 pubsub.close()
                 raise
-            self._pubsub, self._pid = pubsub, os.getpid()
-            self._thread = threading.Thread(target=self._listen, args=(pubsub,), name="chatq-wakeups", daemon=True)
-            self._thread.start()
-            return pubsub
+            self._pubsub = pubsub
+            return pubsub, 1 + len(self._waiters)
 
-    def _listen(self, pubsub: redis.client.PubSub) -> None:
+    def _listen(self, pubsub: redis.client.PubSub, unconfirmed: int) -> None:
+        # Once Redis has confirmed the `unconfirmed` channels subscribed on connecting, every waiter
+        # re-reads Postgres: what was published while this process was not listening is there.
         try:
             while True:
                 message = pubsub.get_message(timeout=None)
                 if message is None:
                     continue
                 if message["type"] == "message":
-                    self._deliver(message["channel"], message["data"])
+                    self._deliver(_text(message["channel"]), _text(message["data"]))
                 elif message["type"] == "subscribe":
-                    self._confirm(message["channel"])
+                    self._confirm(_text(message["channel"]))
+                    unconfirmed -= 1
+                    if unconfirmed == 0:
+                        self._wake_all()
         except (RedisError, OSError, ValueError, RuntimeError) as error:
-            # The next wait starts a new connection; waiting requests fall back to their re-checks.
             log.warning("wakeups_disconnected", error=str(error))
         finally:
             with self._lock:  # no request subscribes on it while it closes, nor after
-                if self._pubsub is pubsub:
-                    self._pubsub = None
+                self._pubsub = None
+                for confirmed in self._confirmed.values():
+                    confirmed.set()  # nobody waits for a confirmation that cannot come
+                self._confirmed.clear()
                 pubsub.close()
 
-    @staticmethod
-    def _name(channel: bytes | str) -> str:
-        return channel.decode() if isinstance(channel, bytes) else channel
-
-    def _confirm(self, channel: bytes | str) -> None:
+    def _wake_all(self) -> None:
         with self._lock:
-            confirmed = self._confirmed.get(self._name(channel))
+            waiters = [waiter for waiters in self._waiters.values() for waiter in waiters]
+        for waiter in waiters:
+            waiter.event.set()
+
+    def _confirm(self, channel: str) -> None:
+        with self._lock:
+            confirmed = self._confirmed.get(channel)
         if confirmed is not None:
             confirmed.set()
 
-    def _deliver(self, channel: bytes | str, data: bytes | str) -> None:
+    def _deliver(self, channel: str, data: str) -> None:
         with self._lock:
-            waiters = list(self._waiters.get(self._name(channel), ()))
+            waiters = list(self._waiters.get(channel, ()))
         if not waiters:
             return
-        try:
-            payload = json.loads(data)
-        except (TypeError, ValueError):
-            payload = {}
+        payload = None
+        if any(waiter.inbox is None and waiter.wake is not None for waiter in waiters):
+            try:
+                payload = json.loads(data)
+            except (TypeError, ValueError):
+                payload = {}
         for waiter in waiters:
-            if waiter.wake is None or waiter.wake(payload):
-                waiter.event.set()
+            waiter.notify(channel, data, payload)
 
     @contextmanager
-    def waiting(self, channel: str, wake: Wake | None = None) -> Iterator[threading.Event]:
-        """An event set when `channel` gets a notification that `wake` accepts (all, when None).
-        On entering, this process is subscribed to the channel (or Redis could not be reached, and
-        the waiter relies on its re-checks)."""
-        waiter = _Waiter(wake)
-        confirmed = self._register(channel, waiter)
-        if confirmed is not None:
-            confirmed.wait(CONFIRM_SECONDS)
+    def waiting(self, *channels: str, wake: Wake | None = None, keep: bool = False) -> Iterator[Waiter]:
+        """A waiter whose event is set when one of `channels` gets a notification that `wake`
+        accepts (every one, when None); with `keep`, the notifications are kept for `take()`.
+        On entering, this process is subscribed to the channels, or notifications are down and the
+        waiter relies on its re-checks (`healthy` says which)."""
+        self._ensure_listener()
+        waiter = Waiter(wake, keep)
+        pending = [confirmed for channel in channels if (confirmed := self._register(channel, waiter))]
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        for confirmed in pending:
+            confirmed.wait(max(0.0, deadline - time.monotonic()))
         try:
-            yield waiter.event
+            yield waiter
         finally:
-            self._leave(channel, waiter)
+            for channel in channels:
+                self._leave(channel, waiter)
 
-    def _register(self, channel: str, waiter: _Waiter) -> threading.Event | None:
+    def _register(self, channel: str, waiter: Waiter) -> threading.Event | None:
         """Add the waiter, subscribing the channel if it is the channel's first. Returns the event
         Redis's confirmation of the subscription sets, or None when there is none to wait for."""
-        try:
-            pubsub: redis.client.PubSub | None = self._ensure_listening()
-        except RedisError as error:
-            log.warning("wakeups_unavailable", error=str(error))
-            pubsub = None
         with self._lock:
             waiters = self._waiters.setdefault(channel, set())
             first = not waiters
             waiters.add(waiter)
-            if pubsub is None or pubsub is not self._pubsub:  # none, or closed since
+            pubsub = self._pubsub
+            if pubsub is None:  # the listener subscribes every waited channel when it reconnects
                 return None
             if not first:
                 return self._confirmed.get(channel)
             confirmed = self._confirmed[channel] = threading.Event()
             try:
                 pubsub.subscribe(channel)
-            except RedisError as error:
+            except (RedisError, OSError) as error:
                 log.warning("wakeups_subscribe_failed", error=str(error))
                 del self._confirmed[channel]
                 return None
             return confirmed
 
-    def _leave(self, channel: str, waiter: _Waiter) -> None:
+    def _leave(self, channel: str, waiter: Waiter) -> None:
         with self._lock:
             waiters = self._waiters.get(channel)
             if waiters is None:
@@ -182,5 +244,5 @@ class Wakeups:
                 return
             try:
                 pubsub.unsubscribe(channel)
-            except RedisError as error:  # the listener notices too, and the next wait reconnects
+            except (RedisError, OSError) as error:  # the listener notices too, and reconnects
                 log.warning("wakeups_unsubscribe_failed", error=str(error))
