@@ -9,6 +9,7 @@ sockets. What bounds a process is admission (MAX_WAITS, MAX_WAITS_PER_USER, web/
 a thread pool.
 """
 
+import errno
 import resource
 
 from gunicorn.workers.base_async import AsyncWorker
@@ -28,18 +29,46 @@ if _hard == resource.RLIM_INFINITY or _soft < _hard:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 
 
+class _SilenceEnds:
+    """A client socket whose reads and writes give up after `client_timeout_seconds` of silence.
+
+    A timed-out read is taken as the end of the connection (gunicorn drops a request head cut off
+    there; the app answers a cut-off body with 400), a timed-out write as a client gone away: both
+    paths gunicorn already treats as a client leaving, without a traceback in the log.
+    """
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def recv(self, *args):
+        try:
+            return self._sock.recv(*args)
+        except TimeoutError:
+            return b""
+
+    def sendall(self, data, *args):
+        try:
+            return self._sock.sendall(data, *args)
+        except TimeoutError as error:
+            raise BrokenPipeError(errno.EPIPE, "the client stopped reading") from error
+
+
 class Worker(GeventWorker):
     """gunicorn's gevent worker, with a deadline on every read and write of a client's socket.
 
     gunicorn bounds reading a request's head by `keepalive` seconds, but not a body sent a byte at
     a time, nor a client that stops reading an event stream: each would hold its connection for
-    good. With a socket timeout, a client silent for `client_timeout_seconds` is disconnected.
-    A long-poll does not touch its socket while it waits, so the timeout never ends a wait.
+    good (slowloris). A long-poll does not touch its socket while it waits: the deadline never ends
+    a wait, only a silent client.
     """
 
     def handle(self, listener, client, addr):
         client.settimeout(settings.client_timeout_seconds)
-        AsyncWorker.handle(self, listener, client, addr)  # GeventWorker's own would clear the timeout
+        # GeventWorker.handle would make the socket blocking again, without a timeout.
+        AsyncWorker.handle(self, listener, _SilenceEnds(client), addr)
 
 
 bind = f"{settings.bind_host}:{settings.port}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
@@ -24,6 +24,12 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 count_round_trip = counter_for("web")
+WAITING = Gauge("chatq_waiting_requests", "Long-polls and event streams this node holds now.",
+                multiprocess_mode="livesum")
+WAITS_REFUSED = Counter("chatq_waits_refused_total", "Waiting requests refused at admission.", ["reason"])
+# Labels take known values only: a client choosing the method (or path) must not be able to grow
+# the metrics without bound (a series per invented method).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class QueueDepth:
@@ -67,6 +73,7 @@ def init_app(app: Flask) -> None:
     def _observe(response: Response) -> Response:
         if "started" in g and request.endpoint != "metrics.metrics":
             route = request.url_rule.rule if request.url_rule else "unmatched"
-            REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(
+            method = request.method if request.method in METHODS else "other"
+            REQUEST_SECONDS.labels(route, method, str(response.status_code)).observe(
                 time.perf_counter() - g.started)
         return response

@@ -24,6 +24,7 @@ from flask import current_app, g
 
 from models import Settings
 
+from .metrics import WAITING, WAITS_REFUSED
 from .problems import Problem
 from .services import release_db, services, use_wait_pool
 from .wakeups import Wake, Wakeups
@@ -51,15 +52,18 @@ class Admission:
         """Count one more waiting request of `user`, or raise the problem that refuses it."""
         with self._lock:
             if self._total >= self.limit:
+                WAITS_REFUSED.labels("node").inc()
                 raise Problem(503, "This node holds as many waiting requests as it may; retry shortly.",
                               slug="too-many-waits", headers={"Retry-After": RETRY_AFTER})
             held = self._by_user.get(user, 0)
             if held >= self.per_user:
+                WAITS_REFUSED.labels("user").inc()
                 raise Problem(429, f"You already hold {held} waiting requests on this node; close one or "
                                    "poll without wait.", slug="too-many-waits-per-user",
                               headers={"Retry-After": RETRY_AFTER})
             self._total += 1
             self._by_user[user] = held + 1
+        WAITING.inc()
 
     def leave(self, user: str) -> None:
         with self._lock:
@@ -67,6 +71,7 @@ class Admission:
             held = self._by_user.pop(user, 1) - 1
             if held:
                 self._by_user[user] = held
+        WAITING.dec()
 
 
 def init_app(app, settings: Settings) -> None:
