@@ -31,7 +31,7 @@ from scripts.cluster import nginx_binary, render_nginx_conf
 from scripts.devstack import create_database
 from tests.support import ARTIFACTS, Process, Web, Worker, free_port, wait_until
 
-SECRET = "bench-secret-" + "b" * 32
+SECRET = "bench-secret-matrix-0123456789abcdefghijklmnop"  # noqa: S105 - a bench database's
 BENCH_REDIS_DB = 13
 TOOL_CALLS = ('[{"name": "add_task", "arguments": {"title": "x"}, "result": {"task": '
               '{"id": "00000000-0000-0000-0000-000000000000", "title": "x", "done": false}}}]')
@@ -126,8 +126,8 @@ def main() -> None:
     redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
     env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "WEB_CONCURRENCY": "2",
-           "PROMETHEUS_MULTIPROC_DIR": ""}
+           "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
+           "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": ""}
     rows = []
     for webs, workers in [(1, 1), (1, 2), (1, 4), (3, 2)]:
         deployment = Deployment(env, webs, workers)

@@ -56,6 +56,8 @@ class Settings:
     auth_jwks_cooldown_seconds: float = 10.0
     auth_issuer: str = ""
     auth_audience: str = ""
+    # The longest a token may still be valid for (its exp, counted from now); 0 = no cap.
+    auth_max_token_lifetime_seconds: int = 31 * 24 * 3600
     dev_mode: bool = False
     flower_basic_auth: str = ""
     port: int = 8000
@@ -102,6 +104,8 @@ class Settings:
     sse_heartbeat_seconds: float = 10.0
     # Rate limiting of POSTs, per user, shared by all web nodes through Redis ("" turns it off).
     rate_limit: str = "120/minute"
+    # ... and of reads (GETs of the API, long-polls and streams included).
+    read_rate_limit: str = "600/minute"
 
     @property
     def auth_secret_or_dev(self) -> str:
@@ -119,6 +123,7 @@ class Settings:
             auth_jwks_cooldown_seconds=_number(env, "AUTH_JWKS_COOLDOWN_SECONDS", 10.0),
             auth_issuer=env.get("AUTH_ISSUER", ""),
             auth_audience=env.get("AUTH_AUDIENCE", ""),
+            auth_max_token_lifetime_seconds=_number(env, "AUTH_MAX_TOKEN_LIFETIME_SECONDS", 31 * 24 * 3600),
             dev_mode=_flag(env.get("CHATQ_DEV")),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH", ""),
             port=_number(env, "PORT", 8000),
@@ -147,6 +152,7 @@ class Settings:
             client_timeout_seconds=_number(env, "CLIENT_TIMEOUT_SECONDS", 30.0),
             sse_heartbeat_seconds=_number(env, "SSE_HEARTBEAT_SECONDS", 10.0),
             rate_limit=env.get("RATE_LIMIT", "120/minute"),
+            read_rate_limit=env.get("READ_RATE_LIMIT", "600/minute"),
         )
 
     @property
@@ -172,7 +178,10 @@ class Settings:
     def require_auth_secret(self) -> str:
         """The HS256 secret ("" when only JWKS tokens are accepted), or a ConfigError that says why
         web may not start."""
-        if self.auth_secret and self.auth_secret not in WELL_KNOWN_SECRETS and len(self.auth_secret) >= 32:
+        if self.auth_jwks_url and not self.auth_audience and not self.dev_mode:
+            # Without an audience, a token the provider issued for any other application would do.
+            raise ConfigError("AUTH_JWKS_URL needs AUTH_AUDIENCE: the audience (aud claim) tokens for chatq carry")
+        if _strong(self.auth_secret):
             return self.auth_secret
         if self.dev_mode:
             return self.auth_secret_or_dev
@@ -181,5 +190,28 @@ class Settings:
                 return ""
             raise ConfigError("AUTH_SECRET is not set; set it (or AUTH_JWKS_URL), or set CHATQ_DEV=1 for "
                               "local development")
-        raise ConfigError("AUTH_SECRET is a well-known value or shorter than 32 characters; choose a long "
-                          "random secret")
+        raise ConfigError("AUTH_SECRET is a well-known value, shorter than 32 characters or made of too few "
+                          "different characters; choose a long random secret (openssl rand -hex 32)")
+
+    def require_flower_auth(self) -> str:
+        """FLOWER_BASIC_AUTH ("user:password") when it is one Flower may serve with, "" in dev mode
+        without it, or a ConfigError that says what to set."""
+        user, colon, password = self.flower_basic_auth.partition(":")
+        if colon and user.strip() and len(password.strip()) >= MIN_FLOWER_PASSWORD:
+            return self.flower_basic_auth
+        if self.flower_basic_auth:
+            raise ConfigError(f"FLOWER_BASIC_AUTH must be user:password, with a user and a password of at least "
+                              f"{MIN_FLOWER_PASSWORD} characters")
+        if self.dev_mode:
+            return ""
+        raise ConfigError("Flower refuses to serve without FLOWER_BASIC_AUTH=user:password (or CHATQ_DEV=1)")
+
+
+MIN_FLOWER_PASSWORD = 8
+
+
+def _strong(secret: str) -> bool:
+    """Long, not a well-known value, and not made of a few characters repeated ("x" * 32, spaces).
+    A hex secret has 16 different characters; 10 is far above any accident."""
+    return (secret not in WELL_KNOWN_SECRETS and len(secret) >= 32 and len(set(secret)) >= 10
+            and not secret.isspace())

@@ -22,7 +22,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TEST_SECRET = "test-secret-" + "x" * 32
+TEST_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 ARTIFACTS = ROOT / "artifacts"
 
 

@@ -129,6 +129,19 @@ def test_unpublished_keys_and_algorithm_confusion_are_401(idp_web, provider) -> 
     assert _tasks(idp_web, forged).status_code == 401
 
 
+def test_a_token_whose_algorithm_does_not_fit_its_key_is_401(idp_web, provider) -> None:
+    # An RS256 header naming the provider's Ed25519 key, and the reverse: the key's kind decides.
+    _, rsa_private = provider.keys["rsa-1"]
+    _, ed_private = provider.keys["ed-1"]
+    claims = {"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 600}
+    rsa_on_ed = jwt.encode(claims, rsa_private, algorithm="RS256", headers={"kid": "ed-1"})
+    ed_on_rsa = jwt.encode(claims, ed_private, algorithm="EdDSA", headers={"kid": "rsa-1"})
+    for bearer in (rsa_on_ed, ed_on_rsa):
+        response = _tasks(idp_web, bearer)
+        assert response.status_code == 401, response.text
+        assert response.headers["Content-Type"] == "application/problem+json"
+
+
 def test_hs256_tokens_still_work_beside_the_provider(idp_web) -> None:
     bearer = token("local-user", secret=TEST_SECRET, iss=ISSUER, aud=AUDIENCE)
     assert _tasks(idp_web, bearer).status_code == 200

@@ -28,6 +28,9 @@ class Verifier:
         self.secret = secret
         self.issuer = settings.auth_issuer or None
         self.audience = settings.auth_audience or None
+        # Outside dev mode a token must say when it expires, and not too far ahead.
+        self.required = ["sub"] if settings.dev_mode else ["sub", "exp"]
+        self.max_lifetime = settings.auth_max_token_lifetime_seconds
         self.jwks = (
             jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=settings.auth_jwks_ttl_seconds,
                             cooldown_duration=settings.auth_jwks_cooldown_seconds, timeout=5)
@@ -41,22 +44,31 @@ class Verifier:
             key: Any = self.secret
         elif algorithm in ASYMMETRIC and self.jwks is not None:
             try:
-                key = self.jwks.get_signing_key_from_jwt(token).key
+                signing_key = self.jwks.get_signing_key_from_jwt(token)
             except jwt.PyJWKClientConnectionError as error:
                 raise Problem(503, "The identity provider's keys cannot be fetched; retry later.",
                               headers={"Retry-After": "5"}) from error
             except jwt.PyJWKClientError as error:
                 raise jwt.InvalidTokenError(str(error)) from error
+            # The key's kind decides the algorithm, never the token's header: an RS256 header on
+            # an Ed25519 key (or the reverse) is refused, not tried.
+            if signing_key.algorithm_name != algorithm:
+                raise jwt.InvalidAlgorithmError(f"key {signing_key.key_id!r} does not sign {algorithm!r}")
+            key = signing_key.key
         else:
             raise jwt.InvalidAlgorithmError(f"tokens signed with {algorithm!r} are not accepted")
-        return jwt.decode(
+        claims = jwt.decode(
             token,
             key,
             algorithms=[algorithm],
             issuer=self.issuer,
             audience=self.audience,
-            options={"require": ["sub"], "verify_aud": self.audience is not None},
+            options={"require": self.required, "verify_aud": self.audience is not None},
         )
+        expires = claims.get("exp")
+        if self.max_lifetime and isinstance(expires, int | float) and expires - time.time() > self.max_lifetime:
+            raise jwt.InvalidTokenError("the token is valid for longer than AUTH_MAX_TOKEN_LIFETIME_SECONDS")
+        return claims
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -81,14 +93,28 @@ def authenticate() -> str:
         raise _unauthorized("The token has expired.") from None
     except (jwt.InvalidIssuerError, jwt.InvalidAudienceError):
         raise _unauthorized("The token was issued by or for someone else.") from None
+    except jwt.MissingRequiredClaimError as error:
+        raise _unauthorized(f"The token has no '{error.claim}' claim.") from None
     except jwt.InvalidTokenError:
-        raise _unauthorized("The token is malformed or its signature does not verify.") from None
+        raise _unauthorized("The token is malformed, too long-lived, or its signature does not verify.") from None
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_USER_ID:
-        raise _unauthorized("The token's 'sub' claim must be a user id of 1 to 128 characters.")
+    if not _is_user_id(subject):
+        raise _unauthorized("The token's 'sub' claim must be a user id of 1 to 128 printable characters.")
     g.user = subject
     structlog.contextvars.bind_contextvars(user=subject)
     return subject
+
+
+def _is_user_id(subject: object) -> bool:
+    """1-128 printable characters that are valid text: no NUL or control characters, and no lone
+    surrogates (JSON can carry "\\ud800"; Postgres cannot store it)."""
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_USER_ID or not subject.isprintable():
+        return False
+    try:
+        subject.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def issue_token(secret: str, user: str, *, ttl_seconds: int = 7 * 24 * 3600) -> str:
