@@ -23,7 +23,10 @@ def _field_errors(error: ValidationError) -> str:
 def json_body(model: type[M]) -> M:
     if not request.is_json:
         raise Problem(415, "Send the body as JSON with 'Content-Type: application/json'.")
-    data = request.get_json(silent=True)  # reading the body enforces MAX_CONTENT_LENGTH (413)
+    try:
+        data = request.get_json(silent=True)  # reading the body enforces MAX_CONTENT_LENGTH (413)
+    except RecursionError:  # nested deeper than the parser goes: no body of ours looks like that
+        raise Problem(400, "The body is nested too deeply.", slug="malformed-json") from None
     if data is None:
         raise Problem(400, "The body is not valid JSON.", slug="malformed-json")
     if not isinstance(data, dict):
