@@ -50,6 +50,7 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
         REDIS_URL=redis_url,
         AUTH_SECRET=TEST_SECRET,
         RATE_LIMIT="",
+        READ_RATE_LIMIT="",
         SWEEP_INTERVAL_SECONDS="1",
         REQUEUE_AFTER_SECONDS="3",
         LEASE_SECONDS="10",

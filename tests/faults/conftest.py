@@ -86,7 +86,7 @@ def fault_stack() -> Iterator[FaultStack]:
     env = {key: value for key, value in os.environ.items() if key != "CHATQ_DEV"}
     env.update(FAULT_ENV, DATABASE_URL=create_database(server, "chatq_faults"),
                REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", AUTH_SECRET=TEST_SECRET, RATE_LIMIT="",
-               PYTHONUNBUFFERED="1")
+               READ_RATE_LIMIT="", PYTHONUNBUFFERED="1")
     stack = FaultStack(env, folder / "postgres", pg_port, folder / "redis", redis_port)
     yield stack
     stack.stop()
