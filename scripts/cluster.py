@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -76,7 +77,7 @@ def main() -> int:
         sys.exit("nginx is not installed: `apt-get install nginx` (make cluster does this where it can)")
     env = devstack.environment()
     env.setdefault("CHATQ_DEV", "1")
-    env.setdefault("FLOWER_UNAUTHENTICATED_API", "1")
+    env.setdefault("FLOWER_BASIC_AUTH", f"dev:{secrets.token_urlsafe(12)}")  # see devstack.py run
     bin_dir = Path(sys.executable).parent
     web_nodes, workers = int(os.environ.get("WEB_NODES", "3")), int(os.environ.get("WORKERS", "2"))
     listen = int(os.environ.get("CLUSTER_PORT", "8080"))
@@ -110,7 +111,8 @@ def main() -> int:
     conf = render_nginx_conf(ports, listen, folder)
     processes.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"]))
     print(f"\nchatq cluster: {len(ports)} web nodes ({', '.join(map(str, ports))}) behind nginx on "
-          f"http://127.0.0.1:{listen}, {workers} workers, beat, Flower on http://127.0.0.1:{flower_port}\n"
+          f"http://127.0.0.1:{listen}, {workers} workers, beat, Flower on http://127.0.0.1:{flower_port} "
+          f"(sign in as {env['FLOWER_BASIC_AUTH']})\n"
           f"  Token: CHATQ_DEV=1 .venv/bin/flask --app web token alice\n  Stop:  Ctrl-C\n", flush=True)
     # Ctrl-C or a SIGTERM (a supervisor, a test) stops every process of the cluster, not only this one.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -192,13 +193,15 @@ def main(argv: list[str]) -> int:
         return subprocess.call([python, "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
     if command == "run":
         env.setdefault("CHATQ_DEV", "1")
-        env.setdefault("FLOWER_UNAUTHENTICATED_API", "1")
+        # Flower with credentials sends no CORS headers and refuses cross-site requests: no page of
+        # another origin can drive it. A password made up for this run, printed below.
+        env.setdefault("FLOWER_BASIC_AUTH", f"dev:{secrets.token_urlsafe(12)}")
         env.setdefault("PORT", "8000")  # honcho would otherwise hand web its own 5000
         subprocess.run([python, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
         port = env.get("PORT", "8000")
         print(
             f"\nchatq is starting.\n  API:    http://127.0.0.1:{port}/api/v1  (health: http://127.0.0.1:{port}/health)\n"
-            f"  Flower: http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}\n"
+            f"  Flower: http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}  (sign in as {env['FLOWER_BASIC_AUTH']})\n"
             f"  Token:  CHATQ_DEV=1 .venv/bin/flask --app web token alice\n"
             "  Stop:   Ctrl-C (data stays in .data/ for the next run)\n",
             flush=True,

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 import sys
 
+import psutil
 import pytest
 import requests
 
@@ -20,6 +23,37 @@ def _serving(url: str) -> bool:
         return False
 
 
+class _SourceAddressAdapter(requests.adapters.HTTPAdapter):
+    """Connections from a given local address."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _listening_addresses(process: Process) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket listening in the process and its descendants."""
+    assert process.popen is not None
+    root = psutil.Process(process.popen.pid)
+    found = set()
+    for each in [root, *root.children(recursive=True)]:
+        try:
+            connections = each.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return found
+
+
 def _stop(process: Process) -> None:
     process.kill(signal.SIGINT, grace=20)  # what Ctrl-C does: honcho and the script stop their children
     process.kill(signal.SIGKILL)
@@ -32,11 +66,28 @@ def test_make_run_serves_the_api_the_page_and_flower(stack_env) -> None:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _serving(url + "/health"), timeout=40, what="make run's web")
-        wait_until(lambda: _serving(f"http://127.0.0.1:{flower}/api/workers"), timeout=40, what="make run's Flower")
+        login = re.search(r"sign in as (dev):(\S+)\)", run.log_text())
+        assert login, run.log_text()[-2000:]
+        flower_api, credentials = f"http://127.0.0.1:{flower}/api/workers", login.groups()
+        wait_until(lambda: requests.get(flower_api, auth=credentials, timeout=2).ok
+                   if _listening(flower) else False, timeout=40, what="make run's Flower")
         assert "chatq" in requests.get(url + "/", timeout=5).text
         _, answered = Api(url).ask("Add task: via make run")
         assert "via make run" in answered["reply"]["content"]
         assert f"API:    http://127.0.0.1:{port}/api/v1" in run.log_text()
+
+        # Dev mode stays on this machine: every socket its processes listen on is on loopback ...
+        listening = _listening_addresses(run)
+        assert {port, flower, int(env["WORKER_METRICS_PORT"])} <= {p for _, p in listening}
+        assert {host for host, _ in listening} == {"127.0.0.1"}, listening
+        # ... and no page of another origin can drive Flower: no credentials, no answer; a
+        # cross-site request is refused even with them, and nothing invites a cross-origin read.
+        assert requests.get(flower_api, timeout=5).status_code == 401
+        evil = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+        cross = requests.post(f"http://127.0.0.1:{flower}/api/task/async-apply/worker.ping",
+                              headers=evil, auth=credentials, json={}, timeout=5)
+        assert cross.status_code == 403
+        assert "Access-Control-Allow-Origin" not in requests.get(flower_api, headers=evil, timeout=5).headers
     finally:
         _stop(run)
 
@@ -68,5 +119,12 @@ def test_make_cluster_serves_through_nginx(stack_env) -> None:
         wait_until(both_nodes_answer, timeout=40, interval=0.2, what="both web nodes behind nginx")
         _, answered = Api(url).ask("Add task: via make cluster")
         assert "via make cluster" in answered["reply"]["content"]
+        # /metrics through the proxy: for this host and internal networks only. 127.0.0.2 is a
+        # loopback address the config does not trust: it stands for a client from outside.
+        assert requests.get(url + "/metrics", timeout=5).status_code == 200
+        outside = requests.Session()
+        outside.mount("http://", _SourceAddressAdapter("127.0.0.2"))
+        assert outside.get(url + "/metrics", timeout=5).status_code == 403
+        assert outside.get(url + "/livez", timeout=5).status_code == 200
     finally:
         _stop(cluster)

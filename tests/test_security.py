@@ -89,7 +89,8 @@ def test_rate_limit_is_per_user_and_shared_by_all_nodes(limited_nodes) -> None:
     assert len(on_a.get("/api/v1/conversations").json()["items"]) == 4  # the refused POSTs stored nothing
 
 
-@pytest.mark.parametrize("secret", ["", "changeme", "too-short"], ids=["unset", "well-known", "short"])
+@pytest.mark.parametrize("secret", ["", "changeme", "too-short", " " * 40, "ab" * 20],
+                         ids=["unset", "well-known", "short", "spaces", "few-characters"])
 def test_web_refuses_to_start_with_a_weak_secret(stack_env, secret: str) -> None:
     env = {**stack_env, "AUTH_SECRET": secret}
     node = Web(f"web-weak-{secret or 'unset'}", env)

@@ -57,13 +57,15 @@ def _structured_logging(**_kwargs: object) -> None:
 
 @signals.worker_ready.connect
 def _serve_metrics(**_kwargs: object) -> None:
-    port = Settings.from_env().worker_metrics_port
-    if not port:
+    settings = Settings.from_env()
+    if not settings.worker_metrics_port:
         return
+    port = settings.worker_metrics_port
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(port, addr="0.0.0.0", registry=scrape_registry())  # noqa: S104 - scraped by Prometheus
+        # Where web listens: every interface for Prometheus, loopback only in dev mode.
+        start_http_server(port, addr=settings.bind_host, registry=scrape_registry())
     except OSError as error:  # another worker on this host has the port: its metrics still serve
         structlog.get_logger(__name__).warning("metrics_port_taken", port=port, error=str(error))
 

@@ -372,8 +372,10 @@ async function start() {
   $("sign-in").hidden = true;
   $("app").hidden = false;
   $("me").textContent = state.user;
+  // The fragment is anyone's to write (a link someone sent): only an id goes into a request path.
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("c");
-  await Promise.all([selectConversation(fromHash), loadTasks()]);
+  const isId = fromHash && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(fromHash);
+  await Promise.all([selectConversation(isId ? fromHash : null), loadTasks()]);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
