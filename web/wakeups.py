@@ -59,6 +59,9 @@ class Waiter:
         self.event = threading.Event()
         self.wake = wake
         self.inbox: deque[tuple[str, str]] | None = deque(maxlen=INBOX_LIMIT) if keep else None
+        # Redis confirmed every channel of this waiter: from then on no notification passes it by
+        # while the listener stays connected.
+        self.subscribed = False
 
     def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
         if self.inbox is not None:
@@ -172,7 +175,9 @@ class Wakeups:
 
     def _confirm(self, channel: str) -> None:
         with self._lock:
-            confirmed = self._confirmed.get(channel)
+            # Channels subscribed again on reconnecting get their confirmation recorded too, so a
+            # later waiter of the same channel knows it is subscribed.
+            confirmed = self._confirmed.setdefault(channel, threading.Event()) if channel in self._waiters else None
         if confirmed is not None:
             confirmed.set()
 
@@ -198,10 +203,10 @@ class Wakeups:
         waiter relies on its re-checks (`healthy` says which)."""
         self._ensure_listener()
         waiter = Waiter(wake, keep)
-        pending = [confirmed for channel in channels if (confirmed := self._register(channel, waiter))]
+        pending = [self._register(channel, waiter) for channel in channels]
         deadline = time.monotonic() + CONFIRM_SECONDS
-        for confirmed in pending:
-            confirmed.wait(max(0.0, deadline - time.monotonic()))
+        waiter.subscribed = all(confirmed is not None and confirmed.wait(max(0.0, deadline - time.monotonic()))
+                                for confirmed in pending)
         try:
             yield waiter
         finally:
