@@ -4,6 +4,7 @@ reused, `make test` stops what it started and `make stop` stops only its own che
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -113,10 +114,8 @@ def test_a_server_left_by_a_deleted_clone_is_not_reused(trees, tmp_path_factory)
         assert migrated.returncode == 0, migrated.stderr
     finally:
         for pid in orphans:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_a_port_of_this_checkout_held_by_another_server_is_refused_with_what_to_do(trees) -> None:

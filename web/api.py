@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import PENDING, Conversation, Message, Role, Status, Task
-from models.queries import owned_conversation, owned_message_with_reply, parse_uuid, replies_to
+from models.queries import messages_after, owned_conversation, owned_message_with_reply, parse_uuid, replies_to
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
@@ -220,17 +220,9 @@ def retry_message(message_id: str) -> Response:
     return response
 
 
-def _messages_after(conversation_id: str, after: int, limit: int) -> tuple[dict[str, Any], bool]:
+def _messages_after(conversation: Conversation, after: int, limit: int) -> tuple[dict[str, Any], bool]:
     session = reader()
-    conversation = conversation_or_404(conversation_id, session)
-    rows = list(
-        session.scalars(
-            select(Message)
-            .where(Message.conversation_id == conversation.id, Message.seq > after)
-            .order_by(Message.seq)
-            .limit(limit)
-        )
-    )
+    rows = messages_after(session, conversation.id, after, limit)
     replies = replies_to(session, [row.id for row in rows])
     items = [message_json(row, replies.get(row.id)) for row in rows]
     return {"items": items, "last_seq": rows[-1].seq if rows else after}, bool(items)
@@ -241,11 +233,11 @@ def _messages_after(conversation_id: str, after: int, limit: int) -> tuple[dict[
            responses={200: schemas.MessageList})
 def list_messages(conversation_id: str) -> dict[str, Any]:
     params = query(schemas.MessagesQuery)
+    conversation = conversation_or_404(conversation_id)  # once: whose it is does not change while we wait
     if params.wait <= 0:
-        return _messages_after(conversation_id, params.after, params.limit)[0]
-    conversation = conversation_or_404(conversation_id)
+        return _messages_after(conversation, params.after, params.limit)[0]
     return wait_for(conversation_channel(conversation.id),
-                    lambda: _messages_after(conversation_id, params.after, params.limit),
+                    lambda: _messages_after(conversation, params.after, params.limit),
                     params.wait, wake=lambda change: change.get("status") != "processing")
 
 

@@ -30,7 +30,7 @@ from flask import Blueprint, Response, g, request, stream_with_context
 from sqlalchemy import select
 
 from models import PENDING, Message
-from models.queries import replies_to
+from models.queries import messages_after, replies_to
 from models.signals import conversation_channel, delta_channel
 
 from .api import conversation_or_404
@@ -69,9 +69,7 @@ def _frame(message: dict[str, Any], with_id: bool) -> str:
 def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tuple[list[str], int]:
     """Frames for what is new above `cursor` and for watched questions whose status moved."""
     session = reader()
-    new = list(session.scalars(
-        select(Message).where(Message.conversation_id == conversation_id, Message.seq > cursor).order_by(Message.seq)
-    ))
+    new = messages_after(session, conversation_id, cursor, None)
     moved = list(session.scalars(select(Message).where(Message.id.in_(list(watched))))) if watched else []
     moved = [row for row in moved if row.status is not None and row.status.value != watched[str(row.id)]]
     replies = replies_to(session, [row.id for row in [*new, *moved]])
