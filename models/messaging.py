@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 import redis
 import structlog
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 
 from .entities import Status
 from .jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER
-from .signals import conversation_channel, message_channel
+from .signals import conversation_channel, delta_channel, message_channel
 
 log = structlog.get_logger(__name__)
 # What a question's own channel is told: the end of its wait (long-polls of one message).
@@ -61,3 +62,21 @@ def announce(client: redis.Redis, conversation_id: uuid.UUID | str, message_id: 
             pipe.execute()
     except RedisError as error:
         log.warning("announce_failed", status=status, error=str(error))
+
+
+def delta_publisher(client: redis.Redis, conversation_id: uuid.UUID, message_id: uuid.UUID,
+                    attempt: int) -> Callable[[str], None]:
+    """A callback that publishes each streamed piece of a reply, numbered from 0 in its attempt, for
+    the event streams of the conversation (web/events.py passes them on as they come)."""
+    channel = delta_channel(conversation_id)
+    counter = iter(range(1 << 30))
+
+    def publish(text: str) -> None:
+        payload = json.dumps({"message_id": str(message_id), "attempt": attempt, "index": next(counter),
+                              "text": text})
+        try:
+            client.publish(channel, payload)
+        except RedisError as error:
+            log.warning("delta_publish_failed", error=str(error))
+
+    return publish

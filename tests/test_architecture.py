@@ -115,3 +115,20 @@ def test_jobs_carry_ids_only() -> None:
                 "task" in ast.unparse(decorator) for decorator in node.decorator_list):
             annotations = {arg.arg: ast.unparse(arg.annotation) for arg in node.args.args if arg.annotation}
             assert set(annotations.values()) <= {"Task", "str"}, (node.name, annotations)
+
+
+SENDING_CALLS = {"send_task", "apply_async", "delay", "publish"}
+
+
+def sending_calls(path: Path) -> list[str]:
+    """Calls that send a job or publish a notification: `x.send_task(...)`, `x.publish(...)`, ..."""
+    tree = ast.parse(path.read_text())
+    return [f"{path.name}:{node.lineno} {node.func.attr}" for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SENDING_CALLS]
+
+
+def test_only_models_sends_answer_jobs_and_announces_changes() -> None:
+    """web and worker both send answer jobs and announce changes; the contract between them (job
+    name, arguments, headers; channels and payloads) lives in models/messaging.py alone."""
+    assert [finding for path in sources("web", "worker") for finding in sending_calls(path)] == []
+    assert sending_calls(ROOT / "models" / "messaging.py")  # and the check sees them where they are

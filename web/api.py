@@ -13,17 +13,17 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import PENDING, Conversation, Message, Role, Status, Task
+from models.messaging import announce, send_answer_job
 from models.queries import messages_after, owned_conversation, owned_message_with_reply, parse_uuid, replies_to
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
 from .accept import POLL_URL, accept_message, fingerprint
 from .auth import authenticate
-from .enqueue import announce, send_answer_job
 from .inputs import json_body, query
 from .problems import Problem
 from .serialize import conversation_json, message_json, task_json
-from .services import db, reader
+from .services import db, reader, services
 from .spec import operation
 from .waiting import wait_for
 
@@ -138,8 +138,8 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     )
     log.info("message_accepted", replayed=accepted.replayed)
     if accepted.message_id is not None:
-        send_answer_job(accepted.message_id, g.request_id)
-        announce(accepted.body["conversation_id"], accepted.message_id, "queued")
+        send_answer_job(services().producer, accepted.message_id, g.request_id)
+        announce(services().redis, accepted.body["conversation_id"], accepted.message_id, Status.QUEUED.value)
     response = jsonify(accepted.body)
     response.status_code = accepted.status
     response.headers["Location"] = accepted.body["poll_url"]
@@ -211,8 +211,8 @@ def retry_message(message_id: str) -> Response:
             raise Problem(409, f"Only a failed message can be retried; this one is {row.status.value}.",
                           slug="not-failed")
         session.refresh(row)
-    send_answer_job(row.id, g.request_id)
-    announce(str(row.conversation_id), row.id, "queued")
+    send_answer_job(services().producer, row.id, g.request_id)
+    announce(services().redis, row.conversation_id, row.id, Status.QUEUED.value)
     response = jsonify({"conversation_id": str(row.conversation_id), "message": message_json(row),
                         "poll_url": POLL_URL.format(row.id)})
     response.status_code = 202

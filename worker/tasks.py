@@ -15,10 +15,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
+from models import Status, messaging
 from models.jobs import ANSWER_MESSAGE, PING, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
 
-from . import app, claims, metrics, notify, sweeper
+from . import app, claims, metrics, sweeper
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
 from .runtime import Runtime, runtime
 
@@ -43,8 +44,8 @@ def _backoff(attempt: int) -> float:
 
 
 def enqueue(message_id: uuid.UUID, request_id: str | None = None, countdown: float | None = None) -> None:
-    answer_message.apply_async(args=[str(message_id)], headers={REQUEST_ID_HEADER: request_id},
-                               shadow=f"{ANSWER_MESSAGE} {message_id}", countdown=countdown)
+    # Not sent (Redis away): the message stays queued in Postgres and the sweeper sends it again.
+    messaging.send_answer_job(app, message_id, request_id, countdown=countdown)
 
 
 # Postgres or Redis unreachable for a moment: worth retrying, with jittered exponential backoff.
@@ -82,7 +83,7 @@ def _answer(message_id: str) -> None:
     for failed_id in claimed.failed:
         metrics.FAILURES.labels("gave_up").inc()
         if lease is not None:
-            notify.conversation_changed(rt, lease.conversation_id, failed_id, "failed")
+            messaging.announce(rt.redis, lease.conversation_id, failed_id, Status.FAILED.value)
     if lease is None:
         log.info("job_noop", reason=claimed.noop_reason)
         metrics.DUPLICATES.labels(claimed.noop_reason or "answered_or_unknown").inc()
@@ -97,10 +98,12 @@ def _answer(message_id: str) -> None:
         user=question.user,
         attempt=question.attempt,
     )
-    notify.conversation_changed(rt, conversation_id, question.id, "processing")
+    messaging.announce(rt.redis, conversation_id, question.id, Status.PROCESSING.value)
     metrics.CLAIMS.inc()
     metrics.QUEUE_WAIT.observe(question.waited_seconds)
     retry_in: float | None = None
+    # What waiting clients are told if no reply is committed (None: nothing they need to hear).
+    now: Status | None = None
     request = ReplyRequest(
         user=question.user,
         conversation_id=conversation_id,
@@ -108,7 +111,7 @@ def _answer(message_id: str) -> None:
         content=question.content,
         history=question.history,
         tools=TodoTools(rt.db, question.user, question.id),
-        on_delta=notify.delta_publisher(rt, conversation_id, question.id, question.attempt),
+        on_delta=messaging.delta_publisher(rt.redis, conversation_id, question.id, question.attempt),
     )
     started = time.perf_counter()
     try:
@@ -118,18 +121,20 @@ def _answer(message_id: str) -> None:
         log.warning("generation_interrupted", error=str(error) or type(error).__name__)
         metrics.RETRIES.inc()
         if claims.finish_unanswered(rt, lease, question, error=None):
-            retry_in = _backoff(question.attempt)
+            retry_in, now = _backoff(question.attempt), Status.QUEUED
     except PermanentEngineError as error:
         log.warning("generation_failed", error=str(error))
         metrics.FAILURES.labels("permanent").inc()
-        claims.finish_unanswered(rt, lease, question, error=str(error))
+        if claims.finish_unanswered(rt, lease, question, error=str(error)):
+            now = Status.FAILED
     except TRANSIENT_INFRASTRUCTURE:
         raise  # Postgres or Redis trouble: the job is retried; the lease runs out for the sweeper
     except Exception:
         # A bug: fail the message with a reason a person can read instead of retrying it forever.
         log.exception("generation_crashed")
         metrics.FAILURES.labels("crashed").inc()
-        claims.finish_unanswered(rt, lease, question, error="The assistant hit an internal error; retry later.")
+        if claims.finish_unanswered(rt, lease, question, error="The assistant hit an internal error; retry later."):
+            now = Status.FAILED
     else:
         committed = claims.commit_reply(rt, lease, question, reply)
         if committed is None:
@@ -139,11 +144,12 @@ def _answer(message_id: str) -> None:
             metrics.REPLY_LATENCY.observe(committed.latency_seconds)
             log.info("answered", reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
                      generation_ms=round((time.perf_counter() - started) * 1000, 1))
-            notify.conversation_changed(rt, conversation_id, question.id, "answered")
+            messaging.announce(rt.redis, conversation_id, question.id, Status.ANSWERED.value)
             if committed.check_next:  # else nothing was waiting for this conversation's lease
                 _send_next(rt, conversation_id, question, None)
             return
-    notify.conversation_changed(rt, conversation_id, question.id, "changed")
+    if now is not None:  # a lost lease: the worker that took it over tells them
+        messaging.announce(rt.redis, conversation_id, question.id, now.value)
     _send_next(rt, conversation_id, question, retry_in)
 
 
@@ -155,7 +161,8 @@ def _send_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Questio
         enqueue(following, question.request_id, countdown=retry_in if following == question.id else None)
 
 
-@app.task(name=SWEEP, autoretry_for=TRANSIENT_INFRASTRUCTURE, max_retries=0)
+# Not retried: a sweep that meets an outage simply runs again at beat's next tick.
+@app.task(name=SWEEP)
 def sweep() -> int:
     due = sweeper.sweep(runtime())
     for message_id, reason in due:
