@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: run test lint services stop clean cluster
+.PHONY: run test unit lint services stop clean cluster
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	scripts/ensure-packages.sh
 	$(BIN)/python scripts/devstack.py test $(PYTEST_ARGS)
+
+# The fast in-process tier alone (tests/unit: no gunicorn, no Celery worker), for the edit-test loop.
+unit: $(STAMP)
+	$(BIN)/python scripts/devstack.py test tests/unit
 
 cluster: $(STAMP)
 	scripts/ensure-packages.sh nginx

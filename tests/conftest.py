@@ -44,7 +44,9 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "CHATQ_DEV"}
+    # Not this process's prometheus-client directory (the fast tier imports worker/, which makes one):
+    # each process group of a stack makes its own.
+    env = {key: value for key, value in os.environ.items() if key not in ("CHATQ_DEV", "PROMETHEUS_MULTIPROC_DIR")}
     env.update(
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,

@@ -27,13 +27,15 @@ from . import (
     waiting,
 )
 
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024  # the contract's limit on a request body (413 past it)
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+def create_app(test_config: dict[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """The web app. `settings` defaults to the environment's (tests pass their own instead of
+    editing os.environ); `test_config` overrides Flask config keys."""
     app = Flask(__name__)
     app.json.sort_keys = False  # keep the contract's field order
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     app.config.from_mapping(
         AUTH_SECRET=settings.require_auth_secret(),
         SERVER_ID=settings.server_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import structlog
-from flask import Flask, Response, g, json
+from flask import Flask, Response, current_app, g, json
 from werkzeug.exceptions import HTTPException
 
 log = structlog.get_logger(__name__)
@@ -53,7 +53,7 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         detail = {
             404: "No such resource.",
-            413: "The request body is larger than 64 KiB.",
+            413: f"The request body is larger than {current_app.config['MAX_CONTENT_LENGTH'] // 1024} KiB.",
         }.get(status, error.description or HTTPStatus(status).phrase)
         return problem_response(status, detail, headers=headers)
 

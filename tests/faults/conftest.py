@@ -83,7 +83,7 @@ def fault_stack() -> Iterator[FaultStack]:
     devstack.start_postgres(folder / "postgres", pg_port)
     devstack.start_redis(folder / "redis", redis_port)
     server = f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/chatq"
-    env = {key: value for key, value in os.environ.items() if key != "CHATQ_DEV"}
+    env = {key: value for key, value in os.environ.items() if key not in ("CHATQ_DEV", "PROMETHEUS_MULTIPROC_DIR")}
     env.update(FAULT_ENV, DATABASE_URL=create_database(server, "chatq_faults"),
                REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", AUTH_SECRET=TEST_SECRET, RATE_LIMIT="",
                READ_RATE_LIMIT="", PYTHONUNBUFFERED="1")

@@ -1,0 +1,56 @@
+"""Accepting a message, on a connection rolled back after each test: numbering, conversations,
+idempotent replays, and nothing stored for another user's conversation."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from models import Message, Status
+from web.accept import accept_message, fingerprint
+from web.problems import Problem
+
+
+def accept(session, user: str, content: str, conversation_id: str | None = None, key: str | None = None):
+    idempotency = (key, fingerprint("chat", {"message": content, "conversation_id": conversation_id})) if key else None
+    with session.begin():
+        return accept_message(session, user=user, content=content, conversation_id=conversation_id,
+                              request_id="unit", idempotency=idempotency)
+
+
+def test_messages_are_numbered_in_their_conversation(rolled_back) -> None:
+    first = accept(rolled_back, "alice", "add buy milk")
+    conversation_id = first.body["conversation_id"]
+    second = accept(rolled_back, "alice", "show my tasks", conversation_id)
+    assert (first.status, second.status) == (202, 202)
+    assert [first.body["message"]["seq"], second.body["message"]["seq"]] == [1, 2]
+    assert second.body["message"]["status"] == Status.QUEUED.value
+    stored = rolled_back.scalars(select(Message.content).where(Message.conversation_id == uuid.UUID(conversation_id))
+                                 .order_by(Message.seq)).all()
+    assert stored == ["add buy milk", "show my tasks"]
+
+
+def test_a_retry_with_the_same_key_replays_the_first_answer(rolled_back) -> None:
+    first = accept(rolled_back, "bob", "add call mom", key="k-1")
+    again = accept(rolled_back, "bob", "add call mom", key="k-1")
+    assert again.replayed and again.body == first.body and again.message_id is None
+    assert rolled_back.scalar(select(func.count()).select_from(Message)
+                              .where(Message.conversation_id == uuid.UUID(first.body["conversation_id"]))) == 1
+
+
+def test_another_users_conversation_is_not_found_and_nothing_is_stored(rolled_back) -> None:
+    theirs = accept(rolled_back, "carol", "add water plants").body["conversation_id"]
+    with pytest.raises(Problem) as refused:
+        accept(rolled_back, "mallory", "add something", theirs)
+    assert refused.value.status == 404
+    assert rolled_back.scalar(select(func.count()).select_from(Message)
+                              .where(Message.conversation_id == uuid.UUID(theirs))) == 1
+
+
+def test_nothing_outlives_the_test(engine, rolled_back) -> None:
+    accept(rolled_back, "dave", "add outlive nothing")
+    with engine.connect() as other:  # another connection does not see the uncommitted outer transaction
+        count = select(func.count()).select_from(Message).where(Message.content == "add outlive nothing")
+        assert other.scalar(count) == 0
