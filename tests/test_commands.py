@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import sys
 
 import psutil
@@ -16,10 +15,10 @@ from scripts.cluster import nginx_binary
 from tests.support import ARTIFACTS, Api, Process, free_port, wait_until
 
 
-def _serving(url: str) -> bool:
+def _serving(url: str, **kwargs: object) -> bool:
     try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
+        return requests.get(url, timeout=5, **kwargs).status_code == 200
+    except requests.RequestException:  # not listening yet, or too busy starting up to answer
         return False
 
 
@@ -33,11 +32,6 @@ class _SourceAddressAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs) -> None:
         kwargs["source_address"] = (self.address, 0)
         super().init_poolmanager(*args, **kwargs)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _listening_addresses(process: Process) -> set[tuple[str, int]]:
@@ -66,11 +60,10 @@ def test_make_run_serves_the_api_the_page_and_flower(stack_env) -> None:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _serving(url + "/health"), timeout=40, what="make run's web")
-        login = re.search(r"sign in as (dev):(\S+)\)", run.log_text())
-        assert login, run.log_text()[-2000:]
-        flower_api, credentials = f"http://127.0.0.1:{flower}/api/workers", login.groups()
-        wait_until(lambda: requests.get(flower_api, auth=credentials, timeout=2).ok
-                   if _listening(flower) else False, timeout=40, what="make run's Flower")
+        logins = re.findall(r"sign in as (dev):(\S+)\)", run.log_text())  # the log file outlives runs: the last
+        assert logins, run.log_text()[-2000:]
+        flower_api, credentials = f"http://127.0.0.1:{flower}/api/workers", logins[-1]
+        wait_until(lambda: _serving(flower_api, auth=credentials), timeout=90, what="make run's Flower")
         assert "chatq" in requests.get(url + "/", timeout=5).text
         _, answered = Api(url).ask("Add task: via make run")
         assert "via make run" in answered["reply"]["content"]
