@@ -23,11 +23,10 @@ def make_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        # No pre-ping: it costs a round trip on every checkout (a fifth of web's time under load,
-        # measured with py-spy). A connection broken by a Postgres restart fails its statement
-        # instead; SQLAlchemy then invalidates the whole pool, so the process recovers at once
-        # (the request answers 503, the job retries). Recycling retires connections a server-side
-        # idle timeout may have cut.
+        # No pre-ping: it costs a round trip on every checkout, on every request. A connection
+        # broken by a Postgres restart fails its statement instead; SQLAlchemy then invalidates the
+        # whole pool, so the process recovers at once (the request answers 503, the job retries).
+        # Recycling retires connections a server-side idle timeout may have cut.
         pool_recycle=1800,
         pool_timeout=pool_timeout,
         connect_args={"connect_timeout": 3},

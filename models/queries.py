@@ -20,8 +20,8 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-# Statements built once with bound values: building one per call cost a tenth of a web process's CPU
-# while it held thousands of waits (py-spy, bench/waits.py). Immutable SQL constructs, not state.
+# Statements built once with bound values: building one costs more than running it, and waiting
+# requests run them by the thousand (BENCHMARKS.md). Immutable SQL constructs, not state.
 _OWNED_CONVERSATION = select(Conversation).where(
     Conversation.id == bindparam("cid", type_=Conversation.id.type), Conversation.user_id == bindparam("user"))
 _MESSAGES_AFTER = (
@@ -46,8 +46,7 @@ def messages_after(session: Session, conversation_id: uuid.UUID, after: int, lim
     return list(session.scalars(_MESSAGES_AFTER, {"cid": conversation_id, "after": after, "limit": limit}))
 
 
-# Built once: making an alias is costly (a fifth of the web process's CPU under load when it was
-# made per request, measured with py-spy --gil). It is an immutable SQL construct, not state.
+# Built once: making an alias is costly (BENCHMARKS.md). An immutable SQL construct, not state.
 _REPLY = aliased(Message, name="reply")
 
 

@@ -74,3 +74,22 @@ def test_dev_token_endpoint_is_off_unless_dev_mode(stack, dev_web: Web) -> None:
     minted = requests.post(dev_web.url + "/dev/token", json={"user": "x"}, timeout=10)
     assert minted.status_code == 200 and minted.json()["token"]
     assert requests.post(dev_web.url + "/dev/token", json={"user": "bad name!"}, timeout=10).status_code == 422
+
+
+def test_the_page_puts_only_an_id_from_its_link_into_a_request_path(dev_web: Web, browser) -> None:
+    # A link anyone can write: the fragment must not choose where the page's requests go.
+    page = browser.new_page()
+    paths: list[str] = []
+    page.on("request", lambda request: paths.append(request.url.split("://", 1)[1].split("/", 1)[1]))
+    page.goto(dev_web.url + "/")
+    page.fill("#user-name", f"browser-{uuid.uuid4().hex[:8]}")
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
+    for fragment in ("not-an-id", "..%2F..%2F..%2Flivez%3F"):  # a made-up id, and a walk out of the API
+        page.goto(f"{dev_web.url}/#c={fragment}")
+        page.reload()
+        page.wait_for_selector("#app:not([hidden])")
+        page.wait_for_load_state("networkidle")
+    ids = [path.split("/")[3].split("?")[0] for path in paths if path.startswith("api/v1/conversations/")]
+    assert all(len(ident) == 36 and ident.count("-") == 4 for ident in ids), paths
+    assert not any(path.startswith("livez") for path in paths), paths

@@ -70,8 +70,11 @@ def test_make_run_serves_the_api_the_page_and_flower(stack_env) -> None:
         assert f"API:    http://127.0.0.1:{port}/api/v1" in run.log_text()
 
         # Dev mode stays on this machine: every socket its processes listen on is on loopback ...
+        # (The worker serves its metrics once ready; another stack's worker may have answered above.)
+        expected = {port, flower, int(env["WORKER_METRICS_PORT"])}
+        wait_until(lambda: expected <= {p for _, p in _listening_addresses(run)}, timeout=60,
+                   what="make run's web, Flower and worker metrics to listen")
         listening = _listening_addresses(run)
-        assert {port, flower, int(env["WORKER_METRICS_PORT"])} <= {p for _, p in listening}
         assert {host for host, _ in listening} == {"127.0.0.1"}, listening
         # ... and no page of another origin can drive Flower: no credentials, no answer; a
         # cross-site request is refused even with them, and nothing invites a cross-origin read.

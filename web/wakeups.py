@@ -4,7 +4,7 @@ Every waiting request — a long-poll or an event stream — registers here for 
 about. The process's one connection is subscribed to exactly the channels its requests wait on, for
 as long as one waits, so what a process receives does not depend on how many processes there are
 (one pattern subscription to everything cost each process the parsing of every notification of the
-deployment: BENCHMARKS.md, stop 9), and a waiting client costs a set entry, not a connection.
+deployment, BENCHMARKS.md), and a waiting client costs a set entry, not a connection.
 
 The listener (a thread; a greenlet under gunicorn's gevent worker) only reads. Requests send
 SUBSCRIBE and UNSUBSCRIBE themselves (redis-py serialises commands on the connection), under our

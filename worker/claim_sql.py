@@ -13,12 +13,11 @@ def _statement(*parts: str) -> TextClause:
 # What a claimed conversation's earliest unanswered message and its history look like, as rows of
 # (seq, role, content, tool_calls, claim): first the claim (seq 0, which no message has: the
 # question's content, and in `claim` a json object of the lease and the question's details), then
-# one row per message of the history. Rows rather than one aggregated json value: at 10,000
-# messages, json_agg cost Postgres 15 ms and the worker's json decoding 40 ms, while rows stream
-# out as stored; the claim's details travel in one column so that the history's rows stay narrow
-# (14 columns, mostly NULL, cost 2.3 ms more at 10,000). They come in no promised order: the worker
-# sorts them by seq (ORDER BY cost Postgres 3.7 ms at 10,000 rows; Python sorts the nearly sorted
-# rows by one int in 0.2 ms). Tool calls come as their json text, decoded only when an engine reads them.
+# one row per message of the history. Rows rather than one aggregated json value, which Postgres
+# must build and the worker decode whole, while rows stream out as stored; the claim's details
+# travel in one column so that the history's rows stay narrow. They come in no promised order: the
+# worker sorts them by seq, cheaper in Python on nearly sorted ints than ORDER BY in Postgres. Tool
+# calls come as their json text, decoded only when an engine reads them. (Figures: BENCHMARKS.md.)
 # Appended to a statement that defines the CTE `claimed` (id, user_id, lease_version, last_seq).
 _PICK = """
 , question AS (

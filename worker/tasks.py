@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import gc
-import random
 import time
 import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import structlog
 from celery import Task
@@ -15,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
-from models import Status, messaging
+from models import Status, backoff, messaging
 from models.jobs import ANSWER_MESSAGE, PING, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
 
@@ -24,8 +25,6 @@ from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngi
 from .runtime import Runtime, runtime
 
 log = structlog.get_logger(__name__)
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 30.0
 
 
 @worker_process_init.connect
@@ -33,14 +32,8 @@ def _fresh_runtime(**_kwargs: object) -> None:
     # A pool child must not share the parent's sockets; build its own on first use.
     runtime.cache_clear()
     # What the child inherited (Celery, SQLAlchemy, the modules) lives as long as it does: keep the
-    # garbage collector's full collections from walking it on every long history. Without this, a
-    # 10,000-message history set off full collections of 30-50 ms (bench/matrix.py, py-spy).
+    # garbage collector's full collections from walking it on every long history (BENCHMARKS.md).
     gc.freeze()
-
-
-def _backoff(attempt: int) -> float:
-    """Full jitter: spread retries of many messages instead of sending them back together."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
 
 def enqueue(message_id: uuid.UUID, request_id: str | None = None, countdown: float | None = None) -> None:
@@ -57,8 +50,8 @@ TRANSIENT_INFRASTRUCTURE = (OperationalError, RedisConnectionError, RedisTimeout
     name=ANSWER_MESSAGE,
     bind=True,
     autoretry_for=TRANSIENT_INFRASTRUCTURE,
-    retry_backoff=1,
-    retry_backoff_max=30,
+    retry_backoff=backoff.BASE_SECONDS,  # Celery's own full-jitter backoff, with models/backoff.py's numbers
+    retry_backoff_max=backoff.CAP_SECONDS,
     retry_jitter=True,
     max_retries=8,
 )
@@ -75,82 +68,120 @@ def answer_message(self: Task, message_id: str) -> None:
         structlog.contextvars.clear_contextvars()
 
 
+class Outcome(StrEnum):
+    NOTHING_TO_DO = "nothing_to_do"  # answered already, unknown, or the conversation is busy elsewhere
+    ANSWERED = "answered"
+    REQUEUED = "requeued"  # a generation given back to the queue, to be tried again after a backoff
+    FAILED = "failed"
+    LEASE_LOST = "lease_lost"  # another worker took the conversation over: it tells the clients
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What `_generate` did with a message, for `_act` to report and follow up."""
+
+    outcome: Outcome
+    lease: claims.Lease | None = None
+    question: claims.Question | None = None
+    gave_up: list[uuid.UUID] = field(default_factory=list)  # messages the claim failed for good
+    committed: claims.Committed | None = None
+    retry_in: float | None = None
+    noop_reason: str | None = None
+
+
 def _answer(message_id: str) -> None:
     rt = runtime()
+    _act(rt, _generate(rt, message_id))
+
+
+def _generate(rt: Runtime, message_id: str) -> Answered:
+    """Claim the conversation for its earliest pending question, generate, and store the reply (or
+    give the message back). Tells waiting clients only that the question is being answered."""
     parsed = parse_uuid(message_id)
     claimed = claims.claim(rt, parsed) if parsed is not None else claims.Claim(None, None, [], "answered_or_unknown")
     lease, question = claimed.lease, claimed.question
-    for failed_id in claimed.failed:
-        metrics.FAILURES.labels("gave_up").inc()
-        if lease is not None:
-            messaging.announce(rt.redis, lease.conversation_id, failed_id, Status.FAILED.value)
-    if lease is None:
-        log.info("job_noop", reason=claimed.noop_reason)
-        metrics.DUPLICATES.labels(claimed.noop_reason or "answered_or_unknown").inc()
-        return
-    conversation_id = lease.conversation_id
-    if question is None:
-        return
+    if lease is None or question is None:
+        return Answered(Outcome.NOTHING_TO_DO, lease, None, claimed.failed, noop_reason=claimed.noop_reason)
     structlog.contextvars.bind_contextvars(
         request_id=question.request_id,
-        conversation_id=str(conversation_id),
+        conversation_id=str(lease.conversation_id),
         message_id=str(question.id),
         user=question.user,
         attempt=question.attempt,
     )
-    messaging.announce(rt.redis, conversation_id, question.id, Status.PROCESSING.value)
-    metrics.CLAIMS.inc()
-    metrics.QUEUE_WAIT.observe(question.waited_seconds)
-    retry_in: float | None = None
-    # What waiting clients are told if no reply is committed (None: nothing they need to hear).
-    now: Status | None = None
+    messaging.announce(rt.redis, lease.conversation_id, question.id, Status.PROCESSING.value)
     request = ReplyRequest(
         user=question.user,
-        conversation_id=conversation_id,
+        conversation_id=lease.conversation_id,
         message_id=question.id,
         content=question.content,
         history=question.history,
         tools=TodoTools(rt.db, question.user, question.id),
-        on_delta=messaging.delta_publisher(rt.redis, conversation_id, question.id, question.attempt),
+        on_delta=messaging.delta_publisher(rt.redis, lease.conversation_id, question.id, question.attempt),
     )
     started = time.perf_counter()
+    error: str | None = None
     try:
         with claims.renewing(rt, lease), metrics.GENERATION.time():
             reply = rt.engine.reply(request)
-    except (TransientEngineError, SoftTimeLimitExceeded) as error:
-        log.warning("generation_interrupted", error=str(error) or type(error).__name__)
+    except (TransientEngineError, SoftTimeLimitExceeded) as interrupted:
+        log.warning("generation_interrupted", error=str(interrupted) or type(interrupted).__name__)
         metrics.RETRIES.inc()
-        if claims.finish_unanswered(rt, lease, question, error=None):
-            retry_in, now = _backoff(question.attempt), Status.QUEUED
-    except PermanentEngineError as error:
-        log.warning("generation_failed", error=str(error))
+        if not claims.finish_unanswered(rt, lease, question, error=None):
+            return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
+        return Answered(Outcome.REQUEUED, lease, question, claimed.failed,
+                        retry_in=backoff.full_jitter(question.attempt))
+    except PermanentEngineError as permanent:
+        log.warning("generation_failed", error=str(permanent))
         metrics.FAILURES.labels("permanent").inc()
-        if claims.finish_unanswered(rt, lease, question, error=str(error)):
-            now = Status.FAILED
+        error = str(permanent)
     except TRANSIENT_INFRASTRUCTURE:
         raise  # Postgres or Redis trouble: the job is retried; the lease runs out for the sweeper
     except Exception:
         # A bug: fail the message with a reason a person can read instead of retrying it forever.
         log.exception("generation_crashed")
         metrics.FAILURES.labels("crashed").inc()
-        if claims.finish_unanswered(rt, lease, question, error="The assistant hit an internal error; retry later."):
-            now = Status.FAILED
+        error = "The assistant hit an internal error; retry later."
     else:
         committed = claims.commit_reply(rt, lease, question, reply)
         if committed is None:
             log.warning("reply_discarded", reason="lease_lost")
-            metrics.LEASE_LOST.inc()
-        else:
-            metrics.REPLY_LATENCY.observe(committed.latency_seconds)
-            log.info("answered", reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
-                     generation_ms=round((time.perf_counter() - started) * 1000, 1))
-            messaging.announce(rt.redis, conversation_id, question.id, Status.ANSWERED.value)
-            if committed.check_next:  # else nothing was waiting for this conversation's lease
-                _send_next(rt, conversation_id, question, None)
+            return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
+        log.info("answered", reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
+                 generation_ms=round((time.perf_counter() - started) * 1000, 1))
+        return Answered(Outcome.ANSWERED, lease, question, claimed.failed, committed=committed)
+    if not claims.finish_unanswered(rt, lease, question, error=error):
+        return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
+    return Answered(Outcome.FAILED, lease, question, claimed.failed)
+
+
+# What waiting clients are told of the question once the job is done.
+TOLD = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEUED, Outcome.FAILED: Status.FAILED}
+
+
+def _act(rt: Runtime, done: Answered) -> None:
+    """Count it, tell waiting clients, and send the conversation's next question on its way."""
+    for failed_id in done.gave_up:
+        metrics.FAILURES.labels("gave_up").inc()
+        if done.lease is not None:
+            messaging.announce(rt.redis, done.lease.conversation_id, failed_id, Status.FAILED.value)
+    if done.outcome is Outcome.NOTHING_TO_DO:
+        if done.lease is None:
+            log.info("job_noop", reason=done.noop_reason)
+            metrics.DUPLICATES.labels(done.noop_reason or "answered_or_unknown").inc()
+        return
+    assert done.lease is not None and done.question is not None
+    metrics.CLAIMS.inc()
+    metrics.QUEUE_WAIT.observe(done.question.waited_seconds)
+    if done.outcome is Outcome.LEASE_LOST:
+        metrics.LEASE_LOST.inc()
+    else:
+        messaging.announce(rt.redis, done.lease.conversation_id, done.question.id, TOLD[done.outcome].value)
+    if done.committed is not None:
+        metrics.REPLY_LATENCY.observe(done.committed.latency_seconds)
+        if not done.committed.check_next:  # nothing was waiting for this conversation's lease
             return
-    if now is not None:  # a lost lease: the worker that took it over tells them
-        messaging.announce(rt.redis, conversation_id, question.id, now.value)
-    _send_next(rt, conversation_id, question, retry_in)
+    _send_next(rt, done.lease.conversation_id, done.question, done.retry_in)
 
 
 def _send_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Question, retry_in: float | None) -> None:

@@ -15,13 +15,14 @@ with a readable error and the retry endpoint can requeue it.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+
+from models import backoff
 
 from .base import PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
 from .tools import TodoTools
@@ -135,7 +136,7 @@ class OpenAICompatibleEngine:
             except _Retryable as error:
                 last = TransientEngineError(str(error))
                 if attempt + 1 < ATTEMPTS:
-                    self._sleep(error.retry_after or random.uniform(0, min(BACKOFF_CAP, 2 ** attempt)))
+                    self._sleep(error.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP))
         assert last is not None
         raise last
 

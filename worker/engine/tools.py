@@ -16,8 +16,8 @@ from models import Task
 MAX_TITLE = 500
 COLUMNS = (Task.id, Task.title, Task.done)
 
-# The statements, built once with bound values (building them on every call was a third of a
-# worker's CPU per message; py-spy --gil under bench/load.py).
+# The statements, built once with bound values: building a statement costs more than running it
+# (BENCHMARKS.md has the profile).
 # (Named apart from the columns: insert() and update() reserve the column names for themselves.)
 _USER, _ID, _TITLE = bindparam("user", type_=Task.user_id.type), bindparam("task_id"), bindparam("new_title")
 _ORIGIN, _CALL = bindparam("origin"), bindparam("call")
