@@ -23,7 +23,7 @@ from .auth import authenticate
 from .inputs import json_body, query
 from .problems import Problem
 from .serialize import conversation_json, message_json, task_json
-from .services import db, reader, services
+from .services import db, reader, services, use_wait_pool
 from .spec import operation
 from .waiting import wait_for
 
@@ -233,6 +233,8 @@ def _messages_after(conversation: Conversation, after: int, limit: int) -> tuple
            responses={200: schemas.MessageList})
 def list_messages(conversation_id: str) -> dict[str, Any]:
     params = query(schemas.MessagesQuery)
+    if params.wait > 0:
+        use_wait_pool()
     conversation = conversation_or_404(conversation_id)  # once: whose it is does not change while we wait
     if params.wait <= 0:
         return _messages_after(conversation, params.after, params.limit)[0]

@@ -93,6 +93,7 @@ def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tupl
            responses={200: "text/event-stream"}, headers={"Last-Event-ID": "the last seq received"})
 def conversation_events(conversation_id: str) -> Response:
     cursor = _cursor()
+    use_wait_pool()
     conversation = conversation_or_404(conversation_id)
     # Questions at or below the cursor that may still change: the client gets their state now.
     watched = {
