@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session, aliased
 
 from .entities import Conversation, Message
@@ -38,6 +38,25 @@ def owned_conversation(session: Session, user: str, conversation_id: str) -> Con
     if cid is None:
         return None
     return session.scalars(_OWNED_CONVERSATION, {"cid": cid, "user": user}).one_or_none()
+
+
+_OWNED_MESSAGES_AFTER = (
+    select(Conversation.id, Message)
+    .outerjoin(Message, and_(Message.conversation_id == Conversation.id, Message.seq > bindparam("after")))
+    .where(Conversation.id == bindparam("cid", type_=Conversation.id.type), Conversation.user_id == bindparam("user"))
+    .order_by(Message.seq)
+    .limit(bindparam("limit"))
+)
+
+
+def owned_messages_after(session: Session, user: str, conversation_id: uuid.UUID, after: int,
+                         limit: int) -> list[Message] | None:
+    """The user's conversation's messages with seq above `after`, in order, at most `limit`; None
+    when the conversation is not theirs (or does not exist). One statement: a long-poll runs it at
+    every start."""
+    rows = session.execute(_OWNED_MESSAGES_AFTER, {"cid": conversation_id, "user": user, "after": after,
+                                                   "limit": limit}).all()
+    return [message for _, message in rows if message is not None] if rows else None
 
 
 def messages_after(session: Session, conversation_id: uuid.UUID, after: int, limit: int | None) -> list[Message]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models import PENDING, Conversation, Message, Role, Status, Task
 from models.messaging import announce, send_answer_job
-from models.queries import messages_after, owned_conversation, owned_message_with_reply, parse_uuid, replies_to
+from models.queries import owned_conversation, owned_message_with_reply, owned_messages_after, parse_uuid, replies_to
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
@@ -23,7 +24,7 @@ from .auth import authenticate
 from .inputs import json_body, query
 from .problems import Problem
 from .serialize import conversation_json, message_json, task_json
-from .services import db, reader, services, use_wait_pool
+from .services import db, reader, services
 from .spec import operation
 from .waiting import wait_for
 
@@ -220,9 +221,11 @@ def retry_message(message_id: str) -> Response:
     return response
 
 
-def _messages_after(conversation: Conversation, after: int, limit: int) -> tuple[dict[str, Any], bool]:
+def _messages_after(conversation_id: uuid.UUID, after: int, limit: int) -> tuple[dict[str, Any], bool]:
     session = reader()
-    rows = messages_after(session, conversation.id, after, limit)
+    rows = owned_messages_after(session, g.user, conversation_id, after, limit)
+    if rows is None:
+        raise Problem(404, "No such conversation.")
     replies = replies_to(session, [row.id for row in rows])
     items = [message_json(row, replies.get(row.id)) for row in rows]
     return {"items": items, "last_seq": rows[-1].seq if rows else after}, bool(items)
@@ -233,13 +236,13 @@ def _messages_after(conversation: Conversation, after: int, limit: int) -> tuple
            responses={200: schemas.MessageList})
 def list_messages(conversation_id: str) -> dict[str, Any]:
     params = query(schemas.MessagesQuery)
-    if params.wait > 0:
-        use_wait_pool()
-    conversation = conversation_or_404(conversation_id)  # once: whose it is does not change while we wait
+    ident = parse_uuid(conversation_id)
+    if ident is None:
+        raise Problem(404, "No such conversation.")
     if params.wait <= 0:
-        return _messages_after(conversation, params.after, params.limit)[0]
-    return wait_for(conversation_channel(conversation.id),
-                    lambda: _messages_after(conversation, params.after, params.limit),
+        return _messages_after(ident, params.after, params.limit)[0]
+    # Whose the conversation is, and what is new in it, in one statement at every read.
+    return wait_for(conversation_channel(ident), lambda: _messages_after(ident, params.after, params.limit),
                     params.wait, wake=lambda change: change.get("status") != "processing")
 
 
