@@ -2,10 +2,11 @@
 
 from .base import Base
 from .config import ConfigError, Settings
-from .entities import PENDING, Conversation, IdempotentRequest, Message, Role, Status, Task
+from .entities import PENDING, PENDING_SQL, Conversation, IdempotentRequest, Message, Role, Status, Task
 
 __all__ = [
     "PENDING",
+    "PENDING_SQL",
     "Base",
     "ConfigError",
     "Conversation",

@@ -39,6 +39,9 @@ class Status(enum.StrEnum):
 
 
 PENDING = (Status.QUEUED, Status.PROCESSING)
+# The same, as raw SQL writes it: the claim's and the sweeper's statements and the partial index
+# they use (ix_messages_pending) must say exactly this, or Postgres cannot use the index.
+PENDING_SQL = "status IN (" + ", ".join(f"'{status.value}'" for status in PENDING) + ")"
 
 
 class Conversation(Base):
@@ -94,7 +97,7 @@ class Message(Base):
             "ix_messages_pending",
             "conversation_id",
             "seq",
-            postgresql_where=text("status IN ('queued', 'processing')"),
+            postgresql_where=text(PENDING_SQL),
         ),
     )
 

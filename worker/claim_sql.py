@@ -4,6 +4,8 @@ then message rows — the same order the web front takes when it numbers a new m
 
 from sqlalchemy import TextClause, text
 
+from models import PENDING_SQL
+
 
 def _statement(*parts: str) -> TextClause:
     """A statement built from the constant fragments below (never from data: values are bound)."""
@@ -19,10 +21,10 @@ def _statement(*parts: str) -> TextClause:
 # worker sorts them by seq, cheaper in Python on nearly sorted ints than ORDER BY in Postgres. Tool
 # calls come as their json text, decoded only when an engine reads them. (Figures: BENCHMARKS.md.)
 # Appended to a statement that defines the CTE `claimed` (id, user_id, lease_version, last_seq).
-_PICK = """
+_PICK = f"""
 , question AS (
     SELECT m.id FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
-     WHERE m.status IN ('queued', 'processing')
+     WHERE m.{PENDING_SQL}
      ORDER BY m.seq LIMIT 1
 ), picked AS (
     UPDATE messages AS m SET status = 'processing', attempts = m.attempts + 1, updated_at = now()
@@ -36,7 +38,7 @@ SELECT 0 AS seq, 'user' AS role, picked.content, NULL::text AS tool_calls,
            'last_seq', claimed.last_seq, 'question_id', picked.id, 'seq', picked.seq, 'attempts', picked.attempts,
            'request_id', picked.request_id, 'age', picked.age,
            'pending', (SELECT count(*) FROM messages AS p
-                        WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing'))
+                        WHERE p.conversation_id = claimed.id AND p.{PENDING_SQL})
        ) AS claim
   FROM claimed LEFT JOIN picked ON true
 UNION ALL
@@ -47,12 +49,12 @@ SELECT h.seq, h.role::text, h.content, h.tool_calls::text, NULL
 
 # A job names a message; take its conversation's lease (if no live lease exists) and the
 # conversation's earliest unanswered message, with everything its reply is generated from.
-CLAIM = _statement("""
+CLAIM = _statement(f"""
 WITH claimed AS (
     UPDATE conversations AS c
        SET lease_version = c.lease_version + 1, lease_expires_at = now() + make_interval(secs => :lease)
       FROM messages AS m
-     WHERE m.id = :message_id AND m.status IN ('queued', 'processing') AND c.id = m.conversation_id
+     WHERE m.id = :message_id AND m.{PENDING_SQL} AND c.id = m.conversation_id
        AND (c.lease_expires_at IS NULL OR c.lease_expires_at < now())
  RETURNING c.id, c.user_id, c.lease_version, c.last_seq
 
@@ -116,9 +118,9 @@ RETURNING id
 """)
 
 # After a reply: the conversation's earliest unanswered message, marked as enqueued now.
-NEXT_PENDING = text("""
+NEXT_PENDING = _statement(f"""
 UPDATE messages SET enqueued_at = now()
- WHERE id = (SELECT id FROM messages WHERE conversation_id = :conversation_id AND status IN ('queued', 'processing')
+ WHERE id = (SELECT id FROM messages WHERE conversation_id = :conversation_id AND {PENDING_SQL}
               ORDER BY seq LIMIT 1)
 RETURNING id
 """)

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, func, select, text, update
 
-from models import IdempotentRequest, Message
+from models import PENDING_SQL, IdempotentRequest, Message
 
 from .runtime import Runtime
 
@@ -21,14 +21,14 @@ SWEEP_LOCK = 7_362_201  # an arbitrary, fixed advisory-lock key for "a sweep is 
 IDEMPOTENCY_KEEP = timedelta(hours=48)  # the contract promises at least 24 hours
 BATCH = 500
 
-STALE = text(
-    """
+# Each conversation's earliest pending message (the statuses as the partial index says them).
+_STALE_SQL = f"""
     SELECT DISTINCT ON (m.conversation_id) m.id, m.status, m.enqueued_at, c.lease_expires_at
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
-    WHERE m.status IN ('queued', 'processing')
+    WHERE m.{PENDING_SQL}
     ORDER BY m.conversation_id, m.seq
     """
-)
+STALE = text(_STALE_SQL)
 
 
 def sweep(rt: Runtime) -> list[tuple[uuid.UUID, str]]:
