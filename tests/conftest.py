@@ -150,6 +150,12 @@ def browser():
 FIGURES = ARTIFACTS / "fault-figures.txt"
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """The fast in-process tier first (a broken phrase of the assistant fails in seconds), then the
+    tests against real processes, each group in its usual order."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/unit/") else 1)
+
+
 def pytest_sessionstart(session) -> None:
     FIGURES.unlink(missing_ok=True)
 
