@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
+from models import Settings
 from tests.support import ARTIFACTS, TEST_SECRET, token
 from web import create_app
 from web.openapi import build_document
@@ -24,13 +25,7 @@ FUZZ_DERANDOMIZE = os.environ.get("FUZZ_RANDOM") != "1"
 
 @pytest.fixture(scope="module")
 def app(stack_env):
-    previous = dict(os.environ)
-    os.environ.update(stack_env)
-    try:
-        yield create_app()
-    finally:
-        os.environ.clear()
-        os.environ.update(previous)
+    return create_app(settings=Settings.from_env(stack_env))
 
 
 def test_the_document_lists_every_route_the_app_serves(app, stack) -> None:

@@ -4,7 +4,6 @@ weak secrets, Flower behind credentials, and nothing secret in the logs."""
 from __future__ import annotations
 
 import ast
-import os
 import re
 import time
 import uuid
@@ -12,6 +11,7 @@ import uuid
 import pytest
 import requests
 
+from models import Settings
 from tests.support import ARTIFACTS, BIN, ROOT, Api, Process, Web, free_port, wait_until
 from web import create_app
 from web import schemas as api_schemas
@@ -22,13 +22,7 @@ SAMPLE_BODIES = {api_schemas.NewMessage: {"content": "hi"}, api_schemas.NewConve
 
 @pytest.fixture(scope="module")
 def route_table(stack_env):
-    previous = dict(os.environ)
-    os.environ.update(stack_env)
-    try:
-        app = create_app()
-    finally:
-        os.environ.clear()
-        os.environ.update(previous)
+    app = create_app(settings=Settings.from_env(stack_env))
     routes = []
     for rule in app.url_map.iter_rules():
         if "<" not in rule.rule or rule.endpoint.endswith("static"):
