@@ -12,6 +12,7 @@ a thread pool.
 import errno
 import resource
 
+import gevent
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -64,6 +65,22 @@ class Worker(GeventWorker):
     good (slowloris). A long-poll does not touch its socket while it waits: the deadline never ends
     a wait, only a silent client.
     """
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM (a deploy): stop accepting, and answer every waiting request now — a long-poll
+        with what it has, a stream by ending — so that none is cut off at graceful_timeout; their
+        clients ask again on a node that is not leaving (web/wakeups.py `drain`)."""
+        super().handle_exit(sig, frame)
+        drain = getattr(getattr(self, "wsgi", None), "extensions", {}).get("chatq.drain")
+        if drain is not None:
+            gevent.spawn(drain)  # not in the signal handler itself: it takes locks
+
+    def handle_request(self, listener_name, req, sock, addr):
+        super().handle_request(listener_name, req, sock, addr)
+        if not self.alive:
+            # Leaving: no connection is kept open after its answer (gunicorn decides keep-alive when
+            # a request starts, and a drained long-poll started before the SIGTERM).
+            raise StopIteration
 
     def handle(self, listener, client, addr):
         client.settimeout(settings.client_timeout_seconds)

@@ -4,6 +4,7 @@ limits it refuses new waits at once (shared/CONTRACT.md, "Waiting clients")."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import threading
 
@@ -130,3 +131,41 @@ def test_a_client_that_goes_silent_mid_request_is_disconnected(stack: Stack, sta
         assert "Traceback" not in web.log_text()[offset:]
     finally:
         web.stop()
+
+
+def test_a_node_told_to_stop_answers_its_waiting_clients_instead_of_cutting_them(stack: Stack, stack_env) -> None:
+    # A deploy's SIGTERM: gunicorn lets in-flight requests finish for graceful_timeout (30 s), as
+    # long as a long-poll may wait. Draining answers every wait at once; none is cut off.
+    web = Web("drain-web", stack_env).start()
+    try:
+        api = Api(web.url)
+        # (Connection: close: an idle keep-alive connection holds a stopping gunicorn up to its
+        # graceful timeout; only the waits are the subject here.)
+        cid = api.post("/api/v1/conversations", json={}, headers={"Connection": "close"}).json()["id"]
+        answers: list[requests.Response | Exception] = []
+
+        def long_poll() -> None:
+            try:
+                answers.append(api.get(f"/api/v1/conversations/{cid}/messages", params={"after": 99, "wait": 30},
+                                       timeout=60))
+            except requests.RequestException as error:
+                answers.append(error)
+
+        polls = [threading.Thread(target=long_poll) for _ in range(5)]
+        for poll in polls:
+            poll.start()
+        stream = api.http.get(f"{web.url}/api/v1/conversations/{cid}/events", stream=True, timeout=(5, 60))
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(lines).startswith("retry:")
+        wait_until(lambda: waiting_now(web) == 6, what="the waits to be held")
+        assert web.popen is not None
+        web.popen.send_signal(signal.SIGTERM)
+        for poll in polls:
+            poll.join(timeout=60)
+        assert [getattr(answer, "status_code", answer) for answer in answers] == [200] * 5
+        assert all(answer.json() == {"items": [], "last_seq": 99} for answer in answers)
+        rest = list(lines)  # the stream ends (the client resumes elsewhere with Last-Event-ID)
+        assert all(line == "" or line.startswith(":") or line.startswith(("event:", "data:", "id:")) for line in rest)
+        assert web.popen.wait(timeout=30) == 0
+    finally:
+        web.kill(signal.SIGKILL)

@@ -117,7 +117,7 @@ def conversation_events(conversation_id: str) -> Response:
             yield f"retry: {RECONNECT_MS}\n\n"
             now = time.monotonic()
             ends, beat, recheck = now + STREAM_SECONDS, now + heartbeat, now
-            while now < ends:
+            while now < ends and not wakeups().draining:  # a leaving node ends its streams; clients resume
                 if now >= recheck:
                     frames, cursor = _changes(conversation.id, cursor, watched)
                     yield from frames

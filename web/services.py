@@ -63,6 +63,8 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
     )
 
     app.extensions["chatq.wakeups"] = Wakeups(app.extensions["chatq"].redis)
+    # gunicorn.conf.py calls this when the process is told to stop (SIGTERM).
+    app.extensions["chatq.drain"] = app.extensions["chatq.wakeups"].drain
 
     @app.teardown_appcontext
     def _close_session(_error: BaseException | None) -> None:

@@ -116,7 +116,7 @@ def wait_for(channel: str, read: Callable[[], tuple[T, bool]], seconds: float, w
             value, done = read()
             release_db()  # no connection is held while waiting
             remaining = deadline - time.monotonic()
-            if done or remaining <= 0:
+            if done or remaining <= 0 or wakeups().draining:
                 return value
             woken = waiter.event.wait(min(remaining, recheck_after()))
             if not woken and time.monotonic() >= deadline and waiter.subscribed and wakeups().healthy:

@@ -99,6 +99,8 @@ class Wakeups:
         self._pubsub: redis.client.PubSub | None = None
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
+        # The process is shutting down: waiting requests answer with what they have, now.
+        self.draining = False
 
     @property
     def healthy(self) -> bool:
@@ -166,6 +168,12 @@ class Wakeups:
                     confirmed.set()  # nobody waits for a confirmation that cannot come
                 self._confirmed.clear()
                 pubsub.close()
+
+    def drain(self) -> None:
+        """Wake every waiting request for good: each answers with what it read (a long-poll) or
+        ends (a stream), and its client asks again — on a node that is not leaving."""
+        self.draining = True
+        self._wake_all()
 
     def _wake_all(self) -> None:
         with self._lock:
