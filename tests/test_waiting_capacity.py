@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import threading
+import uuid
 
 import pytest
 import requests
@@ -99,6 +100,15 @@ def test_a_process_holding_hundreds_of_waits_answers_everything_else(busy_web) -
         wait.close()
     wait_until(lambda: waiting_now(web) == MAX_WAITS - len(streams), timeout=60, what="closed streams to be let go")
     assert late.get(f"/api/v1/conversations/{cid}/messages", params={"after": 0, "wait": 1}).status_code == 200
+
+
+def test_a_stream_refused_for_a_missing_conversation_gives_its_place_back(busy_web) -> None:
+    web, _ = busy_web
+    user = Api(web.url)
+    for _ in range(WAITS_PER_USER + 2):  # past the per-user cap, had the places been kept
+        missing = user.get(f"/api/v1/conversations/{uuid.uuid4()}/events", timeout=10)
+        assert missing.status_code == 404, missing.text
+    assert waiting_now(web) == 0
 
 
 def test_a_client_that_goes_silent_mid_request_is_disconnected(stack: Stack, stack_env) -> None:

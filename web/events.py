@@ -93,21 +93,25 @@ def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tupl
            responses={200: "text/event-stream"}, headers={"Last-Event-ID": "the last seq received"})
 def conversation_events(conversation_id: str) -> Response:
     cursor = _cursor()
-    use_wait_pool()
-    conversation = conversation_or_404(conversation_id)
-    # Questions at or below the cursor that may still change: the client gets their state now.
-    watched = {
-        str(row.id): ""
-        for row in reader().scalars(
-            select(Message.id).where(
-                Message.conversation_id == conversation.id, Message.seq <= cursor, Message.status.in_(PENDING)
+    user, gate = g.user, admission()
+    gate.enter(user)  # a stream is a waiting request: 503/429 past this node's limits, before any read
+    try:
+        use_wait_pool()
+        conversation = conversation_or_404(conversation_id)
+        # Questions at or below the cursor that may still change: the client gets their state now.
+        watched = {
+            str(row.id): ""
+            for row in reader().scalars(
+                select(Message.id).where(
+                    Message.conversation_id == conversation.id, Message.seq <= cursor, Message.status.in_(PENDING)
+                )
             )
-        )
-    }
+        }
+    except BaseException:
+        gate.leave(user)  # no stream: its place is free again (404, the database away, ...)
+        raise
     release_db()
     heartbeat = services().settings.sse_heartbeat_seconds
-    user, gate = g.user, admission()
-    gate.enter(user)  # a stream is a waiting request: 503/429 past this node's limits
 
     def stream() -> Iterator[str]:
         nonlocal cursor

@@ -44,10 +44,6 @@ class Admission:
         self._total = 0
         self._by_user: dict[str, int] = {}
 
-    @property
-    def waiting(self) -> int:
-        return self._total
-
     def enter(self, user: str) -> None:
         """Count one more waiting request of `user`, or raise the problem that refuses it."""
         with self._lock:
