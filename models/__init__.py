@@ -2,14 +2,27 @@
 
 from .base import Base
 from .config import ConfigError, Settings
-from .entities import PENDING, PENDING_SQL, Conversation, IdempotentRequest, Message, Role, Status, Task
+from .entities import (
+    FINAL,
+    PENDING,
+    PENDING_SQL,
+    Conversation,
+    Finish,
+    IdempotentRequest,
+    Message,
+    Role,
+    Status,
+    Task,
+)
 
 __all__ = [
+    "FINAL",
     "PENDING",
     "PENDING_SQL",
     "Base",
     "ConfigError",
     "Conversation",
+    "Finish",
     "IdempotentRequest",
     "Message",
     "Role",

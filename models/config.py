@@ -81,6 +81,9 @@ class Settings:
     # Reply engine.
     engine: str = "builtin"
     engine_delay_ms: int = 0
+    # The built-in engine sends its answer a word at a time, this far apart (0: all at once), so
+    # that stop, resume and regenerate can be seen and tested without a model.
+    engine_stream_delay_ms: int = 0
     # ENGINE=openai: any server speaking the OpenAI Chat Completions protocol.
     llm_base_url: str = ""
     llm_model: str = ""
@@ -145,6 +148,7 @@ class Settings:
             server_id=env.get("SERVER_ID") or socket.gethostname(),
             engine=env.get("ENGINE", "builtin"),
             engine_delay_ms=_number(env, "ENGINE_DELAY_MS", 0),
+            engine_stream_delay_ms=_number(env, "ENGINE_STREAM_DELAY_MS", 0),
             llm_base_url=env.get("LLM_BASE_URL", ""),
             llm_model=env.get("LLM_MODEL", ""),
             llm_api_key=env.get("LLM_API_KEY", ""),
@@ -175,7 +179,9 @@ class Settings:
         renew the lease while they run, and the limit only bounds a hung one."""
         if self.task_time_limit_seconds > 0:
             return self.task_time_limit_seconds
-        return max(1.0, self.lease_seconds * 0.9) if self.engine == "builtin" else 300.0
+        if self.engine == "builtin" and not self.engine_stream_delay_ms:
+            return max(1.0, self.lease_seconds * 0.9)
+        return 300.0  # a model, or the built-in engine streaming word by word: the lease is renewed
 
     def require_engine(self) -> None:
         """A ConfigError that says what is missing when the configured engine cannot run."""

@@ -36,8 +36,20 @@ class Status(enum.StrEnum):
     PROCESSING = "processing"
     ANSWERED = "answered"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
+class Finish(enum.StrEnum):
+    """Why an assistant message ended."""
+
+    STOP = "stop"  # the engine finished its answer
+    CANCELLED = "cancelled"  # stopped by the user: the text written before the cancel
+    LENGTH = "length"  # the model hit its output limit: the text is cut short
+
+
+# Where a question may still go: a cancelled, answered or failed one only moves again by request
+# (regenerate, retry).
+FINAL = (Status.ANSWERED, Status.FAILED, Status.CANCELLED)
 PENDING = (Status.QUEUED, Status.PROCESSING)
 # The same, as raw SQL writes it: the claim's and the sweeper's statements and the partial index
 # they use (ix_messages_pending) must say exactly this, or Postgres cannot use the index.
@@ -79,8 +91,17 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(SmallInteger, nullable=False, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Assistant messages only: the question it answers. Unique: exactly one reply per message.
-    reply_to_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    # Assistant messages only: the question it answers. A question has one current reply
+    # (uq_messages_current_reply); a regenerate supersedes it and keeps it as an earlier version.
+    reply_to_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    superseded: Mapped[bool] = mapped_column(nullable=False, server_default=text("false"))
+    # Assistant messages only: the question's text this reply answered (an edit changes the
+    # question; each version keeps what it was asked), why it ended, and the tokens it cost.
+    question_content: Mapped[str | None] = mapped_column(Text)
+    finish: Mapped[Finish | None] = mapped_column(
+        Enum(Finish, name="reply_finish", values_callable=lambda e: [m.value for m in e])
+    )
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Assistant messages only: the tools the engine called, and the last seq it was shown. json,
     # not jsonb: read whole with every history, never queried inside (migration 0002 says why).
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -92,6 +113,9 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
         CheckConstraint("(role = 'user') = (status IS NOT NULL)", name="status_only_on_user_messages"),
+        # Exactly one current reply per question; its earlier versions are superseded.
+        Index("uq_messages_current_reply", "reply_to_id", unique=True, postgresql_where=text("NOT superseded")),
+        Index("ix_messages_reply_to", "reply_to_id"),
         # The sweeper's and the claim's access path: unanswered messages, oldest first.
         Index(
             "ix_messages_pending",

@@ -1,4 +1,5 @@
-"""The web↔worker contract, in one place: how an answer job is sent and how a change is announced.
+"""The web↔worker contract, in one place: how an answer job is sent, how a change is announced,
+how a generation's text so far is kept and read, and how a cancel reaches the worker.
 
 web and worker never import each other; both send answer jobs (web for a message it accepted or
 put back, worker for a conversation's next message or a generation given back) and both announce
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import redis
 import structlog
@@ -20,11 +22,14 @@ from redis.exceptions import RedisError
 
 from .entities import Status
 from .jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER
-from .signals import conversation_channel, delta_channel, message_channel
+from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key
 
 log = structlog.get_logger(__name__)
 # What a question's own channel is told: the end of its wait (long-polls of one message).
-FINAL = frozenset({Status.ANSWERED.value, Status.FAILED.value})
+FINAL = frozenset({Status.ANSWERED.value, Status.FAILED.value, Status.CANCELLED.value})
+# How long a generation's pieces are kept after its last one: far longer than any generation, so
+# a client reconnecting mid-reply finds them; they are only a live view of what Postgres gets.
+PIECES_TTL_SECONDS = 3600
 
 
 def send_answer_job(producer: Celery, message_id: uuid.UUID, request_id: str | None,
@@ -64,19 +69,88 @@ def announce(client: redis.Redis, conversation_id: uuid.UUID | str, message_id: 
         log.warning("announce_failed", status=status, error=str(error))
 
 
-def delta_publisher(client: redis.Redis, conversation_id: uuid.UUID, message_id: uuid.UUID,
-                    attempt: int) -> Callable[[str], None]:
-    """A callback that publishes each streamed piece of a reply, numbered from 0 in its attempt, for
-    the event streams of the conversation (web/events.py passes them on as they come)."""
-    channel = delta_channel(conversation_id)
-    counter = iter(range(1 << 30))
+def request_cancel(client: redis.Redis, message_ids: Iterable[uuid.UUID | str]) -> None:
+    """Wake the workers generating these (already cancelled in Postgres) questions. A hint: a
+    worker that misses it reads the cancel from Postgres when it next renews its lease."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.publish(cancel_channel(message_id), "cancel")
+            pipe.execute()
+    except RedisError as error:
+        log.warning("cancel_publish_failed", error=str(error))
 
-    def publish(text: str) -> None:
-        payload = json.dumps({"message_id": str(message_id), "attempt": attempt, "index": next(counter),
-                              "text": text})
+
+@dataclass
+class PiecePublisher:
+    """Called with each piece of a reply as an engine generates it: numbers it within its attempt
+    (0, 1, 2 ...), appends it to the attempt's stream in Redis (pieces_key) and publishes it for
+    the event streams of the conversation, in one round trip."""
+
+    client: redis.Redis
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    attempt: int
+    sent: int = field(default=0, init=False)
+
+    def start(self) -> None:
+        """Before the attempt's first piece: an earlier generation of the same question and attempt
+        number (before a retry or a regenerate counted attempts from 0 again) leaves nothing behind."""
         try:
-            client.publish(channel, payload)
+            self.client.delete(pieces_key(self.message_id, self.attempt))
         except RedisError as error:
             log.warning("delta_publish_failed", error=str(error))
 
-    return publish
+    def __call__(self, text: str) -> None:
+        index, self.sent = self.sent, self.sent + 1
+        key = pieces_key(self.message_id, self.attempt)
+        payload = json.dumps({"message_id": str(self.message_id), "attempt": self.attempt, "index": index,
+                              "text": text})
+        try:
+            # XADD before PUBLISH on one connection: whoever hears of a piece can already read it.
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {"i": index, "t": text})
+                pipe.expire(key, PIECES_TTL_SECONDS)
+                pipe.publish(delta_channel(self.conversation_id), payload)
+                pipe.execute()
+        except RedisError as error:
+            log.warning("delta_publish_failed", error=str(error))
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What an attempt has generated so far: its text and how many pieces that text is made of
+    (the index the next piece will carry)."""
+
+    attempt: int
+    text: str
+    pieces: int
+
+
+def read_partials(client: redis.Redis, attempts: dict[uuid.UUID, int]) -> dict[uuid.UUID, Partial]:
+    """The text so far of each (message id -> current attempt), in one round trip. A Redis outage
+    or wipe reads as nothing generated yet."""
+    if not attempts:
+        return {}
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for message_id, attempt in attempts.items():
+                pipe.xrange(pieces_key(message_id, attempt))
+            ranges = pipe.execute()
+    except RedisError as error:
+        log.warning("partial_read_failed", error=str(error))
+        ranges = [[] for _ in attempts]
+    partials = {}
+    for (message_id, attempt), entries in zip(attempts.items(), ranges, strict=True):
+        texts = [fields[b"t"].decode() for _id, fields in entries]
+        partials[message_id] = Partial(attempt, "".join(texts), len(texts))
+    return partials
+
+
+def read_pieces(client: redis.Redis, message_id: uuid.UUID | str, attempt: int, start: int) -> list[str]:
+    """The pieces of an attempt from index `start` on (an event stream filling a gap)."""
+    try:
+        entries = client.xrange(pieces_key(message_id, attempt))
+    except RedisError:
+        return []
+    return [fields[b"t"].decode() for _id, fields in entries][start:]

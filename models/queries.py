@@ -77,14 +77,21 @@ def owned_message_with_reply(session: Session, user: str, message_id: str) -> tu
     row = session.execute(
         select(Message, _REPLY)
         .join(Conversation, Conversation.id == Message.conversation_id)
-        .outerjoin(_REPLY, _REPLY.reply_to_id == Message.id)
+        .outerjoin(_REPLY, and_(_REPLY.reply_to_id == Message.id, _REPLY.superseded.is_(False)))
         .where(Message.id == mid, Conversation.user_id == user)
     ).one_or_none()
     return (row[0], row[1]) if row is not None else None
 
 
 def replies_to(session: Session, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Message]:
+    """The current reply of each question that has one."""
     if not message_ids:
         return {}
-    rows = session.scalars(select(Message).where(Message.reply_to_id.in_(message_ids)))
+    rows = session.scalars(select(Message).where(Message.reply_to_id.in_(message_ids), Message.superseded.is_(False)))
     return {row.reply_to_id: row for row in rows if row.reply_to_id is not None}
+
+
+def reply_versions(session: Session, question_id: uuid.UUID) -> list[Message]:
+    """Every reply a question has had, newest first."""
+    return list(session.scalars(select(Message).where(Message.reply_to_id == question_id)
+                                .order_by(Message.seq.desc())))

@@ -17,3 +17,16 @@ def delta_channel(conversation_id: uuid.UUID | str) -> str:
 def message_channel(message_id: uuid.UUID | str) -> str:
     """A question's own channel: told when it is answered or fails (long-polls of one message)."""
     return f"chatq:message:{message_id}"
+
+
+def cancel_channel(message_id: uuid.UUID | str) -> str:
+    """Told when a question being generated is cancelled: wakes the worker generating it (the
+    cancel itself is already committed in Postgres, which the worker reads to be sure)."""
+    return f"chatq:cancel:{message_id}"
+
+
+def pieces_key(message_id: uuid.UUID | str, attempt: int) -> str:
+    """A Redis Stream of the text one attempt has generated so far, piece by piece: what a client
+    that connects mid-generation, on any node, is sent first. Expires; the committed reply is the
+    truth."""
+    return f"chatq:pieces:{message_id}:{attempt}"

@@ -17,6 +17,7 @@ class FakeModelServer:
         self.script: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.streaming = threading.Event()  # set when a streamed answer has begun
+        self.hung_up = threading.Event()  # set when a client closed a stream before its end
         self.lock = threading.Lock()
         server = self
 
@@ -47,6 +48,7 @@ class FakeModelServer:
             self.script = list(steps)
             self.requests = []
         self.streaming.clear()
+        self.hung_up.clear()
 
     # The wire protocol ---------------------------------------------------------------------------
 
@@ -113,7 +115,7 @@ class FakeModelServer:
             send("[DONE]")
             handler.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker died mid-stream
+            self.hung_up.set()  # the worker died, or hung up on a cancel, mid-stream
 
 
 def _pieces(text: str) -> list[str]:

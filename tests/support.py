@@ -177,7 +177,7 @@ class Api:
             response = self.get(f"/api/v1/messages/{message_id}", params={"wait": 10})
             assert response.status_code == 200, response.text
             message = response.json()
-            if message["status"] in ("answered", "failed") or time.monotonic() > deadline:
+            if message["status"] in ("answered", "failed", "cancelled") or time.monotonic() > deadline:
                 return message
 
     def ask(self, message: str, conversation_id: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -219,6 +219,7 @@ class EventStream:
 
     def __init__(self, api: Api, path: str, headers: dict[str, str] | None = None) -> None:
         self.response = api.http.get(api.base_url + path, headers=headers or {}, stream=True, timeout=(5, 30))
+        assert self.response.status_code == 200, (self.response.status_code, self.response.text)
         self.lines = self.response.iter_lines(decode_unicode=True)
         self.comments = 0
 

@@ -12,7 +12,7 @@ import pytest
 from scripts.devstack import create_database
 from tests.conftest import TEST_REDIS_DB, Stack
 from tests.fake_llm import FakeModelServer
-from tests.support import Api, EventStream, Process, Web, Worker
+from tests.support import Api, EventStream, Process, Web, Worker, wait_until
 
 LLM_REDIS_DB = TEST_REDIS_DB - 1
 
@@ -242,4 +242,81 @@ def test_each_reply_is_generated_from_everything_before_it_and_nothing_sent_afte
          ("user", "three")],
         [("user", "first"), ("assistant", first["reply"]["content"]), ("user", "two"), ("user", "three"),
          ("assistant", "answer two"), ("assistant", "answer three"), ("user", "four")],
+    ]
+
+
+@pytest.fixture(scope="module")
+def node_b(llm_stack):
+    """A second web node of the model stack: a cancel lands on it, not on the node that accepted."""
+    other = Web("llm-web-b", llm_stack.env).start()
+    yield Api(other.url)
+    other.stop()
+
+
+def _as(api: Api, node: Api) -> Api:
+    return Api(node.base_url, api.user)
+
+
+def test_a_cancel_on_another_node_closes_the_model_stream_and_keeps_the_text(
+    user: Api, model: FakeModelServer, node_b: Api
+) -> None:
+    words = "this answer streams slowly so that it can be stopped half way through " * 3
+    model.reset({"content": words, "chunk_delay": 0.3}, {"content": "The next one."})
+    accepted = user.chat("tell me a long story")
+    conversation_id, first_id = accepted["conversation_id"], accepted["message"]["id"]
+    second_id = user.chat("and then?", conversation_id)["message"]["id"]
+    assert model.streaming.wait(20)
+    wait_until(lambda: user.get(f"/api/v1/messages/{first_id}").json()["partial"]["pieces"] >= 3, timeout=20,
+               what="three pieces")
+
+    cancelled = _as(user, node_b).post(f"/api/v1/messages/{first_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert model.hung_up.wait(5), "the model server's stream was not closed"
+    reply = wait_until(lambda: user.get(f"/api/v1/messages/{first_id}").json()["reply"], timeout=5,
+                       what="the partial reply")
+    assert reply["finish"] == "cancelled" and reply["content"] and words.startswith(reply["content"])
+    assert len(reply["content"]) < len(words)
+    answered = user.wait_answered(second_id)
+    assert answered["status"] == "answered" and answered["reply"]["content"] == "The next one."
+    # The next question was generated from the cancelled one and its partial reply.
+    shown = [(m["role"], m["content"]) for m in model.requests[-1]["body"]["messages"][1:]]
+    assert shown == [("user", "tell me a long story"), ("assistant", reply["content"]), ("user", "and then?")]
+
+
+def test_interrupt_answers_from_everything_before_it_with_the_partial_reply(
+    user: Api, model: FakeModelServer, node_b: Api
+) -> None:
+    words = "a slow answer that the next message interrupts before it ends " * 3
+    model.reset({"content": words, "chunk_delay": 0.3}, {"content": "Answering the interruption."})
+    accepted = user.chat("start something long")
+    conversation_id, first_id = accepted["conversation_id"], accepted["message"]["id"]
+    assert model.streaming.wait(20)
+    wait_until(lambda: user.get(f"/api/v1/messages/{first_id}").json()["partial"]["pieces"] >= 2, timeout=20,
+               what="two pieces")
+    response = _as(user, node_b).post(f"/api/v1/conversations/{conversation_id}/messages",
+                                      json={"content": "stop, do this instead", "on_busy": "interrupt"})
+    assert response.status_code == 202, response.text
+    answered = user.wait_answered(response.json()["message"]["id"])
+    assert answered["reply"]["content"] == "Answering the interruption."
+    partial = user.get(f"/api/v1/messages/{first_id}").json()
+    assert partial["status"] == "cancelled" and partial["reply"]["finish"] == "cancelled"
+    shown = [(m["role"], m["content"]) for m in model.requests[-1]["body"]["messages"][1:]]
+    assert shown == [("user", "start something long"), ("assistant", partial["reply"]["content"]),
+                     ("user", "stop, do this instead")]
+
+
+def test_after_a_regenerate_later_turns_are_generated_from_the_current_version_only(
+    user: Api, model: FakeModelServer
+) -> None:
+    model.reset({"content": "First version."}, {"content": "Second version."}, {"content": "Later turn."})
+    conversation_id, first = user.ask("what is it?")
+    again = user.post(f"/api/v1/messages/{first['id']}/regenerate", json={"content": "what is it, really?"})
+    assert again.status_code == 202, again.text
+    assert user.wait_answered(first["id"])["reply"]["content"] == "Second version."
+    user.ask("and after that?", conversation_id)
+    shown = [[(m["role"], m["content"]) for m in request["body"]["messages"][1:]] for request in model.requests]
+    assert shown == [
+        [("user", "what is it?")],
+        [("user", "what is it, really?")],
+        [("user", "what is it, really?"), ("assistant", "Second version."), ("user", "and after that?")],
     ]

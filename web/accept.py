@@ -1,19 +1,20 @@
-"""Accepting a user message: one transaction stores it (and its idempotency record); the job is
-sent only after that transaction has committed."""
+"""Accepting a user message: one transaction stores it (and its idempotency record, and with
+`on_busy` the cancel of the questions it interrupts); the job is sent only after that transaction
+has committed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Row, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import Conversation, IdempotentRequest, Message, Role, Status
+from models import PENDING, Conversation, IdempotentRequest, Message, Role, Status
 from models.queries import parse_uuid
 
 from .problems import Problem
@@ -29,6 +30,7 @@ class Accepted:
     body: dict[str, Any]
     message_id: uuid.UUID | None  # None for a replay: its job was sent by the first call
     replayed: bool = False
+    interrupted: list[uuid.UUID] = field(default_factory=list)  # questions cancelled by on_busy=interrupt
 
 
 def fingerprint(route: str, payload: dict[str, Any]) -> str:
@@ -108,6 +110,28 @@ def _store(session: Session, *, user: str, content: str, conversation_id: str | 
     return session.execute(_INTO_CONVERSATION, {**parameters, "conversation_id": parsed}).one_or_none()
 
 
+def _settle_busy(session: Session, user: str, conversation_id: str, on_busy: str) -> list[uuid.UUID]:
+    """`reject`: 409 when the conversation has a question queued or processing. `interrupt`: cancel
+    them (their workers are told after the commit). Under the conversation's row lock, taken first
+    as everywhere, so that two such posts cannot both find it idle."""
+    parsed = parse_uuid(conversation_id)
+    owned = parsed is not None and session.execute(
+        select(Conversation.id).where(Conversation.id == parsed, Conversation.user_id == user).with_for_update()
+    ).first()
+    if not owned:
+        raise Problem(404, "No such conversation.")
+    busy = list(session.scalars(select(Message.id).where(Message.conversation_id == parsed,
+                                                         Message.status.in_(PENDING)).order_by(Message.seq)))
+    if busy and on_busy == "reject":
+        raise Problem(409, f"The conversation is still answering message {busy[0]}; send this once it is done, "
+                      "or with on_busy \"interrupt\" or \"enqueue\".", slug="conversation-busy",
+                      extensions={"busy_message_id": str(busy[0])})
+    if busy:
+        session.execute(update(Message).where(Message.id.in_(busy), Message.status.in_(PENDING))
+                        .values(status=Status.CANCELLED, updated_at=func.now()))
+    return busy
+
+
 def accept_message(
     session: Session,
     *,
@@ -116,13 +140,17 @@ def accept_message(
     conversation_id: str | None,
     request_id: str,
     idempotency: tuple[str, str] | None,
+    on_busy: str = "enqueue",
 ) -> Accepted:
-    """Store a user message. Without an idempotency key `session` may be in autocommit: storing is
-    one statement. With a key (key, fingerprint), the caller runs this in a transaction."""
+    """Store a user message. Without an idempotency key or `on_busy` `session` may be in
+    autocommit: storing is one statement. Otherwise the caller runs this in a transaction."""
     if idempotency is not None:
         stored = _claim_key(session, user, *idempotency)
         if stored is not None:
             return Accepted(stored.status_code, stored.body, None, replayed=True)
+    interrupted = []
+    if on_busy != "enqueue" and conversation_id is not None:
+        interrupted = _settle_busy(session, user, conversation_id, on_busy)
     message = _store(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id)
     if message is None:
         raise Problem(404, "No such conversation.")
@@ -137,7 +165,7 @@ def accept_message(
             .where(IdempotentRequest.user_id == user, IdempotentRequest.key == idempotency[0])
             .values(status_code=202, body=body)
         )
-    return Accepted(202, body, message.id)
+    return Accepted(202, body, message.id, interrupted=interrupted)
 
 
 def _title_from(content: str) -> str:

@@ -13,9 +13,16 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, Message, Role, Status, Task
-from models.messaging import announce, send_answer_job
-from models.queries import owned_conversation, owned_message_with_reply, owned_messages_after, parse_uuid, replies_to
+from models import FINAL, PENDING, Conversation, Message, Role, Status, Task
+from models.messaging import Partial, announce, read_partials, request_cancel, send_answer_job
+from models.queries import (
+    owned_conversation,
+    owned_message_with_reply,
+    owned_messages_after,
+    parse_uuid,
+    replies_to,
+    reply_versions,
+)
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
@@ -23,7 +30,7 @@ from .accept import POLL_URL, accept_message, fingerprint
 from .auth import authenticate
 from .inputs import json_body, query
 from .problems import Problem
-from .serialize import conversation_json, message_json, task_json
+from .serialize import conversation_json, message_json, task_json, version_json
 from .services import db, reader, services
 from .spec import operation
 from .waiting import wait_for
@@ -120,6 +127,9 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
 
 
 def _accepted(content: str, conversation_id: str | None, route: str, payload: dict[str, Any]) -> Response:
+    on_busy = payload.pop("on_busy", "enqueue")
+    if on_busy != "enqueue":  # the default stays out: keys stored before on_busy existed still match
+        payload["on_busy"] = on_busy
     key = request.headers.get("Idempotency-Key")
     idempotency = None
     if key is not None:
@@ -127,8 +137,8 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
             raise Problem(422, "Idempotency-Key: must be 1 to 255 printable characters", slug="invalid-field")
         idempotency = (key, fingerprint(route, payload))
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
-                 "request_id": g.request_id, "idempotency": idempotency}
-    if idempotency is None:
+                 "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy}
+    if idempotency is None and on_busy == "enqueue":
         accepted = accept_message(reader(), **arguments)  # one statement: autocommit is enough
     else:
         session = db()
@@ -137,7 +147,11 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     structlog.contextvars.bind_contextvars(
         user=g.user, conversation_id=accepted.body["conversation_id"], message_id=accepted.body["message"]["id"]
     )
-    log.info("message_accepted", replayed=accepted.replayed)
+    log.info("message_accepted", replayed=accepted.replayed, interrupted=[str(i) for i in accepted.interrupted])
+    if accepted.interrupted:
+        request_cancel(services().redis, accepted.interrupted)
+        for cancelled in accepted.interrupted:
+            announce(services().redis, accepted.body["conversation_id"], cancelled, Status.CANCELLED.value)
     if accepted.message_id is not None:
         send_answer_job(services().producer, accepted.message_id, g.request_id)
         announce(services().redis, accepted.body["conversation_id"], accepted.message_id, Status.QUEUED.value)
@@ -155,7 +169,7 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
 def post_message(conversation_id: str) -> Response:
     body = json_body(schemas.NewMessage)
     return _accepted(body.content, conversation_id, f"conversations/{conversation_id}/messages",
-                     body.model_dump())
+                     body.model_dump())  # on_busy is taken out of the fingerprint when it is the default
 
 
 @bp.post("/chat")
@@ -166,12 +180,18 @@ def chat() -> Response:
     return _accepted(body.message, body.conversation_id, "chat", body.model_dump())
 
 
+def partials(rows: list[Message]) -> dict[uuid.UUID, Partial]:
+    """The text written so far for each question being generated (from Redis, where the worker
+    keeps it while it generates), in one round trip; nothing when no question is."""
+    return read_partials(services().redis, {row.id: row.attempts for row in rows if row.status is Status.PROCESSING})
+
+
 def _message_view(message_id: str) -> tuple[dict[str, Any], bool]:
     found = owned_message_with_reply(reader(), g.user, message_id)
     if found is None:
         raise Problem(404, "No such message.")
     row, reply = found
-    return message_json(row, reply), row.status not in PENDING
+    return message_json(row, reply, partials([row]).get(row.id)), row.status not in PENDING
 
 
 @bp.get("/messages/<message_id>")
@@ -198,10 +218,7 @@ def get_message(message_id: str) -> Response:
 def retry_message(message_id: str) -> Response:
     session = db()
     with session.begin():
-        found = owned_message_with_reply(session, g.user, message_id)
-        if found is None or found[0].role is not Role.USER:
-            raise Problem(404, "No such message.")
-        row = found[0]
+        row, _reply = _question_or_404(session, message_id)
         requeued = session.execute(
             update(Message)
             .where(Message.id == row.id, Message.status == Status.FAILED)
@@ -212,6 +229,11 @@ def retry_message(message_id: str) -> Response:
             raise Problem(409, f"Only a failed message can be retried; this one is {row.status.value}.",
                           slug="not-failed")
         session.refresh(row)
+    return _requeued(row)
+
+
+def _requeued(row: Message) -> Response:
+    """After the commit that put a question back in the queue: its job, the news, and the 202."""
     send_answer_job(services().producer, row.id, g.request_id)
     announce(services().redis, row.conversation_id, row.id, Status.QUEUED.value)
     response = jsonify({"conversation_id": str(row.conversation_id), "message": message_json(row),
@@ -221,13 +243,79 @@ def retry_message(message_id: str) -> Response:
     return response
 
 
+def _question_or_404(session: Session, message_id: str) -> tuple[Message, Message | None]:
+    found = owned_message_with_reply(session, g.user, message_id)
+    if found is None or found[0].role is not Role.USER:
+        raise Problem(404, "No such message.")
+    return found
+
+
+@bp.post("/messages/<message_id>/cancel")
+@operation("Cancel a question: queued, it is never generated; processing, its generation stops and keeps "
+           "the text written so far", responses={200: schemas.UserMessageOut})
+def cancel_message(message_id: str) -> dict[str, Any]:
+    session = db()
+    with session.begin():
+        row, reply = _question_or_404(session, message_id)
+        was = session.execute(
+            update(Message).where(Message.id == row.id, Message.status.in_(PENDING))
+            .values(status=Status.CANCELLED, updated_at=func.now())
+            .returning(Message.id)
+        ).first()
+        if was is None and row.status is not Status.CANCELLED:
+            raise Problem(409, f"Only a queued or processing message can be cancelled; this one is "
+                          f"{row.status.value}.", slug="not-cancellable")
+        session.refresh(row)
+    if was is not None:
+        request_cancel(services().redis, [row.id])  # the worker generating it, wherever it is, stops
+        announce(services().redis, row.conversation_id, row.id, Status.CANCELLED.value)
+        log.info("message_cancelled", message_id=str(row.id))
+    return message_json(row, reply)
+
+
+@bp.post("/messages/<message_id>/regenerate")
+@operation("Answer the conversation's latest question again, optionally with its text edited; earlier "
+           "replies are kept as versions", body=schemas.Regenerate, responses={202: schemas.Accepted})
+def regenerate_message(message_id: str) -> Response:
+    body = json_body(schemas.Regenerate)
+    session = db()
+    with session.begin():
+        row, _reply = _question_or_404(session, message_id)
+        # The conversation's row first, as every writer takes it: a post or another regenerate waits.
+        session.execute(select(Conversation.id).where(Conversation.id == row.conversation_id).with_for_update())
+        latest = session.scalar(select(func.max(Message.seq)).where(Message.conversation_id == row.conversation_id,
+                                                                    Message.role == Role.USER))
+        session.refresh(row)
+        if row.seq != latest:
+            raise Problem(409, "Only the conversation's latest question can be regenerated.", slug="not-latest")
+        if row.status not in FINAL:
+            raise Problem(409, f"The message is still {row.status.value}; cancel it first or wait for its reply.",
+                          slug="not-finished")
+        session.execute(update(Message).where(Message.reply_to_id == row.id, Message.superseded.is_(False))
+                        .values(superseded=True, updated_at=func.now()))
+        session.execute(update(Message).where(Message.id == row.id).values(
+            status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now(), updated_at=func.now(),
+            content=body.content if body.content is not None else row.content))
+        session.refresh(row)
+    log.info("message_regenerated", message_id=str(row.id), edited=body.content is not None)
+    return _requeued(row)
+
+
+@bp.get("/messages/<message_id>/replies")
+@operation("Every version of a question's reply, newest first", responses={200: schemas.ReplyVersions})
+def list_replies(message_id: str) -> dict[str, Any]:
+    row, _reply = _question_or_404(reader(), message_id)
+    return {"items": [version_json(version, row) for version in reply_versions(reader(), row.id)]}
+
+
 def _messages_after(conversation_id: uuid.UUID, after: int, limit: int) -> tuple[dict[str, Any], bool]:
     session = reader()
     rows = owned_messages_after(session, g.user, conversation_id, after, limit)
     if rows is None:
         raise Problem(404, "No such conversation.")
     replies = replies_to(session, [row.id for row in rows])
-    items = [message_json(row, replies.get(row.id)) for row in rows]
+    written = partials(rows)
+    items = [message_json(row, replies.get(row.id), written.get(row.id)) for row in rows]
     return {"items": items, "last_seq": rows[-1].seq if rows else after}, bool(items)
 
 

@@ -10,7 +10,11 @@
   question at or below its cursor first, so it misses no update either;
 - `event: delta` (no id) with `{"message_id", "attempt", "index", "text"}` for each piece of a
   reply a streaming engine is still generating; the final `message` event follows the commit and
-  is the truth (a new attempt after a crash starts its deltas again from index 0);
+  is the truth (a new attempt after a crash starts its deltas again from index 0). A `processing`
+  question's `message` event carries `partial` (the text so far, and how many pieces it holds), and
+  the stream sends only the pieces after it, in order: however a client joins, mid-reply or on
+  another node, it gets every piece exactly once (a gap — a notification lost — is filled from the
+  attempt's pieces in Redis);
 - a `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS`, so proxies keep the stream open.
 
 Like a long-poll, the stream is a waiting request (web/waiting.py: admitted, no database connection
@@ -30,10 +34,11 @@ from flask import Blueprint, Response, g, request, stream_with_context
 from sqlalchemy import select
 
 from models import PENDING, Message
-from models.queries import messages_after, replies_to
+from models.messaging import read_pieces
+from models.queries import messages_after, parse_uuid, replies_to
 from models.signals import conversation_channel, delta_channel
 
-from .api import conversation_or_404
+from .api import conversation_or_404, partials
 from .auth import authenticate
 from .problems import Problem
 from .schemas import EventsQuery
@@ -66,19 +71,28 @@ def _frame(message: dict[str, Any], with_id: bool) -> str:
     return f"{head}event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
 
 
-def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tuple[list[str], int]:
+# message id -> (attempt, pieces sent): where each reply being generated stands for this client.
+Sent = dict[str, tuple[int, int]]
+
+
+def _changes(conversation_id: Any, cursor: int, watched: dict[str, str], sent: Sent) -> tuple[list[str], int]:
     """Frames for what is new above `cursor` and for watched questions whose status moved."""
     session = reader()
     new = messages_after(session, conversation_id, cursor, None)
     moved = list(session.scalars(select(Message).where(Message.id.in_(list(watched))))) if watched else []
-    moved = [row for row in moved if row.status is not None and row.status.value != watched[str(row.id)]]
+    # Above the cursor a question comes with the new ones; below it, only when its status moved.
+    moved = [row for row in moved
+             if row.status is not None and row.status.value != watched[str(row.id)] and row.seq <= cursor]
     replies = replies_to(session, [row.id for row in [*new, *moved]])
+    written = partials([*moved, *new])
     frames = []
-    for row in moved:
-        frames.append(_frame(message_json(row, replies.get(row.id)), with_id=False))
-    for row in new:
-        frames.append(_frame(message_json(row, replies.get(row.id)), with_id=True))
-        cursor = row.seq
+    for row, with_id in [*((row, False) for row in moved), *((row, True) for row in new)]:
+        message = message_json(row, replies.get(row.id), written.get(row.id))
+        frames.append(_frame(message, with_id=with_id))
+        if with_id:
+            cursor = row.seq
+        if message.get("partial"):  # the client has the text so far: pieces continue after it
+            sent[message["id"]] = (message["partial"]["attempt"], message["partial"]["pieces"])
     for row in [*moved, *new]:
         if row.status in PENDING:
             watched[str(row.id)] = row.status.value
@@ -86,6 +100,43 @@ def _changes(conversation_id: Any, cursor: int, watched: dict[str, str]) -> tupl
             watched.pop(str(row.id), None)
     release_db()
     return frames, cursor
+
+
+def _delta(message_id: str, attempt: int, index: int, text: str) -> str:
+    data = json.dumps({"message_id": message_id, "attempt": attempt, "index": index, "text": text},
+                      separators=(",", ":"))
+    return f"event: delta\ndata: {data}\n\n"
+
+
+def _pieces(data: str, sent: Sent) -> list[str]:
+    """The frames a published piece makes for this client: none when it has the piece already,
+    the piece itself when it is the next one, or everything it is missing up to it."""
+    try:
+        piece = json.loads(data)
+        message_id, attempt, index = piece["message_id"], int(piece["attempt"]), int(piece["index"])
+    except (ValueError, KeyError, TypeError):
+        return []
+    have_attempt, have = sent.get(message_id, (attempt, 0))
+    if have_attempt != attempt:  # a new attempt starts its text again
+        have = 0
+    if index < have:
+        return []
+    if index == have:
+        sent[message_id] = (attempt, have + 1)
+        return [_delta(message_id, attempt, index, piece["text"])]
+    missing = read_pieces(services().redis, message_id, attempt, have)
+    sent[message_id] = (attempt, have + len(missing))
+    return [_delta(message_id, attempt, have + offset, text) for offset, text in enumerate(missing)]
+
+
+def _watch(watched: dict[str, str], data: str) -> None:
+    """A question announced as changed is read at the next re-check, wherever it is."""
+    try:
+        message_id = parse_uuid(json.loads(data)["message_id"])
+    except (ValueError, KeyError, TypeError):
+        return
+    if message_id is not None:
+        watched.setdefault(str(message_id), "")
 
 
 @bp.get("/conversations/<conversation_id>/events")
@@ -100,8 +151,8 @@ def conversation_events(conversation_id: str) -> Response:
         conversation = conversation_or_404(conversation_id)
         # Questions at or below the cursor that may still change: the client gets their state now.
         watched = {
-            str(row.id): ""
-            for row in reader().scalars(
+            str(message_id): ""
+            for message_id in reader().scalars(
                 select(Message.id).where(
                     Message.conversation_id == conversation.id, Message.seq <= cursor, Message.status.in_(PENDING)
                 )
@@ -115,6 +166,7 @@ def conversation_events(conversation_id: str) -> Response:
 
     def stream() -> Iterator[str]:
         nonlocal cursor
+        sent: Sent = {}
         deltas = delta_channel(conversation.id)
         with wakeups().waiting(conversation_channel(conversation.id), deltas, keep=True) as waiter:
             use_wait_pool()
@@ -123,7 +175,7 @@ def conversation_events(conversation_id: str) -> Response:
             ends, beat, recheck = now + STREAM_SECONDS, now + heartbeat, now
             while now < ends and not wakeups().draining:  # a leaving node ends its streams; clients resume
                 if now >= recheck:
-                    frames, cursor = _changes(conversation.id, cursor, watched)
+                    frames, cursor = _changes(conversation.id, cursor, watched, sent)
                     yield from frames
                     recheck = time.monotonic() + recheck_after()
                 if time.monotonic() >= beat:
@@ -132,10 +184,17 @@ def conversation_events(conversation_id: str) -> Response:
                 woke = waiter.event.wait(max(0.0, min(beat, recheck, ends) - time.monotonic()))
                 waiter.event.clear()
                 woken = waiter.take()
-                # Streamed text goes straight through; a change (or a wake-up with no notification:
-                # the notifications were interrupted) means the truth is read again now.
-                yield from (f"event: delta\ndata: {data}\n\n" for channel, data in woken if channel == deltas)
-                if any(channel != deltas for channel, _ in woken) or (woke and not woken):
+                # Streamed text goes through, each piece once; a change (or a wake-up with no
+                # notification: the notifications were interrupted) means the truth is read again
+                # now, including a question below the cursor that moved (a regenerate, a cancel).
+                changed = False
+                for channel, data in woken:
+                    if channel == deltas:
+                        yield from _pieces(data, sent)
+                    else:
+                        changed = True
+                        _watch(watched, data)
+                if changed or (woke and not woken):
                     recheck = time.monotonic()
                 now = time.monotonic()
 

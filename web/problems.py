@@ -17,16 +17,17 @@ class Problem(Exception):
     """Raise to answer with a problem document."""
 
     def __init__(self, status: int, detail: str, *, slug: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, extensions: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.slug = slug
         self.headers = headers or {}
+        self.extensions = extensions or {}  # RFC 9457 extension members, e.g. the busy message's id
 
 
 def problem_response(status: int, detail: str, *, slug: str | None = None,
-                     headers: dict[str, str] | None = None) -> Response:
+                     headers: dict[str, str] | None = None, extensions: dict[str, str] | None = None) -> Response:
     phrase = HTTPStatus(status).phrase
     body = {
         "type": PROBLEM_TYPE_BASE + (slug or phrase.lower().replace(" ", "-")),
@@ -34,6 +35,7 @@ def problem_response(status: int, detail: str, *, slug: str | None = None,
         "status": status,
         "detail": detail,
         "request_id": g.get("request_id"),
+        **(extensions or {}),
     }
     response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
     response.headers.update(headers or {})
@@ -43,7 +45,8 @@ def problem_response(status: int, detail: str, *, slug: str | None = None,
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(error: Problem) -> Response:
-        return problem_response(error.status, error.detail, slug=error.slug, headers=error.headers)
+        return problem_response(error.status, error.detail, slug=error.slug, headers=error.headers,
+                                extensions=error.extensions)
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:

@@ -41,8 +41,13 @@ class NewConversation(_Body):
     _storable = field_validator("title")(_storable)
 
 
+# What a POST does when the conversation is still answering an earlier question.
+OnBusy = Literal["enqueue", "interrupt", "reject"]
+
+
 class NewMessage(_Body):
     content: Content
+    on_busy: OnBusy = "enqueue"
 
     _blank = field_validator("content")(_not_blank)
 
@@ -50,8 +55,18 @@ class NewMessage(_Body):
 class NewChat(_Body):
     message: Content
     conversation_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    on_busy: OnBusy = "enqueue"
 
     _blank = field_validator("message")(_not_blank)
+
+
+class Regenerate(_Body):
+    content: Content | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _blank(cls, value: str | None) -> str | None:
+        return _not_blank(value) if value is not None else None
 
 
 class DevSignIn(_Body):
@@ -116,6 +131,19 @@ class ToolCall(_Out):
     result: dict[str, Any]
 
 
+class Usage(_Out):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Partial(_Out):
+    """What the generation of a `processing` question has written so far."""
+
+    attempt: int
+    text: str
+    pieces: int = Field(description="how many streamed pieces the text holds: the index of the next delta")
+
+
 class AssistantMessageOut(_Out):
     id: str
     conversation_id: str
@@ -126,6 +154,9 @@ class AssistantMessageOut(_Out):
     error: str | None
     reply_to: str
     tool_calls: list[ToolCall]
+    finish: Literal["stop", "cancelled", "length"]
+    usage: Usage | None
+    current: bool = Field(description="false for an earlier version, replaced by a regenerate")
 
 
 class UserMessageOut(_Out):
@@ -136,8 +167,9 @@ class UserMessageOut(_Out):
     content: str
     created_at: datetime
     error: str | None
-    status: Literal["queued", "processing", "answered", "failed"]
+    status: Literal["queued", "processing", "answered", "failed", "cancelled"]
     reply: AssistantMessageOut | None
+    partial: Partial | None
 
 
 MessageOut = Annotated[UserMessageOut | AssistantMessageOut, Field(discriminator="role")]
@@ -150,6 +182,14 @@ class AnyMessage(RootModel[MessageOut]):
 class MessageList(_Out):
     items: list[MessageOut]
     last_seq: int
+
+
+class ReplyVersion(AssistantMessageOut):
+    question_content: str = Field(description="the question's text this version answered")
+
+
+class ReplyVersions(_Out):
+    items: list[ReplyVersion]
 
 
 class Accepted(_Out):

@@ -44,7 +44,7 @@ SELECT 0 AS seq, 'user' AS role, picked.content, NULL::text AS tool_calls,
 UNION ALL
 SELECT h.seq, h.role::text, h.content, h.tool_calls::text, NULL
   FROM claimed JOIN picked ON true JOIN messages AS h ON h.conversation_id = claimed.id
- WHERE h.seq < picked.seq OR h.role = 'assistant'
+ WHERE (h.seq < picked.seq OR h.role = 'assistant') AND NOT h.superseded
 """
 
 # A job names a message; take its conversation's lease (if no live lease exists) and the
@@ -71,51 +71,76 @@ WITH claimed AS (
 # Why a claim found nothing: the message is answered (or unknown), or its conversation is busy.
 WHY_NOT = text("SELECT status::text FROM messages WHERE id = :message_id")
 
-# Store the reply and mark its question answered — only while our fencing token is current. A
-# second reply to one message violates uq_messages_reply_to_id and rolls the statement back whole.
+# Store the reply and settle its question — only while our fencing token is current, in one
+# statement. The question's row decides, under its lock: `processing` becomes `answered`; a question
+# cancelled meanwhile stays `cancelled`, and the text written so far is stored with finish
+# "cancelled" (none at all when there is none); anything else (put back in the queue by a
+# regenerate) stores nothing. A concurrent cancel either commits first (and this sees `cancelled`)
+# or waits for this and finds the question answered: exactly one of the two. The lease is released
+# in every case. A second current reply to one question violates uq_messages_current_reply and
+# rolls the statement back whole.
 COMMIT_REPLY = text("""
-WITH fenced AS (
-    UPDATE conversations SET last_seq = last_seq + 1, lease_expires_at = NULL, updated_at = now()
+WITH lease AS (
+    SELECT id FROM conversations WHERE id = :conversation_id AND lease_version = :version FOR UPDATE
+), question AS (
+    UPDATE messages
+       SET status = CASE WHEN status = 'processing' THEN 'answered'::message_status ELSE status END,
+           error = NULL, updated_at = now()
+     WHERE id = :question_id AND status IN ('processing', 'cancelled') AND EXISTS (SELECT 1 FROM lease)
+ RETURNING status::text AS status, extract(epoch FROM now() - created_at)::float8 AS latency
+), kept AS (
+    SELECT status FROM question WHERE status = 'answered' OR :content <> ''
+), fenced AS (
+    UPDATE conversations
+       SET last_seq = last_seq + (SELECT count(*) FROM kept), lease_expires_at = NULL, updated_at = now()
      WHERE id = :conversation_id AND lease_version = :version
  RETURNING last_seq
 ), reply AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, reply_to_id, tool_calls, context_seq,
-                          request_id, attempts, created_at, updated_at)
+                          request_id, attempts, question_content, finish, usage, created_at, updated_at)
     SELECT :reply_id, :conversation_id, fenced.last_seq, 'assistant', :content, :question_id,
-           CAST(:tool_calls AS json), :context_seq, :request_id, 0, now(), now()
-      FROM fenced
+           CAST(:tool_calls AS json), :context_seq, :request_id, 0, :question_content,
+           CAST(CASE kept.status WHEN 'cancelled' THEN 'cancelled' ELSE :finish END AS reply_finish),
+           CAST(:usage AS json), now(), now()
+      FROM fenced, kept
  RETURNING seq
-), answered AS (
-    UPDATE messages SET status = 'answered', error = NULL, updated_at = now()
-     WHERE id = :question_id AND EXISTS (SELECT 1 FROM reply)
- RETURNING extract(epoch FROM now() - created_at)::float8 AS latency
 )
-SELECT reply.seq, answered.latency FROM reply, answered
+SELECT question.status, question.latency, reply.seq
+  FROM lease LEFT JOIN question ON true LEFT JOIN reply ON true
 """)
 
 # Give a message up (too many attempts, too old): failed, with a reason a person can read.
 GIVE_UP = text("UPDATE messages SET status = 'failed', error = :error, updated_at = now() WHERE id = :question_id")
 
 # Give the question back (queued again, or failed with an error) and release the lease, if ours.
+# A question cancelled (or put back by a regenerate) meanwhile is left as it is.
 GIVE_BACK = text("""
 WITH fenced AS (
     UPDATE conversations SET lease_expires_at = NULL
      WHERE id = :conversation_id AND lease_version = :version RETURNING id
+), given_back AS (
+    UPDATE messages SET status = CAST(:status AS message_status), error = :error, enqueued_at = now(),
+                        updated_at = now()
+     WHERE id = :question_id AND status = 'processing' AND EXISTS (SELECT 1 FROM fenced)
+    RETURNING id
 )
-UPDATE messages SET status = CAST(:status AS message_status), error = :error, enqueued_at = now(), updated_at = now()
- WHERE id = :question_id AND EXISTS (SELECT 1 FROM fenced)
-RETURNING id
+SELECT fenced.id, given_back.id AS given_back FROM fenced LEFT JOIN given_back ON true
 """)
 
 RELEASE = text("""
 UPDATE conversations SET lease_expires_at = NULL WHERE id = :conversation_id AND lease_version = :version
 """)
 
+# Renew a lease still held (a released one stays released: a renewal racing the commit must not
+# hold the conversation up), and read whether the question was cancelled meanwhile.
 RENEW = text("""
 UPDATE conversations SET lease_expires_at = now() + make_interval(secs => :lease)
- WHERE id = :conversation_id AND lease_version = :version
-RETURNING id
+ WHERE id = :conversation_id AND lease_version = :version AND lease_expires_at IS NOT NULL
+RETURNING (SELECT status::text FROM messages WHERE id = :question_id) AS status
 """)
+
+# Whether the question is still wanted (a cancel notification is only a hint: Postgres decides).
+QUESTION_STATUS = text("SELECT status::text FROM messages WHERE id = :question_id")
 
 # After a reply: the conversation's earliest unanswered message, marked as enqueued now.
 NEXT_PENDING = _statement(f"""

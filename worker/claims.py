@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,11 +27,15 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 import structlog
+from redis.client import PubSub
+from redis.exceptions import RedisError
 from sqlalchemy import CursorResult
 from sqlalchemy.exc import IntegrityError
 
+from models.signals import cancel_channel
+
 from . import claim_sql
-from .engine import History, Reply
+from .engine import Cancellation, History, Reply
 from .runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -165,14 +170,15 @@ def _give_up_reason(row: _Claimed, rt: Runtime) -> str | None:
 
 @dataclass(frozen=True)
 class Committed:
-    seq: int
+    status: str  # what the question is now: "answered", "cancelled", or anything else (a regenerate put it back)
+    seq: int | None  # the reply's, None when none was stored
     latency_seconds: float  # from the question's acceptance to this commit
     check_next: bool  # another message may be waiting in this conversation
 
 
 def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) -> Committed | None:
-    """Store the reply and mark the question answered, if the lease is still ours (releasing it).
-    None when the reply was discarded."""
+    """Store the reply and settle the question (answered, or cancelled with the text so far), if
+    the lease is still ours, releasing it. None when the lease was lost and the reply discarded."""
     parameters = {
         "conversation_id": lease.conversation_id,
         "version": lease.version,
@@ -183,6 +189,9 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         "tool_calls": json.dumps(_without_nul(reply.tool_calls)),
         "context_seq": question.history[-1].seq if question.history else 0,
         "request_id": question.request_id,
+        "question_content": _without_nul(question.content),
+        "finish": reply.finish,
+        "usage": json.dumps(reply.usage) if reply.usage is not None else None,
     }
     try:
         with rt.db.connect() as connection:
@@ -192,10 +201,13 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         return None
     if row is None:
         return None
+    if row.status != "answered" or row.seq is None:
+        # Cancelled (an interrupting message may be waiting) or put back: look for what is next.
+        return Committed(row.status or "changed", row.seq, row.latency or 0.0, check_next=True)
     # The reply took seq last_seq + 1 unless messages were numbered since the claim: then one may
     # wait for us. (A message numbered after this commit finds the lease free on its own.)
     arrived_since_claim = row.seq - 1 > lease.last_seq
-    return Committed(row.seq, row.latency, check_next=lease.others_pending > 0 or arrived_since_claim)
+    return Committed(row.status, row.seq, row.latency, check_next=lease.others_pending > 0 or arrived_since_claim)
 
 
 def _without_nul(value: Any) -> Any:
@@ -208,15 +220,18 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, error: str | None) -> bool:
+def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, error: str | None) -> bool | None:
     """Give the message back: `queued` again (error None) or `failed` with a readable error.
-    Releases the lease. False when the lease was no longer ours (someone else has it now)."""
+    Releases the lease. False when the lease was no longer ours (someone else has it now); None
+    when the question had been cancelled meanwhile (left as it is)."""
     status, error_value = ("queued", None) if error is None else ("failed", error)
     with rt.db.connect() as connection:
         row = connection.execute(claim_sql.GIVE_BACK, {
             "conversation_id": lease.conversation_id, "version": lease.version, "status": status,
             "error": error_value, "question_id": question.id}).one_or_none()
-    return row is not None
+    if row is None:
+        return False
+    return True if row.given_back is not None else None
 
 
 def next_pending(rt: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:
@@ -225,29 +240,88 @@ def next_pending(rt: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:
         return connection.execute(claim_sql.NEXT_PENDING, {"conversation_id": conversation_id}).scalar_one_or_none()
 
 
+# How often a generation's watcher looks for a cancel when Redis cannot tell it (and the longest a
+# cancel may take to stop a generation when Redis is down).
+CANCEL_CHECK_SECONDS = 1.0
+
+
 @contextmanager
-def renewing(rt: Runtime, lease: Lease) -> Iterator[None]:
-    """Renew the lease every third of its length while a generation runs, so a slow but live
-    generation keeps it; a dead worker stops renewing and its lease runs out."""
+def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancellation]:
+    """While a generation runs: renew its lease every third of its length (a slow but live
+    generation keeps it; a dead worker stops renewing and its lease runs out), and stop it when
+    its question is cancelled — told at once by Redis (cancel_channel), confirmed in Postgres,
+    which every renewal also reads in case the notification was lost."""
+    cancellation = Cancellation()
     stop = threading.Event()
 
-    def renew() -> None:
-        while not stop.wait(rt.settings.lease_seconds / 3):
-            try:
-                with rt.db.connect() as connection:
-                    renewed = connection.execute(claim_sql.RENEW, {
-                        "conversation_id": lease.conversation_id, "version": lease.version,
-                        "lease": rt.settings.lease_seconds}).first()
-                if renewed is None:
-                    log.warning("lease_lost", conversation_id=str(lease.conversation_id))
+    def watch() -> None:
+        pubsub = _subscribe(rt, question.id)
+        renew_at = time.monotonic() + rt.settings.lease_seconds / 3
+        try:
+            while not stop.is_set():
+                told = _told(pubsub) if pubsub is not None else not stop.wait(CANCEL_CHECK_SECONDS)
+                if stop.is_set():
                     return
-            except Exception as error:  # a failed renewal must not kill the generation
-                log.warning("lease_renewal_failed", error=str(error).splitlines()[0])
+                try:
+                    if time.monotonic() >= renew_at:
+                        renew_at = time.monotonic() + rt.settings.lease_seconds / 3
+                        status = _renew(rt, lease, question)
+                        if status is _LOST:
+                            log.warning("lease_lost", conversation_id=str(lease.conversation_id))
+                            return
+                    elif told:
+                        with rt.db.connect() as connection:
+                            status = connection.execute(claim_sql.QUESTION_STATUS,
+                                                        {"question_id": question.id}).scalar_one_or_none()
+                    else:
+                        continue
+                except Exception as error:  # a failed check must not kill the generation
+                    log.warning("lease_renewal_failed", error=str(error).splitlines()[0])
+                    continue
+                if status == "cancelled":
+                    log.info("generation_cancelled")
+                    cancellation.cancel()
+                    return
+        finally:
+            if pubsub is not None:
+                pubsub.close()
 
-    thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
-    thread.start()
+    # A daemon thread, not joined: it may sit in a one-second read of Redis when the generation
+    # ends, and must not add that to every reply. It checks `stop` before every write, and a
+    # renewal of a lease already released does nothing (claim_sql.RENEW).
+    threading.Thread(target=watch, name="generation-watch", daemon=True).start()
     try:
-        yield
+        yield cancellation
     finally:
         stop.set()
-        thread.join(timeout=5)
+
+
+_LOST = object()
+
+
+def _renew(rt: Runtime, lease: Lease, question: Question) -> object:
+    with rt.db.connect() as connection:
+        row = connection.execute(claim_sql.RENEW, {
+            "conversation_id": lease.conversation_id, "version": lease.version,
+            "lease": rt.settings.lease_seconds, "question_id": question.id}).first()
+    return _LOST if row is None else row.status
+
+
+def _subscribe(rt: Runtime, question_id: uuid.UUID) -> PubSub | None:
+    try:
+        pubsub = rt.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(cancel_channel(question_id))
+    except RedisError as error:
+        log.warning("cancel_subscribe_failed", error=str(error))
+        return None
+    return pubsub
+
+
+def _told(pubsub: PubSub) -> bool:
+    """Whether a cancel notification came within CANCEL_CHECK_SECONDS (True also when Redis broke:
+    then Postgres is asked instead)."""
+    try:
+        return pubsub.get_message(timeout=CANCEL_CHECK_SECONDS) is not None
+    except (RedisError, OSError):
+        time.sleep(CANCEL_CHECK_SECONDS)
+        return True

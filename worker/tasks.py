@@ -55,7 +55,7 @@ TRANSIENT_INFRASTRUCTURE = (OperationalError, RedisConnectionError, RedisTimeout
     retry_jitter=True,
     max_retries=8,
 )
-def answer_message(self: Task, message_id: str) -> None:
+def answer_message(self: Task, message_id: str) -> str:
     structlog.contextvars.clear_contextvars()
     # The request id that accepted the message travels in the job's headers: one grep follows a
     # message from POST to reply.
@@ -63,7 +63,8 @@ def answer_message(self: Task, message_id: str) -> None:
         task_id=self.request.id, message_id=message_id, request_id=self.request.get(REQUEST_ID_HEADER)
     )
     try:
-        _answer(message_id)
+        # The outcome is the job's result: Flower shows "cancelled", "answered", "requeued" ...
+        return _answer(message_id).value
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -73,6 +74,8 @@ class Outcome(StrEnum):
     ANSWERED = "answered"
     REQUEUED = "requeued"  # a generation given back to the queue, to be tried again after a backoff
     FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped by the user: the text so far stored as its reply
+    SUPERSEDED = "superseded"  # put back in the queue while generated (a regenerate): nothing stored
     LEASE_LOST = "lease_lost"  # another worker took the conversation over: it tells the clients
 
 
@@ -89,9 +92,11 @@ class Answered:
     noop_reason: str | None = None
 
 
-def _answer(message_id: str) -> None:
+def _answer(message_id: str) -> Outcome:
     rt = runtime()
-    _act(rt, _generate(rt, message_id))
+    done = _generate(rt, message_id)
+    _act(rt, done)
+    return done.outcome
 
 
 def _generate(rt: Runtime, message_id: str) -> Answered:
@@ -109,26 +114,31 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
         user=question.user,
         attempt=question.attempt,
     )
+    pieces = messaging.PiecePublisher(rt.redis, lease.conversation_id, question.id, question.attempt)
+    pieces.start()
     messaging.announce(rt.redis, lease.conversation_id, question.id, Status.PROCESSING.value)
-    request = ReplyRequest(
-        user=question.user,
-        conversation_id=lease.conversation_id,
-        message_id=question.id,
-        content=question.content,
-        history=question.history,
-        tools=TodoTools(rt.db, question.user, question.id),
-        on_delta=messaging.delta_publisher(rt.redis, lease.conversation_id, question.id, question.attempt),
-    )
     started = time.perf_counter()
     error: str | None = None
     try:
-        with claims.renewing(rt, lease), metrics.GENERATION.time():
-            reply = rt.engine.reply(request)
+        with claims.watching(rt, lease, question) as cancellation, metrics.GENERATION.time():
+            reply = rt.engine.reply(ReplyRequest(
+                user=question.user,
+                conversation_id=lease.conversation_id,
+                message_id=question.id,
+                content=question.content,
+                history=question.history,
+                tools=TodoTools(rt.db, question.user, question.id),
+                on_delta=pieces,
+                cancellation=cancellation,
+            ))
     except (TransientEngineError, SoftTimeLimitExceeded) as interrupted:
         log.warning("generation_interrupted", error=str(interrupted) or type(interrupted).__name__)
         metrics.RETRIES.inc()
-        if not claims.finish_unanswered(rt, lease, question, error=None):
+        given_back = claims.finish_unanswered(rt, lease, question, error=None)
+        if given_back is False:
             return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
+        if given_back is None:  # cancelled meanwhile: nothing to try again
+            return Answered(Outcome.CANCELLED, lease, question, claimed.failed)
         return Answered(Outcome.REQUEUED, lease, question, claimed.failed,
                         retry_in=backoff.full_jitter(question.attempt))
     except PermanentEngineError as permanent:
@@ -147,16 +157,23 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
         if committed is None:
             log.warning("reply_discarded", reason="lease_lost")
             return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
-        log.info("answered", reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
-                 generation_ms=round((time.perf_counter() - started) * 1000, 1))
-        return Answered(Outcome.ANSWERED, lease, question, claimed.failed, committed=committed)
-    if not claims.finish_unanswered(rt, lease, question, error=error):
+        outcome = SETTLED.get(committed.status, Outcome.SUPERSEDED)
+        log.info(outcome.value, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
+                 finish=reply.finish, generation_ms=round((time.perf_counter() - started) * 1000, 1))
+        return Answered(outcome, lease, question, claimed.failed, committed=committed)
+    given_back = claims.finish_unanswered(rt, lease, question, error=error)
+    if given_back is False:
         return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
-    return Answered(Outcome.FAILED, lease, question, claimed.failed)
+    return Answered(Outcome.FAILED if given_back else Outcome.CANCELLED, lease, question, claimed.failed)
+
+
+# What the question became at the reply's commit (claim_sql.COMMIT_REPLY).
+SETTLED = {"answered": Outcome.ANSWERED, "cancelled": Outcome.CANCELLED}
 
 
 # What waiting clients are told of the question once the job is done.
-TOLD = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEUED, Outcome.FAILED: Status.FAILED}
+TOLD = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEUED, Outcome.FAILED: Status.FAILED,
+        Outcome.CANCELLED: Status.CANCELLED, Outcome.SUPERSEDED: Status.QUEUED}
 
 
 def _act(rt: Runtime, done: Answered) -> None:
@@ -176,9 +193,12 @@ def _act(rt: Runtime, done: Answered) -> None:
     if done.outcome is Outcome.LEASE_LOST:
         metrics.LEASE_LOST.inc()
     else:
+        if done.outcome is Outcome.CANCELLED:
+            metrics.CANCELLED.inc()
         messaging.announce(rt.redis, done.lease.conversation_id, done.question.id, TOLD[done.outcome].value)
     if done.committed is not None:
-        metrics.REPLY_LATENCY.observe(done.committed.latency_seconds)
+        if done.outcome is Outcome.ANSWERED:
+            metrics.REPLY_LATENCY.observe(done.committed.latency_seconds)
         if not done.committed.check_next:  # nothing was waiting for this conversation's lease
             return
     _send_next(rt, done.lease.conversation_id, done.question, done.retry_in)

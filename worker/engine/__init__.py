@@ -5,6 +5,7 @@ from __future__ import annotations
 from models import Settings
 
 from .base import (
+    Cancellation,
     EngineError,
     History,
     PermanentEngineError,
@@ -30,11 +31,12 @@ def make_engine(settings: Settings) -> ReplyEngine:
             system_prompt=settings.llm_system_prompt or DEFAULT_SYSTEM_PROMPT,
             stream=settings.llm_stream,
         ))
-    return BuiltinEngine(delay_ms=settings.engine_delay_ms)
+    return BuiltinEngine(delay_ms=settings.engine_delay_ms, stream_delay_ms=settings.engine_stream_delay_ms)
 
 
 __all__ = [
     "BuiltinEngine",
+    "Cancellation",
     "EngineError",
     "History",
     "OpenAICompatibleEngine",

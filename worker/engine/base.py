@@ -3,10 +3,13 @@ calling the todo tools on the way; the worker persists what it returns."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, overload
 
 from .tools import TodoTools
@@ -63,6 +66,47 @@ class History(Sequence[Turn]):
         return Turn(*self._rows[index][:4])
 
 
+class Cancellation:
+    """Set when the user cancelled the question being generated (the worker's watcher learns it
+    from Redis or Postgres). Engines check it between steps, wait on it instead of sleeping, and
+    register what must be closed at once — a model's HTTP stream — with `closing`."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._event.set()
+            closers, self._closers = self._closers, []
+        for close in closers:
+            # Best effort: the engine stops at its next check anyway.
+            with contextlib.suppress(Exception):
+                close()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep `seconds`, or less when cancelled; True when cancelled."""
+        return self._event.wait(seconds)
+
+    @contextmanager
+    def closing(self, close: Callable[[], None]) -> Iterator[None]:
+        """While inside, a cancel calls `close` (from the watcher's thread)."""
+        with self._lock:
+            if self._event.is_set():
+                close()
+            self._closers.append(close)
+        try:
+            yield
+        finally:
+            with self._lock:
+                if close in self._closers:
+                    self._closers.remove(close)
+
+
 @dataclass(frozen=True)
 class ReplyRequest:
     user: str
@@ -74,12 +118,16 @@ class ReplyRequest:
     # Called with each piece of text as a streaming engine produces it (a hint for live clients;
     # the committed reply is the truth).
     on_delta: Callable[[str], None] | None = None
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
 
 @dataclass(frozen=True)
 class Reply:
     content: str
     tool_calls: list[dict[str, Any]]
+    # "stop", "cancelled" (the text written before the cancel) or "length" (cut at the output limit).
+    finish: str = "stop"
+    usage: dict[str, int] | None = None  # {"prompt_tokens", "completion_tokens"}, as a model reported them
 
 
 class ReplyEngine(Protocol):

@@ -5,8 +5,7 @@ add?"."""
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .base import Reply, ReplyRequest, Turn
@@ -66,13 +65,28 @@ def _strip_quotes(text: str) -> str:
 
 
 class BuiltinEngine:
-    def __init__(self, delay_ms: int = 0, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, delay_ms: int = 0, stream_delay_ms: int = 0) -> None:
         self._delay = delay_ms / 1000
-        self._sleep = sleep
+        self._stream_delay = stream_delay_ms / 1000
 
     def reply(self, request: ReplyRequest) -> Reply:
-        if self._delay:
-            self._sleep(self._delay)  # fault tests only: a generation slow enough to kill mid-way
+        cancellation = request.cancellation
+        if self._delay and cancellation.wait(self._delay):  # fault tests: a generation slow enough to kill
+            return Reply(content="", tool_calls=[], finish="cancelled")
+        content = self._answer(request)
+        tool_calls = list(request.tools.calls)  # run already: a cancel from here on keeps what they did
+        if not self._stream_delay:
+            return Reply(content=content, tool_calls=tool_calls)
+        # Streaming mode: the answer goes out a word at a time, and a cancel stops it between words.
+        words = re.findall(r"\S+\s*|\s+", content)
+        for count, word in enumerate(words):
+            if count and cancellation.wait(self._stream_delay):
+                return Reply(content="".join(words[:count]), tool_calls=tool_calls, finish="cancelled")
+            if request.on_delta is not None:
+                request.on_delta(word)
+        return Reply(content=content, tool_calls=tool_calls)
+
+    def _answer(self, request: ReplyRequest) -> str:
         text = _clean(request.content)
         for pattern, intent in INTENTS:
             match = pattern.match(text)
@@ -81,7 +95,7 @@ class BuiltinEngine:
                 break
         else:
             content = FALLBACK
-        return Reply(content=content, tool_calls=list(request.tools.calls))
+        return content
 
     # Intents -------------------------------------------------------------------------------------
 

@@ -14,7 +14,9 @@ with a readable error and the retry endpoint can requeue it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import requests
 
 from models import backoff
 
-from .base import PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
+from .base import Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
 from .tools import TodoTools
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -71,6 +73,8 @@ class OpenAIConfig:
 class _Answer:
     content: str
     tool_calls: list[dict[str, Any]]  # [{"id", "name", "arguments": str}]
+    finish: str = "stop"  # or "length" (the server's finish_reason), or "cancelled" (we closed it)
+    usage: dict[str, int] | None = None
 
 
 def call_id(turn: Turn, index: int) -> str:
@@ -113,10 +117,14 @@ class OpenAICompatibleEngine:
 
     def reply(self, request: ReplyRequest) -> Reply:
         messages = history_messages(self.config.system_prompt, request.history, request.content)
+        cancellation = request.cancellation
         for _step in range(self.config.max_steps):
-            answer = self._complete(messages, request.on_delta)
-            if not answer.tool_calls:
-                return Reply(content=answer.content, tool_calls=list(request.tools.calls))
+            if cancellation.is_set():  # between steps: the tools already run stay run
+                return Reply(content="", tool_calls=list(request.tools.calls), finish="cancelled")
+            answer = self._complete(messages, request.on_delta, cancellation)
+            if not answer.tool_calls or answer.finish == "cancelled":
+                return Reply(content=answer.content, tool_calls=list(request.tools.calls), finish=answer.finish,
+                             usage=answer.usage)
             messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
                 {"id": call["id"], "type": "function", "function": {"name": call["name"],
                                                                     "arguments": call["arguments"]}}
@@ -128,19 +136,22 @@ class OpenAICompatibleEngine:
 
     # One completion, retried -----------------------------------------------------------------
 
-    def _complete(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None) -> _Answer:
+    def _complete(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None,
+                  cancellation: Cancellation) -> _Answer:
         last: TransientEngineError | None = None
         for attempt in range(ATTEMPTS):
             try:
-                return self._request(messages, on_delta)
+                return self._request(messages, on_delta, cancellation)
             except _Retryable as error:
                 last = TransientEngineError(str(error))
-                if attempt + 1 < ATTEMPTS:
-                    self._sleep(error.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP))
+                pause = error.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP)
+                if attempt + 1 < ATTEMPTS and cancellation.wait(pause):
+                    return _Answer(content="", tool_calls=[], finish="cancelled")
         assert last is not None
         raise last
 
-    def _request(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None) -> _Answer:
+    def _request(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None,
+                 cancellation: Cancellation) -> _Answer:
         body = {"model": self.config.model, "messages": messages, "tools": TOOLS, "stream": self.config.stream}
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
@@ -153,7 +164,7 @@ class OpenAICompatibleEngine:
             raise _Retryable(f"the model server timed out: {error}") from error
         except requests.ConnectionError as error:
             raise _Retryable(f"the model server cannot be reached: {error}") from error
-        with response:
+        with response, cancellation.closing(lambda: _hang_up(response)):
             if response.status_code == 429 or response.status_code >= 500:
                 raise _Retryable(f"the model server answered {response.status_code}: {_error_text(response)}",
                                  retry_after=_retry_after(response))
@@ -162,12 +173,26 @@ class OpenAICompatibleEngine:
                     f"The model server refused the request ({response.status_code}): {_error_text(response)}")
             try:
                 if self.config.stream:
-                    return _read_stream(response, on_delta)
-                return _read_json(response.json())
+                    return _read_stream(response, on_delta, cancellation)
+                answer = _read_json(response.json())
+                if cancellation.is_set():  # nothing of it was shown: stopped with no text
+                    return _Answer(content="", tool_calls=[], finish="cancelled")
+                return answer
             except requests.RequestException as error:
                 raise _Retryable(f"the model server's answer broke off: {error}") from error
             except (ValueError, KeyError, TypeError, IndexError) as error:
                 raise PermanentEngineError(f"The model server's answer is malformed: {error}") from error
+
+
+def _hang_up(response: requests.Response) -> None:
+    """Close a model's stream from the worker's watcher thread: shutting the socket down wakes the
+    read blocked on it at once (closing it would not), and the model server sees the connection
+    end — the sign, for servers like llama.cpp and vLLM, to stop generating."""
+    connection = getattr(response.raw, "connection", None)  # urllib3 2's HTTPResponse
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Retryable(Exception):
@@ -191,13 +216,27 @@ def _error_text(response: requests.Response) -> str:
         return response.text[:300]
 
 
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(payload: dict[str, Any]) -> dict[str, int] | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0)}
+
+
 def _read_json(payload: dict[str, Any]) -> _Answer:
-    message = payload["choices"][0]["message"]
+    choice = payload["choices"][0]
+    message = choice["message"]
     calls = [{"id": call["id"], "name": call["function"]["name"], "arguments": call["function"].get("arguments", "")}
              for call in message.get("tool_calls") or []]
     if message.get("content") is None and not calls:
         raise ValueError("an answer with neither content nor tool calls")
-    return _Answer(content=message.get("content") or "", tool_calls=calls)
+    return _Answer(content=message.get("content") or "", tool_calls=calls, finish=_finish(choice.get("finish_reason")),
+                   usage=_usage(payload))
 
 
 def _events(response: requests.Response) -> Iterator[dict[str, Any]]:
@@ -210,11 +249,27 @@ def _events(response: requests.Response) -> Iterator[dict[str, Any]]:
         yield json.loads(data)
 
 
-def _read_stream(response: requests.Response, on_delta: Callable[[str], None] | None) -> _Answer:
+def _read_stream(response: requests.Response, on_delta: Callable[[str], None] | None,
+                 cancellation: Cancellation) -> _Answer:
     content: list[str] = []
+    try:
+        return _read_chunks(response, on_delta, cancellation, content)
+    except (requests.RequestException, OSError):
+        if cancellation.is_set():  # we hung up: what was written before the cancel is the reply
+            return _Answer(content="".join(content), tool_calls=[], finish="cancelled")
+        raise
+
+
+def _read_chunks(response: requests.Response, on_delta: Callable[[str], None] | None, cancellation: Cancellation,
+                 content: list[str]) -> _Answer:
     calls: dict[int, dict[str, Any]] = {}
-    finished = False
+    finished: str | None = None
+    usage: dict[str, int] | None = None
     for chunk in _events(response):
+        if cancellation.is_set():
+            _hang_up(response)
+            return _Answer(content="".join(content), tool_calls=[], finish="cancelled")
+        usage = _usage(chunk) or usage
         if "error" in chunk:
             raise ValueError(f"error in stream: {chunk['error']}")
         for choice in chunk.get("choices", []):
@@ -229,9 +284,12 @@ def _read_stream(response: requests.Response, on_delta: Callable[[str], None] | 
                 function = part.get("function") or {}
                 call["name"] += function.get("name") or ""
                 call["arguments"] += function.get("arguments") or ""
-            finished = finished or choice.get("finish_reason") is not None
+            finished = finished or choice.get("finish_reason")
+    if cancellation.is_set():
+        return _Answer(content="".join(content), tool_calls=[], finish="cancelled")
     if not finished:
         raise requests.ConnectionError("the stream ended before a finish_reason")
     if not content and not calls:
         raise ValueError("an answer with neither content nor tool calls")
-    return _Answer(content="".join(content), tool_calls=[calls[i] for i in sorted(calls)])
+    return _Answer(content="".join(content), tool_calls=[calls[i] for i in sorted(calls)], finish=_finish(finished),
+                   usage=usage)

@@ -1,0 +1,273 @@
+"""Controlling a generation (contract: "Controlling a generation"), on real processes: two web
+nodes, a worker whose built-in engine streams its answer a word at a time, and the sweeper.
+
+Stop on either node, double-texting (`on_busy`), regenerate and edit with versions kept, and a
+client joining mid-reply — on another node, or after the worker was SIGKILLed — that gets the text
+so far and then the rest, every piece once. (With a model server: tests/test_llm_engine.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from scripts.devstack import create_database, libpq_url
+from tests.conftest import TEST_REDIS_DB, Stack
+from tests.support import ARTIFACTS, Api, Beat, EventStream, Web, Worker, wait_until
+from worker.engine.builtin import FALLBACK
+
+CONTROL_REDIS_DB = TEST_REDIS_DB - 3
+STREAM_DELAY_MS = 120  # FALLBACK (26 words) streams for about 3 s
+
+
+@pytest.fixture(scope="module")
+def control(stack_env):
+    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{CONTROL_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], "chatq_control"),
+           "REDIS_URL": redis_url, "ENGINE_STREAM_DELAY_MS": str(STREAM_DELAY_MS)}
+    running = Stack(env)
+    running.web = Web("control-web-a", env)
+    running.worker = Worker("control-worker", env)
+    running.beat = Beat("control-beat", env)
+    running.start()
+    node_b = Web("control-web-b", env).start()
+    yield SimpleNamespace(stack=running, a=running.web.url, b=node_b.url, env=env)
+    node_b.stop()
+    running.stop()
+
+
+@pytest.fixture
+def users(control) -> tuple[Api, Api]:
+    """One user, as seen through node A and through node B."""
+    on_a = Api(control.a)
+    return on_a, Api(control.b, on_a.user)
+
+
+@pytest.fixture
+def db(control):
+    with psycopg.connect(libpq_url(control.env["DATABASE_URL"]), autocommit=True) as connection:
+        yield connection
+
+
+def message(api: Api, message_id: str) -> dict[str, Any]:
+    response = api.get(f"/api/v1/messages/{message_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def writing(api: Api, message_id: str, words: int = 3) -> dict[str, Any]:
+    """The message once its generation has written at least `words` pieces."""
+    return wait_until(lambda: (m := message(api, message_id))["status"] == "processing"
+                      and m["partial"]["pieces"] >= words and m, timeout=30, what="the reply to be written")
+
+
+def settled(api: Api, message_id: str) -> dict[str, Any]:
+    """The message in its final state, with its reply if one is stored (a cancelled generation
+    stores what it wrote within a second of the cancel)."""
+    final = api.wait_answered(message_id)
+    if final["status"] == "cancelled":
+        wait_until(lambda: message(api, message_id)["reply"] is not None, timeout=3, what="the partial reply")
+        final = message(api, message_id)
+    return final
+
+
+def test_a_cancel_on_another_node_stops_the_generation_and_keeps_the_text_so_far(users) -> None:
+    on_a, on_b = users
+    first = on_a.chat("hello")
+    conversation_id, first_id = first["conversation_id"], first["message"]["id"]
+    second_id = on_a.chat("Add task: after the cancel", conversation_id)["message"]["id"]
+    writing(on_b, first_id)
+
+    cancelled = on_b.post(f"/api/v1/messages/{first_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+
+    final = settled(on_a, first_id)
+    reply = final["reply"]
+    assert final["status"] == "cancelled" and reply["finish"] == "cancelled"
+    assert reply["content"] and FALLBACK.startswith(reply["content"]) and len(reply["content"]) < len(FALLBACK)
+    assert final["partial"] is None
+    # The lease was given back with the cancel: the conversation's next message is answered.
+    answered = on_b.wait_answered(second_id)
+    assert answered["status"] == "answered"
+    assert answered["reply"]["content"].startswith("Added “after the cancel”")
+    # Cancelling again answers the same; an answered message cannot be cancelled.
+    again = on_a.post(f"/api/v1/messages/{first_id}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    refused = on_a.post(f"/api/v1/messages/{second_id}/cancel")
+    assert refused.status_code == 409 and refused.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_cancelled_queued_message_never_reaches_the_engine(users, db) -> None:
+    on_a, on_b = users
+    first = on_a.chat("hello")
+    conversation_id, first_id = first["conversation_id"], first["message"]["id"]
+    queued = on_a.chat("Add task: never added", conversation_id)["message"]["id"]
+    cancelled = on_b.post(f"/api/v1/messages/{queued}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert on_a.wait_answered(first_id)["status"] == "answered"
+    after = message(on_a, queued)
+    assert after["status"] == "cancelled" and after["reply"] is None
+    assert "never added" not in [task["title"] for task in on_a.tasks("all")]
+    attempts = db.execute("SELECT attempts FROM messages WHERE id = %s", (queued,)).fetchone()[0]
+    assert attempts == 0  # never claimed
+
+
+def test_twenty_cancels_racing_the_commit_each_end_in_exactly_one_state(users, db) -> None:
+    on_a, on_b = users
+    outcomes: list[tuple[int, dict[str, Any]]] = []
+
+    def race(n: int) -> None:
+        accepted = on_a.chat(f"Add task: race {n}")
+        message_id = accepted["message"]["id"]
+        writing(on_a, message_id, words=1)
+        threading.Event().wait(random.uniform(0, 1.5))
+        cancel = on_b.post(f"/api/v1/messages/{message_id}/cancel")
+        outcomes.append((cancel.status_code, settled(on_a, message_id)))
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(outcomes) == 20
+    for status_code, final in outcomes:
+        reply = final["reply"]
+        if status_code == 200:
+            assert final["status"] == "cancelled" and (reply is None or reply["finish"] == "cancelled"), final
+        else:
+            assert status_code == 409 and final["status"] == "answered" and reply["finish"] == "stop", final
+        replies = db.execute("SELECT count(*) FROM messages WHERE reply_to_id = %s", (final["id"],)).fetchone()[0]
+        assert replies == (0 if reply is None else 1)
+    cancelled = sum(1 for code, _ in outcomes if code == 200)
+    with (ARTIFACTS / "fault-figures.txt").open("a") as figures:
+        figures.write(f"cancel vs commit: 20 races, {cancelled} cancelled, {20 - cancelled} answered, none both\n")
+
+
+def test_on_busy_reject_refuses_and_interrupt_cancels_and_answers_next(users) -> None:
+    on_a, on_b = users
+    first = on_a.chat("hello")
+    conversation_id, first_id = first["conversation_id"], first["message"]["id"]
+    writing(on_a, first_id)
+    path = f"/api/v1/conversations/{conversation_id}/messages"
+
+    rejected = on_b.post(path, json={"content": "Add task: rejected", "on_busy": "reject"})
+    assert rejected.status_code == 409 and rejected.json()["busy_message_id"] == first_id
+    listed = on_a.get(f"{path}?after=0").json()["items"]
+    assert [m["content"] for m in listed] == ["hello"]  # nothing stored
+
+    interrupting = on_b.post(path, json={"content": "Add task: interrupting", "on_busy": "interrupt"})
+    assert interrupting.status_code == 202, interrupting.text
+    final = settled(on_a, first_id)
+    assert final["status"] == "cancelled" and final["reply"]["finish"] == "cancelled"
+    answered = on_a.wait_answered(interrupting.json()["message"]["id"])
+    assert answered["status"] == "answered" and answered["reply"]["content"].startswith("Added “interrupting”")
+
+    bad = on_a.post(path, json={"content": "x", "on_busy": "shout"})
+    assert bad.status_code == 422 and "on_busy" in bad.json()["detail"]
+
+
+def test_regenerate_and_edit_keep_every_version(users) -> None:
+    on_a, on_b = users
+    conversation_id, first = on_a.ask("Add task: version one")
+    question_id = first["id"]
+    busy = on_a.chat("hello", conversation_id)["message"]["id"]
+    not_latest = on_b.post(f"/api/v1/messages/{question_id}/regenerate", json={})
+    assert not_latest.status_code == 409  # only the latest question
+    still_running = on_b.post(f"/api/v1/messages/{busy}/regenerate", json={})
+    assert still_running.status_code == 409  # not while it is being answered
+    on_a.wait_answered(busy)
+
+    again = on_b.post(f"/api/v1/messages/{busy}/regenerate", json={"content": "Add task: version two"})
+    assert again.status_code == 202, again.text
+    assert again.json()["message"]["status"] == "queued" and again.json()["message"]["content"] == \
+        "Add task: version two"
+    answered = on_a.wait_answered(busy)
+    assert answered["status"] == "answered" and answered["reply"]["content"].startswith("Added “version two”")
+
+    versions = on_a.get(f"/api/v1/messages/{busy}/replies").json()["items"]
+    assert [v["question_content"] for v in versions] == ["Add task: version two", "hello"]
+    assert [v["current"] for v in versions] == [True, False]
+    assert versions[0]["id"] == answered["reply"]["id"] and versions[1]["content"] == FALLBACK
+    # The conversation lists every version in order; only the current one is the question's reply.
+    listed = on_a.get(f"/api/v1/conversations/{conversation_id}/messages?after=0").json()["items"]
+    assert [m["seq"] for m in listed] == sorted(m["seq"] for m in listed)
+    assert [m.get("current") for m in listed if m["role"] == "assistant"] == [True, False, True]
+    assert Api(on_a.base_url).get(f"/api/v1/messages/{busy}/replies").status_code == 404  # another user
+
+
+def _rebuild(events: list[dict[str, Any]], question_id: str) -> tuple[str, list[int]]:
+    """What a client shows of a reply being written, from its events, checking as it goes that
+    every piece continues the text it has (no gap, none twice). Returns the text and the attempts
+    it saw."""
+    attempt, text, pieces, attempts = 0, "", 0, []
+    for event in events:
+        data = event["data"]
+        if event["event"] == "message" and data["id"] == question_id and data.get("partial"):
+            attempt, text, pieces = data["partial"]["attempt"], data["partial"]["text"], data["partial"]["pieces"]
+            attempts.append(attempt)
+        elif event["event"] == "delta" and data["message_id"] == question_id:
+            if data["attempt"] != attempt:
+                assert data["index"] == 0, event
+                attempt, text, pieces = data["attempt"], "", 0
+                attempts.append(attempt)
+            assert data["index"] == pieces, (event, pieces)
+            text, pieces = text + data["text"], pieces + 1
+    return text, attempts
+
+
+def _is_reply(question_id: str):
+    return lambda e: e["event"] == "message" and e["data"].get("reply_to") == question_id
+
+
+def test_a_stream_joining_mid_reply_on_another_node_gets_the_text_so_far_then_the_rest(users) -> None:
+    on_a, on_b = users
+    accepted = on_a.chat("hello")
+    conversation_id, question_id = accepted["conversation_id"], accepted["message"]["id"]
+    seq = accepted["message"]["seq"]
+    so_far = writing(on_a, question_id, words=4)["partial"]
+    assert so_far["text"] and FALLBACK.startswith(so_far["text"])
+
+    # A page opened now (from the start) on node B, and one reloaded with its cursor at the question.
+    path = f"/api/v1/conversations/{conversation_id}/events"
+    fresh = EventStream(on_b, path)
+    reloaded = EventStream(on_a, path, headers={"Last-Event-ID": str(seq)})
+    try:
+        for stream in (fresh, reloaded):
+            events = stream.until(_is_reply(question_id), limit=200)
+            joined = next(e for e in events if e["event"] == "message" and e["data"]["id"] == question_id)
+            assert joined["data"]["status"] == "processing" and len(joined["data"]["partial"]["text"]) >= \
+                len(so_far["text"])
+            text, attempts = _rebuild(events, question_id)
+            assert text == FALLBACK and len(set(attempts)) == 1
+    finally:
+        fresh.close()
+        reloaded.close()
+
+
+def test_a_worker_killed_mid_generation_starts_the_text_again_on_the_next_attempt(control, users) -> None:
+    on_a, on_b = users
+    conversation_id = on_a.post("/api/v1/conversations", json={}).json()["id"]
+    stream = EventStream(on_b, f"/api/v1/conversations/{conversation_id}/events")
+    try:
+        question_id = on_a.chat("hello", conversation_id)["message"]["id"]
+        first = writing(on_a, question_id, words=4)["partial"]
+        control.stack.worker.kill(signal.SIGKILL)
+        control.stack.worker = Worker("control-worker", control.env).start()
+        events = stream.until(_is_reply(question_id), limit=300)
+    finally:
+        stream.close()
+    text, attempts = _rebuild(events, question_id)
+    assert attempts[0] == first["attempt"] and attempts[-1] > first["attempt"]
+    assert text == FALLBACK  # the new attempt's text, from its first piece
+    final = message(on_a, question_id)
+    assert final["status"] == "answered" and final["reply"]["content"] == FALLBACK
