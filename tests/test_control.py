@@ -22,7 +22,7 @@ import redis
 from scripts.devstack import create_database, libpq_url
 from tests.conftest import TEST_REDIS_DB, Stack
 from tests.support import ARTIFACTS, Api, Beat, EventStream, Web, Worker, wait_until
-from worker.engine.builtin import FALLBACK
+from worker.engine.builtin import FALLBACK, HELP
 
 CONTROL_REDIS_DB = TEST_REDIS_DB - 3
 STREAM_DELAY_MS = 120  # FALLBACK (26 words) streams for about 3 s
@@ -271,3 +271,66 @@ def test_a_worker_killed_mid_generation_starts_the_text_again_on_the_next_attemp
     assert text == FALLBACK  # the new attempt's text, from its first piece
     final = message(on_a, question_id)
     assert final["status"] == "answered" and final["reply"]["content"] == FALLBACK
+
+
+@pytest.mark.browser
+def test_the_page_stops_regenerates_switches_versions_edits_and_resumes_after_a_reload(control, browser) -> None:
+    node = Web("control-web-dev", {**control.env, "CHATQ_DEV": "1"}).start()
+    shots = ARTIFACTS / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(node.url + "/")
+        page.fill("#user-name", f"control-{os.getpid()}-{random.randrange(1 << 30)}")
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#app:not([hidden])")
+
+        # Reload mid-reply: the text so far comes back at once, then the rest.
+        page.fill("#message", "hello")
+        page.press("#message", "Enter")
+        page.wait_for_function("() => (document.querySelector('.message.assistant.draft') || {}).textContent"
+                               "?.split(' ').length >= 5", timeout=15000)
+        page.reload()
+        draft = page.wait_for_selector(".message.assistant.draft", timeout=5000)
+        assert FALLBACK.startswith(draft.inner_text().strip()) and len(draft.inner_text().split()) >= 4
+        page.screenshot(path=str(shots / "control-resumed.png"))
+        page.wait_for_selector(".message.assistant:not(.draft)", timeout=15000)
+        assert page.locator(".message.assistant").inner_text().strip() == FALLBACK
+
+        # Stop: the text so far stays, marked as stopped.
+        page.fill("#message", "what can you do")
+        page.press("#message", "Enter")
+        page.wait_for_function("() => (document.querySelector('.message.assistant.draft') || {}).textContent"
+                               "?.split(' ').length >= 3", timeout=15000)
+        page.click(".status .stop")
+        stopped = page.wait_for_selector(".message.assistant.stopped", timeout=5000).inner_text().strip()
+        page.wait_for_selector(".status.note >> text=Stopped")
+        assert stopped and HELP.startswith(stopped) and len(stopped) < len(HELP)
+        page.screenshot(path=str(shots / "control-stopped.png"))
+
+        # Regenerate the stopped reply: two versions, ‹ › switches between them.
+        page.click(".reply-actions .regenerate")
+        page.wait_for_selector(".reply-actions .version-label >> text=2/2", timeout=20000)
+        assert page.locator(".message.assistant").last.inner_text().strip() == HELP
+        page.click(".reply-actions .older")
+        page.wait_for_selector(".reply-actions .version-label >> text=1/2")
+        assert page.locator(".message.assistant").last.inner_text().strip() == stopped
+        page.click(".reply-actions .newer")
+        page.wait_for_selector(".reply-actions .version-label >> text=2/2")
+        assert page.locator(".message.assistant").last.inner_text().strip() == HELP
+        page.screenshot(path=str(shots / "control-versions.png"))
+
+        # Edit the last question: it is answered again from the new text.
+        page.click(".question-actions .edit")
+        page.fill(".edit-box", "Add task: edited in the page")
+        page.click(".save-edit")
+        page.wait_for_selector(".message.user >> text=Add task: edited in the page")
+        page.wait_for_selector(".message.assistant >> text=Added “edited in the page”", timeout=20000)
+        page.wait_for_selector("#task-list li >> text=edited in the page")
+        page.wait_for_selector(".reply-actions .version-label >> text=3/3", timeout=10000)
+        page.screenshot(path=str(shots / "control-edited.png"))
+        assert errors == []
+    finally:
+        node.stop()

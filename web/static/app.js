@@ -6,7 +6,9 @@ const $ = (id) => document.getElementById(id);
 const WAIT_SECONDS = 25;
 const state = {
   token: null, user: null, conversationId: null, items: new Map(), waiting: new Set(),
-  drafts: new Map(),  // message id -> {attempt, text}: a reply still being streamed by the model
+  drafts: new Map(),  // question id -> {attempt, text, pieces}: a reply still being written
+  versions: null,     // {questionId, items (newest first), shown}: the latest question's replies
+  editing: null,      // {questionId, text}: the latest question being edited
   stream: null,       // the AbortController of the conversation's event stream
   sending: null,      // the promise of the last send: sends go in order
 };
@@ -120,6 +122,8 @@ async function selectConversation(conversationId) {
   state.conversationId = conversationId;
   state.items = new Map();
   state.drafts = new Map();
+  state.versions = null;
+  state.editing = null;
   history.replaceState(null, "", conversationId ? `#c=${conversationId}` : "#");
   $("conversation-title").textContent = "New conversation";
   render();
@@ -142,6 +146,7 @@ async function selectConversation(conversationId) {
     for (const item of state.items.values()) {
       if (item.role === "user" && isPending(item)) waitForReply(item.id);
     }
+    loadVersions();
   }
   await loadConversations();
   if (conversationId) followEvents(conversationId);
@@ -153,12 +158,65 @@ async function selectConversation(conversationId) {
 const isPending = (message) => message.status === "queued" || message.status === "processing";
 
 function remember(message) {
+  if (message.role === "assistant") {
+    if (message.current === false) {  // an earlier version, replaced by a regenerate
+      state.items.delete(message.id);
+      return;
+    }
+    state.items.set(message.id, message);
+    state.drafts.delete(message.reply_to);
+    return;
+  }
   state.items.set(message.id, message);
+  // The question's current reply only: a regenerate replaced (or is replacing) the others.
+  for (const item of [...state.items.values()]) {
+    if (item.reply_to === message.id && (!message.reply || item.id !== message.reply.id)) state.items.delete(item.id);
+  }
   if (message.reply) {
     state.items.set(message.reply.id, message.reply);
     state.drafts.delete(message.id);
+  } else if (message.partial) {  // what was written so far: the stream continues from its last piece
+    state.drafts.set(message.id, { ...message.partial });
+  } else if (message.status === "queued") {
+    state.drafts.delete(message.id);
   }
-  if (message.reply_to) state.drafts.delete(message.reply_to);
+}
+
+const latestQuestion = () => [...state.items.values()].filter((m) => m.role === "user").sort((a, b) => b.seq - a.seq)[0];
+
+function button(className, label, onClick) {
+  const element = document.createElement("button");
+  element.className = className;
+  element.textContent = label;
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+// The reply shown for the latest question: the version picked with ‹ ›, or the current one.
+function shownReply(message) {
+  const versions = state.versions;
+  if (!versions || versions.questionId !== message.reply_to || versions.items.length < 2) return message;
+  return versions.items[versions.shown] || message;
+}
+
+function versionControls(reply) {
+  const versions = state.versions;
+  const bar = document.createElement("li");
+  bar.className = "reply-actions";
+  if (versions && versions.questionId === reply.reply_to && versions.items.length > 1) {
+    const count = versions.items.length;
+    const position = count - versions.shown;  // 1 is the oldest
+    const older = button("version older", "‹", () => { versions.shown = Math.min(count - 1, versions.shown + 1); render(); });
+    older.disabled = position === 1;
+    const label = document.createElement("span");
+    label.className = "version-label";
+    label.textContent = `${position}/${count}`;
+    const newer = button("version newer", "›", () => { versions.shown = Math.max(0, versions.shown - 1); render(); });
+    newer.disabled = position === count;
+    bar.append(older, label, newer);
+  }
+  bar.append(button("regenerate", "Regenerate", () => regenerate(reply.reply_to)));
+  return bar;
 }
 
 function render() {
@@ -166,18 +224,44 @@ function render() {
   list.replaceChildren();
   const items = [...state.items.values()].sort((a, b) => a.seq - b.seq);
   $("empty").hidden = items.length > 0;
+  const latest = latestQuestion();
+  const lastIsFinal = latest && !isPending(latest);
   for (const message of items) {
+    const shown = message.role === "assistant" ? shownReply(message) : message;
     const bubble = document.createElement("li");
     bubble.className = `message ${message.role}`;
+    if (shown.finish === "cancelled") bubble.classList.add("stopped");
+    if (shown.finish === "length") bubble.classList.add("cut-short");
     bubble.dataset.id = message.id;
     bubble.dataset.seq = message.seq;
-    bubble.textContent = message.content;
+    bubble.textContent = shown.content;
+    if (state.editing && state.editing.questionId === message.id) {
+      list.append(editor(message));
+      continue;
+    }
     list.append(bubble);
-    if (message.role !== "user") continue;
+    if (message.role === "assistant") {
+      if (shown.finish === "cancelled" || shown.finish === "length") {
+        const note = document.createElement("li");
+        note.className = "status note";
+        note.textContent = shown.finish === "cancelled" ? "Stopped" : "Cut short: the model reached its output limit";
+        list.append(note);
+      }
+      if (lastIsFinal && message.reply_to === latest.id) list.append(versionControls(message));
+      continue;
+    }
+    if (lastIsFinal && message.id === latest.id) {
+      const actions = document.createElement("li");
+      actions.className = "question-actions";
+      actions.append(button("edit", "Edit", () => { state.editing = { questionId: message.id, text: message.content }; render(); }));
+      if (!message.reply) actions.append(button("regenerate", "Regenerate", () => regenerate(message.id)));
+      list.append(actions);
+    }
     if (isPending(message)) {
       const status = document.createElement("li");
       status.className = "status pending";
       status.textContent = message.status === "queued" ? "Queued…" : "Thinking…";
+      status.append(button("stop", "Stop", stopGenerating));
       list.append(status);
       const draft = state.drafts.get(message.id);
       if (!message.reply && draft) {
@@ -202,9 +286,74 @@ function render() {
       retry.addEventListener("click", () => retryMessage(message.id));
       status.append(retry);
       list.append(status);
+    } else if (message.status === "cancelled" && !message.reply) {
+      const status = document.createElement("li");
+      status.className = "status cancelled";
+      status.textContent = "Stopped";
+      list.append(status);
     }
   }
   list.scrollTop = list.scrollHeight;
+}
+
+function editor(message) {
+  const form = document.createElement("li");
+  form.className = "message user editing";
+  const box = document.createElement("textarea");
+  box.className = "edit-box";
+  box.value = state.editing.text;
+  box.addEventListener("input", () => { state.editing.text = box.value; });
+  const save = button("primary save-edit", "Save and send", () => {
+    const content = state.editing.text;
+    if (!content.trim()) return;
+    state.editing = null;
+    regenerate(message.id, content);
+  });
+  const cancel = button("link cancel-edit", "Cancel", () => { state.editing = null; render(); });
+  form.append(box, save, cancel);
+  return form;
+}
+
+// Stop: every question of the conversation still queued or being answered. A reply being written
+// keeps the text written so far.
+async function stopGenerating() {
+  const pending = [...state.items.values()].filter((m) => m.role === "user" && isPending(m));
+  await Promise.all(pending.map(async (message) => {
+    try {
+      remember(await api("POST", `/api/v1/messages/${message.id}/cancel`));
+    } catch (error) {
+      if (error.status !== 409) throw error;  // answered meanwhile: the reply is on its way
+    }
+  }));
+  render();
+}
+
+async function regenerate(questionId, content) {
+  try {
+    const accepted = await api("POST", `/api/v1/messages/${questionId}/regenerate`,
+      content === undefined ? {} : { content });
+    state.versions = null;
+    remember(accepted.message);
+    render();
+    waitForReply(questionId);
+  } catch (error) {
+    alert(`Could not regenerate: ${error.message}`);
+  }
+}
+
+// The latest question's replies, when it has more than one: the ‹ 1/2 › switch.
+async function loadVersions() {
+  const latest = latestQuestion();
+  if (!latest || isPending(latest)) return;
+  const conversationId = state.conversationId;
+  try {
+    const { items } = await api("GET", `/api/v1/messages/${latest.id}/replies`);
+    if (state.conversationId !== conversationId) return;
+    state.versions = { questionId: latest.id, items, shown: 0 };
+    render();
+  } catch (error) {
+    if (error.status !== 404) console.error(error);
+  }
 }
 
 // Long-poll one message until it is answered or failed: the server returns as soon as the reply
@@ -227,7 +376,7 @@ async function waitForReply(messageId) {
       remember(message);
       render();
       if (!isPending(message)) {
-        await loadTasks();
+        await Promise.all([loadTasks(), loadVersions()]);
         return;
       }
     }
@@ -328,16 +477,21 @@ function parseEvent(block) {
 function onEvent(event) {
   const data = JSON.parse(event.data);
   if (event.type === "delta") {
+    // The server sends each piece once, in order, after the text so far (a message's `partial`);
+    // a new attempt (after a crash) starts its text again from piece 0.
     const draft = state.drafts.get(data.message_id);
-    if (draft && draft.attempt === data.attempt) {
+    if (draft && draft.attempt === data.attempt && data.index === draft.pieces) {
       draft.text += data.text;
-    } else if (data.index === 0) {  // joined mid-reply: keep the typing dots rather than show a torn text
-      state.drafts.set(data.message_id, { attempt: data.attempt, text: data.text });
+      draft.pieces += 1;
+    } else if ((!draft || draft.attempt !== data.attempt) && data.index === 0) {
+      state.drafts.set(data.message_id, { attempt: data.attempt, text: data.text, pieces: 1 });
     } else {
       return;
     }
   } else {
     remember(data);
+    const latest = latestQuestion();
+    if (data.role === "assistant" && latest && data.reply_to === latest.id) loadVersions();
   }
   render();
 }
