@@ -28,7 +28,7 @@ from models.signals import conversation_channel, message_channel
 from . import schemas
 from .accept import POLL_URL, accept_message, fingerprint
 from .auth import authenticate
-from .inputs import json_body, query
+from .inputs import json_body, optional_json_body, query
 from .problems import Problem
 from .serialize import conversation_json, message_json, task_json, version_json
 from .services import db, reader, services
@@ -277,7 +277,7 @@ def cancel_message(message_id: str) -> dict[str, Any]:
 @operation("Answer the conversation's latest question again, optionally with its text edited; earlier "
            "replies are kept as versions", body=schemas.Regenerate, responses={202: schemas.Accepted})
 def regenerate_message(message_id: str) -> Response:
-    body = json_body(schemas.Regenerate)
+    body = optional_json_body(schemas.Regenerate)
     session = db()
     with session.begin():
         row, _reply = _question_or_404(session, message_id)

@@ -42,3 +42,10 @@ def query(model: type[M]) -> M:
         return model.model_validate(request.args.to_dict())
     except ValidationError as error:
         raise Problem(422, _field_errors(error), slug="invalid-field") from None
+
+
+def optional_json_body(model: type[M]) -> M:
+    """A body whose every field is optional: none at all (`curl -X POST` without -d) means {}."""
+    if not request.content_length and not request.is_json:
+        return model()
+    return json_body(model)
