@@ -91,6 +91,10 @@ class Settings:
     llm_timeout_s: float = 60.0
     llm_system_prompt: str = ""
     llm_stream: bool = True
+    # The model's context window in tokens (0: what the server reports, else 8192) and the most a
+    # reply may add (sent as max_tokens): the history sent is what fits between the two.
+    llm_context_tokens: int = 0
+    llm_max_tokens: int = 1024
     # Delivery: how long a claim on a conversation lives without renewal, how often the sweeper
     # runs, how long a queued message may wait before it is enqueued again, and when to give up.
     lease_seconds: float = 30.0
@@ -120,6 +124,10 @@ class Settings:
     sse_heartbeat_seconds: float = 10.0
     # Rate limiting of POSTs, per user, shared by all web nodes through Redis ("" turns it off).
     rate_limit: str = "120/minute"
+    # Per-user daily quotas (UTC days), across every node (0: none): messages sent (and
+    # regenerated), and model tokens (prompt + completion) used.
+    quota_messages_per_day: int = 0
+    quota_tokens_per_day: int = 0
     # ... and of reads (GETs of the API, long-polls and streams included).
     read_rate_limit: str = "600/minute"
 
@@ -155,6 +163,10 @@ class Settings:
             llm_timeout_s=_number(env, "LLM_TIMEOUT_S", 60.0),
             llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
             llm_stream=_flag(env.get("LLM_STREAM", "1")),
+            llm_context_tokens=_number(env, "LLM_CONTEXT_TOKENS", 0),
+            llm_max_tokens=_number(env, "LLM_MAX_TOKENS", 1024),
+            quota_messages_per_day=_number(env, "QUOTA_MESSAGES_PER_DAY", 0),
+            quota_tokens_per_day=_number(env, "QUOTA_TOKENS_PER_DAY", 0),
             lease_seconds=_number(env, "LEASE_SECONDS", 30.0),
             task_time_limit_seconds=_number(env, "TASK_TIME_LIMIT_SECONDS", 0.0),
             sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 5.0),

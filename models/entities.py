@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -102,6 +104,8 @@ class Message(Base):
         Enum(Finish, name="reply_finish", values_callable=lambda e: [m.value for m in e])
     )
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Assistant messages only, from a model: {"messages_sent", "messages_total"} of the history.
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Assistant messages only: the tools the engine called, and the last seq it was shown. json,
     # not jsonb: read whole with every history, never queried inside (migration 0002 says why).
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -143,6 +147,20 @@ class Task(Base):
         Index("ix_tasks_user_created", "user_id", "created_at"),
         UniqueConstraint("origin_message_id", "origin_call", name="uq_tasks_origin"),
     )
+
+
+class DailyUsage(Base):
+    """What a user used on one UTC day: messages sent (and regenerated) and model tokens. Counted
+    as it happens, in the statements that accept a message and commit a reply, so that quotas hold
+    across every node and `GET /usage` reads one row."""
+
+    __tablename__ = "daily_usage"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
 
 
 class IdempotentRequest(Base):

@@ -101,6 +101,21 @@ class PiecePublisher:
         except RedisError as error:
             log.warning("delta_publish_failed", error=str(error))
 
+    def restart(self) -> None:
+        """The text streamed so far is not the reply after all (a request retried within the
+        attempt): drop it, tell the streams (a `reset`), and number the next piece 0 again."""
+        if not self.sent:
+            return
+        self.sent = 0
+        payload = json.dumps({"message_id": str(self.message_id), "attempt": self.attempt, "reset": True})
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(pieces_key(self.message_id, self.attempt))
+                pipe.publish(delta_channel(self.conversation_id), payload)
+                pipe.execute()
+        except RedisError as error:
+            log.warning("delta_publish_failed", error=str(error))
+
     def __call__(self, text: str) -> None:
         index, self.sent = self.sent, self.sent + 1
         key = pieces_key(self.message_id, self.attempt)

@@ -17,11 +17,13 @@ import pytest
 import redis
 
 from scripts.devstack import create_database, libpq_url
+from tests.fake_llm import FakeModelServer
 from tests.support import ARTIFACTS, TEST_SECRET, Api, Beat, Process, Web, Worker
 
 TEST_DATABASE = "chatq_test"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TEST_REDIS_DB = 15
+LLM_REDIS_DB = TEST_REDIS_DB - 1
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +122,41 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
     """A direct connection to the test database, for asserting what is stored."""
     with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture(scope="session")
+def model_server():
+    server = FakeModelServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def llm_stack(stack_env, model_server):
+    """A stack of its own (database, Redis database, web, worker, beat) whose workers use a model."""
+    server = os.environ["DATABASE_URL"]
+    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{LLM_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**stack_env, "DATABASE_URL": create_database(server, "chatq_llm"), "REDIS_URL": redis_url,
+           "ENGINE": "openai", "LLM_BASE_URL": model_server.base_url, "LLM_MODEL": "fake-model",
+           "LLM_API_KEY": "sk-test", "LEASE_SECONDS": "4", "REQUEUE_AFTER_SECONDS": "2", "LLM_MAX_TOKENS": "60"}
+    running = Stack(env)
+    running.web = Web("llm-web", env)
+    running.worker = Worker("llm-worker", env)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def model(model_server):
+    model_server.reset()
+    return model_server
+
+
+@pytest.fixture
+def llm_user(llm_stack) -> Api:
+    return Api(llm_stack.url)
 
 
 __all__ = ["Process", "Stack"]

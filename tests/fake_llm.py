@@ -1,15 +1,25 @@
 """A local stand-in for an OpenAI-compatible model server, scripted per test. It speaks the real
 Chat Completions wire protocol: JSON answers, `text/event-stream` chunks ending in `data: [DONE]`,
-`tool_calls` (streamed by index), `finish_reason`, and error bodies with their status codes."""
+`tool_calls` (streamed by index), `finish_reason` (`length` past `max_tokens`), `usage` (in the last
+chunk when asked with `stream_options.include_usage`), and error bodies with their status codes —
+including llama.cpp's 400 for a prompt past its context window, which it reports at `GET /props`
+like llama.cpp does. Tokens are counted as a word each (answers) and 4 characters each (prompts)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+CONTEXT_TOKENS = 4096
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    return len(json.dumps(body["messages"]) + json.dumps(body.get("tools", []))) // 4
 
 
 class FakeModelServer:
@@ -27,11 +37,22 @@ class FakeModelServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length))
+                if self.path != "/v1/chat/completions":  # no tokenizer here (llama.cpp has /tokenize)
+                    server.json_answer(self, 404, {"error": {"message": "not found"}})
+                    return
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body,
                                             "authorization": self.headers.get("Authorization")})
                     step = server.script.pop(0) if server.script else {"content": "OK"}
                 server.answer(self, body, step)
+
+            def do_GET(self) -> None:
+                if self.path == "/props":
+                    server.json_answer(self, 200, {"default_generation_settings": {"n_ctx": CONTEXT_TOKENS}})
+                elif self.path == "/v1/models":
+                    server.json_answer(self, 200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+                else:
+                    server.json_answer(self, 404, {"error": {"message": "not found"}})
 
             def log_message(self, *_args) -> None:
                 pass
@@ -52,7 +73,22 @@ class FakeModelServer:
 
     # The wire protocol ---------------------------------------------------------------------------
 
+    @staticmethod
+    def json_answer(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+        raw = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(raw)))
+        handler.end_headers()
+        handler.wfile.write(raw)
+
     def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], step: dict[str, Any]) -> None:
+        used = prompt_tokens(body)
+        if used + (body.get("max_tokens") or 0) > CONTEXT_TOKENS and "status" not in step:
+            with self.lock:
+                self.script.insert(0, step)  # not consumed: the retry with less history gets it
+            step = {"status": 400, "code": 400, "message": "the request exceeds the available context size, "
+                    f"try increasing it (n_prompt_tokens={used}, n_ctx={CONTEXT_TOKENS})"}
         if "status" in step:
             payload = json.dumps({"error": {"message": step.get("message", "scripted failure"),
                                             "type": "invalid_request_error" if step["status"] < 500 else "server_error",
@@ -71,13 +107,21 @@ class FakeModelServer:
                                if not isinstance(call["arguments"], str) else call["arguments"]}}
                  for call in step.get("tool_calls", [])]
         finish = "tool_calls" if calls else "stop"
+        content = step.get("content")
+        if content and body.get("max_tokens") and len(content.split(" ")) > body["max_tokens"]:
+            content, finish = " ".join(content.split(" ")[: body["max_tokens"]]), "length"
+        usage = step.get("usage") or {"prompt_tokens": used,
+                                      "completion_tokens": len((content or "").split()) + 10 * len(calls),
+                                      }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):
-            message = {"role": "assistant", "content": step.get("content") if not calls else None}
+            message = {"role": "assistant", "content": content if not calls else None}
             if calls:
                 message["tool_calls"] = calls
             payload = json.dumps({"id": completion_id, "object": "chat.completion", "created": int(time.time()),
                                   "model": body["model"], "choices": [{"index": 0, "message": message,
-                                                                       "finish_reason": finish}]}).encode()
+                                                                       "finish_reason": finish}],
+                                  "usage": usage}).encode()
             handler.send_response(200)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(payload)))
@@ -108,10 +152,18 @@ class FakeModelServer:
                                                        "function": {"name": call["function"]["name"],
                                                                     "arguments": arguments[:half]}}]})))
                 send(json.dumps(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]})))
-            for piece in _pieces(step.get("content") or "") if not calls else []:
+            for count, piece in enumerate(_pieces(content or "") if not calls else []):
+                if count == step.get("break_after"):  # the connection drops mid-answer
+                    handler.close_connection = True
+                    handler.wfile.flush()
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 time.sleep(step.get("chunk_delay", 0))
                 send(json.dumps(chunk({"content": piece})))
             send(json.dumps(chunk({}, finish)))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                send(json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                                 "model": body["model"], "choices": [], "usage": usage}))
             send("[DONE]")
             handler.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):

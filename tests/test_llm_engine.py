@@ -9,49 +9,13 @@ import threading
 
 import pytest
 
-from scripts.devstack import create_database
-from tests.conftest import TEST_REDIS_DB, Stack
 from tests.fake_llm import FakeModelServer
 from tests.support import Api, EventStream, Process, Web, Worker, wait_until
 
-LLM_REDIS_DB = TEST_REDIS_DB - 1
-
-
-@pytest.fixture(scope="module")
-def model_server():
-    server = FakeModelServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def llm_stack(stack_env, model_server):
-    """A stack of its own (database, Redis database, web, worker, beat) whose workers use a model."""
-    server = os.environ["DATABASE_URL"]
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{LLM_REDIS_DB}"
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**stack_env, "DATABASE_URL": create_database(server, "chatq_llm"), "REDIS_URL": redis_url,
-           "ENGINE": "openai", "LLM_BASE_URL": model_server.base_url, "LLM_MODEL": "fake-model",
-           "LLM_API_KEY": "sk-test", "LEASE_SECONDS": "4", "REQUEUE_AFTER_SECONDS": "2"}
-    running = Stack(env)
-    running.web = Web("llm-web", env)
-    running.worker = Worker("llm-worker", env)
-    running.start()
-    yield running
-    running.stop()
-
 
 @pytest.fixture
-def model(model_server):
-    model_server.reset()
-    return model_server
-
-
-@pytest.fixture
-def user(llm_stack) -> Api:
-    return Api(llm_stack.url)
+def user(llm_user: Api) -> Api:
+    return llm_user
 
 
 def test_a_plain_answer(user: Api, model: FakeModelServer) -> None:
@@ -106,10 +70,10 @@ def test_429_then_success(user: Api, model: FakeModelServer) -> None:
 
 
 def test_a_permanent_400_fails_readably_then_retry_answers(user: Api, model: FakeModelServer) -> None:
-    model.reset({"status": 400, "message": "context length exceeded"})
+    model.reset({"status": 400, "message": "unsupported value: 'temperature'"})
     message_id = user.chat("a very long story")["message"]["id"]
     failed = user.wait_answered(message_id)
-    assert failed["status"] == "failed" and "context length exceeded" in failed["error"]
+    assert failed["status"] == "failed" and "unsupported value: 'temperature'" in failed["error"]
     assert len(model.requests) == 1  # permanent: not retried
     model.reset({"content": "Now it fits."})
     assert user.post(f"/api/v1/messages/{message_id}/retry").status_code == 202

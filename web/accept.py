@@ -14,10 +14,11 @@ from sqlalchemy import Row, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, IdempotentRequest, Message, Role, Status
+from models import PENDING, Conversation, IdempotentRequest, Message, Role, Settings, Status
 from models.queries import parse_uuid
 
 from .problems import Problem
+from .quotas import charge_message
 from .serialize import message_json
 
 POLL_URL = "/api/v1/messages/{}"
@@ -140,10 +141,12 @@ def accept_message(
     conversation_id: str | None,
     request_id: str,
     idempotency: tuple[str, str] | None,
+    settings: Settings,
     on_busy: str = "enqueue",
 ) -> Accepted:
-    """Store a user message. Without an idempotency key or `on_busy` `session` may be in
-    autocommit: storing is one statement. Otherwise the caller runs this in a transaction."""
+    """Store a user message and count it in the user's day. Without an idempotency key, `on_busy`
+    or quotas `session` may be in autocommit (storing is one statement, counting another that may
+    follow it alone); otherwise the caller runs this in a transaction."""
     if idempotency is not None:
         stored = _claim_key(session, user, *idempotency)
         if stored is not None:
@@ -154,6 +157,7 @@ def accept_message(
     message = _store(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id)
     if message is None:
         raise Problem(404, "No such conversation.")
+    charge_message(session, user, settings)
     body = {
         "conversation_id": str(message.conversation_id),
         "message": message_json(message),  # type: ignore[arg-type] - a row with a Message's columns

@@ -30,6 +30,7 @@ from .accept import POLL_URL, accept_message, fingerprint
 from .auth import authenticate
 from .inputs import json_body, optional_json_body, query
 from .problems import Problem
+from .quotas import charge_message, has_quotas, usage_today
 from .serialize import conversation_json, message_json, task_json, version_json
 from .services import db, reader, services
 from .spec import operation
@@ -136,9 +137,10 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
         if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
             raise Problem(422, "Idempotency-Key: must be 1 to 255 printable characters", slug="invalid-field")
         idempotency = (key, fingerprint(route, payload))
+    settings = services().settings
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
-                 "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy}
-    if idempotency is None and on_busy == "enqueue":
+                 "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings}
+    if idempotency is None and on_busy == "enqueue" and not has_quotas(settings):
         accepted = accept_message(reader(), **arguments)  # one statement: autocommit is enough
     else:
         session = db()
@@ -291,6 +293,7 @@ def regenerate_message(message_id: str) -> Response:
         if row.status not in FINAL:
             raise Problem(409, f"The message is still {row.status.value}; cancel it first or wait for its reply.",
                           slug="not-finished")
+        charge_message(session, g.user, services().settings)  # asking again is another message
         session.execute(update(Message).where(Message.reply_to_id == row.id, Message.superseded.is_(False))
                         .values(superseded=True, updated_at=func.now()))
         session.execute(update(Message).where(Message.id == row.id).values(
@@ -346,3 +349,12 @@ def list_tasks() -> dict[str, Any]:
         statement = statement.where(Task.done.is_(params.status == "done"))
     rows = reader().scalars(statement.order_by(Task.created_at, Task.id))
     return {"items": [task_json(row) for row in rows]}
+
+
+# Usage -----------------------------------------------------------------------------------------
+
+
+@bp.get("/usage")
+@operation("The user's use today (UTC) and the daily limits", responses={200: schemas.Usage})
+def usage() -> dict[str, Any]:
+    return schemas.Usage.model_validate(usage_today(reader(), g.user, services().settings)).model_dump(mode="json")

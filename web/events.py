@@ -15,6 +15,8 @@
   the stream sends only the pieces after it, in order: however a client joins, mid-reply or on
   another node, it gets every piece exactly once (a gap — a notification lost — is filled from the
   attempt's pieces in Redis);
+- `event: reset` (no id) with `{"message_id", "attempt"}` when the text streamed so far is thrown
+  away within an attempt (a model request retried): the client clears it, and pieces start at 0;
 - a `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS`, so proxies keep the stream open.
 
 Like a long-poll, the stream is a waiting request (web/waiting.py: admitted, no database connection
@@ -113,7 +115,11 @@ def _pieces(data: str, sent: Sent) -> list[str]:
     the piece itself when it is the next one, or everything it is missing up to it."""
     try:
         piece = json.loads(data)
-        message_id, attempt, index = piece["message_id"], int(piece["attempt"]), int(piece["index"])
+        message_id, attempt = piece["message_id"], int(piece["attempt"])
+        if piece.get("reset"):  # the text so far was thrown away: the client starts the reply again
+            sent[message_id] = (attempt, 0)
+            return [f"event: reset\ndata: {json.dumps({'message_id': message_id, 'attempt': attempt})}\n\n"]
+        index = int(piece["index"])
     except (ValueError, KeyError, TypeError):
         return []
     have_attempt, have = sent.get(message_id, (attempt, 0))

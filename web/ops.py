@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import requests
 import structlog
 from flask import Blueprint, current_app
 from redis.exceptions import RedisError
@@ -44,6 +45,22 @@ def health() -> tuple[dict[str, Any], int, dict[str, str]]:
         "status": "healthy" if healthy else "unhealthy",
         "database": database,
         "broker": broker,
+        # Reported, never a reason to take this node out: a web node serves without a model.
+        "engine": _engine(),
         "server_id": current_app.config["SERVER_ID"],
     }
     return body, (200 if healthy else 503), ({} if healthy else {"Retry-After": "5"})
+
+
+def _engine() -> str:
+    """`builtin`, or whether the model server the workers use answers (its model list, 1 s)."""
+    settings = services().settings
+    if settings.engine != "openai" or not settings.llm_base_url:
+        return "builtin"
+    headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+    try:
+        response = requests.get(settings.llm_base_url.rstrip("/") + "/models", headers=headers, timeout=1)
+    except requests.RequestException as error:
+        log.warning("health_engine_unreachable", error=str(error).splitlines()[0][:200])
+        return "unreachable"
+    return "reachable" if response.status_code < 500 else "unreachable"

@@ -131,9 +131,30 @@ class ToolCall(_Out):
     result: dict[str, Any]
 
 
-class Usage(_Out):
+class TokenUsage(_Out):
     prompt_tokens: int
     completion_tokens: int
+
+
+class ContextSent(_Out):
+    messages_sent: int
+    messages_total: int
+
+
+class Limits(_Out):
+    messages_per_day: int | None
+    tokens_per_day: int | None
+
+
+class Usage(_Out):
+    """A user's use on one UTC day, and the limits (null: none)."""
+
+    day: str
+    messages: int
+    prompt_tokens: int
+    completion_tokens: int
+    limits: Limits
+    resets_at: datetime
 
 
 class Partial(_Out):
@@ -155,7 +176,8 @@ class AssistantMessageOut(_Out):
     reply_to: str
     tool_calls: list[ToolCall]
     finish: Literal["stop", "cancelled", "length"]
-    usage: Usage | None
+    usage: TokenUsage | None
+    context: ContextSent | None = Field(description="how much of the history a model was sent")
     current: bool = Field(description="false for an earlier version, replaced by a regenerate")
 
 
@@ -170,6 +192,7 @@ class UserMessageOut(_Out):
     status: Literal["queued", "processing", "answered", "failed", "cancelled"]
     reply: AssistantMessageOut | None
     partial: Partial | None
+    context: ContextSent | None = Field(description="its reply's: how much of the history a model was sent")
 
 
 MessageOut = Annotated[UserMessageOut | AssistantMessageOut, Field(discriminator="role")]
@@ -214,6 +237,7 @@ class Health(_Out):
     status: Literal["healthy", "unhealthy"]
     database: Literal["connected", "disconnected"]
     broker: Literal["connected", "disconnected"]
+    engine: Literal["builtin", "reachable", "unreachable"]
     server_id: str
 
 

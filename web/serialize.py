@@ -40,7 +40,7 @@ def message_out(row: Message, reply: Message | None = None,
                 if partial is not None and partial.attempt == row.attempts else \
                 PartialOut(attempt=row.attempts, text="", pieces=0)
         return UserMessageOut(role="user", status=row.status.value, reply=answer, partial=shown,  # type: ignore[arg-type]
-                              **common)
+                              context=answer.context if answer is not None else None, **common)
     return AssistantMessageOut(role="assistant", **_assistant(row), **common)
 
 
@@ -50,6 +50,7 @@ def _assistant(row: Message) -> dict[str, Any]:
         "tool_calls": [ToolCall.model_validate(call) for call in row.tool_calls or []],
         "finish": row.finish.value if row.finish is not None else "stop",
         "usage": row.usage,
+        "context": row.context,
         "current": not row.superseded,
     }
 

@@ -29,14 +29,14 @@ _PICK = f"""
 ), picked AS (
     UPDATE messages AS m SET status = 'processing', attempts = m.attempts + 1, updated_at = now()
       FROM question WHERE m.id = question.id
- RETURNING m.id, m.seq, m.content, m.attempts, m.request_id,
+ RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error,
            extract(epoch FROM now() - m.created_at)::float8 AS age
 )
 SELECT 0 AS seq, 'user' AS role, picked.content, NULL::text AS tool_calls,
        json_build_object(
            'conversation_id', claimed.id, 'user_id', claimed.user_id, 'lease_version', claimed.lease_version,
            'last_seq', claimed.last_seq, 'question_id', picked.id, 'seq', picked.seq, 'attempts', picked.attempts,
-           'request_id', picked.request_id, 'age', picked.age,
+           'request_id', picked.request_id, 'age', picked.age, 'last_error', picked.error,
            'pending', (SELECT count(*) FROM messages AS p
                         WHERE p.conversation_id = claimed.id AND p.{PENDING_SQL})
        ) AS claim
@@ -77,11 +77,18 @@ WHY_NOT = text("SELECT status::text FROM messages WHERE id = :message_id")
 # "cancelled" (none at all when there is none); anything else (put back in the queue by a
 # regenerate) stores nothing. A concurrent cancel either commits first (and this sees `cancelled`)
 # or waits for this and finds the question answered: exactly one of the two. The lease is released
-# in every case. A second current reply to one question violates uq_messages_current_reply and
+# in every case, and the tokens the generation used are added to the user's day (daily_usage),
+# stored or not. A second current reply to one question violates uq_messages_current_reply and
 # rolls the statement back whole.
 COMMIT_REPLY = text("""
 WITH lease AS (
-    SELECT id FROM conversations WHERE id = :conversation_id AND lease_version = :version FOR UPDATE
+    SELECT id, user_id FROM conversations WHERE id = :conversation_id AND lease_version = :version FOR UPDATE
+), used AS (
+    INSERT INTO daily_usage AS u (user_id, day, prompt_tokens, completion_tokens)
+    SELECT lease.user_id, (now() AT TIME ZONE 'UTC')::date, :prompt_tokens, :completion_tokens FROM lease
+     WHERE :prompt_tokens + :completion_tokens > 0
+    ON CONFLICT (user_id, day) DO UPDATE SET prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+                                             completion_tokens = u.completion_tokens + excluded.completion_tokens
 ), question AS (
     UPDATE messages
        SET status = CASE WHEN status = 'processing' THEN 'answered'::message_status ELSE status END,
@@ -97,11 +104,11 @@ WITH lease AS (
  RETURNING last_seq
 ), reply AS (
     INSERT INTO messages (id, conversation_id, seq, role, content, reply_to_id, tool_calls, context_seq,
-                          request_id, attempts, question_content, finish, usage, created_at, updated_at)
+                          request_id, attempts, question_content, finish, usage, context, created_at, updated_at)
     SELECT :reply_id, :conversation_id, fenced.last_seq, 'assistant', :content, :question_id,
            CAST(:tool_calls AS json), :context_seq, :request_id, 0, :question_content,
            CAST(CASE kept.status WHEN 'cancelled' THEN 'cancelled' ELSE :finish END AS reply_finish),
-           CAST(:usage AS json), now(), now()
+           CAST(:usage AS json), CAST(:context AS json), now(), now()
       FROM fenced, kept
  RETURNING seq
 )

@@ -113,6 +113,7 @@ class _Claimed(NamedTuple):
     attempts: int
     request_id: str | None
     age: float  # seconds since the question was accepted
+    last_error: str | None  # why the previous attempt did not answer, if one did not
 
 
 def _claimed(result: CursorResult[Any]) -> tuple[_Claimed | None, History]:
@@ -141,6 +142,7 @@ def _claimed(result: CursorResult[Any]) -> tuple[_Claimed | None, History]:
         attempts=claim["attempts"] or 0,
         request_id=claim["request_id"],
         age=claim["age"] or 0.0,
+        last_error=claim.get("last_error"),
     ), History(rows[1:])
 
 
@@ -162,7 +164,8 @@ def _question(row: _Claimed, history: History) -> Question:
 def _give_up_reason(row: _Claimed, rt: Runtime) -> str | None:
     tried = row.attempts - 1  # the claim just counted this attempt
     if tried >= rt.settings.max_attempts:
-        return f"Not answered after {tried} attempts; retry the message to try again."
+        cause = f" (the last one: {row.last_error})" if row.last_error else ""
+        return f"Not answered after {tried} attempts{cause}; retry the message to try again."
     if row.age > rt.settings.answer_deadline_seconds:
         return f"Not answered within {int(rt.settings.answer_deadline_seconds)} seconds; retry the message."
     return None
@@ -192,6 +195,9 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         "question_content": _without_nul(question.content),
         "finish": reply.finish,
         "usage": json.dumps(reply.usage) if reply.usage is not None else None,
+        "context": json.dumps(reply.context) if reply.context is not None else None,
+        "prompt_tokens": (reply.usage or {}).get("prompt_tokens", 0),
+        "completion_tokens": (reply.usage or {}).get("completion_tokens", 0),
     }
     try:
         with rt.db.connect() as connection:
@@ -220,15 +226,15 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, error: str | None) -> bool | None:
-    """Give the message back: `queued` again (error None) or `failed` with a readable error.
-    Releases the lease. False when the lease was no longer ours (someone else has it now); None
-    when the question had been cancelled meanwhile (left as it is)."""
-    status, error_value = ("queued", None) if error is None else ("failed", error)
+def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, failed: bool, error: str) -> bool | None:
+    """Give the message back: `queued` again, keeping why this attempt did not answer (a person
+    reads it while it waits, and in the give-up reason if every attempt fails), or `failed` with a
+    readable error. Releases the lease. False when the lease was no longer ours (someone else has
+    it now); None when the question had been cancelled meanwhile (left as it is)."""
     with rt.db.connect() as connection:
         row = connection.execute(claim_sql.GIVE_BACK, {
-            "conversation_id": lease.conversation_id, "version": lease.version, "status": status,
-            "error": error_value, "question_id": question.id}).one_or_none()
+            "conversation_id": lease.conversation_id, "version": lease.version,
+            "status": "failed" if failed else "queued", "error": error, "question_id": question.id}).one_or_none()
     if row is None:
         return False
     return True if row.given_back is not None else None

@@ -19,6 +19,8 @@ LEASE_LOST = Counter("chatq_lease_lost_total", "Replies discarded because their 
 REQUEUED = Counter("chatq_sweeper_requeued_total", "Jobs the sweeper sent again.", ["reason"])
 DUPLICATES = Counter("chatq_duplicate_deliveries_total", "Jobs that found nothing to do.", ["reason"])
 FAILURES = Counter("chatq_failures_total", "Messages that became failed.", ["reason"])
+TOKENS = Counter("chatq_llm_tokens_total", "Model tokens used, as the model server reported them.",
+                 ["model", "kind"])
 CANCELLED = Counter("chatq_generations_cancelled_total",
                     "Generations stopped because their question was cancelled (not failures).")
 RETRIES = Counter("chatq_generation_retries_total", "Generations given back to the queue to try again.")

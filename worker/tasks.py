@@ -129,12 +129,15 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
                 history=question.history,
                 tools=TodoTools(rt.db, question.user, question.id),
                 on_delta=pieces,
+                on_restart=pieces.restart,
                 cancellation=cancellation,
             ))
     except (TransientEngineError, SoftTimeLimitExceeded) as interrupted:
-        log.warning("generation_interrupted", error=str(interrupted) or type(interrupted).__name__)
+        cause = str(interrupted) if isinstance(interrupted, TransientEngineError) else \
+            "the generation ran past its time limit"
+        log.warning("generation_interrupted", error=cause)
         metrics.RETRIES.inc()
-        given_back = claims.finish_unanswered(rt, lease, question, error=None)
+        given_back = claims.finish_unanswered(rt, lease, question, failed=False, error=cause)
         if given_back is False:
             return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
         if given_back is None:  # cancelled meanwhile: nothing to try again
@@ -153,6 +156,8 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
         metrics.FAILURES.labels("crashed").inc()
         error = "The assistant hit an internal error; retry later."
     else:
+        for kind, tokens in (reply.usage or {}).items():
+            metrics.TOKENS.labels(rt.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
         committed = claims.commit_reply(rt, lease, question, reply)
         if committed is None:
             log.warning("reply_discarded", reason="lease_lost")
@@ -161,7 +166,7 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
         log.info(outcome.value, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
                  finish=reply.finish, generation_ms=round((time.perf_counter() - started) * 1000, 1))
         return Answered(outcome, lease, question, claimed.failed, committed=committed)
-    given_back = claims.finish_unanswered(rt, lease, question, error=error)
+    given_back = claims.finish_unanswered(rt, lease, question, failed=True, error=error or "unknown")
     if given_back is False:
         return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
     return Answered(Outcome.FAILED if given_back else Outcome.CANCELLED, lease, question, claimed.failed)

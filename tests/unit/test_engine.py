@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from tests.unit.test_accept import NO_QUOTAS
 from web.accept import accept_message
 
 
@@ -36,7 +37,7 @@ class Conversation:
         in memory: what the engine reads is the history it is handed)."""
         with Session(self.db) as session:
             accepted = accept_message(session, user=self.user, content=text, request_id="unit", idempotency=None,
-                                      conversation_id=self.id)
+                                      conversation_id=self.id, settings=NO_QUOTAS)
         self.id, message_id = accepted.body["conversation_id"], accepted.message_id
         tools = self.tools_class(self.db, self.user, message_id)
         request = self.request_class(user=self.user, conversation_id=self.id, message_id=message_id, content=text,

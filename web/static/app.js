@@ -168,17 +168,22 @@ function remember(message) {
     return;
   }
   state.items.set(message.id, message);
-  // The question's current reply only: a regenerate replaced (or is replacing) the others.
-  for (const item of [...state.items.values()]) {
-    if (item.reply_to === message.id && (!message.reply || item.id !== message.reply.id)) state.items.delete(item.id);
-  }
   if (message.reply) {
+    // The question's current reply only: a regenerate replaced the others. (A question without a
+    // reply removes none: it may be an older read arriving after its reply.)
+    forgetReplies(message.id, message.reply.id);
     state.items.set(message.reply.id, message.reply);
     state.drafts.delete(message.id);
   } else if (message.partial) {  // what was written so far: the stream continues from its last piece
     state.drafts.set(message.id, { ...message.partial });
   } else if (message.status === "queued") {
     state.drafts.delete(message.id);
+  }
+}
+
+function forgetReplies(questionId, keepId) {
+  for (const item of [...state.items.values()]) {
+    if (item.reply_to === questionId && item.id !== keepId) state.items.delete(item.id);
   }
 }
 
@@ -264,7 +269,7 @@ function render() {
       status.append(button("stop", "Stop", stopGenerating));
       list.append(status);
       const draft = state.drafts.get(message.id);
-      if (!message.reply && draft) {
+      if (!message.reply && draft && draft.text) {
         const bubble = document.createElement("li");
         bubble.className = "message assistant draft";
         bubble.textContent = draft.text;
@@ -333,6 +338,7 @@ async function regenerate(questionId, content) {
     const accepted = await api("POST", `/api/v1/messages/${questionId}/regenerate`,
       content === undefined ? {} : { content });
     state.versions = null;
+    forgetReplies(questionId, null);  // its new reply replaces them
     remember(accepted.message);
     render();
     waitForReply(questionId);
@@ -476,7 +482,9 @@ function parseEvent(block) {
 
 function onEvent(event) {
   const data = JSON.parse(event.data);
-  if (event.type === "delta") {
+  if (event.type === "reset") {  // the text so far was thrown away (a retried request): start again
+    state.drafts.delete(data.message_id);
+  } else if (event.type === "delta") {
     // The server sends each piece once, in order, after the text so far (a message's `partial`);
     // a new attempt (after a crash) starts its text again from piece 0.
     const draft = state.drafts.get(data.message_id);

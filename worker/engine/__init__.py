@@ -30,6 +30,8 @@ def make_engine(settings: Settings) -> ReplyEngine:
             timeout_s=settings.llm_timeout_s,
             system_prompt=settings.llm_system_prompt or DEFAULT_SYSTEM_PROMPT,
             stream=settings.llm_stream,
+            context_tokens=settings.llm_context_tokens,
+            max_tokens=settings.llm_max_tokens,
         ))
     return BuiltinEngine(delay_ms=settings.engine_delay_ms, stream_delay_ms=settings.engine_stream_delay_ms)
 

@@ -118,6 +118,9 @@ class ReplyRequest:
     # Called with each piece of text as a streaming engine produces it (a hint for live clients;
     # the committed reply is the truth).
     on_delta: Callable[[str], None] | None = None
+    # Called when the text streamed so far is thrown away (a request retried within the attempt, a
+    # tool step after text): live clients start the reply again.
+    on_restart: Callable[[], None] | None = None
     cancellation: Cancellation = field(default_factory=Cancellation)
 
 
@@ -128,6 +131,7 @@ class Reply:
     # "stop", "cancelled" (the text written before the cancel) or "length" (cut at the output limit).
     finish: str = "stop"
     usage: dict[str, int] | None = None  # {"prompt_tokens", "completion_tokens"}, as a model reported them
+    context: dict[str, int] | None = None  # {"messages_sent", "messages_total"}: how much history was sent
 
 
 class ReplyEngine(Protocol):

@@ -26,6 +26,7 @@ import requests
 
 from models import backoff
 
+from . import context
 from .base import Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
 from .tools import TodoTools
 
@@ -67,6 +68,8 @@ class OpenAIConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_steps: int = 6
     stream: bool = True
+    context_tokens: int = 0  # 0: what the server reports, else context.DEFAULT_CONTEXT_TOKENS
+    max_tokens: int = 1024
 
 
 @dataclass
@@ -114,17 +117,42 @@ class OpenAICompatibleEngine:
     def __init__(self, config: OpenAIConfig, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         self._sleep = sleep
+        self._reported_context: int | None = None  # the server's, asked once per process
 
     def reply(self, request: ReplyRequest) -> Reply:
-        messages = history_messages(self.config.system_prompt, request.history, request.content)
+        count = context.ServerTokenizer(self.config.base_url, self._headers(), timeout=5)
+        fixed = (count(self.config.system_prompt) + count(request.content) + count(json.dumps(TOOLS))
+                 + 2 * context.MESSAGE_OVERHEAD_TOKENS)
+        budget = self._context_tokens() - self.config.max_tokens - fixed
+        window = context.fit(request.history, budget, count)
+        # The estimate may be wrong where no tokenizer was asked: a server's "does not fit" sends
+        # half as much history again (a few times), never a message that fails for being long.
+        for _ in range(4):
+            try:
+                return self._generate(request, window)
+            except _Overflow as overflow:
+                if not window.turns:
+                    raise PermanentEngineError(f"The question does not fit the model's context window: {overflow}") \
+                        from overflow
+                window = context.fit(request.history, budget, count, at_most=len(window.turns) // 2)
+        raise PermanentEngineError("The model server kept answering that the history does not fit its context.")
+
+    def _generate(self, request: ReplyRequest, window: context.Window) -> Reply:
+        messages = history_messages(self.config.system_prompt, window.turns, request.content)
+        sent = {"messages_sent": len(window.turns), "messages_total": window.total}
         cancellation = request.cancellation
-        for _step in range(self.config.max_steps):
+        usage: dict[str, int] | None = None
+        for step in range(self.config.max_steps):
             if cancellation.is_set():  # between steps: the tools already run stay run
-                return Reply(content="", tool_calls=list(request.tools.calls), finish="cancelled")
-            answer = self._complete(messages, request.on_delta, cancellation)
+                return Reply(content="", tool_calls=list(request.tools.calls), finish="cancelled", usage=usage,
+                             context=sent)
+            if step and request.on_restart is not None:
+                request.on_restart()  # text before a tool call is not the reply: the page starts again
+            answer = self._complete(messages, request, cancellation)
+            usage = _add_usage(usage, answer.usage)
             if not answer.tool_calls or answer.finish == "cancelled":
                 return Reply(content=answer.content, tool_calls=list(request.tools.calls), finish=answer.finish,
-                             usage=answer.usage)
+                             usage=usage, context=sent)
             messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
                 {"id": call["id"], "type": "function", "function": {"name": call["name"],
                                                                     "arguments": call["arguments"]}}
@@ -134,14 +162,29 @@ class OpenAICompatibleEngine:
                 messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
         raise PermanentEngineError(f"The model did not answer within {self.config.max_steps} steps.")
 
+    def _context_tokens(self) -> int:
+        if self.config.context_tokens:
+            return self.config.context_tokens
+        if self._reported_context is None:
+            self._reported_context = context.reported_context(self.config.base_url, self._headers(), timeout=5)
+        return self._reported_context or context.DEFAULT_CONTEXT_TOKENS
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
     # One completion, retried -----------------------------------------------------------------
 
-    def _complete(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None,
+    def _complete(self, messages: list[dict[str, Any]], request: ReplyRequest,
                   cancellation: Cancellation) -> _Answer:
         last: TransientEngineError | None = None
         for attempt in range(ATTEMPTS):
+            if attempt and request.on_restart is not None:
+                request.on_restart()  # what the failed request streamed is not the reply
             try:
-                return self._request(messages, on_delta, cancellation)
+                return self._request(messages, request.on_delta, cancellation)
             except _Retryable as error:
                 last = TransientEngineError(str(error))
                 pause = error.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP)
@@ -152,22 +195,26 @@ class OpenAICompatibleEngine:
 
     def _request(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None,
                  cancellation: Cancellation) -> _Answer:
-        body = {"model": self.config.model, "messages": messages, "tools": TOOLS, "stream": self.config.stream}
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        body: dict[str, Any] = {"model": self.config.model, "messages": messages, "tools": TOOLS,
+                                "stream": self.config.stream, "max_tokens": self.config.max_tokens}
+        if self.config.stream:
+            body["stream_options"] = {"include_usage": True}  # the token counts, in the last chunk
+        headers = self._headers()
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         try:
             response = requests.post(url, json=body, headers=headers, timeout=self.config.timeout_s,
                                      stream=self.config.stream)
         except requests.Timeout as error:
-            raise _Retryable(f"the model server timed out: {error}") from error
+            raise _Retryable(f"the model server at {self.config.base_url} did not answer within "
+                             f"{self.config.timeout_s:g} s") from error
         except requests.ConnectionError as error:
-            raise _Retryable(f"the model server cannot be reached: {error}") from error
+            raise _Retryable(_unreachable(self.config.base_url, error)) from error
         with response, cancellation.closing(lambda: _hang_up(response)):
             if response.status_code == 429 or response.status_code >= 500:
                 raise _Retryable(f"the model server answered {response.status_code}: {_error_text(response)}",
                                  retry_after=_retry_after(response))
+            if response.status_code >= 400 and context.is_overflow(_error_text(response)):
+                raise _Overflow(_error_text(response))
             if response.status_code >= 400:
                 raise PermanentEngineError(
                     f"The model server refused the request ({response.status_code}): {_error_text(response)}")
@@ -179,9 +226,30 @@ class OpenAICompatibleEngine:
                     return _Answer(content="", tool_calls=[], finish="cancelled")
                 return answer
             except requests.RequestException as error:
-                raise _Retryable(f"the model server's answer broke off: {error}") from error
+                raise _Retryable(f"the answer of the model server at {self.config.base_url} broke off") from error
             except (ValueError, KeyError, TypeError, IndexError) as error:
                 raise PermanentEngineError(f"The model server's answer is malformed: {error}") from error
+
+
+class _Overflow(PermanentEngineError):
+    """The server says the prompt does not fit its context window."""
+
+
+def _unreachable(base_url: str, error: Exception) -> str:
+    if "refused" in str(error).lower():
+        return f"the model server at {base_url} refused the connection"
+    if "name or service not known" in str(error).lower() or "resolve" in str(error).lower():
+        return f"the model server's name in {base_url} does not resolve"
+    return f"the model server at {base_url} cannot be reached"
+
+
+def _add_usage(total: dict[str, int] | None, more: dict[str, int] | None) -> dict[str, int] | None:
+    """A reply's usage over all its requests (a tool call costs a request of its own)."""
+    if more is None:
+        return total
+    if total is None:
+        return dict(more)
+    return {key: total.get(key, 0) + more.get(key, 0) for key in ("prompt_tokens", "completion_tokens")}
 
 
 def _hang_up(response: requests.Response) -> None:

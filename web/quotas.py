@@ -1,0 +1,77 @@
+"""Per-user daily quotas — messages and model tokens per UTC day — held across every web node by
+one row per user and day in Postgres (models.DailyUsage).
+
+A message is counted by the statement that checks its quota: two posts racing for the last
+message of the day cannot both pass. Tokens are counted by the worker when a reply is committed
+(they are only known then), so a day's token quota stops the next message once it is reached:
+the reply that crosses it is not cut off.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from models import DailyUsage, Settings
+
+from .problems import Problem
+
+# Days are UTC days, as the worker's count of tokens (claim_sql.COMMIT_REPLY) has them.
+TODAY = text("(now() AT TIME ZONE 'UTC')::date")
+
+# Count one message for the user today, unless that would pass the limit (:limit 0: no limit).
+# Returns today's counts after it, or nothing when the quota was already used up.
+_CHARGE = text("""
+INSERT INTO daily_usage AS u (user_id, day, messages) VALUES (:user, (now() AT TIME ZONE 'UTC')::date, 1)
+ON CONFLICT (user_id, day) DO UPDATE SET messages = u.messages + 1
+ WHERE :limit = 0 OR u.messages < :limit
+RETURNING u.messages, u.prompt_tokens + u.completion_tokens AS tokens
+""")
+
+
+def _reset() -> tuple[datetime, int]:
+    """The next UTC midnight, and the seconds until it."""
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    return midnight, max(1, int((midnight - now).total_seconds()))
+
+
+def _over(quota: str, limit: int, what: str) -> Problem:
+    midnight, seconds = _reset()
+    return Problem(429, f"Daily quota reached: {limit} {what} per day. It resets at {midnight:%H:%M} UTC.",
+                   slug="quota-exceeded", headers={"Retry-After": str(seconds)},
+                   extensions={"quota": quota, "resets_at": midnight.isoformat().replace("+00:00", "Z")})
+
+
+def charge_message(session: Session, user: str, settings: Settings) -> None:
+    """Count a message (a post or a regenerate) against the user's day, or answer 429 naming the
+    quota it would pass. Run it in the transaction that stores the message when a quota is set,
+    so that a refused or failed post counts nothing."""
+    row = session.execute(_CHARGE, {"user": user, "limit": settings.quota_messages_per_day}).first()
+    if row is None:
+        raise _over("messages_per_day", settings.quota_messages_per_day, "messages")
+    if settings.quota_tokens_per_day and row.tokens >= settings.quota_tokens_per_day:
+        raise _over("tokens_per_day", settings.quota_tokens_per_day, "model tokens")
+
+
+def has_quotas(settings: Settings) -> bool:
+    return bool(settings.quota_messages_per_day or settings.quota_tokens_per_day)
+
+
+def usage_today(session: Session, user: str, settings: Settings) -> dict[str, Any]:
+    row = session.scalars(select(DailyUsage).where(DailyUsage.user_id == user,
+                                                   DailyUsage.day == TODAY)).one_or_none()
+    midnight, _seconds = _reset()
+    return {
+        "day": (row.day if row is not None else datetime.now(UTC).date()).isoformat(),
+        "messages": row.messages if row else 0,
+        "prompt_tokens": row.prompt_tokens if row else 0,
+        "completion_tokens": row.completion_tokens if row else 0,
+        "limits": {"messages_per_day": settings.quota_messages_per_day or None,
+                   "tokens_per_day": settings.quota_tokens_per_day or None},
+        "resets_at": midnight,
+    }
+
