@@ -4,7 +4,10 @@ vLLM, llama.cpp's server, LiteLLM's proxy).
 It turns the history loaded from Postgres into chat messages — including the tool calls and tool
 results recorded on earlier replies, so "what did I just add?" works with a model too — offers the
 todo tools as functions, runs the calls the model makes, and loops until the model answers (at most
-`max_steps` requests). With streaming on, content deltas are handed to `on_delta` as they arrive.
+`max_steps` requests). With streaming on, content deltas are handed to `on_delta` as they arrive
+(reading the answer: openai_wire.py). It sends the most recent whole turns that fit the model's
+context window (context.py) and leaves `max_tokens` for the reply; a reply cut there ends with
+finish "length".
 
 Failures: timeouts, connection errors, 429 and 5xx are transient — retried here a few times with
 jittered backoff that honours Retry-After, then handed to the worker as TransientEngineError (the
@@ -14,11 +17,9 @@ with a readable error and the retry endpoint can requeue it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from models import backoff
 
 from . import context
 from .base import Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
+from .openai_wire import BACKOFF_CAP, Answer, add_usage, error_text, hang_up, read_json, read_stream, retry_after
 from .tools import TodoTools
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -56,7 +58,6 @@ TOOLS: list[dict[str, Any]] = [
 ]
 TOOL_NAMES = {tool["function"]["name"] for tool in TOOLS}
 ATTEMPTS = 3  # requests per step before a transient failure is handed to the worker
-BACKOFF_CAP = 10.0
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,6 @@ class OpenAIConfig:
     stream: bool = True
     context_tokens: int = 0  # 0: what the server reports, else context.DEFAULT_CONTEXT_TOKENS
     max_tokens: int = 1024
-
-
-@dataclass
-class _Answer:
-    content: str
-    tool_calls: list[dict[str, Any]]  # [{"id", "name", "arguments": str}]
-    finish: str = "stop"  # or "length" (the server's finish_reason), or "cancelled" (we closed it)
-    usage: dict[str, int] | None = None
 
 
 def call_id(turn: Turn, index: int) -> str:
@@ -149,7 +142,7 @@ class OpenAICompatibleEngine:
             if step and request.on_restart is not None:
                 request.on_restart()  # text before a tool call is not the reply: the page starts again
             answer = self._complete(messages, request, cancellation)
-            usage = _add_usage(usage, answer.usage)
+            usage = add_usage(usage, answer.usage)
             if not answer.tool_calls or answer.finish == "cancelled":
                 return Reply(content=answer.content, tool_calls=list(request.tools.calls), finish=answer.finish,
                              usage=usage, context=sent)
@@ -178,7 +171,7 @@ class OpenAICompatibleEngine:
     # One completion, retried -----------------------------------------------------------------
 
     def _complete(self, messages: list[dict[str, Any]], request: ReplyRequest,
-                  cancellation: Cancellation) -> _Answer:
+                  cancellation: Cancellation) -> Answer:
         last: TransientEngineError | None = None
         for attempt in range(ATTEMPTS):
             if attempt and request.on_restart is not None:
@@ -189,12 +182,12 @@ class OpenAICompatibleEngine:
                 last = TransientEngineError(str(error))
                 pause = error.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP)
                 if attempt + 1 < ATTEMPTS and cancellation.wait(pause):
-                    return _Answer(content="", tool_calls=[], finish="cancelled")
+                    return Answer(content="", tool_calls=[], finish="cancelled")
         assert last is not None
         raise last
 
     def _request(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None,
-                 cancellation: Cancellation) -> _Answer:
+                 cancellation: Cancellation) -> Answer:
         body: dict[str, Any] = {"model": self.config.model, "messages": messages, "tools": TOOLS,
                                 "stream": self.config.stream, "max_tokens": self.config.max_tokens}
         if self.config.stream:
@@ -209,21 +202,21 @@ class OpenAICompatibleEngine:
                              f"{self.config.timeout_s:g} s") from error
         except requests.ConnectionError as error:
             raise _Retryable(_unreachable(self.config.base_url, error)) from error
-        with response, cancellation.closing(lambda: _hang_up(response)):
+        with response, cancellation.closing(lambda: hang_up(response)):
             if response.status_code == 429 or response.status_code >= 500:
-                raise _Retryable(f"the model server answered {response.status_code}: {_error_text(response)}",
-                                 retry_after=_retry_after(response))
-            if response.status_code >= 400 and context.is_overflow(_error_text(response)):
-                raise _Overflow(_error_text(response))
+                raise _Retryable(f"the model server answered {response.status_code}: {error_text(response)}",
+                                 retry_after=retry_after(response))
+            if response.status_code >= 400 and context.is_overflow(error_text(response)):
+                raise _Overflow(error_text(response))
             if response.status_code >= 400:
                 raise PermanentEngineError(
-                    f"The model server refused the request ({response.status_code}): {_error_text(response)}")
+                    f"The model server refused the request ({response.status_code}): {error_text(response)}")
             try:
                 if self.config.stream:
-                    return _read_stream(response, on_delta, cancellation)
-                answer = _read_json(response.json())
+                    return read_stream(response, on_delta, cancellation)
+                answer = read_json(response.json())
                 if cancellation.is_set():  # nothing of it was shown: stopped with no text
-                    return _Answer(content="", tool_calls=[], finish="cancelled")
+                    return Answer(content="", tool_calls=[], finish="cancelled")
                 return answer
             except requests.RequestException as error:
                 raise _Retryable(f"the answer of the model server at {self.config.base_url} broke off") from error
@@ -243,121 +236,7 @@ def _unreachable(base_url: str, error: Exception) -> str:
     return f"the model server at {base_url} cannot be reached"
 
 
-def _add_usage(total: dict[str, int] | None, more: dict[str, int] | None) -> dict[str, int] | None:
-    """A reply's usage over all its requests (a tool call costs a request of its own)."""
-    if more is None:
-        return total
-    if total is None:
-        return dict(more)
-    return {key: total.get(key, 0) + more.get(key, 0) for key in ("prompt_tokens", "completion_tokens")}
-
-
-def _hang_up(response: requests.Response) -> None:
-    """Close a model's stream from the worker's watcher thread: shutting the socket down wakes the
-    read blocked on it at once (closing it would not), and the model server sees the connection
-    end — the sign, for servers like llama.cpp and vLLM, to stop generating."""
-    connection = getattr(response.raw, "connection", None)  # urllib3 2's HTTPResponse
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    try:
-        return min(BACKOFF_CAP, max(0.0, float(response.headers.get("Retry-After", ""))))
-    except ValueError:
-        return None
-
-
-def _error_text(response: requests.Response) -> str:
-    try:
-        error = response.json().get("error", {})
-        return str(error.get("message") or error)[:300]
-    except (ValueError, AttributeError):
-        return response.text[:300]
-
-
-def _finish(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
-
-
-def _usage(payload: dict[str, Any]) -> dict[str, int] | None:
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0)}
-
-
-def _read_json(payload: dict[str, Any]) -> _Answer:
-    choice = payload["choices"][0]
-    message = choice["message"]
-    calls = [{"id": call["id"], "name": call["function"]["name"], "arguments": call["function"].get("arguments", "")}
-             for call in message.get("tool_calls") or []]
-    if message.get("content") is None and not calls:
-        raise ValueError("an answer with neither content nor tool calls")
-    return _Answer(content=message.get("content") or "", tool_calls=calls, finish=_finish(choice.get("finish_reason")),
-                   usage=_usage(payload))
-
-
-def _events(response: requests.Response) -> Iterator[dict[str, Any]]:
-    for line in response.iter_lines(decode_unicode=True):
-        if not line or not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        yield json.loads(data)
-
-
-def _read_stream(response: requests.Response, on_delta: Callable[[str], None] | None,
-                 cancellation: Cancellation) -> _Answer:
-    content: list[str] = []
-    try:
-        return _read_chunks(response, on_delta, cancellation, content)
-    except (requests.RequestException, OSError):
-        if cancellation.is_set():  # we hung up: what was written before the cancel is the reply
-            return _Answer(content="".join(content), tool_calls=[], finish="cancelled")
-        raise
-
-
-def _read_chunks(response: requests.Response, on_delta: Callable[[str], None] | None, cancellation: Cancellation,
-                 content: list[str]) -> _Answer:
-    calls: dict[int, dict[str, Any]] = {}
-    finished: str | None = None
-    usage: dict[str, int] | None = None
-    for chunk in _events(response):
-        if cancellation.is_set():
-            _hang_up(response)
-            return _Answer(content="".join(content), tool_calls=[], finish="cancelled")
-        usage = _usage(chunk) or usage
-        if "error" in chunk:
-            raise ValueError(f"error in stream: {chunk['error']}")
-        for choice in chunk.get("choices", []):
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                content.append(delta["content"])
-                if on_delta is not None:
-                    on_delta(delta["content"])
-            for part in delta.get("tool_calls") or []:
-                call = calls.setdefault(part["index"], {"id": "", "name": "", "arguments": ""})
-                call["id"] = part.get("id") or call["id"]
-                function = part.get("function") or {}
-                call["name"] += function.get("name") or ""
-                call["arguments"] += function.get("arguments") or ""
-            finished = finished or choice.get("finish_reason")
-    if cancellation.is_set():
-        return _Answer(content="".join(content), tool_calls=[], finish="cancelled")
-    if not finished:
-        raise requests.ConnectionError("the stream ended before a finish_reason")
-    if not content and not calls:
-        raise ValueError("an answer with neither content nor tool calls")
-    return _Answer(content="".join(content), tool_calls=[calls[i] for i in sorted(calls)], finish=_finish(finished),
-                   usage=usage)
