@@ -164,7 +164,8 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
             return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
         outcome = SETTLED.get(committed.status, Outcome.SUPERSEDED)
         log.info(outcome.value, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
-                 finish=reply.finish, generation_ms=round((time.perf_counter() - started) * 1000, 1))
+                 finish=reply.finish, context=reply.context, usage=reply.usage,
+                 generation_ms=round((time.perf_counter() - started) * 1000, 1))
         return Answered(outcome, lease, question, claimed.failed, committed=committed)
     given_back = claims.finish_unanswered(rt, lease, question, failed=True, error=error or "unknown")
     if given_back is False:

@@ -1,0 +1,150 @@
+"""ENGINE=openai against a real model server nobody here wrote: llama.cpp's `llama-server` serving
+SmolLM2-135M-Instruct (scripts/llama.py builds it once per machine; `make test` runs that first).
+
+Answers are deterministic (temperature 0, one seed), and the model is tiny: these tests check what
+chatq does with a real server's protocol — streamed and plain answers, a streamed tool call, a
+conversation past the context window, an answer cut at max_tokens, the server killed mid-stream —
+not what the model knows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import SimpleNamespace
+
+import pytest
+import redis
+import requests
+
+from scripts import llama
+from scripts.devstack import create_database
+from tests.conftest import TEST_REDIS_DB, Stack
+from tests.support import Api, Beat, EventStream, Process, Web, Worker, free_port, wait_until
+
+pytestmark = pytest.mark.llama
+LLAMA_REDIS_DB = TEST_REDIS_DB - 4
+CONTEXT = 2048
+MAX_TOKENS = 48
+# SmolLM2 was not trained for tools: shown the call format once, it uses it.
+TOOL_PROMPT = ("You call tools. Example: user: Add task: walk dog\nassistant: <tool_call>\n"
+               '{"name": "add_task", "arguments": {"title": "walk dog"}}\n</tool_call>')
+
+
+def start_llama(server: llama.LlamaServer, port: int) -> Process:
+    process = Process("llama-server", server.argv(port, context=CONTEXT), os.environ).start()
+
+    def ready() -> bool:
+        assert process.popen is not None and process.popen.poll() is None, process.log_text()[-2000:]
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(ready, timeout=60, what="llama-server")
+    return process
+
+
+@pytest.fixture(scope="module")
+def real(stack_env):
+    server = llama.find()
+    if server is None:
+        pytest.skip("llama-server is not built on this machine: `python scripts/llama.py build` says why")
+    port = free_port()
+    process = start_llama(server, port)
+    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{LLAMA_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], "chatq_llama"),
+           "REDIS_URL": redis_url, "ENGINE": "openai", "LLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
+           "LLM_MODEL": "smollm2", "LLM_MAX_TOKENS": str(MAX_TOKENS), "LEASE_SECONDS": "20"}
+    running = Stack(env)
+    running.web = Web("llama-web", env)
+    running.worker = Worker("llama-worker", env, concurrency=1)
+    running.beat = Beat("llama-beat", env)
+    running.start()
+    state = SimpleNamespace(stack=running, env=env, server=server, port=port, process=process)
+    yield state
+    running.stop()
+    state.process.stop()
+
+
+@pytest.fixture
+def user(real) -> Api:
+    return Api(real.stack.url)
+
+
+def swap_worker(real, **env: str) -> None:
+    """The stack's worker, restarted with other settings."""
+    real.stack.worker.stop()
+    real.stack.worker = Worker("llama-worker", {**real.env, **env}, concurrency=1).start()
+
+
+def test_a_streamed_answer_then_a_plain_one_with_usage(real, user: Api) -> None:
+    conversation_id = user.post("/api/v1/conversations", json={}).json()["id"]
+    stream = EventStream(user, f"/api/v1/conversations/{conversation_id}/events")
+    try:
+        question = user.chat("Say hello to me.", conversation_id)["message"]["id"]
+        events = stream.until(lambda e: e["event"] == "message" and e["data"].get("reply_to") == question, limit=200)
+    finally:
+        stream.close()
+    reply = events[-1]["data"]
+    deltas = [e["data"]["text"] for e in events if e["event"] == "delta"]
+    assert reply["content"] and "".join(deltas) == reply["content"]
+    assert reply["finish"] in ("stop", "length") and reply["usage"]["prompt_tokens"] > 0
+    assert reply["context"] == {"messages_sent": 0, "messages_total": 0}
+
+    swap_worker(real, LLM_STREAM="0")
+    try:
+        _, plain = user.ask("Say goodbye to me.", conversation_id)
+    finally:
+        swap_worker(real)
+    assert plain["reply"]["content"] and plain["reply"]["usage"]["completion_tokens"] > 0
+    assert plain["context"] == {"messages_sent": 2, "messages_total": 2}
+
+
+def test_a_streamed_tool_call_runs_the_tool(real, user: Api) -> None:
+    swap_worker(real, LLM_SYSTEM_PROMPT=TOOL_PROMPT)
+    try:
+        message_id = user.chat("Add task: buy milk")["message"]["id"]
+        wait_until(lambda: "buy milk" in [task["title"] for task in user.tasks()], timeout=60,
+                   what="the model's add_task call to run")
+        final = user.wait_answered(message_id, timeout=120)
+    finally:
+        swap_worker(real)
+    assert final["status"] in ("answered", "failed")  # what a 135M model says next is its own affair
+    if final["status"] == "answered":
+        assert any(call["name"] == "add_task" for call in final["reply"]["tool_calls"])
+
+
+def test_a_conversation_longer_than_the_context_window_keeps_being_answered(user: Api) -> None:
+    paragraph = ("The quick brown fox jumps over the lazy dog while the farmer counts his sheep. " * 18).strip()
+    conversation_id = None
+    for turn in range(5):  # each question ~300 tokens, each reply up to 48: past 2,048 by the fourth
+        conversation_id, answered = user.ask(f"Turn {turn}. {paragraph}", conversation_id)
+        assert answered["status"] == "answered"
+    sent = answered["context"]
+    assert sent["messages_total"] == 8 and 0 < sent["messages_sent"] < 8
+
+
+def test_an_answer_cut_at_max_tokens_says_so(user: Api) -> None:
+    _, answered = user.ask("Write a very long story about a dragon who lives in a castle.")
+    reply = answered["reply"]
+    assert reply["finish"] == "length" and reply["usage"]["completion_tokens"] == MAX_TOKENS
+
+
+def test_the_server_killed_mid_stream_and_started_again(real, user: Api) -> None:
+    swap_worker(real, LLM_MAX_TOKENS="400")
+    try:
+        message_id = user.chat("Write a very long story about a brave knight and a dragon.")["message"]["id"]
+        wait_until(lambda: (user.get(f"/api/v1/messages/{message_id}").json().get("partial") or {})
+                   .get("pieces", 0) >= 3, timeout=60, what="the answer to stream")
+        real.process.kill(signal.SIGKILL)
+        waiting = wait_until(lambda: (m := user.get(f"/api/v1/messages/{message_id}").json())["error"] and m,
+                             timeout=60, what="the cause to be kept")
+        assert "http://127.0.0.1" in waiting["error"], waiting["error"]  # it names the server
+        real.process = start_llama(real.server, real.port)
+        answered = user.wait_answered(message_id, timeout=180)
+    finally:
+        swap_worker(real)
+    assert answered["status"] == "answered" and answered["error"] is None
+    assert answered["reply"]["content"]
