@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import requests
 
 from scripts.devstack import create_database, libpq_url
 from tests.conftest import TEST_REDIS_DB, Stack
@@ -105,6 +106,21 @@ def test_a_cancel_on_another_node_stops_the_generation_and_keeps_the_text_so_far
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
     refused = on_a.post(f"/api/v1/messages/{second_id}/cancel")
     assert refused.status_code == 409 and refused.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_cancelled_generation_is_counted_as_such_not_as_a_failure(control, users) -> None:
+    on_a, on_b = users
+    message_id = on_a.chat("hello")["message"]["id"]
+    writing(on_a, message_id)
+    assert on_b.post(f"/api/v1/messages/{message_id}/cancel").status_code == 200
+    settled(on_a, message_id)
+    metrics = requests.get(f"http://127.0.0.1:{control.stack.worker.metrics_port}/metrics", timeout=5).text
+    cancelled = [line for line in metrics.splitlines() if line.startswith("chatq_generations_cancelled_total")]
+    assert cancelled and float(cancelled[0].split()[-1]) >= 1
+    failures = [line for line in metrics.splitlines() if line.startswith("chatq_failures_total{")]
+    assert all(line.endswith(" 0.0") for line in failures), failures  # a stop is not a failure
+    # The job's result, which Flower shows for it, is the outcome.
+    assert "succeeded" in control.stack.worker.log_text() and "'cancelled'" in control.stack.worker.log_text()
 
 
 def test_a_cancelled_queued_message_never_reaches_the_engine(users, db) -> None:

@@ -28,16 +28,16 @@ def test_a_conversation_longer_than_the_context_window_keeps_being_answered(
 ) -> None:
     long_text = ("This is a long message that fills the model's context window quickly. " * 30).strip()
     conversation_id = None
-    for turn in range(12):  # about 12 x 2 x 2,200 characters: three times the 4,096-token window
+    for turn in range(50):  # 50 x 2 x 2,200 characters: about thirteen times the 4,096-token window
         model.reset({"content": f"Answer {turn}: " + long_text})
         conversation_id, answered = user.ask(f"Turn {turn}: {long_text}", conversation_id)
         assert answered["reply"]["content"].startswith(f"Answer {turn}")
     sent = answered["context"]
-    assert sent["messages_total"] == 22 and 0 < sent["messages_sent"] < sent["messages_total"]
+    assert sent["messages_total"] == 98 and 0 < sent["messages_sent"] < sent["messages_total"]
     request = model.requests[-1]["body"]
     shown = request["messages"][1:]
     # The most recent whole turns, starting at a question, ending with this one; within the window.
-    assert shown[0]["role"] == "user" and shown[-1]["content"].startswith("Turn 11")
+    assert shown[0]["role"] == "user" and shown[-1]["content"].startswith("Turn 49")
     assert len(shown) - 1 == sent["messages_sent"]
     assert request["max_tokens"] == MAX_TOKENS
     assert len(str(request["messages"])) // 4 < CONTEXT_TOKENS
