@@ -111,9 +111,11 @@ def test_a_streamed_tool_call_runs_the_tool(real, user: Api) -> None:
         final = user.wait_answered(message_id, timeout=120)
     finally:
         swap_worker(real)
-    assert final["status"] in ("answered", "failed")  # what a 135M model says next is its own affair
-    if final["status"] == "answered":
-        assert any(call["name"] == "add_task" for call in final["reply"]["tool_calls"])
+    # What a 135M model says after its tool call is its own affair; that the call ran, and the reply
+    # was stored with it, is chatq's. (Its second call here has arguments that are not JSON: they
+    # are answered as a tool error and sent back as {}, which llama.cpp can parse.)
+    assert final["status"] == "answered", final
+    assert [call["name"] for call in final["reply"]["tool_calls"]][:1] == ["add_task"]
 
 
 def test_a_conversation_longer_than_the_context_window_keeps_being_answered(user: Api) -> None:

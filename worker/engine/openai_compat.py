@@ -148,7 +148,7 @@ class OpenAICompatibleEngine:
                              usage=usage, context=sent)
             messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
                 {"id": call["id"], "type": "function", "function": {"name": call["name"],
-                                                                    "arguments": call["arguments"]}}
+                                                                    "arguments": _as_json(call["arguments"])}}
                 for call in answer.tool_calls]})
             for call in answer.tool_calls:
                 result = run_tool(request.tools, call["name"], call["arguments"])
@@ -222,6 +222,16 @@ class OpenAICompatibleEngine:
                 raise _Retryable(f"the answer of the model server at {self.config.base_url} broke off") from error
             except (ValueError, KeyError, TypeError, IndexError) as error:
                 raise PermanentEngineError(f"The model server's answer is malformed: {error}") from error
+
+
+def _as_json(arguments: str) -> str:
+    """A call's arguments as sent back to the model: its own text when it is a JSON object, else
+    `{}` (the tool's answer tells it what was wrong). Servers parse them: llama.cpp answers 500 to
+    a history holding arguments that are not JSON, every time."""
+    try:
+        return arguments if isinstance(json.loads(arguments or "{}"), dict) else "{}"
+    except ValueError:
+        return "{}"
 
 
 class _Overflow(PermanentEngineError):
