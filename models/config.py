@@ -101,6 +101,9 @@ class Settings:
     # The hard limit of one generation (0 = the engine's default, see `task_time_limit`).
     task_time_limit_seconds: float = 0.0
     sweep_interval_seconds: float = 5.0
+    # A worker told to stop lets a generation run this long, then gives its message back to the
+    # queue for another worker (keep it below the platform's grace period: compose, Kubernetes).
+    worker_shutdown_grace_seconds: float = 20.0
     requeue_after_seconds: float = 15.0
     max_attempts: int = 5
     answer_deadline_seconds: float = 600.0
@@ -170,6 +173,7 @@ class Settings:
             lease_seconds=_number(env, "LEASE_SECONDS", 30.0),
             task_time_limit_seconds=_number(env, "TASK_TIME_LIMIT_SECONDS", 0.0),
             sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 5.0),
+            worker_shutdown_grace_seconds=_number(env, "WORKER_SHUTDOWN_GRACE_SECONDS", 20.0),
             requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
             max_attempts=_number(env, "MAX_ATTEMPTS", 5),
             answer_deadline_seconds=_number(env, "ANSWER_DEADLINE_SECONDS", 600.0),

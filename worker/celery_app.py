@@ -70,6 +70,13 @@ def _serve_metrics(**_kwargs: object) -> None:
         structlog.get_logger(__name__).warning("metrics_port_taken", port=port, error=str(error))
 
 
+@signals.worker_shutting_down.connect
+def _tell_pool(**_kwargs: object) -> None:
+    from .shutdown import tell_children
+
+    tell_children()
+
+
 @signals.worker_process_shutdown.connect
 def _forget_process(pid: int | None = None, **_kwargs: object) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid:

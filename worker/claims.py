@@ -37,6 +37,7 @@ from models.signals import cancel_channel
 from . import claim_sql
 from .engine import Cancellation, History, Reply
 from .runtime import Runtime
+from .shutdown import STOPPING
 
 log = structlog.get_logger(__name__)
 
@@ -256,7 +257,8 @@ def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancella
     """While a generation runs: renew its lease every third of its length (a slow but live
     generation keeps it; a dead worker stops renewing and its lease runs out), and stop it when
     its question is cancelled — told at once by Redis (cancel_channel), confirmed in Postgres,
-    which every renewal also reads in case the notification was lost."""
+    which every renewal also reads in case the notification was lost — or when this worker has
+    been stopping for longer than WORKER_SHUTDOWN_GRACE_SECONDS (worker/shutdown.py)."""
     cancellation = Cancellation()
     stop = threading.Event()
 
@@ -267,6 +269,10 @@ def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancella
             while not stop.is_set():
                 told = _told(pubsub) if pubsub is not None else not stop.wait(CANCEL_CHECK_SECONDS)
                 if stop.is_set():
+                    return
+                if STOPPING.due(rt.settings.worker_shutdown_grace_seconds):
+                    log.warning("generation_given_back", reason="worker_stopping")
+                    cancellation.cancel(reason="shutdown")
                     return
                 try:
                     if time.monotonic() >= renew_at:

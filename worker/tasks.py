@@ -20,7 +20,7 @@ from models import Status, backoff, messaging
 from models.jobs import ANSWER_MESSAGE, PING, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
 
-from . import app, claims, metrics, sweeper
+from . import app, claims, metrics, shutdown, sweeper
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
 from .runtime import Runtime, runtime
 
@@ -57,6 +57,7 @@ TRANSIENT_INFRASTRUCTURE = (OperationalError, RedisConnectionError, RedisTimeout
 )
 def answer_message(self: Task, message_id: str) -> str:
     structlog.contextvars.clear_contextvars()
+    shutdown.install_in_child()  # a SIGTERM to the process group no longer kills a generation
     # The request id that accepted the message travels in the job's headers: one grep follows a
     # message from POST to reply.
     structlog.contextvars.bind_contextvars(
@@ -156,6 +157,15 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
         metrics.FAILURES.labels("crashed").inc()
         error = "The assistant hit an internal error; retry later."
     else:
+        if cancellation.reason == "shutdown":  # this worker is stopping: another one takes it over now
+            metrics.RETRIES.inc()
+            given_back = claims.finish_unanswered(rt, lease, question, failed=False,
+                                                  error="the worker generating it was stopped; trying again")
+            if given_back is False:
+                return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
+            if given_back is None:
+                return Answered(Outcome.CANCELLED, lease, question, claimed.failed)
+            return Answered(Outcome.REQUEUED, lease, question, claimed.failed, retry_in=0.0)
         for kind, tokens in (reply.usage or {}).items():
             metrics.TOKENS.labels(rt.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
         committed = claims.commit_reply(rt, lease, question, reply)

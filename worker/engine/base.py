@@ -68,16 +68,20 @@ class History(Sequence[Turn]):
 
 class Cancellation:
     """Set when the user cancelled the question being generated (the worker's watcher learns it
-    from Redis or Postgres). Engines check it between steps, wait on it instead of sleeping, and
-    register what must be closed at once — a model's HTTP stream — with `closing`."""
+    from Redis or Postgres), or when the worker is stopping and must give the question back.
+    Engines check it between steps, wait on it instead of sleeping, and register what must be
+    closed at once — a model's HTTP stream — with `closing`."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._closers: list[Callable[[], None]] = []
+        # "user": the question was cancelled; "shutdown": the worker is stopping and gives it back.
+        self.reason: str | None = None
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "user") -> None:
         with self._lock:
+            self.reason = self.reason or reason
             self._event.set()
             closers, self._closers = self._closers, []
         for close in closers:
