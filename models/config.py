@@ -104,6 +104,9 @@ class Settings:
     # A worker told to stop lets a generation run this long, then gives its message back to the
     # queue for another worker (keep it below the platform's grace period: compose, Kubernetes).
     worker_shutdown_grace_seconds: float = 20.0
+    # A file the worker's event loop touches every 10 s, for a liveness probe that costs no broker
+    # round trip (empty: none).
+    worker_heartbeat_file: str = ""
     requeue_after_seconds: float = 15.0
     max_attempts: int = 5
     answer_deadline_seconds: float = 600.0
@@ -174,6 +177,7 @@ class Settings:
             task_time_limit_seconds=_number(env, "TASK_TIME_LIMIT_SECONDS", 0.0),
             sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 5.0),
             worker_shutdown_grace_seconds=_number(env, "WORKER_SHUTDOWN_GRACE_SECONDS", 20.0),
+            worker_heartbeat_file=env.get("WORKER_HEARTBEAT_FILE", ""),
             requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
             max_attempts=_number(env, "MAX_ATTEMPTS", 5),
             answer_deadline_seconds=_number(env, "ANSWER_DEADLINE_SECONDS", 600.0),

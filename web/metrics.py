@@ -33,7 +33,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 class QueueDepth:
-    """queued and processing messages, counted in Postgres when scraped."""
+    """queued and processing messages, and how long the oldest queued one has waited, read from
+    Postgres when scraped: what workers are autoscaled on (deploy/k8s: KEDA's ScaledObject)."""
 
     def collect(self):
         gauge = GaugeMetricFamily("chatq_messages", "User messages waiting for a reply.", labels=["status"])
@@ -42,9 +43,14 @@ class QueueDepth:
                 select(Message.status, func.count()).where(Message.status.in_([Status.QUEUED, Status.PROCESSING]))
                 .group_by(Message.status)
             ).all())
+            waited = func.extract("epoch", func.now() - func.min(Message.created_at))
+            oldest = session.scalar(select(func.coalesce(waited, 0)).where(Message.status == Status.QUEUED))
         for status in (Status.QUEUED, Status.PROCESSING):
             gauge.add_metric([status.value], counts.get(status, 0))
         yield gauge
+        yield GaugeMetricFamily("chatq_oldest_queued_seconds",
+                                "How long the oldest queued message has waited since it was accepted (0: none).",
+                                value=float(oldest or 0))
 
 
 @bp.get("/metrics")

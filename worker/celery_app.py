@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import structlog
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 
 from models import Settings
 from models.jobs import SWEEP
@@ -47,7 +47,39 @@ def create_celery(settings: Settings) -> Celery:
         # beat's last-run times only; losing the file loses nothing (the schedule is an interval).
         beat_schedule_filename=str(Path(tempfile.gettempdir()) / "chatq-celerybeat-schedule"),
     )
+    app.steps["worker"].add(Heartbeat)
     return app
+
+
+HEARTBEAT_SECONDS = 10.0
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Touches WORKER_HEARTBEAT_FILE every HEARTBEAT_SECONDS from the worker's own timer, which its
+    event loop drives: a liveness probe that reads the file's age sees a stuck worker, and costs no
+    broker round trip (`celery inspect ping` costs one per probe per pod)."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: object, **kwargs: object) -> None:
+        super().__init__(worker, **kwargs)
+        self.path = Path(Settings.from_env().worker_heartbeat_file or os.devnull)
+        self.enabled = self.path != Path(os.devnull)
+        self.timer_ref: object | None = None
+
+    def start(self, worker) -> None:
+        if self.enabled:
+            self._touch()
+            self.timer_ref = worker.timer.call_repeatedly(HEARTBEAT_SECONDS, self._touch)
+
+    def stop(self, worker) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()  # type: ignore[attr-defined]
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
+    def _touch(self) -> None:
+        self.path.touch()
 
 
 @signals.setup_logging.connect
