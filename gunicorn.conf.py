@@ -9,8 +9,11 @@ sockets. What bounds a process is admission (MAX_WAITS, MAX_WAITS_PER_USER, web/
 a thread pool.
 """
 
+import contextlib
 import errno
 import resource
+import socket
+import weakref
 
 import gevent
 from gunicorn.workers.base_async import AsyncWorker
@@ -40,21 +43,30 @@ class _SilenceEnds:
 
     def __init__(self, sock) -> None:
         self._sock = sock
+        self._answered = False  # the last thing done on it was sending (part of) an answer
+        # Waiting for a next request after an answer, with nothing of it read yet: an idle
+        # keep-alive connection, which a leaving process closes at once (Worker.handle_exit).
+        self.idle = False
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
 
     def recv(self, *args):
+        self.idle = self._answered
         try:
-            return self._sock.recv(*args)
+            data = self._sock.recv(*args)
         except TimeoutError:
-            return b""
+            data = b""
+        self.idle = self._answered = False
+        return data
 
     def sendall(self, data, *args):
         try:
-            return self._sock.sendall(data, *args)
+            result = self._sock.sendall(data, *args)
         except TimeoutError as error:
             raise BrokenPipeError(errno.EPIPE, "the client stopped reading") from error
+        self._answered = True
+        return result
 
 
 class Worker(GeventWorker):
@@ -66,14 +78,28 @@ class Worker(GeventWorker):
     a wait, only a silent client.
     """
 
+    def init_process(self):
+        # This process's open client connections (a weak set: a closed one leaves by itself).
+        self.clients = weakref.WeakSet()
+        super().init_process()
+
     def handle_exit(self, sig, frame):
         """SIGTERM (a deploy): stop accepting, and answer every waiting request now — a long-poll
         with what it has, a stream by ending — so that none is cut off at graceful_timeout; their
-        clients ask again on a node that is not leaving (web/wakeups.py `drain`)."""
+        clients ask again on a node that is not leaving (web/wakeups.py `drain`). Idle keep-alive
+        connections (a load balancer's pool) are closed at once too: otherwise each would hold the
+        process until graceful_timeout. A balancer drops a pooled connection its upstream closed."""
         super().handle_exit(sig, frame)
         drain = getattr(getattr(self, "wsgi", None), "extensions", {}).get("chatq.drain")
         if drain is not None:
             gevent.spawn(drain)  # not in the signal handler itself: it takes locks
+        gevent.spawn(self._close_idle)
+
+    def _close_idle(self):
+        for client in list(self.clients):
+            if client.idle:
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)
 
     def handle_request(self, listener_name, req, sock, addr):
         super().handle_request(listener_name, req, sock, addr)
@@ -84,8 +110,10 @@ class Worker(GeventWorker):
 
     def handle(self, listener, client, addr):
         client.settimeout(settings.client_timeout_seconds)
+        wrapped = _SilenceEnds(client)
+        self.clients.add(wrapped)
         # GeventWorker.handle would make the socket blocking again, without a timeout.
-        AsyncWorker.handle(self, listener, _SilenceEnds(client), addr)
+        AsyncWorker.handle(self, listener, wrapped, addr)
 
 
 bind = f"{settings.bind_host}:{settings.port}"

@@ -97,10 +97,12 @@ class Settings:
     llm_max_tokens: int = 1024
     # Delivery: how long a claim on a conversation lives without renewal, how often the sweeper
     # runs, how long a queued message may wait before it is enqueued again, and when to give up.
-    lease_seconds: float = 30.0
+    # Short, and renewed every third of it while a generation runs: a dead worker's conversation
+    # resumes within about LEASE_SECONDS + SWEEP_INTERVAL_SECONDS (BENCHMARKS.md, "Leases").
+    lease_seconds: float = 6.0
     # The hard limit of one generation (0 = the engine's default, see `task_time_limit`).
     task_time_limit_seconds: float = 0.0
-    sweep_interval_seconds: float = 5.0
+    sweep_interval_seconds: float = 1.0
     # A worker told to stop lets a generation run this long, then gives its message back to the
     # queue for another worker (keep it below the platform's grace period: compose, Kubernetes).
     worker_shutdown_grace_seconds: float = 20.0
@@ -173,9 +175,9 @@ class Settings:
             llm_max_tokens=_number(env, "LLM_MAX_TOKENS", 1024),
             quota_messages_per_day=_number(env, "QUOTA_MESSAGES_PER_DAY", 0),
             quota_tokens_per_day=_number(env, "QUOTA_TOKENS_PER_DAY", 0),
-            lease_seconds=_number(env, "LEASE_SECONDS", 30.0),
+            lease_seconds=_number(env, "LEASE_SECONDS", 6.0),
             task_time_limit_seconds=_number(env, "TASK_TIME_LIMIT_SECONDS", 0.0),
-            sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 5.0),
+            sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 1.0),
             worker_shutdown_grace_seconds=_number(env, "WORKER_SHUTDOWN_GRACE_SECONDS", 20.0),
             worker_heartbeat_file=env.get("WORKER_HEARTBEAT_FILE", ""),
             requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
