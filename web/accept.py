@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from models import PENDING, Conversation, IdempotentRequest, Message, Role, Settings, Status
 from models.queries import parse_uuid
+from models.representation import message_json
 
 from .problems import Problem
 from .quotas import charge_message
-from .serialize import message_json
 
 POLL_URL = "/api/v1/messages/{}"
 DEFAULT_TITLE_CHARS = 60

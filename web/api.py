@@ -23,6 +23,7 @@ from models.queries import (
     replies_to,
     reply_versions,
 )
+from models.representation import message_json, version_json
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
@@ -31,7 +32,7 @@ from .auth import authenticate
 from .inputs import json_body, optional_json_body, query
 from .problems import Problem
 from .quotas import charge_message, has_quotas, usage_today
-from .serialize import conversation_json, message_json, task_json, version_json
+from .serialize import conversation_json, task_json
 from .services import db, reader, services
 from .spec import operation
 from .waiting import wait_for

@@ -38,13 +38,13 @@ from sqlalchemy import select
 from models import PENDING, Message
 from models.messaging import read_pieces
 from models.queries import messages_after, parse_uuid, replies_to
+from models.representation import message_json
 from models.signals import conversation_channel, delta_channel
 
 from .api import conversation_or_404, partials
 from .auth import authenticate
 from .problems import Problem
 from .schemas import EventsQuery
-from .serialize import message_json
 from .services import reader, release_db, services, use_wait_pool
 from .spec import operation
 from .waiting import admission, recheck_after, wakeups

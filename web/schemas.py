@@ -4,10 +4,19 @@ document (web/openapi.py) — one definition for all three."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
+
+from models.representation import (  # the Message's schemas: web and worker (webhooks) show it alike
+    MessageOut,
+    Out,
+    ReplyVersion,
+    UserMessageOut,
+)
+
+_Out = Out
 
 MAX_CONTENT = 8000
 MAX_PAGE = 100
@@ -103,16 +112,6 @@ class TasksQuery(_Query):
 # Responses ----------------------------------------------------------------------------------------
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    @field_serializer("*", when_used="json", check_fields=False)
-    def _rfc3339(self, value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        return value
-
-
 class ConversationOut(_Out):
     id: str
     title: str
@@ -123,22 +122,6 @@ class ConversationOut(_Out):
 class ConversationList(_Out):
     items: list[ConversationOut]
     next_cursor: str | None
-
-
-class ToolCall(_Out):
-    name: str
-    arguments: dict[str, Any]
-    result: dict[str, Any]
-
-
-class TokenUsage(_Out):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class ContextSent(_Out):
-    messages_sent: int
-    messages_total: int
 
 
 class Limits(_Out):
@@ -157,47 +140,6 @@ class Usage(_Out):
     resets_at: datetime
 
 
-class Partial(_Out):
-    """What the generation of a `processing` question has written so far."""
-
-    attempt: int
-    text: str
-    pieces: int = Field(description="how many streamed pieces the text holds: the index of the next delta")
-
-
-class AssistantMessageOut(_Out):
-    id: str
-    conversation_id: str
-    seq: int
-    role: Literal["assistant"]
-    content: str
-    created_at: datetime
-    error: str | None
-    reply_to: str
-    tool_calls: list[ToolCall]
-    finish: Literal["stop", "cancelled", "length"]
-    usage: TokenUsage | None
-    context: ContextSent | None = Field(description="how much of the history a model was sent")
-    current: bool = Field(description="false for an earlier version, replaced by a regenerate")
-
-
-class UserMessageOut(_Out):
-    id: str
-    conversation_id: str
-    seq: int
-    role: Literal["user"]
-    content: str
-    created_at: datetime
-    error: str | None
-    status: Literal["queued", "processing", "answered", "failed", "cancelled"]
-    reply: AssistantMessageOut | None
-    partial: Partial | None
-    context: ContextSent | None = Field(description="its reply's: how much of the history a model was sent")
-
-
-MessageOut = Annotated[UserMessageOut | AssistantMessageOut, Field(discriminator="role")]
-
-
 class AnyMessage(RootModel[MessageOut]):
     """A user message (with its reply) or an assistant message."""
 
@@ -205,10 +147,6 @@ class AnyMessage(RootModel[MessageOut]):
 class MessageList(_Out):
     items: list[MessageOut]
     last_seq: int
-
-
-class ReplyVersion(AssistantMessageOut):
-    question_content: str = Field(description="the question's text this version answered")
 
 
 class ReplyVersions(_Out):

@@ -1,0 +1,135 @@
+"""How a message is shown — to an API client, an event stream, or a webhook receiver: the response
+schemas of the contract's Message (pydantic, also the source of the OpenAPI document) and the
+functions that turn rows into them. Here, not in web/, because the worker sends messages too (the
+payload of a webhook event) and web and worker never import each other."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from .entities import Message, Role, Status
+from .messaging import Partial as Written
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_serializer("*", when_used="json", check_fields=False)
+    def _rfc3339(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value
+
+
+class ToolCall(Out):
+    name: str
+    arguments: dict[str, Any]
+    result: dict[str, Any]
+
+
+class TokenUsage(Out):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ContextSent(Out):
+    messages_sent: int
+    messages_total: int
+
+
+class Partial(Out):
+    """What the generation of a `processing` question has written so far."""
+
+    attempt: int
+    text: str
+    pieces: int = Field(description="how many streamed pieces the text holds: the index of the next delta")
+
+
+class AssistantMessageOut(Out):
+    id: str
+    conversation_id: str
+    seq: int
+    role: Literal["assistant"]
+    content: str
+    created_at: datetime
+    error: str | None
+    reply_to: str
+    tool_calls: list[ToolCall]
+    finish: Literal["stop", "cancelled", "length"]
+    usage: TokenUsage | None
+    context: ContextSent | None = Field(description="how much of the history a model was sent")
+    current: bool = Field(description="false for an earlier version, replaced by a regenerate")
+
+
+class UserMessageOut(Out):
+    id: str
+    conversation_id: str
+    seq: int
+    role: Literal["user"]
+    content: str
+    created_at: datetime
+    error: str | None
+    status: Literal["queued", "processing", "answered", "failed", "cancelled"]
+    reply: AssistantMessageOut | None
+    partial: Partial | None
+    context: ContextSent | None = Field(description="its reply's: how much of the history a model was sent")
+
+
+MessageOut = Annotated[UserMessageOut | AssistantMessageOut, Field(discriminator="role")]
+
+
+class ReplyVersion(AssistantMessageOut):
+    question_content: str = Field(description="the question's text this version answered")
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def message_out(row: Message, reply: Message | None = None,
+                partial: Written | None = None) -> UserMessageOut | AssistantMessageOut:
+    common = {
+        "id": str(row.id),
+        "conversation_id": str(row.conversation_id),
+        "seq": row.seq,
+        "content": row.content,
+        "created_at": row.created_at,
+        "error": row.error,
+    }
+    if row.role is Role.USER:
+        assert row.status is not None
+        answer = message_out(reply) if reply is not None else None
+        shown = None
+        if row.status is Status.PROCESSING:  # what was written so far; a new attempt starts again
+            shown = Partial(attempt=row.attempts, text=partial.text, pieces=partial.pieces) \
+                if partial is not None and partial.attempt == row.attempts else \
+                Partial(attempt=row.attempts, text="", pieces=0)
+        return UserMessageOut(role="user", status=row.status.value, reply=answer, partial=shown,  # type: ignore[arg-type]
+                              context=answer.context if answer is not None else None, **common)
+    return AssistantMessageOut(role="assistant", **_assistant(row), **common)
+
+
+def _assistant(row: Message) -> dict[str, Any]:
+    return {
+        "reply_to": str(row.reply_to_id),
+        "tool_calls": [ToolCall.model_validate(call) for call in row.tool_calls or []],
+        "finish": row.finish.value if row.finish is not None else "stop",
+        "usage": row.usage,
+        "context": row.context,
+        "current": not row.superseded,
+    }
+
+
+def message_json(row: Message, reply: Message | None = None, partial: Written | None = None) -> dict[str, Any]:
+    return dump(message_out(row, reply, partial))
+
+
+def version_json(row: Message, question: Message) -> dict[str, Any]:
+    """A reply as one of its question's versions, with the question's text it answered."""
+    common = {"id": str(row.id), "conversation_id": str(row.conversation_id), "seq": row.seq, "content": row.content,
+              "created_at": row.created_at, "error": row.error}
+    return dump(ReplyVersion(role="assistant", question_content=row.question_content or question.content,
+                             **_assistant(row), **common))
