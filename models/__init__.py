@@ -14,6 +14,10 @@ from .entities import (
     Role,
     Status,
     Task,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
 )
 
 __all__ = [
@@ -31,4 +35,8 @@ __all__ = [
     "Settings",
     "Status",
     "Task",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

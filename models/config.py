@@ -109,6 +109,15 @@ class Settings:
     # A file the worker's event loop touches every 10 s, for a liveness probe that costs no broker
     # round trip (empty: none).
     worker_heartbeat_file: str = ""
+    # Webhooks: the first retry's delay (each doubles, with jitter, up to the cap), how long a
+    # delivery is retried, when an endpoint failing throughout is disabled, the per-request timeout,
+    # and whether endpoints may be on private addresses (development and tests only).
+    webhook_backoff_base_seconds: float = 5.0
+    webhook_backoff_cap_seconds: float = 6 * 3600.0
+    webhook_give_up_seconds: float = 26 * 3600.0
+    webhook_disable_after_seconds: float = 5 * 86400.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_allow_private: bool = False
     requeue_after_seconds: float = 15.0
     max_attempts: int = 5
     answer_deadline_seconds: float = 600.0
@@ -180,6 +189,12 @@ class Settings:
             sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 1.0),
             worker_shutdown_grace_seconds=_number(env, "WORKER_SHUTDOWN_GRACE_SECONDS", 20.0),
             worker_heartbeat_file=env.get("WORKER_HEARTBEAT_FILE", ""),
+            webhook_backoff_base_seconds=_number(env, "WEBHOOK_BACKOFF_BASE_SECONDS", 5.0),
+            webhook_backoff_cap_seconds=_number(env, "WEBHOOK_BACKOFF_CAP_SECONDS", 6 * 3600.0),
+            webhook_give_up_seconds=_number(env, "WEBHOOK_GIVE_UP_SECONDS", 26 * 3600.0),
+            webhook_disable_after_seconds=_number(env, "WEBHOOK_DISABLE_AFTER_SECONDS", 5 * 86400.0),
+            webhook_timeout_seconds=_number(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
+            webhook_allow_private=_flag(env.get("WEBHOOK_ALLOW_PRIVATE")),
             requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
             max_attempts=_number(env, "MAX_ATTEMPTS", 5),
             answer_deadline_seconds=_number(env, "ANSWER_DEADLINE_SECONDS", 600.0),

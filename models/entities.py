@@ -22,7 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSON, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, created_at, updated_at, user_id, uuid_pk
@@ -161,6 +161,82 @@ class DailyUsage(Base):
     messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
+class WebhookEndpoint(Base):
+    """A user's server that wants message events pushed to it (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[user_id]
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    events: Mapped[list[str]] = mapped_column(ARRAY(String(32)), nullable=False)
+    secret: Mapped[str] = mapped_column(String(100), nullable=False)  # whsec_<base64>, shown once
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[created_at]
+
+    __table_args__ = (Index("ix_webhook_endpoints_user", "user_id"),)
+
+
+class WebhookEvent(Base):
+    """The outbox: an event row is written in the transaction that commits the change it reports
+    (models/outbox.py). Its payload is built once, at the first delivery, from rows that never
+    change after (the reply it names, the question's id and seq) and the status it reports."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[uuid_pk]  # the webhook-id: the same on every retry and for every endpoint
+    user_id: Mapped[user_id]
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    question_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), nullable=False)
+    reply_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[created_at]
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint: pending (due at `next_attempt_at`), delivered, or failed."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid_pk]
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"), nullable=False)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+                                                   nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                      server_default=text("now()"))
+    claim: Mapped[uuid.UUID | None] = mapped_column()  # the job sent for it now (sweeper -> job)
+    created_at: Mapped[created_at]
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", text("created_at DESC")),
+    )
+
+
+class WebhookAttempt(Base):
+    """What one try of a delivery got: for `GET .../deliveries`."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+                                                   nullable=False)
+    attempted_at: Mapped[created_at]
+    status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_body: Mapped[str | None] = mapped_column(Text)  # the first 1,000 characters
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "attempted_at"),)
 
 
 class IdempotentRequest(Base):

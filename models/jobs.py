@@ -4,3 +4,5 @@ ANSWER_MESSAGE = "chatq.answer_message"
 SWEEP = "chatq.sweep"
 PING = "chatq.ping"
 REQUEST_ID_HEADER = "chatq_request_id"
+DELIVER_WEBHOOK = "chatq.deliver_webhook"
+WEBHOOK_QUEUE = "webhooks"  # its own workers: a slow receiver never holds up a reply

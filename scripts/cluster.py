@@ -77,6 +77,7 @@ def main() -> int:
         sys.exit("nginx is not installed: `apt-get install nginx` (make cluster does this where it can)")
     env = devstack.environment()
     env.setdefault("CHATQ_DEV", "1")
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE", "1")  # receivers on this machine, in development
     env.setdefault("FLOWER_BASIC_AUTH", f"dev:{secrets.token_urlsafe(12)}")  # see devstack.py run
     bin_dir = Path(sys.executable).parent
     web_nodes, workers = int(os.environ.get("WEB_NODES", "3")), int(os.environ.get("WORKERS", "2"))
@@ -101,6 +102,10 @@ def main() -> int:
                       "PROMETHEUS_MULTIPROC_DIR": ""}
         processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "worker", "--loglevel=INFO",
                                            "-n", f"worker{index}@%h"], cwd=ROOT, env=worker_env))
+    # Webhook deliveries: a worker of their own (the Procfile's `webhooks`).
+    processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "worker", "-Q", "webhooks",
+                                       "--loglevel=INFO", "-n", "webhooks@%h"], cwd=ROOT,
+                                      env={**env, "WORKER_METRICS_PORT": "0", "PROMETHEUS_MULTIPROC_DIR": ""}))
     processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "beat", "--loglevel=INFO",
                                        "-s", str(folder / "celerybeat-schedule")], cwd=ROOT, env=env))
     processes.append(subprocess.Popen([str(bin_dir / "celery"), "-A", "worker", "flower", f"--port={flower_port}"],

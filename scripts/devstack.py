@@ -125,6 +125,7 @@ def test(env: dict[str, str], pytest_args: list[str]) -> int:
 def run(env: dict[str, str]) -> int:
     python = sys.executable
     env.setdefault("CHATQ_DEV", "1")
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE", "1")  # webhook receivers on this machine, in development
     # Flower with credentials sends no CORS headers and refuses cross-site requests: no page of
     # another origin can drive it. A password made up for this run, printed below.
     env.setdefault("FLOWER_BASIC_AUTH", f"dev:{secrets.token_urlsafe(12)}")

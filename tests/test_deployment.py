@@ -20,7 +20,7 @@ def compose() -> dict:
 
 def test_compose_services_scale_and_wait_for_each_other(compose: dict) -> None:
     services = compose["services"]
-    assert {"postgres", "redis", "migrate", "web", "nginx", "worker", "beat", "flower"} <= services.keys()
+    assert {"postgres", "redis", "migrate", "web", "nginx", "worker", "webhooks", "beat", "flower"} <= services.keys()
     assert services["web"]["deploy"]["replicas"] == 3
     assert services["beat"]["deploy"]["replicas"] == 1
     assert "noeviction" in services["redis"]["command"]
@@ -37,7 +37,8 @@ def test_compose_services_scale_and_wait_for_each_other(compose: dict) -> None:
 
 def test_procfile_names_the_processes() -> None:
     names = {line.split(":", 1)[0] for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()}
-    assert names == {"web", "worker", "beat", "flower"}
+    # The contract's four, and the webhook deliveries' own workers (`-Q webhooks`).
+    assert names == {"web", "worker", "webhooks", "beat", "flower"}
 
 
 def _compose_command() -> list[str] | None:

@@ -134,7 +134,7 @@ def test_commands_are_the_procfiles(objects) -> None:
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     containers = {name.removeprefix("chatq-"): spec["spec"]["containers"][0]["command"]
                   for name, spec in pod_specs(objects).items()}
-    for process in ("web", "worker", "beat"):
+    for process in ("web", "worker", "webhooks", "beat"):
         assert containers[process] == shlex.split(procfile[process]), process
     flower = shlex.split(procfile["flower"])
     assert containers["flower"][: len(flower) - 1] == flower[:-1]  # the port: the Procfile's default

@@ -25,6 +25,7 @@ from . import (
     security,
     services,
     waiting,
+    webhooks,
 )
 
 MAX_BODY_BYTES = 64 * 1024  # the contract's limit on a request body (413 past it)
@@ -62,6 +63,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(webhooks.bp)
     app.register_blueprint(openapi.bp)
 
     @app.after_request

@@ -14,7 +14,7 @@ from sqlalchemy import Row, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, IdempotentRequest, Message, Role, Settings, Status
+from models import PENDING, Conversation, IdempotentRequest, Message, Role, Settings, Status, outbox
 from models.queries import parse_uuid
 from models.representation import message_json
 
@@ -130,6 +130,7 @@ def _settle_busy(session: Session, user: str, conversation_id: str, on_busy: str
     if busy:
         session.execute(update(Message).where(Message.id.in_(busy), Message.status.in_(PENDING))
                         .values(status=Status.CANCELLED, updated_at=func.now()))
+        session.execute(outbox.CANCELLED, {"question_ids": busy})  # their webhook events, in this commit
     return busy
 
 

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from models import FINAL, PENDING, Conversation, Message, Role, Status, Task
+from models import FINAL, PENDING, Conversation, Message, Role, Status, Task, outbox
 from models.messaging import Partial, announce, read_partials, request_cancel, send_answer_job
 from models.queries import (
     owned_conversation,
@@ -268,6 +268,8 @@ def cancel_message(message_id: str) -> dict[str, Any]:
         if was is None and row.status is not Status.CANCELLED:
             raise Problem(409, f"Only a queued or processing message can be cancelled; this one is "
                           f"{row.status.value}.", slug="not-cancellable")
+        if was is not None:
+            session.execute(outbox.CANCELLED, {"question_ids": [row.id]})  # its webhook event, in this commit
         session.refresh(row)
     if was is not None:
         request_cancel(services().redis, [row.id])  # the worker generating it, wherever it is, stops

@@ -78,6 +78,15 @@ class Regenerate(_Body):
         return _not_blank(value) if value is not None else None
 
 
+WebhookEventType = Literal["message.answered", "message.failed", "message.cancelled"]
+
+
+class NewWebhook(_Body):
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    events: list[WebhookEventType] = Field(default=["message.answered", "message.failed", "message.cancelled"],
+                                           min_length=1, max_length=3)
+
+
 class DevSignIn(_Body):
     user: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
 
@@ -195,3 +204,45 @@ class ProblemOut(_Out):
     status: int
     detail: str
     request_id: str | None
+
+
+class WebhookOut(_Out):
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+    failing_since: datetime | None
+    disabled_at: datetime | None
+    disabled_reason: str | None
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="whsec_...: verifies the webhook-signature header; shown only now")
+
+
+class WebhookList(_Out):
+    items: list[WebhookOut]
+
+
+class AttemptOut(_Out):
+    attempted_at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response_body: str | None
+
+
+class DeliveryOut(_Out):
+    id: str
+    event_id: str
+    type: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    tries: list[AttemptOut]
+
+
+class DeliveryList(_Out):
+    items: list[DeliveryOut]

@@ -10,7 +10,7 @@ import structlog
 from celery import Celery, bootsteps, signals
 
 from models import Settings
-from models.jobs import SWEEP
+from models.jobs import DELIVER_WEBHOOK, SWEEP, WEBHOOK_QUEUE
 from models.logs import configure_logging
 from models.metrics_support import scrape_registry
 
@@ -42,6 +42,9 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
+        # Webhook deliveries wait on other people's servers: workers of their own run them
+        # (`celery -A worker worker -Q webhooks`), and the default workers never see them.
+        task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         # The sweeper puts back what Redis lost or a dead worker dropped (see worker/sweeper.py).
         beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_interval_seconds}},
         # beat's last-run times only; losing the file loses nothing (the schedule is an interval).

@@ -5,6 +5,7 @@ then message rows — the same order the web front takes when it numbers a new m
 from sqlalchemy import TextClause, text
 
 from models import PENDING_SQL
+from models.outbox import outbox_ctes
 
 
 def _statement(*parts: str) -> TextClause:
@@ -80,7 +81,7 @@ WHY_NOT = text("SELECT status::text FROM messages WHERE id = :message_id")
 # in every case, and the tokens the generation used are added to the user's day (daily_usage),
 # stored or not. A second current reply to one question violates uq_messages_current_reply and
 # rolls the statement back whole.
-COMMIT_REPLY = text("""
+COMMIT_REPLY = _statement("""
 WITH lease AS (
     SELECT id, user_id FROM conversations WHERE id = :conversation_id AND lease_version = :version FOR UPDATE
 ), used AS (
@@ -111,26 +112,45 @@ WITH lease AS (
            CAST(:usage AS json), CAST(:context AS json), now(), now()
       FROM fenced, kept
  RETURNING seq
-)
+)""", outbox_ctes("""
+    SELECT lease.user_id, CAST(:question_id AS uuid) AS question_id, CAST(:reply_id AS uuid) AS reply_id,
+           question.status, NULL::text AS error
+      FROM lease, question WHERE question.status = 'answered'
+"""), """
 SELECT question.status, question.latency, reply.seq
   FROM lease LEFT JOIN question ON true LEFT JOIN reply ON true
 """)
 
-# Give a message up (too many attempts, too old): failed, with a reason a person can read.
-GIVE_UP = text("UPDATE messages SET status = 'failed', error = :error, updated_at = now() WHERE id = :question_id")
+# Give a message up (too many attempts, too old): failed, with a reason a person can read, and its
+# webhook event.
+GIVE_UP = _statement("""
+WITH given_up AS (
+    UPDATE messages SET status = 'failed', error = :error, updated_at = now() WHERE id = :question_id
+ RETURNING id, conversation_id
+)""", outbox_ctes("""
+    SELECT c.user_id, g.id AS question_id, NULL::uuid AS reply_id, 'failed'::text AS status,
+           CAST(:error AS text) AS error
+      FROM given_up AS g JOIN conversations AS c ON c.id = g.conversation_id
+"""), """
+SELECT count(*) FROM given_up
+""")
 
 # Give the question back (queued again, or failed with an error) and release the lease, if ours.
 # A question cancelled (or put back by a regenerate) meanwhile is left as it is.
-GIVE_BACK = text("""
+GIVE_BACK = _statement("""
 WITH fenced AS (
     UPDATE conversations SET lease_expires_at = NULL
-     WHERE id = :conversation_id AND lease_version = :version RETURNING id
+     WHERE id = :conversation_id AND lease_version = :version RETURNING id, user_id
 ), given_back AS (
     UPDATE messages SET status = CAST(:status AS message_status), error = :error, enqueued_at = now(),
                         updated_at = now()
      WHERE id = :question_id AND status = 'processing' AND EXISTS (SELECT 1 FROM fenced)
     RETURNING id
-)
+)""", outbox_ctes("""
+    SELECT fenced.user_id, given_back.id AS question_id, NULL::uuid AS reply_id, 'failed'::text AS status,
+           CAST(:error AS text) AS error
+      FROM fenced, given_back WHERE CAST(:status AS text) = 'failed'
+"""), """
 SELECT fenced.id, given_back.id AS given_back FROM fenced LEFT JOIN given_back ON true
 """)
 

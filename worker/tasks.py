@@ -17,10 +17,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
 from models import Status, backoff, messaging
-from models.jobs import ANSWER_MESSAGE, PING, REQUEST_ID_HEADER, SWEEP
+from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, PING, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
 
-from . import app, claims, metrics, shutdown, sweeper
+from . import app, claims, metrics, shutdown, sweeper, webhooks
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
 from .runtime import Runtime, runtime
 
@@ -231,13 +231,27 @@ def _send_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Questio
 # Not retried: a sweep that meets an outage simply runs again at beat's next tick.
 @app.task(name=SWEEP)
 def sweep() -> int:
-    due = sweeper.sweep(runtime())
+    rt = runtime()
+    due = sweeper.sweep(rt)
     for message_id, reason in due:
         enqueue(message_id)
         metrics.REQUEUED.labels(reason).inc()
     if due:
         log.info("sweep_requeued", count=len(due))
+    # Webhook deliveries due now (new events, retries, and what a lost job left behind).
+    for delivery_id, claim in webhooks.claim_due(rt):
+        deliver_webhook.apply_async(args=[delivery_id, claim], retry=False)
     return len(due)
+
+
+# On the `webhooks` queue (celery_app's task_routes): only `-Q webhooks` workers run it.
+@app.task(name=DELIVER_WEBHOOK, acks_late=True)
+def deliver_webhook(delivery_id: str, claim: str) -> str:
+    structlog.contextvars.bind_contextvars(task_id=deliver_webhook.request.id, delivery_id=delivery_id)
+    try:
+        return webhooks.deliver(runtime(), delivery_id, claim)
+    finally:
+        structlog.contextvars.clear_contextvars()
 
 
 @app.task(name=PING, ignore_result=True)

@@ -1,0 +1,245 @@
+"""Webhooks (contract: "Webhooks"), on real processes: a web node, a worker, a webhooks worker
+(`-Q webhooks`), the sweeper, and receivers on loopback (WEBHOOK_ALLOW_PRIVATE here) that verify
+every call with the Standard Webhooks spec's own package — not with our signer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+import redis
+from standardwebhooks.webhooks import Webhook
+
+from scripts.devstack import create_database
+from tests.conftest import TEST_REDIS_DB, Stack
+from tests.support import ARTIFACTS, Api, Beat, Web, Worker, free_port, wait_until
+
+WEBHOOKS_REDIS_DB = TEST_REDIS_DB - 7
+
+
+class WebhooksWorker(Worker):
+    """`celery -A worker worker -Q webhooks`, as the Procfile's `webhooks` process."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        super().__init__(name, env)
+        self.argv += ["-Q", "webhooks"]
+
+
+class Receiver:
+    """An app's server: answers each call as scripted (status, delay) and keeps what it got."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.script: list[tuple[int, float]] = []  # (status, seconds to wait first), then 200s
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    status, delay = receiver.script.pop(0) if receiver.script else (200, 0.0)
+                    receiver.calls.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                                           "at": time.monotonic(), "status": status})
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hooks/chatq"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def verified(self, secret: str) -> list[dict[str, Any]]:
+        """Every call's payload, each verified (signature and timestamp) by standardwebhooks."""
+        with self.lock:
+            calls = list(self.calls)
+        return [Webhook(secret).verify(call["body"], call["headers"]) for call in calls]
+
+
+@pytest.fixture(scope="module")
+def hooks(stack_env):
+    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{WEBHOOKS_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], "chatq_webhooks"),
+           "REDIS_URL": redis_url, "WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_BACKOFF_BASE_SECONDS": "1",
+           "WEBHOOK_BACKOFF_CAP_SECONDS": "8", "WEBHOOK_TIMEOUT_SECONDS": "15"}
+    running = Stack(env)
+    running.web = Web("webhooks-web", env)
+    running.worker = Worker("webhooks-answers", env)
+    running.beat = Beat("webhooks-beat", env)
+    running.start()
+    deliverer = WebhooksWorker("webhooks-deliverer", env).start()
+    state = SimpleNamespace(stack=running, env=env, deliverer=deliverer)
+    yield state
+    state.deliverer.stop()
+    running.stop()
+
+
+def register(user: Api, url: str, **body: Any) -> dict[str, Any]:
+    response = user.post("/api/v1/webhooks", json={"url": url, **body})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_a_reply_is_pushed_signed_and_verifies_with_the_specs_own_package(hooks) -> None:
+    user, receiver = Api(hooks.stack.url), Receiver()
+    try:
+        webhook = register(user, receiver.url)
+        assert webhook["secret"].startswith("whsec_") and webhook["events"] == sorted(
+            ["message.answered", "message.failed", "message.cancelled"])
+        assert "secret" not in user.get("/api/v1/webhooks").json()["items"][0]  # shown once
+        _, answered = user.ask("Add task: pushed to my server")
+        wait_until(lambda: receiver.calls, timeout=20, what="the webhook")
+        [event] = receiver.verified(webhook["secret"])
+    finally:
+        receiver.close()
+    assert event["type"] == "message.answered" and event["id"] == receiver.calls[0]["headers"]["webhook-id"]
+    assert event["data"]["id"] == answered["id"] and event["data"]["status"] == "answered"
+    assert event["data"]["reply"]["content"] == answered["reply"]["content"]
+    deliveries = user.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").json()["items"]
+    assert [(d["type"], d["state"], len(d["tries"])) for d in deliveries] == [("message.answered", "delivered", 1)]
+    assert deliveries[0]["tries"][0]["status_code"] == 200
+
+
+def test_a_receiver_down_for_30_s_then_up_gets_every_event_intact(hooks) -> None:
+    user, port = Api(hooks.stack.url), free_port()
+    webhook = register(user, f"http://127.0.0.1:{port}/hooks/chatq")  # nothing listens there yet
+    conversation_id, first = user.ask("Add task: while you were away 1")
+    answered = [first] + [user.ask(f"Add task: while you were away {n}", conversation_id)[1] for n in (2, 3)]
+    time.sleep(30)
+    tries = user.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").json()["items"]
+    assert all(d["state"] == "pending" and d["tries"] and d["tries"][-1]["error"] for d in tries)
+    receiver = Receiver(port)
+    try:
+        wait_until(lambda: len({c["headers"]["webhook-id"] for c in receiver.calls}) >= 3, timeout=30,
+                   what="every event after the receiver came back")
+        events = receiver.verified(webhook["secret"])
+    finally:
+        receiver.close()
+    by_message = {event["data"]["id"]: event for event in events}
+    assert set(by_message) == {message["id"] for message in answered}
+    for message in answered:
+        assert by_message[message["id"]]["data"]["reply"]["content"] == message["reply"]["content"]
+    # The same webhook-id on every try of one event: retries can be dropped by the receiver.
+    ids = {event["id"] for event in events}
+    assert len(ids) == 3
+
+
+def test_500s_are_retried_in_order_with_growing_delays(hooks) -> None:
+    user, receiver = Api(hooks.stack.url), Receiver()
+    receiver.script = [(500, 0.0)] * 4
+    try:
+        webhook = register(user, receiver.url, events=["message.answered"])
+        user.ask("hello")
+        wait_until(lambda: len(receiver.calls) >= 5, timeout=60, what="four 500s and a 200")
+        events = receiver.verified(webhook["secret"])
+    finally:
+        receiver.close()
+    assert [call["status"] for call in receiver.calls] == [500, 500, 500, 500, 200]
+    assert len({event["id"] for event in events}) == 1 and len({json.dumps(e) for e in events}) == 1
+    gaps = [later["at"] - earlier["at"] for earlier, later in zip(receiver.calls, receiver.calls[1:], strict=False)]
+    assert gaps[-1] > gaps[0] and gaps[-1] >= max(gaps[:-1]) / 2, gaps  # doubling, with jitter
+    [delivery] = user.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").json()["items"]
+    recorded = delivery["tries"]
+    assert [t["status_code"] for t in recorded] == [500, 500, 500, 500, 200] and delivery["state"] == "delivered"
+    times = [datetime.fromisoformat(t["attempted_at"].replace("Z", "+00:00")) for t in recorded]
+    assert times == sorted(times)
+    with (ARTIFACTS / "fault-figures.txt").open("a") as figures:
+        figures.write("webhook retries after 500s: gaps " + ", ".join(f"{gap:.1f}s" for gap in gaps) + "\n")
+
+
+def test_a_webhooks_worker_killed_mid_delivery_loses_nothing(hooks) -> None:
+    user, receiver = Api(hooks.stack.url), Receiver()
+    receiver.script = [(200, 4.0)]  # the first call hangs while its worker is killed
+    try:
+        webhook = register(user, receiver.url)
+        _, answered = user.ask("Add task: survive a kill")
+        wait_until(lambda: receiver.calls, timeout=20, what="the first call")
+        children = psutil.Process(hooks.deliverer.popen.pid).children()
+        for child in children:  # the pool process running the delivery
+            child.send_signal(signal.SIGKILL)
+        wait_until(lambda: len(receiver.calls) >= 2, timeout=60, what="the delivery again")
+        events = receiver.verified(webhook["secret"])
+    finally:
+        receiver.close()
+    assert {event["data"]["id"] for event in events} == {answered["id"]}
+    assert len({event["id"] for event in events}) == 1  # the same webhook-id, at least once
+
+
+def test_a_slow_receiver_does_not_delay_replies(hooks) -> None:
+    user, receiver = Api(hooks.stack.url), Receiver()
+    receiver.script = [(200, 10.0)] * 10
+    try:
+        register(user, receiver.url)
+        conversation_id, _ = user.ask("Add task: slow 0")
+        for n in range(1, 5):
+            _, answered = user.ask(f"Add task: slow {n}", conversation_id)
+            assert answered["status"] == "answered"
+        # Five replies answered while the receiver, 10 s a call, has finished at most one call.
+        assert sum(1 for call in receiver.calls if time.monotonic() - call["at"] > 10) <= 1
+    finally:
+        receiver.close()
+
+
+def test_private_and_metadata_addresses_are_refused_unless_allowed(hooks) -> None:
+    strict = Web("webhooks-web-strict", {**hooks.env, "WEBHOOK_ALLOW_PRIVATE": ""}).start()
+    try:
+        user = Api(strict.url)
+        for url, why in [("https://127.0.0.1/hook", "loopback"), ("https://10.1.2.3/hook", "private"),
+                         ("https://169.254.169.254/latest/meta-data", "metadata"),
+                         ("https://localhost/hook", "loopback"), ("http://example.com/hook", "https"),
+                         ("https://[::1]/hook", "loopback")]:
+            response = user.post("/api/v1/webhooks", json={"url": url})
+            assert response.status_code == 422 and why in response.json()["detail"], (url, response.text)
+    finally:
+        strict.stop()
+
+
+def test_another_users_webhooks_are_404(hooks) -> None:
+    owner, other = Api(hooks.stack.url), Api(hooks.stack.url)
+    webhook = register(owner, "http://127.0.0.1:9/never")
+    assert other.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").status_code == 404
+    assert other.request("DELETE", f"/api/v1/webhooks/{webhook['id']}").status_code == 404
+    assert other.get("/api/v1/webhooks").json()["items"] == []
+    assert owner.request("DELETE", f"/api/v1/webhooks/{webhook['id']}").status_code == 204
+    assert owner.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").status_code == 404
+
+
+def test_a_cancel_is_pushed_from_the_transaction_that_commits_it(hooks) -> None:
+    user, receiver = Api(hooks.stack.url), Receiver()
+    try:
+        webhook = register(user, receiver.url, events=["message.cancelled"])
+        hooks.stack.worker.stop()  # the question stays queued (and no sweep runs: workers run it)
+        try:
+            message_id = user.chat("never answered")["message"]["id"]
+            assert user.post(f"/api/v1/messages/{message_id}/cancel").status_code == 200
+        finally:
+            hooks.stack.worker = Worker("webhooks-answers", hooks.env).start()
+        wait_until(lambda: receiver.calls, timeout=20, what="the cancel's webhook")
+        [event] = receiver.verified(webhook["secret"])
+    finally:
+        receiver.close()
+    assert event["type"] == "message.cancelled" and event["data"]["id"] == message_id
+    assert event["data"]["status"] == "cancelled"
+
