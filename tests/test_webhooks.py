@@ -51,7 +51,7 @@ class Receiver:
                 with receiver.lock:
                     status, delay = receiver.script.pop(0) if receiver.script else (200, 0.0)
                     receiver.calls.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
-                                           "at": time.monotonic(), "status": status})
+                                           "at": time.monotonic(), "wall": time.time(), "status": status})
                 time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")

@@ -93,3 +93,14 @@ def audit(connection: psycopg.Connection, scenario: str, sent: int, ids: list[st
                 figures.out_of_order += 1
             previous_reply = reply_seq
     return figures
+
+
+def reply_latency(connection: psycopg.Connection, ids: list[str]) -> str:
+    """Accepted -> reply committed, p50 / p99 / max over the answered messages: for the figures."""
+    seconds = sorted(row[0] for row in connection.execute(
+        "SELECT extract(epoch FROM r.created_at - q.created_at)::float8 FROM messages q "
+        "JOIN messages r ON r.reply_to_id = q.id AND NOT r.superseded WHERE q.id = ANY(%s::uuid[])", (ids,)))
+    if not seconds:
+        return "reply_latency=none"
+    return (f"reply_latency_p50={seconds[len(seconds) // 2]:.1f}s p99={seconds[int(len(seconds) * 0.99)]:.1f}s "
+            f"max={seconds[-1]:.1f}s")

@@ -14,7 +14,7 @@ import pytest
 import redis
 import requests
 
-from tests.faults.audit import audit, wait_terminal
+from tests.faults.audit import audit, reply_latency, wait_terminal
 from tests.faults.conftest import FaultStack, Killer
 from tests.support import Api, BackgroundPoll, subscribers, wait_until
 
@@ -49,7 +49,7 @@ def test_workers_sigkilled_every_second(fault_stack: FaultStack) -> None:
         killer.stop()
     with stack.connect() as connection:
         figures = audit(connection, "sigkill-workers", sent=200, ids=accepted)
-    figures.extra = f"kills={killer.kills}"
+        figures.extra = f"kills={killer.kills} {reply_latency(connection, accepted)}"
     figures.report().assert_clean()
     assert figures.accepted == 200 and killer.kills >= 3
 
@@ -68,7 +68,9 @@ def test_redis_restarts_empty_with_jobs_queued(fault_stack: FaultStack) -> None:
     stack.workers = [stack.new_worker(i) for i in range(2)]
     wait_terminal(stack.connect, accepted, timeout=90)
     with stack.connect() as connection:
-        audit(connection, "redis-restarted-empty", sent=30, ids=accepted).report().assert_clean()
+        figures = audit(connection, "redis-restarted-empty", sent=30, ids=accepted)
+        figures.extra = reply_latency(connection, accepted)
+        figures.report().assert_clean()
 
 
 def test_postgres_down_for_five_seconds_under_load(fault_stack: FaultStack) -> None:
