@@ -64,14 +64,24 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
     return env
 
 
-class Stack:
-    """One web node, one worker and the sweeper (beat), restartable."""
+def isolated_env(stack_env: dict[str, str], name: str, redis_db: int, **settings: str) -> dict[str, str]:
+    """An environment of its own beside the session's stack: a fresh database `chatq_<name>`, built
+    by Alembic, and a flushed Redis database."""
+    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    return {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], f"chatq_{name}"),
+            "REDIS_URL": redis_url, **settings}
 
-    def __init__(self, env: dict[str, str]) -> None:
+
+class Stack:
+    """One web node, one worker and the sweeper (beat), restartable; `prefix` names their logs."""
+
+    def __init__(self, env: dict[str, str], prefix: str = "") -> None:
         self.env = env
-        self.web = Web("web", env)
-        self.worker = Worker("worker", env)
-        self.beat = Beat("beat", env)
+        self.prefix = f"{prefix}-" if prefix else ""
+        self.web = Web(f"{self.prefix}web", env)
+        self.worker = Worker(f"{self.prefix}worker", env)
+        self.beat = Beat(f"{self.prefix}beat", env)
 
     def start(self) -> Stack:
         self.web.start()
@@ -87,11 +97,11 @@ class Stack:
         """Every process stopped and started again, as after a deploy; same port for clients."""
         self.stop()
         port = self.web.port
-        self.web = Web("web", self.env)
+        self.web = Web(f"{self.prefix}web", self.env)
         self.web.port = port
         self.web.env["PORT"] = str(port)
-        self.worker = Worker("worker", self.env)
-        self.beat = Beat("beat", self.env)
+        self.worker = Worker(f"{self.prefix}worker", self.env)
+        self.beat = Beat(f"{self.prefix}beat", self.env)
         self.start()
 
     @property
@@ -134,16 +144,10 @@ def model_server():
 @pytest.fixture(scope="session")
 def llm_stack(stack_env, model_server):
     """A stack of its own (database, Redis database, web, worker, beat) whose workers use a model."""
-    server = os.environ["DATABASE_URL"]
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{LLM_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**stack_env, "DATABASE_URL": create_database(server, "chatq_llm"), "REDIS_URL": redis_url,
-           "ENGINE": "openai", "LLM_BASE_URL": model_server.base_url, "LLM_MODEL": "fake-model",
-           "LLM_API_KEY": "sk-test", "LEASE_SECONDS": "4", "REQUEUE_AFTER_SECONDS": "2", "LLM_MAX_TOKENS": "60"}
-    running = Stack(env)
-    running.web = Web("llm-web", env)
-    running.worker = Worker("llm-worker", env)
-    running.start()
+    env = isolated_env(stack_env, "llm", LLM_REDIS_DB, ENGINE="openai", LLM_BASE_URL=model_server.base_url,
+                       LLM_MODEL="fake-model", LLM_API_KEY="sk-test", LEASE_SECONDS="4", REQUEUE_AFTER_SECONDS="2",
+                       LLM_MAX_TOKENS="60")
+    running = Stack(env, "llm").start()
     yield running
     running.stop()
 

@@ -17,12 +17,11 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import requests
 
-from scripts.devstack import create_database, libpq_url
-from tests.conftest import TEST_REDIS_DB, Stack
-from tests.support import ARTIFACTS, Api, Beat, EventStream, Web, Worker, wait_until
+from scripts.devstack import libpq_url
+from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.support import ARTIFACTS, Api, EventStream, Web, Worker, wait_until
 from worker.engine.builtin import FALLBACK, HELP
 
 CONTROL_REDIS_DB = TEST_REDIS_DB - 3
@@ -31,15 +30,8 @@ STREAM_DELAY_MS = 120  # FALLBACK (26 words) streams for about 3 s
 
 @pytest.fixture(scope="module")
 def control(stack_env):
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{CONTROL_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], "chatq_control"),
-           "REDIS_URL": redis_url, "ENGINE_STREAM_DELAY_MS": str(STREAM_DELAY_MS)}
-    running = Stack(env)
-    running.web = Web("control-web-a", env)
-    running.worker = Worker("control-worker", env)
-    running.beat = Beat("control-beat", env)
-    running.start()
+    env = isolated_env(stack_env, "control", CONTROL_REDIS_DB, ENGINE_STREAM_DELAY_MS=str(STREAM_DELAY_MS))
+    running = Stack(env, "control").start()
     node_b = Web("control-web-b", env).start()
     yield SimpleNamespace(stack=running, a=running.web.url, b=node_b.url, env=env)
     node_b.stop()

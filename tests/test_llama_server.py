@@ -14,13 +14,11 @@ import signal
 from types import SimpleNamespace
 
 import pytest
-import redis
 import requests
 
 from scripts import llama
-from scripts.devstack import create_database
-from tests.conftest import TEST_REDIS_DB, Stack
-from tests.support import Api, Beat, EventStream, Process, Web, Worker, free_port, wait_until
+from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.support import Api, EventStream, Process, Worker, free_port, wait_until
 
 pytestmark = pytest.mark.llama
 LLAMA_REDIS_DB = TEST_REDIS_DB - 4
@@ -52,15 +50,10 @@ def real(stack_env):
         pytest.skip("llama-server is not built on this machine: `python scripts/llama.py build` says why")
     port = free_port()
     process = start_llama(server, port)
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{LLAMA_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], "chatq_llama"),
-           "REDIS_URL": redis_url, "ENGINE": "openai", "LLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
-           "LLM_MODEL": "smollm2", "LLM_MAX_TOKENS": str(MAX_TOKENS), "LEASE_SECONDS": "20"}
-    running = Stack(env)
-    running.web = Web("llama-web", env)
-    running.worker = Worker("llama-worker", env, concurrency=1)
-    running.beat = Beat("llama-beat", env)
+    env = isolated_env(stack_env, "llama", LLAMA_REDIS_DB, ENGINE="openai", LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
+                       LLM_MODEL="smollm2", LLM_MAX_TOKENS=str(MAX_TOKENS), LEASE_SECONDS="20")
+    running = Stack(env, "llama")
+    running.worker = Worker("llama-worker", env, concurrency=1)  # one generation at a time: a small CPU
     running.start()
     state = SimpleNamespace(stack=running, env=env, server=server, port=port, process=process)
     yield state

@@ -17,12 +17,11 @@ from functools import partial
 
 import psycopg
 import pytest
-import redis
 import requests
 
 from scripts.cluster import nginx_binary, render_nginx_conf
-from scripts.devstack import create_database, libpq_url
-from tests.conftest import TEST_REDIS_DB
+from scripts.devstack import libpq_url
+from tests.conftest import TEST_REDIS_DB, isolated_env
 from tests.faults.audit import audit, wait_terminal
 from tests.support import ARTIFACTS, Api, Beat, Process, Web, Worker, free_port, wait_until
 
@@ -83,12 +82,9 @@ def deployment(stack_env):
     nginx = nginx_binary()
     if nginx is None:
         pytest.skip("no nginx here: `make test` installs Debian's nginx where apt-get can")
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{DEPLOY_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {key: value for key, value in stack_env.items()
-           if key not in ("LEASE_SECONDS", "SWEEP_INTERVAL_SECONDS", "REQUEUE_AFTER_SECONDS")}
-    env.update(DATABASE_URL=create_database(os.environ["DATABASE_URL"], "chatq_deploy"), REDIS_URL=redis_url,
-               WEB_CONCURRENCY="1")
+    defaults = {key: value for key, value in stack_env.items()
+                if key not in ("LEASE_SECONDS", "SWEEP_INTERVAL_SECONDS", "REQUEUE_AFTER_SECONDS")}
+    env = isolated_env(defaults, "deploy", DEPLOY_REDIS_DB, WEB_CONCURRENCY="1")
     webs = [Web(f"deploy-web-{n}", env).start() for n in (1, 2)]
     workers = [Worker(f"deploy-worker-{n}", env).start() for n in (1, 2, 3)]
     beat = Beat("deploy-beat", env).start()

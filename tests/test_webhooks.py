@@ -5,7 +5,6 @@ every call with the Standard Webhooks spec's own package — not with our signer
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -16,12 +15,10 @@ from typing import Any
 
 import psutil
 import pytest
-import redis
 from standardwebhooks.webhooks import Webhook
 
-from scripts.devstack import create_database
-from tests.conftest import TEST_REDIS_DB, Stack
-from tests.support import ARTIFACTS, Api, Beat, Web, Worker, free_port, wait_until
+from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.support import ARTIFACTS, Api, Web, Worker, free_port, wait_until
 
 WEBHOOKS_REDIS_DB = TEST_REDIS_DB - 7
 
@@ -79,16 +76,9 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def hooks(stack_env):
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{WEBHOOKS_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], "chatq_webhooks"),
-           "REDIS_URL": redis_url, "WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_BACKOFF_BASE_SECONDS": "1",
-           "WEBHOOK_BACKOFF_CAP_SECONDS": "8", "WEBHOOK_TIMEOUT_SECONDS": "15"}
-    running = Stack(env)
-    running.web = Web("webhooks-web", env)
-    running.worker = Worker("webhooks-answers", env)
-    running.beat = Beat("webhooks-beat", env)
-    running.start()
+    env = isolated_env(stack_env, "webhooks", WEBHOOKS_REDIS_DB, WEBHOOK_ALLOW_PRIVATE="1",
+                       WEBHOOK_BACKOFF_BASE_SECONDS="1", WEBHOOK_BACKOFF_CAP_SECONDS="8", WEBHOOK_TIMEOUT_SECONDS="15")
+    running = Stack(env, "webhooks").start()
     deliverer = WebhooksWorker("webhooks-deliverer", env).start()
     state = SimpleNamespace(stack=running, env=env, deliverer=deliverer)
     yield state
@@ -235,7 +225,7 @@ def test_a_cancel_is_pushed_from_the_transaction_that_commits_it(hooks) -> None:
             message_id = user.chat("never answered")["message"]["id"]
             assert user.post(f"/api/v1/messages/{message_id}/cancel").status_code == 200
         finally:
-            hooks.stack.worker = Worker("webhooks-answers", hooks.env).start()
+            hooks.stack.worker = Worker("webhooks-worker", hooks.env).start()
         wait_until(lambda: receiver.calls, timeout=20, what="the cancel's webhook")
         [event] = receiver.verified(webhook["secret"])
     finally:

@@ -12,11 +12,10 @@ from types import SimpleNamespace
 
 import psycopg
 import pytest
-import redis
 
-from scripts.devstack import create_database, libpq_url
-from tests.conftest import TEST_REDIS_DB, Stack
-from tests.support import ARTIFACTS, Api, Beat, Web, Worker, wait_until
+from scripts.devstack import libpq_url
+from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.support import ARTIFACTS, Api, Worker, wait_until
 from worker.engine.builtin import FALLBACK
 
 SHUTDOWN_REDIS_DB = TEST_REDIS_DB - 5
@@ -25,16 +24,9 @@ LEASE = 30
 
 @pytest.fixture(scope="module")
 def shutdown_stack(stack_env):
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{SHUTDOWN_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], "chatq_shutdown"),
-           "REDIS_URL": redis_url, "ENGINE_STREAM_DELAY_MS": "300", "LEASE_SECONDS": str(LEASE),
-           "WORKER_SHUTDOWN_GRACE_SECONDS": "2"}
-    running = Stack(env)
-    running.web = Web("shutdown-web", env)
-    running.worker = Worker("shutdown-worker-a", env)
-    running.beat = Beat("shutdown-beat", env)
-    running.start()
+    env = isolated_env(stack_env, "shutdown", SHUTDOWN_REDIS_DB, ENGINE_STREAM_DELAY_MS="300",
+                       LEASE_SECONDS=str(LEASE), WORKER_SHUTDOWN_GRACE_SECONDS="2")
+    running = Stack(env, "shutdown").start()
     yield SimpleNamespace(stack=running, env=env)
     running.stop()
 

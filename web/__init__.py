@@ -13,6 +13,7 @@ from . import (
     api,
     auth,
     cli,
+    control,
     events,
     limits,
     metrics,
@@ -62,6 +63,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app.register_blueprint(ops.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(control.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(openapi.bp)

@@ -10,10 +10,10 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, jsonify, request
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
-from models import FINAL, PENDING, Conversation, Message, Role, Status, Task, outbox
+from models import PENDING, Conversation, Message, Status, Task
 from models.messaging import Partial, announce, read_partials, request_cancel, send_answer_job
 from models.queries import (
     owned_conversation,
@@ -21,17 +21,16 @@ from models.queries import (
     owned_messages_after,
     parse_uuid,
     replies_to,
-    reply_versions,
 )
-from models.representation import message_json, version_json
+from models.representation import message_json
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
-from .accept import POLL_URL, accept_message, fingerprint
+from .accept import accept_message, fingerprint
 from .auth import authenticate
-from .inputs import json_body, optional_json_body, query
+from .inputs import json_body, query
 from .problems import Problem
-from .quotas import charge_message, has_quotas, usage_today
+from .quotas import has_quotas, usage_today
 from .serialize import conversation_json, task_json
 from .services import db, reader, services
 from .spec import operation
@@ -214,104 +213,6 @@ def get_message(message_id: str) -> Response:
     if body.get("status") in (Status.QUEUED, Status.PROCESSING):
         response.headers["Retry-After"] = PENDING_RETRY_AFTER
     return response
-
-
-@bp.post("/messages/<message_id>/retry")
-@operation("Put a failed message back in the queue", responses={202: schemas.Accepted})
-def retry_message(message_id: str) -> Response:
-    session = db()
-    with session.begin():
-        row, _reply = _question_or_404(session, message_id)
-        requeued = session.execute(
-            update(Message)
-            .where(Message.id == row.id, Message.status == Status.FAILED)
-            .values(status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now())
-            .returning(Message.id)
-        ).first()
-        if requeued is None:
-            raise Problem(409, f"Only a failed message can be retried; this one is {row.status.value}.",
-                          slug="not-failed")
-        session.refresh(row)
-    return _requeued(row)
-
-
-def _requeued(row: Message) -> Response:
-    """After the commit that put a question back in the queue: its job, the news, and the 202."""
-    send_answer_job(services().producer, row.id, g.request_id)
-    announce(services().redis, row.conversation_id, row.id, Status.QUEUED.value)
-    response = jsonify({"conversation_id": str(row.conversation_id), "message": message_json(row),
-                        "poll_url": POLL_URL.format(row.id)})
-    response.status_code = 202
-    response.headers["Location"] = POLL_URL.format(row.id)
-    return response
-
-
-def _question_or_404(session: Session, message_id: str) -> tuple[Message, Message | None]:
-    found = owned_message_with_reply(session, g.user, message_id)
-    if found is None or found[0].role is not Role.USER:
-        raise Problem(404, "No such message.")
-    return found
-
-
-@bp.post("/messages/<message_id>/cancel")
-@operation("Cancel a question: queued, it is never generated; processing, its generation stops and keeps "
-           "the text written so far", responses={200: schemas.UserMessageOut})
-def cancel_message(message_id: str) -> dict[str, Any]:
-    session = db()
-    with session.begin():
-        row, reply = _question_or_404(session, message_id)
-        was = session.execute(
-            update(Message).where(Message.id == row.id, Message.status.in_(PENDING))
-            .values(status=Status.CANCELLED, updated_at=func.now())
-            .returning(Message.id)
-        ).first()
-        if was is None and row.status is not Status.CANCELLED:
-            raise Problem(409, f"Only a queued or processing message can be cancelled; this one is "
-                          f"{row.status.value}.", slug="not-cancellable")
-        if was is not None:
-            session.execute(outbox.CANCELLED, {"question_ids": [row.id]})  # its webhook event, in this commit
-        session.refresh(row)
-    if was is not None:
-        request_cancel(services().redis, [row.id])  # the worker generating it, wherever it is, stops
-        announce(services().redis, row.conversation_id, row.id, Status.CANCELLED.value)
-        log.info("message_cancelled", message_id=str(row.id))
-    return message_json(row, reply)
-
-
-@bp.post("/messages/<message_id>/regenerate")
-@operation("Answer the conversation's latest question again, optionally with its text edited; earlier "
-           "replies are kept as versions", body=schemas.Regenerate, responses={202: schemas.Accepted})
-def regenerate_message(message_id: str) -> Response:
-    body = optional_json_body(schemas.Regenerate)
-    session = db()
-    with session.begin():
-        row, _reply = _question_or_404(session, message_id)
-        # The conversation's row first, as every writer takes it: a post or another regenerate waits.
-        session.execute(select(Conversation.id).where(Conversation.id == row.conversation_id).with_for_update())
-        latest = session.scalar(select(func.max(Message.seq)).where(Message.conversation_id == row.conversation_id,
-                                                                    Message.role == Role.USER))
-        session.refresh(row)
-        if row.seq != latest:
-            raise Problem(409, "Only the conversation's latest question can be regenerated.", slug="not-latest")
-        if row.status not in FINAL:
-            raise Problem(409, f"The message is still {row.status.value}; cancel it first or wait for its reply.",
-                          slug="not-finished")
-        charge_message(session, g.user, services().settings)  # asking again is another message
-        session.execute(update(Message).where(Message.reply_to_id == row.id, Message.superseded.is_(False))
-                        .values(superseded=True, updated_at=func.now()))
-        session.execute(update(Message).where(Message.id == row.id).values(
-            status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now(), updated_at=func.now(),
-            content=body.content if body.content is not None else row.content))
-        session.refresh(row)
-    log.info("message_regenerated", message_id=str(row.id), edited=body.content is not None)
-    return _requeued(row)
-
-
-@bp.get("/messages/<message_id>/replies")
-@operation("Every version of a question's reply, newest first", responses={200: schemas.ReplyVersions})
-def list_replies(message_id: str) -> dict[str, Any]:
-    row, _reply = _question_or_404(reader(), message_id)
-    return {"items": [version_json(version, row) for version in reply_versions(reader(), row.id)]}
 
 
 def _messages_after(conversation_id: uuid.UUID, after: int, limit: int) -> tuple[dict[str, Any], bool]:

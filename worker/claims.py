@@ -17,27 +17,18 @@ three round trips to Postgres — the claim (with the history), the engine's too
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 import structlog
-from redis.client import PubSub
-from redis.exceptions import RedisError
 from sqlalchemy import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from models.signals import cancel_channel
-
 from . import claim_sql
-from .engine import Cancellation, History, Reply
+from .engine import History, Reply
 from .runtime import Runtime
-from .shutdown import STOPPING
 
 log = structlog.get_logger(__name__)
 
@@ -245,95 +236,3 @@ def next_pending(rt: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:
     """The conversation's earliest unanswered message, marked as enqueued now."""
     with rt.db.connect() as connection:
         return connection.execute(claim_sql.NEXT_PENDING, {"conversation_id": conversation_id}).scalar_one_or_none()
-
-
-# How often a generation's watcher looks for a cancel when Redis cannot tell it (and the longest a
-# cancel may take to stop a generation when Redis is down).
-CANCEL_CHECK_SECONDS = 1.0
-
-
-@contextmanager
-def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancellation]:
-    """While a generation runs: renew its lease every third of its length (a slow but live
-    generation keeps it; a dead worker stops renewing and its lease runs out), and stop it when
-    its question is cancelled — told at once by Redis (cancel_channel), confirmed in Postgres,
-    which every renewal also reads in case the notification was lost — or when this worker has
-    been stopping for longer than WORKER_SHUTDOWN_GRACE_SECONDS (worker/shutdown.py)."""
-    cancellation = Cancellation()
-    stop = threading.Event()
-
-    def watch() -> None:
-        pubsub = _subscribe(rt, question.id)
-        renew_at = time.monotonic() + rt.settings.lease_seconds / 3
-        try:
-            while not stop.is_set():
-                told = _told(pubsub) if pubsub is not None else not stop.wait(CANCEL_CHECK_SECONDS)
-                if stop.is_set():
-                    return
-                if STOPPING.due(rt.settings.worker_shutdown_grace_seconds):
-                    log.warning("generation_given_back", reason="worker_stopping")
-                    cancellation.cancel(reason="shutdown")
-                    return
-                try:
-                    if time.monotonic() >= renew_at:
-                        renew_at = time.monotonic() + rt.settings.lease_seconds / 3
-                        status = _renew(rt, lease, question)
-                        if status is _LOST:
-                            log.warning("lease_lost", conversation_id=str(lease.conversation_id))
-                            return
-                    elif told:
-                        with rt.db.connect() as connection:
-                            status = connection.execute(claim_sql.QUESTION_STATUS,
-                                                        {"question_id": question.id}).scalar_one_or_none()
-                    else:
-                        continue
-                except Exception as error:  # a failed check must not kill the generation
-                    log.warning("lease_renewal_failed", error=str(error).splitlines()[0])
-                    continue
-                if status == "cancelled":
-                    log.info("generation_cancelled")
-                    cancellation.cancel()
-                    return
-        finally:
-            if pubsub is not None:
-                pubsub.close()
-
-    # A daemon thread, not joined: it may sit in a one-second read of Redis when the generation
-    # ends, and must not add that to every reply. It checks `stop` before every write, and a
-    # renewal of a lease already released does nothing (claim_sql.RENEW).
-    threading.Thread(target=watch, name="generation-watch", daemon=True).start()
-    try:
-        yield cancellation
-    finally:
-        stop.set()
-
-
-_LOST = object()
-
-
-def _renew(rt: Runtime, lease: Lease, question: Question) -> object:
-    with rt.db.connect() as connection:
-        row = connection.execute(claim_sql.RENEW, {
-            "conversation_id": lease.conversation_id, "version": lease.version,
-            "lease": rt.settings.lease_seconds, "question_id": question.id}).first()
-    return _LOST if row is None else row.status
-
-
-def _subscribe(rt: Runtime, question_id: uuid.UUID) -> PubSub | None:
-    try:
-        pubsub = rt.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(cancel_channel(question_id))
-    except RedisError as error:
-        log.warning("cancel_subscribe_failed", error=str(error))
-        return None
-    return pubsub
-
-
-def _told(pubsub: PubSub) -> bool:
-    """Whether a cancel notification came within CANCEL_CHECK_SECONDS (True also when Redis broke:
-    then Postgres is asked instead)."""
-    try:
-        return pubsub.get_message(timeout=CANCEL_CHECK_SECONDS) is not None
-    except (RedisError, OSError):
-        time.sleep(CANCEL_CHECK_SECONDS)
-        return True

@@ -20,7 +20,7 @@ from models import Status, backoff, messaging
 from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, PING, REQUEST_ID_HEADER, SWEEP
 from models.queries import parse_uuid
 
-from . import app, claims, metrics, shutdown, sweeper, webhooks
+from . import app, claims, metrics, shutdown, sweeper, watch, webhooks
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
 from .runtime import Runtime, runtime
 
@@ -121,7 +121,7 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
     started = time.perf_counter()
     error: str | None = None
     try:
-        with claims.watching(rt, lease, question) as cancellation, metrics.GENERATION.time():
+        with watch.watching(rt, lease, question) as cancellation, metrics.GENERATION.time():
             reply = rt.engine.reply(ReplyRequest(
                 user=question.user,
                 conversation_id=lease.conversation_id,

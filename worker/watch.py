@@ -1,0 +1,116 @@
+"""The thread beside every generation: it renews the conversation's lease, and stops the
+generation when its question is cancelled (from any web node) or when this worker is stopping."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import structlog
+from redis.client import PubSub
+from redis.exceptions import RedisError
+
+from models.signals import cancel_channel
+
+from . import claim_sql
+from .claims import Lease, Question
+from .engine import Cancellation
+from .runtime import Runtime
+from .shutdown import STOPPING
+
+log = structlog.get_logger(__name__)
+
+
+# How often a generation's watcher looks for a cancel when Redis cannot tell it (and the longest a
+# cancel may take to stop a generation when Redis is down).
+CANCEL_CHECK_SECONDS = 1.0
+
+
+@contextmanager
+def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancellation]:
+    """While a generation runs: renew its lease every third of its length (a slow but live
+    generation keeps it; a dead worker stops renewing and its lease runs out), and stop it when
+    its question is cancelled — told at once by Redis (cancel_channel), confirmed in Postgres,
+    which every renewal also reads in case the notification was lost — or when this worker has
+    been stopping for longer than WORKER_SHUTDOWN_GRACE_SECONDS (worker/shutdown.py)."""
+    cancellation = Cancellation()
+    stop = threading.Event()
+
+    def watch() -> None:
+        pubsub = _subscribe(rt, question.id)
+        renew_at = time.monotonic() + rt.settings.lease_seconds / 3
+        try:
+            while not stop.is_set():
+                told = _told(pubsub) if pubsub is not None else not stop.wait(CANCEL_CHECK_SECONDS)
+                if stop.is_set():
+                    return
+                if STOPPING.due(rt.settings.worker_shutdown_grace_seconds):
+                    log.warning("generation_given_back", reason="worker_stopping")
+                    cancellation.cancel(reason="shutdown")
+                    return
+                try:
+                    if time.monotonic() >= renew_at:
+                        renew_at = time.monotonic() + rt.settings.lease_seconds / 3
+                        status = _renew(rt, lease, question)
+                        if status is _LOST:
+                            log.warning("lease_lost", conversation_id=str(lease.conversation_id))
+                            return
+                    elif told:
+                        with rt.db.connect() as connection:
+                            status = connection.execute(claim_sql.QUESTION_STATUS,
+                                                        {"question_id": question.id}).scalar_one_or_none()
+                    else:
+                        continue
+                except Exception as error:  # a failed check must not kill the generation
+                    log.warning("lease_renewal_failed", error=str(error).splitlines()[0])
+                    continue
+                if status == "cancelled":
+                    log.info("generation_cancelled")
+                    cancellation.cancel()
+                    return
+        finally:
+            if pubsub is not None:
+                pubsub.close()
+
+    # A daemon thread, not joined: it may sit in a one-second read of Redis when the generation
+    # ends, and must not add that to every reply. It checks `stop` before every write, and a
+    # renewal of a lease already released does nothing (claim_sql.RENEW).
+    threading.Thread(target=watch, name="generation-watch", daemon=True).start()
+    try:
+        yield cancellation
+    finally:
+        stop.set()
+
+
+_LOST = object()
+
+
+def _renew(rt: Runtime, lease: Lease, question: Question) -> object:
+    with rt.db.connect() as connection:
+        row = connection.execute(claim_sql.RENEW, {
+            "conversation_id": lease.conversation_id, "version": lease.version,
+            "lease": rt.settings.lease_seconds, "question_id": question.id}).first()
+    return _LOST if row is None else row.status
+
+
+def _subscribe(rt: Runtime, question_id: uuid.UUID) -> PubSub | None:
+    try:
+        pubsub = rt.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(cancel_channel(question_id))
+    except RedisError as error:
+        log.warning("cancel_subscribe_failed", error=str(error))
+        return None
+    return pubsub
+
+
+def _told(pubsub: PubSub) -> bool:
+    """Whether a cancel notification came within CANCEL_CHECK_SECONDS (True also when Redis broke:
+    then Postgres is asked instead)."""
+    try:
+        return pubsub.get_message(timeout=CANCEL_CHECK_SECONDS) is not None
+    except (RedisError, OSError):
+        time.sleep(CANCEL_CHECK_SECONDS)
+        return True
