@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, fields, replace
 
 
 def embedded_database_url(port: int) -> str:
@@ -39,19 +38,17 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-N = TypeVar("N", int, float)
-
-
-def _number(env: Mapping[str, str], name: str, default: N) -> N:
-    """The variable as a number of the default's type; unset or empty gives the default."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+def _parse_number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
     try:
-        return type(default)(raw)
+        return kind(raw)
     except ValueError as error:
-        kind = "an integer" if isinstance(default, int) else "a number"
-        raise ConfigError(f"{name} must be {kind}, not {raw!r}") from error
+        raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from error
+
+
+# Fields read from a variable of another name than their own, upper-cased.
+ENV_NAMES = {"dev_mode": "CHATQ_DEV"}
+# Fields whose empty variable means "the default" (for other strings, empty is a value).
+EMPTY_IS_DEFAULT = frozenset({"database_url", "redis_url", "server_id", "bind_host"})
 
 
 
@@ -153,61 +150,38 @@ class Settings:
         return self.auth_secret or (DEV_AUTH_SECRET if self.dev_mode else "")
 
     @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable a field is read from: its name, upper-cased (CHATQ_DEV for
+        dev_mode)."""
+        return ENV_NAMES.get(name, name.upper())
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        """Every variable chatq reads: the fields above, declared once."""
+        return [cls.variable(item.name) for item in fields(cls)]
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Each field from its variable, parsed by the field's type; an unset variable (and an empty
+        one, except for a string that may be empty on purpose, like RATE_LIMIT) leaves the default."""
         env = os.environ if env is None else env
-        return cls(
-            database_url=env.get("DATABASE_URL") or EMBEDDED_DATABASE_URL,
-            redis_url=env.get("REDIS_URL") or EMBEDDED_REDIS_URL,
-            auth_secret=env.get("AUTH_SECRET", ""),
-            auth_jwks_url=env.get("AUTH_JWKS_URL", ""),
-            auth_jwks_ttl_seconds=_number(env, "AUTH_JWKS_TTL_SECONDS", 300),
-            auth_jwks_cooldown_seconds=_number(env, "AUTH_JWKS_COOLDOWN_SECONDS", 10.0),
-            auth_issuer=env.get("AUTH_ISSUER", ""),
-            auth_audience=env.get("AUTH_AUDIENCE", ""),
-            auth_max_token_lifetime_seconds=_number(env, "AUTH_MAX_TOKEN_LIFETIME_SECONDS", 31 * 24 * 3600),
-            dev_mode=_flag(env.get("CHATQ_DEV")),
-            flower_basic_auth=env.get("FLOWER_BASIC_AUTH", ""),
-            port=_number(env, "PORT", 8000),
-            bind_host=env.get("BIND_HOST") or ("127.0.0.1" if _flag(env.get("CHATQ_DEV")) else "0.0.0.0"),  # noqa: S104
-            worker_metrics_port=_number(env, "WORKER_METRICS_PORT", 9808),
-            server_id=env.get("SERVER_ID") or socket.gethostname(),
-            engine=env.get("ENGINE", "builtin"),
-            engine_delay_ms=_number(env, "ENGINE_DELAY_MS", 0),
-            engine_stream_delay_ms=_number(env, "ENGINE_STREAM_DELAY_MS", 0),
-            llm_base_url=env.get("LLM_BASE_URL", ""),
-            llm_model=env.get("LLM_MODEL", ""),
-            llm_api_key=env.get("LLM_API_KEY", ""),
-            llm_timeout_s=_number(env, "LLM_TIMEOUT_S", 60.0),
-            llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
-            llm_stream=_flag(env.get("LLM_STREAM", "1")),
-            llm_context_tokens=_number(env, "LLM_CONTEXT_TOKENS", 0),
-            llm_max_tokens=_number(env, "LLM_MAX_TOKENS", 1024),
-            quota_messages_per_day=_number(env, "QUOTA_MESSAGES_PER_DAY", 0),
-            quota_tokens_per_day=_number(env, "QUOTA_TOKENS_PER_DAY", 0),
-            lease_seconds=_number(env, "LEASE_SECONDS", 6.0),
-            task_time_limit_seconds=_number(env, "TASK_TIME_LIMIT_SECONDS", 0.0),
-            sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 1.0),
-            worker_shutdown_grace_seconds=_number(env, "WORKER_SHUTDOWN_GRACE_SECONDS", 20.0),
-            worker_heartbeat_file=env.get("WORKER_HEARTBEAT_FILE", ""),
-            webhook_backoff_base_seconds=_number(env, "WEBHOOK_BACKOFF_BASE_SECONDS", 5.0),
-            webhook_backoff_cap_seconds=_number(env, "WEBHOOK_BACKOFF_CAP_SECONDS", 6 * 3600.0),
-            webhook_give_up_seconds=_number(env, "WEBHOOK_GIVE_UP_SECONDS", 26 * 3600.0),
-            webhook_disable_after_seconds=_number(env, "WEBHOOK_DISABLE_AFTER_SECONDS", 5 * 86400.0),
-            webhook_timeout_seconds=_number(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
-            webhook_allow_private=_flag(env.get("WEBHOOK_ALLOW_PRIVATE")),
-            requeue_after_seconds=_number(env, "REQUEUE_AFTER_SECONDS", 15.0),
-            max_attempts=_number(env, "MAX_ATTEMPTS", 5),
-            answer_deadline_seconds=_number(env, "ANSWER_DEADLINE_SECONDS", 600.0),
-            recheck_seconds=_number(env, "RECHECK_SECONDS", 60.0),
-            fallback_recheck_seconds=_number(env, "FALLBACK_RECHECK_SECONDS", 1.0),
-            max_waits=_number(env, "MAX_WAITS", 5000),
-            max_waits_per_user=_number(env, "MAX_WAITS_PER_USER", 20),
-            web_concurrency=_number(env, "WEB_CONCURRENCY", 2),
-            client_timeout_seconds=_number(env, "CLIENT_TIMEOUT_SECONDS", 30.0),
-            sse_heartbeat_seconds=_number(env, "SSE_HEARTBEAT_SECONDS", 10.0),
-            rate_limit=env.get("RATE_LIMIT", "120/minute"),
-            read_rate_limit=env.get("READ_RATE_LIMIT", "600/minute"),
-        )
+        values: dict[str, object] = {}
+        for item in fields(cls):
+            name = cls.variable(item.name)
+            raw = env.get(name)
+            if raw is None or (raw == "" and (item.type != "str" or item.name in EMPTY_IS_DEFAULT)):
+                continue
+            if item.type == "bool":
+                values[item.name] = _flag(raw)
+            elif item.type in ("int", "float"):
+                values[item.name] = _parse_number(name, raw, int if item.type == "int" else float)
+            else:
+                values[item.name] = raw
+        settings = cls(**values)  # type: ignore[arg-type]
+        if "bind_host" not in values and settings.dev_mode:
+            # Dev mode's token endpoint and well-known secret must not be reachable from the network.
+            settings = replace(settings, bind_host="127.0.0.1")
+        return settings
 
     @property
     def task_time_limit(self) -> float:

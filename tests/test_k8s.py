@@ -112,15 +112,8 @@ def test_probes_ask_routes_the_app_serves(objects, stack) -> None:
     assert heartbeat in " ".join(worker["livenessProbe"]["exec"]["command"])
 
 
-def variables_the_code_reads() -> set[str]:
-    """Configuration is read in one place (the contract): every name models/config.py asks the
-    environment for, and the two the process runners read themselves."""
-    source = (ROOT / "models" / "config.py").read_text()
-    return set(re.findall(r'(?:env\.get\(|_number\(env, |_flag\(env\.get\()"([A-Z][A-Z0-9_]+)"', source))
-
-
 def test_every_variable_set_is_one_the_code_reads(objects) -> None:
-    known = variables_the_code_reads()
+    known = set(Settings.variables())  # configuration is read in one place (the contract)
     assert {"DATABASE_URL", "REDIS_URL", "AUTH_SECRET", "LEASE_SECONDS"} <= known  # the reading works
     given = set(of_kind(objects, "ConfigMap")["chatq-config"]["data"])
     given |= {key for secret in of_kind(objects, "Secret").values() for key in secret["data"]}
