@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from .entities import Status
-from .jobs import ANSWER_MESSAGE, REQUEST_ID_HEADER
+from .jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, REQUEST_ID_HEADER, WEBHOOK_QUEUE
 from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key
 
 log = structlog.get_logger(__name__)
@@ -51,6 +51,15 @@ def send_answer_job(producer: Celery, message_id: uuid.UUID, request_id: str | N
         log.warning("enqueue_failed", message_id=str(message_id), error=str(error))
         return False
     return True
+
+
+def send_webhook_job(producer: Celery, delivery_id: str, claim: str) -> None:
+    """One try of one webhook delivery, on the webhooks queue (its own workers). Not sent (Redis
+    away): the delivery comes due again when its claim runs out, and the sweeper sends it then."""
+    try:
+        producer.send_task(DELIVER_WEBHOOK, args=[delivery_id, claim], queue=WEBHOOK_QUEUE, retry=False)
+    except (KombuOperationalError, RedisError, OSError) as error:
+        log.warning("webhook_enqueue_failed", delivery_id=delivery_id, error=str(error))
 
 
 def announce(client: redis.Redis, conversation_id: uuid.UUID | str, message_id: uuid.UUID | str,

@@ -132,3 +132,28 @@ def test_only_models_sends_answer_jobs_and_announces_changes() -> None:
     name, arguments, headers; channels and payloads) lives in models/messaging.py alone."""
     assert [finding for path in sources("web", "worker") for finding in sending_calls(path)] == []
     assert sending_calls(ROOT / "models" / "messaging.py")  # and the check sees them where they are
+
+
+AFTER_COMMIT_ONLY = {"send_answer_job", "announce", "request_cancel"}
+
+
+def direct_calls(path: Path, names: set[str]) -> list[str]:
+    """`name(...)` calls in a file (a name passed to after_commit is not a call)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if called in names:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {called}()")
+    return found
+
+
+def test_views_write_through_transaction_and_send_only_after_the_commit() -> None:
+    """One way for a view to talk to Postgres: reads through reader(), writes in transaction();
+    jobs, announcements and cancels leave through after_commit, so none is sent for a write that
+    did not commit."""
+    views = [path for path in sources("web") if path.name != "services.py"]
+    assert [call for path in views for call in direct_calls(path, AFTER_COMMIT_ONLY)] == []
+    assert [call for path in views for call in direct_calls(path, {"db", "begin"})] == []
+    assert direct_calls(ROOT / "web" / "services.py", {"begin"})  # and the check sees them where they are

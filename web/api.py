@@ -32,7 +32,7 @@ from .inputs import json_body, query
 from .problems import Problem
 from .quotas import has_quotas, usage_today
 from .serialize import conversation_json, task_json
-from .services import db, reader, services
+from .services import after_commit, reader, services, transaction
 from .spec import operation
 from .waiting import wait_for
 
@@ -54,8 +54,7 @@ def _identify() -> None:
 @operation("Start a conversation", body=schemas.NewConversation, responses={201: schemas.ConversationOut})
 def create_conversation() -> tuple[dict[str, Any], int]:
     body = json_body(schemas.NewConversation)
-    session = db()
-    with session.begin():
+    with transaction() as session:
         row = Conversation(user_id=g.user, title=(body.title or "New conversation").strip())
         session.add(row)
     return conversation_json(row), 201
@@ -117,8 +116,7 @@ def get_conversation(conversation_id: str) -> dict[str, Any]:
 @bp.delete("/conversations/<conversation_id>")
 @operation("Delete a conversation and its messages", responses={204: None})
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
-    session = db()
-    with session.begin():
+    with transaction() as session:
         row = conversation_or_404(conversation_id, session)
         session.execute(delete(Conversation).where(Conversation.id == row.id))
     return "", 204
@@ -140,23 +138,21 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     settings = services().settings
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
                  "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings}
-    if idempotency is None and on_busy == "enqueue" and not has_quotas(settings):
-        accepted = accept_message(reader(), **arguments)  # one statement: autocommit is enough
-    else:
-        session = db()
-        with session.begin():
-            accepted = accept_message(session, **arguments)
-    structlog.contextvars.bind_contextvars(
-        user=g.user, conversation_id=accepted.body["conversation_id"], message_id=accepted.body["message"]["id"]
-    )
+    autocommit = idempotency is None and on_busy == "enqueue" and not has_quotas(settings)
+    redis, conversation = services().redis, conversation_id
+    with transaction(autocommit=autocommit) as session:
+        accepted = accept_message(session, **arguments)
+        conversation = accepted.body["conversation_id"]
+        if accepted.interrupted:
+            after_commit(request_cancel, redis, accepted.interrupted)
+            for cancelled in accepted.interrupted:
+                after_commit(announce, redis, conversation, cancelled, Status.CANCELLED.value)
+        if accepted.message_id is not None:
+            after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
+            after_commit(announce, redis, conversation, accepted.message_id, Status.QUEUED.value)
+    structlog.contextvars.bind_contextvars(user=g.user, conversation_id=conversation,
+                                           message_id=accepted.body["message"]["id"])
     log.info("message_accepted", replayed=accepted.replayed, interrupted=[str(i) for i in accepted.interrupted])
-    if accepted.interrupted:
-        request_cancel(services().redis, accepted.interrupted)
-        for cancelled in accepted.interrupted:
-            announce(services().redis, accepted.body["conversation_id"], cancelled, Status.CANCELLED.value)
-    if accepted.message_id is not None:
-        send_answer_job(services().producer, accepted.message_id, g.request_id)
-        announce(services().redis, accepted.body["conversation_id"], accepted.message_id, Status.QUEUED.value)
     response = jsonify(accepted.body)
     response.status_code = accepted.status
     response.headers["Location"] = accepted.body["poll_url"]

@@ -22,7 +22,7 @@ from .auth import authenticate
 from .inputs import optional_json_body
 from .problems import Problem
 from .quotas import charge_message
-from .services import db, reader, services
+from .services import after_commit, reader, services, transaction
 from .spec import operation
 
 bp = Blueprint("control", __name__, url_prefix="/api/v1")
@@ -37,8 +37,7 @@ def _identify() -> None:
 @bp.post("/messages/<message_id>/retry")
 @operation("Put a failed message back in the queue", responses={202: schemas.Accepted})
 def retry_message(message_id: str) -> Response:
-    session = db()
-    with session.begin():
+    with transaction() as session:
         row, _reply = _question_or_404(session, message_id)
         requeued = session.execute(
             update(Message)
@@ -50,13 +49,18 @@ def retry_message(message_id: str) -> Response:
             raise Problem(409, f"Only a failed message can be retried; this one is {row.status.value}.",
                           slug="not-failed")
         session.refresh(row)
+        _send_again(row)
     return _requeued(row)
 
 
+def _send_again(row: Message) -> None:
+    """Once the question is back in the queue: its job, and the news."""
+    after_commit(send_answer_job, services().producer, row.id, g.request_id)
+    after_commit(announce, services().redis, row.conversation_id, row.id, Status.QUEUED.value)
+
+
 def _requeued(row: Message) -> Response:
-    """After the commit that put a question back in the queue: its job, the news, and the 202."""
-    send_answer_job(services().producer, row.id, g.request_id)
-    announce(services().redis, row.conversation_id, row.id, Status.QUEUED.value)
+    """The 202 of a question put back in the queue."""
     response = jsonify({"conversation_id": str(row.conversation_id), "message": message_json(row),
                         "poll_url": POLL_URL.format(row.id)})
     response.status_code = 202
@@ -75,8 +79,7 @@ def _question_or_404(session: Session, message_id: str) -> tuple[Message, Messag
 @operation("Cancel a question: queued, it is never generated; processing, its generation stops and keeps "
            "the text written so far", responses={200: schemas.UserMessageOut})
 def cancel_message(message_id: str) -> dict[str, Any]:
-    session = db()
-    with session.begin():
+    with transaction() as session:
         row, reply = _question_or_404(session, message_id)
         was = session.execute(
             update(Message).where(Message.id == row.id, Message.status.in_(PENDING))
@@ -88,10 +91,11 @@ def cancel_message(message_id: str) -> dict[str, Any]:
                           f"{row.status.value}.", slug="not-cancellable")
         if was is not None:
             session.execute(outbox.CANCELLED, {"question_ids": [row.id]})  # its webhook event, in this commit
+            # The worker generating it, wherever it is, stops; waiting clients hear of it.
+            after_commit(request_cancel, services().redis, [row.id])
+            after_commit(announce, services().redis, row.conversation_id, row.id, Status.CANCELLED.value)
         session.refresh(row)
     if was is not None:
-        request_cancel(services().redis, [row.id])  # the worker generating it, wherever it is, stops
-        announce(services().redis, row.conversation_id, row.id, Status.CANCELLED.value)
         log.info("message_cancelled", message_id=str(row.id))
     return message_json(row, reply)
 
@@ -101,8 +105,7 @@ def cancel_message(message_id: str) -> dict[str, Any]:
            "replies are kept as versions", body=schemas.Regenerate, responses={202: schemas.Accepted})
 def regenerate_message(message_id: str) -> Response:
     body = optional_json_body(schemas.Regenerate)
-    session = db()
-    with session.begin():
+    with transaction() as session:
         row, _reply = _question_or_404(session, message_id)
         # The conversation's row first, as every writer takes it: a post or another regenerate waits.
         session.execute(select(Conversation.id).where(Conversation.id == row.conversation_id).with_for_update())
@@ -121,6 +124,7 @@ def regenerate_message(message_id: str) -> Response:
             status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now(), updated_at=func.now(),
             content=body.content if body.content is not None else row.content))
         session.refresh(row)
+        _send_again(row)
     log.info("message_regenerated", message_id=str(row.id), edited=body.content is not None)
     return _requeued(row)
 

@@ -1,10 +1,15 @@
-"""The process-wide clients one web process holds (connection pools, not user data), and the
-per-request database session, opened lazily and closed on teardown."""
+"""The process-wide clients one web process holds (connection pools, not user data), and how a
+view talks to Postgres: `reader()` for reads, `transaction()` for every write — with
+`after_commit()` for what must happen once the write is committed (a job sent, a change
+announced), and only then (pypi/warehouse sends its tasks from an after-commit hook the same way)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import redis
 from celery import Celery
@@ -75,8 +80,35 @@ def services() -> Services:
     return current_app.extensions["chatq"]
 
 
+@contextmanager
+def transaction(*, autocommit: bool = False) -> Iterator[Session]:
+    """The one way a view writes: the block is one transaction; what it asked for with
+    `after_commit` runs once the transaction has committed, and not at all if the block raised.
+    `autocommit`: each statement of the block commits by itself, with no BEGIN/COMMIT round trips —
+    for the hottest write, whose statements stand alone (a message without idempotency key,
+    on_busy or quota: storing it is one statement, counting it in the day's usage another)."""
+    queued: list[Callable[[], None]] = []
+    g.after_commit = queued
+    try:
+        if autocommit:
+            yield reader()
+        else:
+            session = db()
+            with session.begin():
+                yield session
+    finally:
+        g.pop("after_commit", None)
+    for send in queued:  # only reached when the block (and its commit) succeeded
+        send()
+
+
+def after_commit(function: Callable[..., Any], *args: Any) -> None:
+    """Call `function(*args)` once the current `transaction()` has committed."""
+    g.after_commit.append(partial(function, *args))
+
+
 def db() -> Session:
-    """This request's session. Views open transactions on it with `db().begin()`."""
+    """This request's transactional session (`transaction()` opens its transactions)."""
     if "db_session" not in g:
         g.db_session = services().sessions()
     return g.db_session

@@ -20,7 +20,7 @@ from . import schemas
 from .auth import authenticate
 from .inputs import json_body
 from .problems import Problem
-from .services import db, reader, services
+from .services import reader, services, transaction
 from .spec import operation
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks")
@@ -57,8 +57,7 @@ def create_webhook() -> tuple[dict[str, Any], int]:
     problem = url_problem(body.url, allow_private=services().settings.webhook_allow_private)
     if problem is not None:
         raise Problem(422, f"url: {problem}", slug="invalid-field")
-    session = db()
-    with session.begin():
+    with transaction() as session:
         count = session.scalar(select(func.count()).where(WebhookEndpoint.user_id == g.user))
         if count >= MAX_ENDPOINTS:
             raise Problem(409, f"A user may register at most {MAX_ENDPOINTS} webhooks.", slug="too-many-webhooks")
@@ -79,8 +78,7 @@ def list_webhooks() -> dict[str, Any]:
 @bp.delete("/<webhook_id>")
 @operation("Delete a webhook and its pending deliveries", responses={204: None})
 def delete_webhook(webhook_id: str) -> tuple[str, int]:
-    session = db()
-    with session.begin():
+    with transaction() as session:
         row = _endpoint_or_404(session, webhook_id)
         session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == row.id))
     return "", 204
@@ -114,8 +112,7 @@ def list_deliveries(webhook_id: str) -> dict[str, Any]:
 @operation("Send a delivery again now (delivered, failed or pending); re-enables a disabled endpoint",
            responses={202: schemas.DeliveryList})
 def retry_delivery(webhook_id: str, delivery_id: str) -> tuple[dict[str, Any], int]:
-    session = db()
-    with session.begin():
+    with transaction() as session:
         endpoint = _endpoint_or_404(session, webhook_id)
         ident = parse_uuid(delivery_id)
         again = session.execute(

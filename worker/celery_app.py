@@ -43,7 +43,8 @@ def create_celery(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         # Webhook deliveries wait on other people's servers: workers of their own run them
-        # (`celery -A worker worker -Q webhooks`), and the default workers never see them.
+        # (`celery -A worker worker -Q webhooks`), and the default workers never see them (the job
+        # is sent to that queue by models/messaging.py; this route says the same to anyone else).
         task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         # The sweeper puts back what Redis lost or a dead worker dropped (see worker/sweeper.py).
         beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_interval_seconds}},

@@ -240,11 +240,11 @@ def sweep() -> int:
         log.info("sweep_requeued", count=len(due))
     # Webhook deliveries due now (new events, retries, and what a lost job left behind).
     for delivery_id, claim in webhooks.claim_due(rt):
-        deliver_webhook.apply_async(args=[delivery_id, claim], retry=False)
+        messaging.send_webhook_job(app, delivery_id, claim)
     return len(due)
 
 
-# On the `webhooks` queue (celery_app's task_routes): only `-Q webhooks` workers run it.
+# On the `webhooks` queue (models/messaging.py sends it there): only `-Q webhooks` workers run it.
 @app.task(name=DELIVER_WEBHOOK, acks_late=True)
 def deliver_webhook(delivery_id: str, claim: str) -> str:
     structlog.contextvars.bind_contextvars(task_id=deliver_webhook.request.id, delivery_id=delivery_id)
