@@ -20,7 +20,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
 from sqlalchemy import CursorResult
@@ -54,6 +54,7 @@ class Question:
     request_id: str | None
     history: History
     waited_seconds: float  # from acceptance to this claim
+    last_error: str | None = None  # why the previous attempt did not answer, if one did not
 
 
 @dataclass(frozen=True)
@@ -67,22 +68,25 @@ class Claim:
 def claim(rt: Runtime, message_id: uuid.UUID) -> Claim:
     """Take the lease of the message's conversation and its earliest unanswered message."""
     with rt.db.connect() as connection:
-        row, history = _claimed(connection.execute(claim_sql.CLAIM, {"message_id": message_id,
-                                                                     "lease": rt.settings.lease_seconds}))
-        if row is None:
+        claimed, content, history = _claimed(connection.execute(
+            claim_sql.CLAIM, {"message_id": message_id, "lease": rt.settings.lease_seconds}))
+        if claimed is None:
             status = connection.execute(claim_sql.WHY_NOT, {"message_id": message_id}).scalar_one_or_none()
             reason = "conversation_busy" if status in ("queued", "processing") else "answered_or_unknown"
             return Claim(None, None, [], noop_reason=reason)
-        lease = Lease(row.conversation_id, row.lease_version, row.last_seq, max(0, row.pending - 1))
+        lease = Lease(uuid.UUID(claimed["conversation_id"]), claimed["lease_version"], claimed["last_seq"],
+                      max(0, claimed["pending"] - 1))
         failed: list[uuid.UUID] = []
-        while row is not None and row.question_id is not None:
-            reason = _give_up_reason(row, rt)
+        question = _question(lease, claimed, content, history)
+        while question is not None:
+            reason = _give_up_reason(question, rt)
             if reason is None:
-                return Claim(lease, _question(row, history), failed)
-            connection.execute(claim_sql.GIVE_UP, {"question_id": row.question_id, "error": reason})
-            failed.append(row.question_id)
-            row, history = _claimed(connection.execute(claim_sql.PICK, {"conversation_id": lease.conversation_id,
-                                                                        "version": lease.version}))
+                return Claim(lease, question, failed)
+            connection.execute(claim_sql.GIVE_UP, {"question_id": question.id, "error": reason})
+            failed.append(question.id)
+            claimed, content, history = _claimed(connection.execute(
+                claim_sql.PICK, {"conversation_id": lease.conversation_id, "version": lease.version}))
+            question = _question(lease, claimed, content, history) if claimed is not None else None
         connection.execute(claim_sql.RELEASE,
                            {"conversation_id": lease.conversation_id, "version": lease.version})
         return Claim(lease, None, failed)
@@ -91,26 +95,10 @@ def claim(rt: Runtime, message_id: uuid.UUID) -> Claim:
 _SEQ = itemgetter(0)
 
 
-class _Claimed(NamedTuple):
-    """What CLAIM or PICK claimed: the lease, and the question unless nothing was left."""
-
-    conversation_id: uuid.UUID
-    user_id: str
-    lease_version: int
-    last_seq: int
-    pending: int  # unanswered messages of the conversation, the question included
-    question_id: uuid.UUID | None
-    seq: int | None
-    content: str | None
-    attempts: int
-    request_id: str | None
-    age: float  # seconds since the question was accepted
-    last_error: str | None  # why the previous attempt did not answer, if one did not
-
-
-def _claimed(result: CursorResult[Any]) -> tuple[_Claimed | None, History]:
-    """The claim (None: nothing claimed) and the history, in seq order, from the rows of CLAIM or
-    PICK (see claim_sql._PICK for their shape: seq, role, content, tool_calls, claim)."""
+def _claimed(result: CursorResult[Any]) -> tuple[dict[str, Any] | None, str | None, History]:
+    """From the rows of CLAIM or PICK (see claim_sql._PICK for their shape: seq, role, content,
+    tool_calls, claim): the claim's details as the statement wrote them (None: nothing claimed), the
+    question's text, and the history in seq order."""
     # The driver's own tuples: SQLAlchemy's Row objects cost a third of fetching a 10,000-message
     # history, and these rows are read by position anyway.
     try:
@@ -119,46 +107,35 @@ def _claimed(result: CursorResult[Any]) -> tuple[_Claimed | None, History]:
         result.close()
     rows.sort(key=_SEQ)  # the claim's row (seq 0) first
     if not rows or rows[0][4] is None:
-        return None, History([])
-    _zero, _role, content, _calls, claim = rows[0]
-    question_id = claim["question_id"]
-    return _Claimed(
-        conversation_id=uuid.UUID(claim["conversation_id"]),
-        user_id=claim["user_id"],
-        lease_version=claim["lease_version"],
-        last_seq=claim["last_seq"],
-        pending=claim["pending"],
-        question_id=uuid.UUID(question_id) if question_id else None,
-        seq=claim["seq"],
-        content=content,
-        attempts=claim["attempts"] or 0,
-        request_id=claim["request_id"],
-        age=claim["age"] or 0.0,
-        last_error=claim.get("last_error"),
-    ), History(rows[1:])
+        return None, None, History([])
+    _zero, _role, content, _calls, claimed = rows[0]
+    return claimed, content, History(rows[1:])
 
 
-def _question(row: _Claimed, history: History) -> Question:
-    assert row.question_id is not None and row.seq is not None and row.content is not None
+def _question(lease: Lease, claimed: dict[str, Any], content: str | None, history: History) -> Question | None:
+    """The question the claim picked (None: nothing was left to answer)."""
+    if not claimed["question_id"] or content is None:
+        return None
     return Question(
-        id=row.question_id,
-        conversation_id=row.conversation_id,
-        user=row.user_id,
-        seq=row.seq,
-        content=row.content,
-        attempt=row.attempts,
-        request_id=row.request_id,
+        id=uuid.UUID(claimed["question_id"]),
+        conversation_id=lease.conversation_id,
+        user=claimed["user_id"],
+        seq=claimed["seq"],
+        content=content,
+        attempt=claimed["attempts"] or 0,
+        request_id=claimed["request_id"],
         history=history,
-        waited_seconds=row.age,
+        waited_seconds=claimed["age"] or 0.0,
+        last_error=claimed.get("last_error"),
     )
 
 
-def _give_up_reason(row: _Claimed, rt: Runtime) -> str | None:
-    tried = row.attempts - 1  # the claim just counted this attempt
+def _give_up_reason(question: Question, rt: Runtime) -> str | None:
+    tried = question.attempt - 1  # the claim just counted this attempt
     if tried >= rt.settings.max_attempts:
-        cause = f" (the last one: {row.last_error})" if row.last_error else ""
+        cause = f" (the last one: {question.last_error})" if question.last_error else ""
         return f"Not answered after {tried} attempts{cause}; retry the message to try again."
-    if row.age > rt.settings.answer_deadline_seconds:
+    if question.waited_seconds > rt.settings.answer_deadline_seconds:
         return f"Not answered within {int(rt.settings.answer_deadline_seconds)} seconds; retry the message."
     return None
 
