@@ -38,7 +38,8 @@ def outbox_ctes(source: str, name: str = "outbox") -> str:
 
 
 def _statement(source: str) -> TextClause:
-    return text("WITH nothing AS (SELECT 1)" + outbox_ctes(source) + "\nSELECT count(*) FROM outbox")
+    """A statement of the outbox alone, from constant fragments (never data: values are bound)."""
+    return text("".join(("WITH nothing AS (SELECT 1)", outbox_ctes(source), "\nSELECT count(*) FROM outbox")))
 
 
 # Questions cancelled by a user (web: the cancel call, on_busy=interrupt), in the cancel's transaction.

@@ -38,15 +38,20 @@ def test_every_route_with_an_id_is_covered(route_table) -> None:
     id cannot escape it. This checks that the table is what we think it is."""
     paths = {path for _, path, _ in route_table}
     assert "/api/v1/messages/<message_id>" in paths and "/api/v1/conversations/<conversation_id>/events" in paths
-    assert all(re.fullmatch(r"<(conversation_id|message_id)>", part) for _, path, _ in route_table
-               for part in re.findall(r"<[^>]+>", path))
+    assert all(re.fullmatch(r"<(conversation_id|message_id|webhook_id|delivery_id)>", part)
+               for _, path, _ in route_table for part in re.findall(r"<[^>]+>", path))
 
 
 def test_another_users_ids_answer_404_on_every_route(route_table, make_api) -> None:
     owner, stranger = make_api(), make_api()
+    # A public address (nothing is reachable from here: its deliveries only fail, and that is fine).
+    webhook = owner.post("/api/v1/webhooks", json={"url": "https://93.184.216.34/hook"})
+    assert webhook.status_code == 201, webhook.text
     conversation_id, answered = owner.ask("Add task: mine")
     before = owner.get(f"/api/v1/conversations/{conversation_id}/messages").json()
-    ids = {"conversation_id": conversation_id, "message_id": answered["id"]}
+    deliveries = owner.get(f"/api/v1/webhooks/{webhook.json()['id']}/deliveries").json()["items"]
+    ids = {"conversation_id": conversation_id, "message_id": answered["id"], "webhook_id": webhook.json()["id"],
+           "delivery_id": deliveries[0]["id"]}
     for method, rule, spec in route_table:
         path = re.sub(r"<([a-z_]+)>", lambda match: ids[match.group(1)], rule)
         body = SAMPLE_BODIES.get(spec.body) if spec.body else None
@@ -56,6 +61,7 @@ def test_another_users_ids_answer_404_on_every_route(route_table, make_api) -> N
         assert theirs.json()["detail"] == missing.json()["detail"], (method, rule)
     assert owner.get(f"/api/v1/conversations/{conversation_id}/messages").json() == before
     assert [t["title"] for t in owner.tasks()] == ["mine"]
+    assert [w["id"] for w in owner.get("/api/v1/webhooks").json()["items"]] == [webhook.json()["id"]]
 
 
 @pytest.fixture(scope="module")
