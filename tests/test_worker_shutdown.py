@@ -1,7 +1,7 @@
 """A worker told to stop in the middle of a long generation (worker/shutdown.py): signalled as a
 whole process group (systemd's default, supervisord's stopasgroup) or as its main process only
 (docker stop, Kubernetes), it gives the message back when its grace runs out, and another worker
-answers it at once — not after the conversation's lease (30 s here) runs out."""
+answers it at once — not after the conversation's lease (40 s here) runs out."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.support import ARTIFACTS, Api, Worker, wait_until
 from worker.engine.builtin import FALLBACK
 
 SHUTDOWN_REDIS_DB = TEST_REDIS_DB - 5
-LEASE = 30
+LEASE = 40
 
 
 @pytest.fixture(scope="module")
