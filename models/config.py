@@ -115,7 +115,10 @@ class Settings:
     webhook_disable_after_seconds: float = 5 * 86400.0
     webhook_timeout_seconds: float = 10.0
     webhook_allow_private: bool = False
-    requeue_after_seconds: float = 15.0
+    # A queued message whose job the broker lost is sent again this long after it was sent (a lost
+    # job was seen once in a rolling deploy: kombu requeuing a message that reached a worker while its
+    # consumer was being cancelled). A slow job costs at most one extra, harmless job per interval.
+    requeue_after_seconds: float = 5.0
     max_attempts: int = 5
     answer_deadline_seconds: float = 600.0
     # Waiting requests (long-polls, event streams) are woken by Redis notifications. While the

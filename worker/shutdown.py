@@ -18,31 +18,30 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from types import FrameType
 from typing import Any
 
-import structlog
 from billiard.process import active_children
 
-log = structlog.get_logger(__name__)
 STOPPING_SIGNAL = signal.SIGUSR2  # main process -> pool children: "we are stopping"
 
 
 class Stopping:
-    """When this process was told to stop (a lifecycle flag of the process, not user data)."""
+    """When this process was told to stop (a lifecycle flag of the process, not user data). Set from
+    signal handlers, so it takes no lock: a handler can interrupt another one (SIGTERM's, by the
+    main process's SIGUSR2 a moment later) in the same thread, and a lock held by the interrupted
+    handler would never be released — the child would hang, and its worker with it. Two handlers
+    racing here both write "now"."""
 
     def __init__(self) -> None:
         self._since: float | None = None
-        self._lock = threading.Lock()
         self.terms = 0
         self.previous_term: Any = None  # billiard's handler, which ends a pool child cleanly
 
     def begin(self) -> None:
-        with self._lock:
-            if self._since is None:
-                self._since = time.monotonic()
+        if self._since is None:
+            self._since = time.monotonic()
 
     def due(self, grace_seconds: float) -> bool:
         """Whether a generation still running should give its message back now."""
@@ -67,6 +66,12 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     STOPPING.begin()
 
 
+def listen_for_stopping() -> None:
+    """At a pool child's start (worker_process_init): the main process's SIGUSR2 means "stopping".
+    (billiard leaves SIGUSR2 alone after this signal; SIGTERM it replaces, see install_in_child.)"""
+    signal.signal(STOPPING_SIGNAL, _on_signal)
+
+
 def install_in_child() -> None:
     """In a pool child, before a generation: from now on SIGTERM means "stopping". (Not at
     worker_process_init: billiard installs its own exit handlers after that signal.) Runs in the
@@ -79,11 +84,11 @@ def install_in_child() -> None:
 
 
 def tell_children() -> None:
-    """In the main process, as its shutdown begins: its pool children hear of it even when only the
+    """In the main process, as its shutdown begins (inside Celery's signal handler: no logging here,
+    whose locks the interrupted code may hold): its pool children hear of it even when only the
     main process was signalled."""
     for child in active_children():
         try:
             os.kill(child.pid, STOPPING_SIGNAL)
         except (ProcessLookupError, TypeError):
             continue
-    log.info("worker_stopping")

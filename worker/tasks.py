@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 def _fresh_runtime(**_kwargs: object) -> None:
     # A pool child must not share the parent's sockets; build its own on first use.
     runtime.cache_clear()
+    # The main process tells its children of a shutdown with SIGUSR2, whose default is to end the
+    # process: every child takes it as "stopping" from the start, whether or not it ever runs a job.
+    shutdown.listen_for_stopping()
     # What the child inherited (Celery, SQLAlchemy, the modules) lives as long as it does: keep the
     # garbage collector's full collections from walking it on every long history (BENCHMARKS.md).
     gc.freeze()
