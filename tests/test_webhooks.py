@@ -86,14 +86,25 @@ def hooks(stack_env):
     running.stop()
 
 
+@pytest.fixture
+def user(hooks) -> Any:
+    """A fresh user; its webhooks are deleted after the test, so that no retry of one test's events
+    can reach another test's receiver (a port freed here may be handed out again there)."""
+    api = Api(hooks.stack.url)
+    yield api
+    cleaner = Api(hooks.stack.url, api.user)  # a connection of its own: the test's may have gone idle
+    for webhook in cleaner.get("/api/v1/webhooks").json()["items"]:
+        cleaner.request("DELETE", f"/api/v1/webhooks/{webhook['id']}")
+
+
 def register(user: Api, url: str, **body: Any) -> dict[str, Any]:
     response = user.post("/api/v1/webhooks", json={"url": url, **body})
     assert response.status_code == 201, response.text
     return response.json()
 
 
-def test_a_reply_is_pushed_signed_and_verifies_with_the_specs_own_package(hooks) -> None:
-    user, receiver = Api(hooks.stack.url), Receiver()
+def test_a_reply_is_pushed_signed_and_verifies_with_the_specs_own_package(hooks, user: Api) -> None:
+    receiver = Receiver()
     try:
         webhook = register(user, receiver.url)
         assert webhook["secret"].startswith("whsec_") and webhook["events"] == sorted(
@@ -112,12 +123,13 @@ def test_a_reply_is_pushed_signed_and_verifies_with_the_specs_own_package(hooks)
     assert deliveries[0]["tries"][0]["status_code"] == 200
 
 
-def test_a_receiver_down_for_30_s_then_up_gets_every_event_intact(hooks) -> None:
-    user, port = Api(hooks.stack.url), free_port()
+def test_a_receiver_down_for_30_s_then_up_gets_every_event_intact(hooks, user: Api) -> None:
+    port = free_port()
     webhook = register(user, f"http://127.0.0.1:{port}/hooks/chatq")  # nothing listens there yet
     conversation_id, first = user.ask("Add task: while you were away 1")
     answered = [first] + [user.ask(f"Add task: while you were away {n}", conversation_id)[1] for n in (2, 3)]
     time.sleep(30)
+    user = Api(hooks.stack.url, user.user)  # the server closes a connection idle for 30 s: a new one
     tries = user.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").json()["items"]
     assert all(d["state"] == "pending" and d["tries"] and d["tries"][-1]["error"] for d in tries)
     receiver = Receiver(port)
@@ -136,8 +148,8 @@ def test_a_receiver_down_for_30_s_then_up_gets_every_event_intact(hooks) -> None
     assert len(ids) == 3
 
 
-def test_500s_are_retried_in_order_with_growing_delays(hooks) -> None:
-    user, receiver = Api(hooks.stack.url), Receiver()
+def test_500s_are_retried_in_order_with_growing_delays(hooks, user: Api) -> None:
+    receiver = Receiver()
     receiver.script = [(500, 0.0)] * 4
     try:
         webhook = register(user, receiver.url, events=["message.answered"])
@@ -159,8 +171,8 @@ def test_500s_are_retried_in_order_with_growing_delays(hooks) -> None:
         figures.write("webhook retries after 500s: gaps " + ", ".join(f"{gap:.1f}s" for gap in gaps) + "\n")
 
 
-def test_a_webhooks_worker_killed_mid_delivery_loses_nothing(hooks) -> None:
-    user, receiver = Api(hooks.stack.url), Receiver()
+def test_a_webhooks_worker_killed_mid_delivery_loses_nothing(hooks, user: Api) -> None:
+    receiver = Receiver()
     receiver.script = [(200, 4.0)]  # the first call hangs while its worker is killed
     try:
         webhook = register(user, receiver.url)
@@ -177,8 +189,8 @@ def test_a_webhooks_worker_killed_mid_delivery_loses_nothing(hooks) -> None:
     assert len({event["id"] for event in events}) == 1  # the same webhook-id, at least once
 
 
-def test_a_slow_receiver_does_not_delay_replies(hooks) -> None:
-    user, receiver = Api(hooks.stack.url), Receiver()
+def test_a_slow_receiver_does_not_delay_replies(hooks, user: Api) -> None:
+    receiver = Receiver()
     receiver.script = [(200, 10.0)] * 10
     try:
         register(user, receiver.url)
@@ -216,8 +228,8 @@ def test_another_users_webhooks_are_404(hooks) -> None:
     assert owner.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").status_code == 404
 
 
-def test_a_cancel_is_pushed_from_the_transaction_that_commits_it(hooks) -> None:
-    user, receiver = Api(hooks.stack.url), Receiver()
+def test_a_cancel_is_pushed_from_the_transaction_that_commits_it(hooks, user: Api) -> None:
+    receiver = Receiver()
     try:
         webhook = register(user, receiver.url, events=["message.cancelled"])
         hooks.stack.worker.stop()  # the question stays queued (and no sweep runs: workers run it)
