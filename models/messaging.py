@@ -67,15 +67,20 @@ def announce(client: redis.Redis, conversation_id: uuid.UUID | str, message_id: 
     """Tell waiting clients on every node that a message of the conversation is new or changed
     (and the question's own channel when it reached a final state). A hint only: they re-read
     Postgres, and fall back to re-checking when it cannot be delivered."""
-    payload = json.dumps({"message_id": str(message_id), "status": status})
     try:
         with client.pipeline(transaction=False) as pipe:  # one round trip to Redis
-            pipe.publish(conversation_channel(conversation_id), payload)
-            if status in FINAL:
-                pipe.publish(message_channel(message_id), payload)
+            _announce_into(pipe, conversation_id, message_id, status)
             pipe.execute()
     except RedisError as error:
         log.warning("announce_failed", status=status, error=str(error))
+
+
+def _announce_into(pipe: redis.client.Pipeline, conversation_id: uuid.UUID | str, message_id: uuid.UUID | str,
+                   status: str) -> None:
+    payload = json.dumps({"message_id": str(message_id), "status": status})
+    pipe.publish(conversation_channel(conversation_id), payload)
+    if status in FINAL:
+        pipe.publish(message_channel(message_id), payload)
 
 
 def request_cancel(client: redis.Redis, message_ids: Iterable[uuid.UUID | str]) -> None:
@@ -103,12 +108,16 @@ class PiecePublisher:
     sent: int = field(default=0, init=False)
 
     def start(self) -> None:
-        """Before the attempt's first piece: an earlier generation of the same question and attempt
-        number (before a retry or a regenerate counted attempts from 0 again) leaves nothing behind."""
+        """The attempt begins: waiting clients hear that the question is `processing`, and, in the
+        same round trip, an earlier generation of the same question and attempt number (before a
+        retry or a regenerate counted attempts from 0 again) leaves no pieces behind."""
         try:
-            self.client.delete(pieces_key(self.message_id, self.attempt))
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(pieces_key(self.message_id, self.attempt))
+                _announce_into(pipe, self.conversation_id, self.message_id, Status.PROCESSING.value)
+                pipe.execute()
         except RedisError as error:
-            log.warning("delta_publish_failed", error=str(error))
+            log.warning("announce_failed", status=Status.PROCESSING.value, error=str(error))
 
     def restart(self) -> None:
         """The text streamed so far is not the reply after all (a request retried within the

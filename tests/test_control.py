@@ -201,6 +201,8 @@ def test_regenerate_and_edit_keep_every_version(users) -> None:
         "Add task: version two"
     answered = on_a.wait_answered(busy)
     assert answered["status"] == "answered" and answered["reply"]["content"].startswith("Added “version two”")
+    # The built-in engine reports no tokens, and sends all it has: the contract's null usage, "stop".
+    assert answered["reply"]["usage"] is None and answered["reply"]["finish"] == "stop"
 
     versions = on_a.get(f"/api/v1/messages/{busy}/replies").json()["items"]
     assert [v["question_content"] for v in versions] == ["Add task: version two", "hello"]

@@ -221,17 +221,23 @@ def _as(api: Api, node: Api) -> Api:
     return Api(node.base_url, api.user)
 
 
+def _streaming(user: Api, model: FakeModelServer, question: str) -> tuple[str, str]:
+    """(conversation id, question id) of a question whose slow answer has written a few pieces."""
+    accepted = user.chat(question)
+    conversation_id, question_id = accepted["conversation_id"], accepted["message"]["id"]
+    assert model.streaming.wait(20)
+    wait_until(lambda: user.get(f"/api/v1/messages/{question_id}").json()["partial"]["pieces"] >= 3, timeout=20,
+               what="three pieces")
+    return conversation_id, question_id
+
+
 def test_a_cancel_on_another_node_closes_the_model_stream_and_keeps_the_text(
     user: Api, model: FakeModelServer, node_b: Api
 ) -> None:
     words = "this answer streams slowly so that it can be stopped half way through " * 3
     model.reset({"content": words, "chunk_delay": 0.3}, {"content": "The next one."})
-    accepted = user.chat("tell me a long story")
-    conversation_id, first_id = accepted["conversation_id"], accepted["message"]["id"]
+    conversation_id, first_id = _streaming(user, model, "tell me a long story")
     second_id = user.chat("and then?", conversation_id)["message"]["id"]
-    assert model.streaming.wait(20)
-    wait_until(lambda: user.get(f"/api/v1/messages/{first_id}").json()["partial"]["pieces"] >= 3, timeout=20,
-               what="three pieces")
 
     cancelled = _as(user, node_b).post(f"/api/v1/messages/{first_id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
@@ -252,11 +258,7 @@ def test_interrupt_answers_from_everything_before_it_with_the_partial_reply(
 ) -> None:
     words = "a slow answer that the next message interrupts before it ends " * 3
     model.reset({"content": words, "chunk_delay": 0.3}, {"content": "Answering the interruption."})
-    accepted = user.chat("start something long")
-    conversation_id, first_id = accepted["conversation_id"], accepted["message"]["id"]
-    assert model.streaming.wait(20)
-    wait_until(lambda: user.get(f"/api/v1/messages/{first_id}").json()["partial"]["pieces"] >= 2, timeout=20,
-               what="two pieces")
+    conversation_id, first_id = _streaming(user, model, "start something long")
     response = _as(user, node_b).post(f"/api/v1/conversations/{conversation_id}/messages",
                                       json={"content": "stop, do this instead", "on_busy": "interrupt"})
     assert response.status_code == 202, response.text

@@ -10,16 +10,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, literal, select, update
+from sqlalchemy import Date, Row, bindparam, cast, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, IdempotentRequest, Message, Role, Settings, Status, outbox
+from models import PENDING, Conversation, DailyUsage, IdempotentRequest, Message, Role, Settings, Status, outbox
 from models.queries import parse_uuid
 from models.representation import message_json
 
 from .problems import Problem
-from .quotas import charge_message
+from .quotas import charge_message, has_quotas
 
 POLL_URL = "/api/v1/messages/{}"
 DEFAULT_TITLE_CHARS = 60
@@ -60,8 +60,11 @@ def _claim_key(session: Session, user: str, key: str, print_: str) -> Idempotent
     return stored
 
 
-def _numbered_insert(numbered: Any) -> Any:
-    """INSERT the message with the conversation id and seq that the CTE `numbered` returns."""
+def _numbered_insert(numbered: Any, *, counted: bool = False) -> Any:
+    """INSERT the message with the conversation id and seq that the CTE `numbered` returns;
+    `counted`: and count it in its user's day (daily_usage) in the same statement — with no quota to
+    check first, counting then costs no statement of its own on the hottest write, and nothing is
+    counted when nothing was numbered (not the user's conversation)."""
     columns = Message.__table__.c
     values = select(
         bindparam("message_id", type_=columns.id.type), numbered.c.cid, numbered.c.seq,
@@ -69,46 +72,62 @@ def _numbered_insert(numbered: Any) -> Any:
         literal(Status.QUEUED, columns.status.type), literal(0, columns.attempts.type),
         bindparam("request_id", type_=columns.request_id.type), func.now(),
     )
-    return (
+    statement = (
         insert(Message.__table__)
         .from_select(["id", "conversation_id", "seq", "role", "content", "status", "attempts", "request_id",
                       "enqueued_at"], values)
         .returning(*columns)
     )
+    if not counted:
+        return statement
+    daily = DailyUsage.__table__
+    count = (
+        pg_insert(daily)
+        .from_select(["user_id", "day", "messages"],
+                     select(bindparam("user"), cast(func.timezone("UTC", func.now()), Date), literal(1))
+                     .select_from(numbered))
+        .on_conflict_do_update(index_elements=[daily.c.user_id, daily.c.day], set_={"messages": daily.c.messages + 1})
+        .cte("counted")
+    )
+    return statement.add_cte(count)
 
 
 # Built once (building them per request cost a tenth of the web process's CPU); values are bound.
 # Core statements on the tables: with parameters, an ORM insert would mean an ORM bulk insert.
 _conversations = Conversation.__table__.c
-_INTO_NEW_CONVERSATION = _numbered_insert(
+_NEW_CONVERSATION = (
     insert(Conversation.__table__)
     .values(id=bindparam("conversation_uuid"), user_id=bindparam("user"), title=bindparam("title"), last_seq=1,
             lease_version=0)
     .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
     .cte("numbered")
 )
-_INTO_CONVERSATION = _numbered_insert(
+_NEXT_IN_CONVERSATION = (
     update(Conversation.__table__)
     .where(_conversations.id == bindparam("conversation_id"), _conversations.user_id == bindparam("user"))
     .values(last_seq=_conversations.last_seq + 1, updated_at=func.now())
     .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
     .cte("numbered")
 )
+# (into a new conversation, into an existing one), without and with the day's count.
+_INTO = {counted: (_numbered_insert(_NEW_CONVERSATION, counted=counted),
+                   _numbered_insert(_NEXT_IN_CONVERSATION, counted=counted)) for counted in (False, True)}
 
 
 def _store(session: Session, *, user: str, content: str, conversation_id: str | None,
-           request_id: str) -> Row[Any] | None:
-    """Number and insert the message in one statement: the conversation row's lock (taken by the
-    UPDATE that bumps its `last_seq`, or the INSERT of a new conversation) orders concurrent posts.
-    None when the conversation is not the user's."""
+           request_id: str, counted: bool) -> Row[Any] | None:
+    """Number and insert the message in one statement (`counted`: and count it in the user's day):
+    the conversation row's lock (taken by the UPDATE that bumps its `last_seq`, or the INSERT of a
+    new conversation) orders concurrent posts. None when the conversation is not the user's."""
+    into_new, into_existing = _INTO[counted]
     parameters = {"message_id": uuid.uuid4(), "content": content, "request_id": request_id, "user": user}
     if conversation_id is None:
-        return session.execute(_INTO_NEW_CONVERSATION, {**parameters, "title": _title_from(content),
-                                                        "conversation_uuid": uuid.uuid4()}).one_or_none()
+        return session.execute(into_new, {**parameters, "title": _title_from(content),
+                                          "conversation_uuid": uuid.uuid4()}).one_or_none()
     parsed = parse_uuid(conversation_id)
     if parsed is None:
         return None
-    return session.execute(_INTO_CONVERSATION, {**parameters, "conversation_id": parsed}).one_or_none()
+    return session.execute(into_existing, {**parameters, "conversation_id": parsed}).one_or_none()
 
 
 def _settle_busy(session: Session, user: str, conversation_id: str, on_busy: str) -> list[uuid.UUID]:
@@ -146,8 +165,8 @@ def accept_message(
     on_busy: str = "enqueue",
 ) -> Accepted:
     """Store a user message and count it in the user's day. Without an idempotency key, `on_busy`
-    or quotas `session` may be in autocommit (storing is one statement, counting another that may
-    follow it alone); otherwise the caller runs this in a transaction."""
+    or quotas `session` may be in autocommit (storing and counting are one statement); otherwise the
+    caller runs this in a transaction, in which a quota is checked as the message is counted."""
     if idempotency is not None:
         stored = _claim_key(session, user, *idempotency)
         if stored is not None:
@@ -155,10 +174,13 @@ def accept_message(
     interrupted = []
     if on_busy != "enqueue" and conversation_id is not None:
         interrupted = _settle_busy(session, user, conversation_id, on_busy)
-    message = _store(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id)
+    quota = has_quotas(settings)
+    message = _store(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
+                     counted=not quota)
     if message is None:
         raise Problem(404, "No such conversation.")
-    charge_message(session, user, settings)
+    if quota:
+        charge_message(session, user, settings)
     body = {
         "conversation_id": str(message.conversation_id),
         "message": message_json(message),  # type: ignore[arg-type] - a row with a Message's columns

@@ -53,13 +53,14 @@ def health() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 def _engine() -> str:
-    """`builtin`, or whether the model server the workers use answers (its model list, 1 s)."""
+    """`builtin`, or whether the model server the workers use answers (its model list, within half a
+    second: a slow model server must not make the node's own health probe time out)."""
     settings = services().settings
     if settings.engine != "openai" or not settings.llm_base_url:
         return "builtin"
     headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
     try:
-        response = requests.get(settings.llm_base_url.rstrip("/") + "/models", headers=headers, timeout=1)
+        response = requests.get(settings.llm_base_url.rstrip("/") + "/models", headers=headers, timeout=0.5)
     except requests.RequestException as error:
         log.warning("health_engine_unreachable", error=str(error).splitlines()[0][:200])
         return "unreachable"

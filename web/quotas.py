@@ -48,8 +48,8 @@ def _over(quota: str, limit: int, what: str) -> Problem:
 
 def charge_message(session: Session, user: str, settings: Settings) -> None:
     """Count a message (a post or a regenerate) against the user's day, or answer 429 naming the
-    quota it would pass. Run it in the transaction that stores the message when a quota is set,
-    so that a refused or failed post counts nothing."""
+    quota it would pass, in the transaction that stores it (so that a refused or failed post counts
+    nothing). Without any quota, a post is counted by the statement that stores it (web/accept.py)."""
     row = session.execute(_CHARGE, {"user": user, "limit": settings.quota_messages_per_day}).first()
     if row is None:
         raise _over("messages_per_day", settings.quota_messages_per_day, "messages")

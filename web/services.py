@@ -85,8 +85,8 @@ def transaction(*, autocommit: bool = False) -> Iterator[Session]:
     """The one way a view writes: the block is one transaction; what it asked for with
     `after_commit` runs once the transaction has committed, and not at all if the block raised.
     `autocommit`: each statement of the block commits by itself, with no BEGIN/COMMIT round trips —
-    for the hottest write, whose statements stand alone (a message without idempotency key,
-    on_busy or quota: storing it is one statement, counting it in the day's usage another)."""
+    for the hottest write, a message without idempotency key, on_busy or quota, which one statement
+    stores and counts in the day's usage."""
     queued: list[Callable[[], None]] = []
     g.after_commit = queued
     try:

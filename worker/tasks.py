@@ -119,8 +119,7 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
         attempt=question.attempt,
     )
     pieces = messaging.PiecePublisher(rt.redis, lease.conversation_id, question.id, question.attempt)
-    pieces.start()
-    messaging.announce(rt.redis, lease.conversation_id, question.id, Status.PROCESSING.value)
+    pieces.start()  # and waiting clients hear that the question is being answered
     started = time.perf_counter()
     error: str | None = None
     try:
@@ -141,13 +140,7 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
             "the generation ran past its time limit"
         log.warning("generation_interrupted", error=cause)
         metrics.RETRIES.inc()
-        given_back = claims.finish_unanswered(rt, lease, question, failed=False, error=cause)
-        if given_back is False:
-            return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
-        if given_back is None:  # cancelled meanwhile: nothing to try again
-            return Answered(Outcome.CANCELLED, lease, question, claimed.failed)
-        return Answered(Outcome.REQUEUED, lease, question, claimed.failed,
-                        retry_in=backoff.full_jitter(question.attempt))
+        return _give_back(rt, claimed, failed=False, error=cause, retry_in=backoff.full_jitter(question.attempt))
     except PermanentEngineError as permanent:
         log.warning("generation_failed", error=str(permanent))
         metrics.FAILURES.labels("permanent").inc()
@@ -162,13 +155,8 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
     else:
         if cancellation.reason == "shutdown":  # this worker is stopping: another one takes it over now
             metrics.RETRIES.inc()
-            given_back = claims.finish_unanswered(rt, lease, question, failed=False,
-                                                  error="the worker generating it was stopped; trying again")
-            if given_back is False:
-                return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
-            if given_back is None:
-                return Answered(Outcome.CANCELLED, lease, question, claimed.failed)
-            return Answered(Outcome.REQUEUED, lease, question, claimed.failed, retry_in=0.0)
+            return _give_back(rt, claimed, failed=False, error="the worker generating it was stopped; trying again",
+                              retry_in=0.0)
         for kind, tokens in (reply.usage or {}).items():
             metrics.TOKENS.labels(rt.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
         committed = claims.commit_reply(rt, lease, question, reply)
@@ -180,10 +168,23 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
                  finish=reply.finish, context=reply.context, usage=reply.usage,
                  generation_ms=round((time.perf_counter() - started) * 1000, 1))
         return Answered(outcome, lease, question, claimed.failed, committed=committed)
-    given_back = claims.finish_unanswered(rt, lease, question, failed=True, error=error or "unknown")
+    return _give_back(rt, claimed, failed=True, error=error or "unknown")
+
+
+def _give_back(rt: Runtime, claimed: claims.Claim, *, failed: bool, error: str,
+               retry_in: float | None = None) -> Answered:
+    """Give the question back — queued again (after `retry_in`) or failed — and say what became of
+    it: the lease may have been lost, or the question cancelled meanwhile (nothing to try again)."""
+    assert claimed.lease is not None and claimed.question is not None
+    given_back = claims.finish_unanswered(rt, claimed.lease, claimed.question, failed=failed, error=error)
     if given_back is False:
-        return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
-    return Answered(Outcome.FAILED if given_back else Outcome.CANCELLED, lease, question, claimed.failed)
+        outcome = Outcome.LEASE_LOST
+    elif given_back is None:
+        outcome = Outcome.CANCELLED
+    else:
+        outcome = Outcome.FAILED if failed else Outcome.REQUEUED
+    return Answered(outcome, claimed.lease, claimed.question, claimed.failed,
+                    retry_in=retry_in if outcome is Outcome.REQUEUED else None)
 
 
 # What the question became at the reply's commit (claim_sql.COMMIT_REPLY).

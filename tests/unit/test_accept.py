@@ -8,7 +8,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from models import Message, Settings, Status
+from models import DailyUsage, Message, Settings, Status
 from web.accept import accept_message, fingerprint
 from web.problems import Problem
 
@@ -33,6 +33,8 @@ def test_messages_are_numbered_in_their_conversation(rolled_back) -> None:
     stored = rolled_back.scalars(select(Message.content).where(Message.conversation_id == uuid.UUID(conversation_id))
                                  .order_by(Message.seq)).all()
     assert stored == ["add buy milk", "show my tasks"]
+    # Counted in alice's day by the statements that stored them.
+    assert rolled_back.scalar(select(DailyUsage.messages).where(DailyUsage.user_id == "alice")) == 2
 
 
 def test_a_retry_with_the_same_key_replays_the_first_answer(rolled_back) -> None:
@@ -50,6 +52,12 @@ def test_another_users_conversation_is_not_found_and_nothing_is_stored(rolled_ba
     assert refused.value.status == 404
     assert rolled_back.scalar(select(func.count()).select_from(Message)
                               .where(Message.conversation_id == uuid.UUID(theirs))) == 1
+    # Not even counted: the statement that would have stored it counts only what it stored (here run
+    # without a transaction of its own, as the autocommit path runs it).
+    with pytest.raises(Problem):
+        accept_message(rolled_back, user="mallory", content="add again", conversation_id=theirs,
+                       request_id="unit", idempotency=None, settings=NO_QUOTAS)
+    assert rolled_back.scalar(select(DailyUsage.messages).where(DailyUsage.user_id == "mallory")) is None
 
 
 def test_nothing_outlives_the_test(engine, rolled_back) -> None:
