@@ -16,9 +16,13 @@ def make_engine(
     max_overflow: int = 10,
     pool_timeout: float = 5,
     on_round_trip: Callable[[str], None] | None = None,
+    autocommit: bool = False,
 ) -> Engine:
     """`on_round_trip(kind)` is called for every statement ("statement"), and every transaction
-    begin and commit ("begin", "commit"), each a round trip to Postgres: the benchmark counts them."""
+    begin and commit ("begin", "commit"), each a round trip to Postgres: the benchmark counts them.
+    `autocommit`: every connection of the pool is in autocommit for good, for an engine that only
+    reads or writes single statements (cheaper than switching a connection in and out of it at each
+    checkout with `execution_options`, which costs ~0.1 ms of CPU per checkout)."""
     engine = create_engine(
         database_url,
         pool_size=pool_size,
@@ -32,6 +36,7 @@ def make_engine(
         connect_args={"connect_timeout": 3},
         # An error's text must not carry what users wrote (it ends up in logs): no bound values.
         hide_parameters=True,
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     if on_round_trip is not None:
         event.listen(engine, "before_cursor_execute", lambda *_args: on_round_trip("statement"))

@@ -69,17 +69,21 @@ def messages_after(session: Session, conversation_id: uuid.UUID, after: int, lim
 _REPLY = aliased(Message, name="reply")
 
 
+_OWNED_MESSAGE_WITH_REPLY = (
+    select(Message, _REPLY)
+    .join(Conversation, Conversation.id == Message.conversation_id)
+    .outerjoin(_REPLY, and_(_REPLY.reply_to_id == Message.id, _REPLY.superseded.is_(False)))
+    .where(Message.id == bindparam("mid", type_=Message.id.type), Conversation.user_id == bindparam("user"))
+)
+
+
 def owned_message_with_reply(session: Session, user: str, message_id: str) -> tuple[Message, Message | None] | None:
-    """A message of the user's, with its reply if it has one: one statement."""
+    """A message of the user's, with its reply if it has one: one statement (a long-poll runs it at
+    its start and when woken)."""
     mid = parse_uuid(message_id)
     if mid is None:
         return None
-    row = session.execute(
-        select(Message, _REPLY)
-        .join(Conversation, Conversation.id == Message.conversation_id)
-        .outerjoin(_REPLY, and_(_REPLY.reply_to_id == Message.id, _REPLY.superseded.is_(False)))
-        .where(Message.id == mid, Conversation.user_id == user)
-    ).one_or_none()
+    row = session.execute(_OWNED_MESSAGE_WITH_REPLY, {"mid": mid, "user": user}).one_or_none()
     return (row[0], row[1]) if row is not None else None
 
 

@@ -39,7 +39,9 @@ class Verifier:
         )
 
     def claims(self, token: str) -> dict[str, Any]:
-        algorithm = jwt.get_unverified_header(token).get("alg")
+        # Without an identity provider only HS256 is accepted, and jwt.decode refuses any other
+        # header itself: the token is parsed once, not twice (parsing is most of a check's CPU).
+        algorithm = jwt.get_unverified_header(token).get("alg") if self.jwks is not None else "HS256"
         if algorithm == "HS256" and self.secret:
             key: Any = self.secret
         elif algorithm in ASYMMETRIC and self.jwks is not None:

@@ -16,7 +16,7 @@ from celery import Celery
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Settings
+from models import Settings, broker
 from models.db import make_engine, make_sessionmaker
 
 from .wakeups import Wakeups
@@ -39,7 +39,10 @@ def make_producer(settings: Settings) -> Celery:
     """A Celery app that only sends: web never imports worker/, it sends jobs by name."""
     producer = Celery("chatq-web", broker=settings.redis_url, set_as_current=False)
     producer.conf.update(
-        task_send_sent_event=True,
+        # No "task-sent" event: it is a second publish to Redis on every POST (~10% of the web's
+        # CPU per message, BENCHMARKS.md); Flower shows a job from its "received" on.
+        task_send_sent_event=False,
+        broker_transport=broker.TRANSPORT,
         broker_connection_timeout=2,
         broker_connection_retry=False,
         # Publishing must not hang a request when Redis is down: the message is already
@@ -55,12 +58,12 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
     # A fixed pool: overflow connections are closed when handed back, and with hundreds of waits
     # starting and ending every second that meant a new Postgres connection per few requests.
     waits_engine = make_engine(settings.database_url, pool_size=6, max_overflow=0, pool_timeout=30,
-                               on_round_trip=on_round_trip)
+                               on_round_trip=on_round_trip, autocommit=True)
     app.extensions["chatq"] = Services(
         settings=settings,
         sessions=make_sessionmaker(engine),
         autocommit=make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
-        waits=make_sessionmaker(waits_engine.execution_options(isolation_level="AUTOCOMMIT")),
+        waits=make_sessionmaker(waits_engine),
         redis=redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30
         ),
