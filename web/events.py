@@ -154,13 +154,14 @@ def conversation_events(conversation_id: str) -> Response:
     gate.enter(user)  # a stream is a waiting request: 503/429 past this node's limits, before any read
     try:
         use_wait_pool()
-        conversation = conversation_or_404(conversation_id)
+        # Only its id is kept: the stream holds it for minutes (memory per wait, BENCHMARKS.md).
+        cid = conversation_or_404(conversation_id).id
         # Questions at or below the cursor that may still change: the client gets their state now.
         watched = {
             str(message_id): ""
             for message_id in reader().scalars(
                 select(Message.id).where(
-                    Message.conversation_id == conversation.id, Message.seq <= cursor, Message.status.in_(PENDING)
+                    Message.conversation_id == cid, Message.seq <= cursor, Message.status.in_(PENDING)
                 )
             )
         }
@@ -173,15 +174,15 @@ def conversation_events(conversation_id: str) -> Response:
     def stream() -> Iterator[str]:
         nonlocal cursor
         sent: Sent = {}
-        deltas = delta_channel(conversation.id)
-        with wakeups().waiting(conversation_channel(conversation.id), deltas, keep=True) as waiter:
+        deltas = delta_channel(cid)
+        with wakeups().waiting(conversation_channel(cid), deltas, keep=True) as waiter:
             use_wait_pool()
             yield f"retry: {RECONNECT_MS}\n\n"
             now = time.monotonic()
             ends, beat, recheck = now + STREAM_SECONDS, now + heartbeat, now
             while now < ends and not wakeups().draining:  # a leaving node ends its streams; clients resume
                 if now >= recheck:
-                    frames, cursor = _changes(conversation.id, cursor, watched, sent)
+                    frames, cursor = _changes(cid, cursor, watched, sent)
                     yield from frames
                     recheck = time.monotonic() + recheck_after()
                 if time.monotonic() >= beat:

@@ -58,13 +58,18 @@ class Waiter:
     def __init__(self, wake: Wake | None, keep: bool) -> None:
         self.event = threading.Event()
         self.wake = wake
-        self.inbox: deque[tuple[str, str]] | None = deque(maxlen=INBOX_LIMIT) if keep else None
+        self.keep = keep
+        # Made at the first notification kept: most waits never get one, and an empty deque
+        # costs ~0.6 KiB (BENCHMARKS.md, memory per wait).
+        self.inbox: deque[tuple[str, str]] | None = None
         # Redis confirmed every channel of this waiter: from then on no notification passes it by
         # while the listener stays connected.
         self.subscribed = False
 
     def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
-        if self.inbox is not None:
+        if self.keep:
+            if self.inbox is None:
+                self.inbox = deque(maxlen=INBOX_LIMIT)
             self.inbox.append((channel, data))
             self.event.set()
         elif self.wake is None or self.wake(payload or {}):
@@ -195,7 +200,7 @@ class Wakeups:
         if not waiters:
             return
         payload = None
-        if any(waiter.inbox is None and waiter.wake is not None for waiter in waiters):
+        if any(not waiter.keep and waiter.wake is not None for waiter in waiters):
             try:
                 payload = json.loads(data)
             except (TypeError, ValueError):
