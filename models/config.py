@@ -1,7 +1,9 @@
 """Configuration: the environment, read in one place.
 
 Every process (web, worker, beat, flower, migrations) builds a `Settings` from `os.environ` once
-at start-up. Nothing else in the code reads the environment.
+at start-up (pydantic-settings: each field from the variable of its name, upper-cased, parsed and
+checked by its type). Nothing else in the code reads the environment; tests pass a mapping of their
+own to `Settings.from_env` instead of editing `os.environ`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def embedded_database_url(port: int) -> str:
@@ -34,26 +39,26 @@ class ConfigError(RuntimeError):
     """The environment does not describe a process that may start."""
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _parse_number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
-    try:
-        return kind(raw)
-    except ValueError as error:
-        raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from error
-
-
 # Fields read from a variable of another name than their own, upper-cased.
 ENV_NAMES = {"dev_mode": "CHATQ_DEV"}
-# Fields whose empty variable means "the default" (for other strings, empty is a value).
-EMPTY_IS_DEFAULT = frozenset({"database_url", "redis_url", "server_id", "bind_host"})
+# Fields whose empty variable means "the default" (for other strings, empty is a value: RATE_LIMIT=""
+# turns rate limiting off). An empty number or flag is always the default.
+EMPTY_IS_DEFAULT = frozenset({"database_url", "redis_url", "server_id"})
 
 
+def _variable(name: str) -> str:
+    return ENV_NAMES.get(name, name.upper())
 
-@dataclass(frozen=True)
-class Settings:
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        alias_generator=_variable,  # the variable each field is read from
+        populate_by_name=True,
+        case_sensitive=True,
+        extra="ignore",  # the environment holds much else
+    )
+
     database_url: str = EMBEDDED_DATABASE_URL
     redis_url: str = EMBEDDED_REDIS_URL
     auth_secret: str = ""
@@ -70,11 +75,11 @@ class Settings:
     dev_mode: bool = False
     flower_basic_auth: str = ""
     port: int = 8000
-    # Where web listens: every interface behind a load balancer; loopback only in dev mode, whose
-    # token endpoint and well-known secret must not be reachable from the network.
-    bind_host: str = "0.0.0.0"  # noqa: S104
+    # Where web listens ("": every interface behind a load balancer, but loopback only in dev mode,
+    # whose token endpoint and well-known secret must not be reachable from the network).
+    bind_host: str = ""
     worker_metrics_port: int = 9808
-    server_id: str = field(default_factory=socket.gethostname)
+    server_id: str = Field(default_factory=socket.gethostname)
     # Reply engine.
     engine: str = "builtin"
     engine_delay_ms: int = 0
@@ -152,39 +157,45 @@ class Settings:
     def auth_secret_or_dev(self) -> str:
         return self.auth_secret or (DEV_AUTH_SECRET if self.dev_mode else "")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """An empty variable leaves the default, but for a string that may be empty on purpose."""
+        if value == "" and info.field_name is not None:
+            declared = cls.model_fields[info.field_name]
+            if declared.annotation is not str or info.field_name in EMPTY_IS_DEFAULT:
+                return declared.get_default(call_default_factory=True)
+        return value
+
+    @model_validator(mode="after")
+    def _dev_mode_listens_on_loopback(self) -> Settings:
+        if not self.bind_host:  # frozen, but this is its making
+            object.__setattr__(self, "bind_host", "127.0.0.1" if self.dev_mode else "0.0.0.0")  # noqa: S104
+        return self
+
     @classmethod
     def variable(cls, name: str) -> str:
         """The environment variable a field is read from: its name, upper-cased (CHATQ_DEV for
         dev_mode)."""
-        return ENV_NAMES.get(name, name.upper())
+        return _variable(name)
 
     @classmethod
     def variables(cls) -> list[str]:
         """Every variable chatq reads: the fields above, declared once."""
-        return [cls.variable(item.name) for item in fields(cls)]
+        return [cls.variable(name) for name in cls.model_fields]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Each field from its variable, parsed by the field's type; an unset variable (and an empty
-        one, except for a string that may be empty on purpose, like RATE_LIMIT) leaves the default."""
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for item in fields(cls):
-            name = cls.variable(item.name)
-            raw = env.get(name)
-            if raw is None or (raw == "" and (item.type != "str" or item.name in EMPTY_IS_DEFAULT)):
-                continue
-            if item.type == "bool":
-                values[item.name] = _flag(raw)
-            elif item.type in ("int", "float"):
-                values[item.name] = _parse_number(name, raw, int if item.type == "int" else float)
-            else:
-                values[item.name] = raw
-        settings = cls(**values)  # type: ignore[arg-type]
-        if "bind_host" not in values and settings.dev_mode:
-            # Dev mode's token endpoint and well-known secret must not be reachable from the network.
-            settings = replace(settings, bind_host="127.0.0.1")
-        return settings
+        """The settings of `env` (the process's environment when None), or a ConfigError that names
+        each variable that does not parse."""
+        try:
+            if env is None:
+                return cls()
+            return cls.model_validate({name: env[name] for name in cls.variables() if name in env})
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']} "
+                                 f"(not {item['input']!r})" for item in error.errors())
+            raise ConfigError(problems) from None
 
     @property
     def task_time_limit(self) -> float:
