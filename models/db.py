@@ -40,6 +40,9 @@ def make_engine(
     )
     if on_round_trip is not None:
         event.listen(engine, "before_cursor_execute", lambda *_args: on_round_trip("statement"))
+        if autocommit:  # the driver never sends BEGIN or COMMIT on these connections
+            return engine
+
         def transaction_edge(kind: str) -> Callable[..., None]:
             def count(connection: Any) -> None:
                 # In autocommit the driver sends no BEGIN or COMMIT: nothing to count.
