@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import structlog
@@ -63,24 +64,26 @@ def send_webhook_job(producer: Celery, delivery_id: str, claim: str) -> None:
 
 
 def announce(client: redis.Redis, conversation_id: uuid.UUID | str, message_id: uuid.UUID | str,
-             status: str) -> None:
+             status: str, *, message: dict[str, Any] | None = None) -> None:
     """Tell waiting clients on every node that a message of the conversation is new or changed
     (and the question's own channel when it reached a final state). A hint only: they re-read
-    Postgres, and fall back to re-checking when it cannot be delivered."""
+    Postgres, and fall back to re-checking when it cannot be delivered. `message`: the question as
+    the API shows it at this final state, just committed — its long-polls answer with it instead
+    of reading it again (the message's own channel only: streams read what they need)."""
     try:
         with client.pipeline(transaction=False) as pipe:  # one round trip to Redis
-            _announce_into(pipe, conversation_id, message_id, status)
+            _announce_into(pipe, conversation_id, message_id, status, message)
             pipe.execute()
     except RedisError as error:
         log.warning("announce_failed", status=status, error=str(error))
 
 
 def _announce_into(pipe: redis.client.Pipeline, conversation_id: uuid.UUID | str, message_id: uuid.UUID | str,
-                   status: str) -> None:
-    payload = json.dumps({"message_id": str(message_id), "status": status})
-    pipe.publish(conversation_channel(conversation_id), payload)
+                   status: str, message: dict[str, Any] | None = None) -> None:
+    change = {"message_id": str(message_id), "status": status}
+    pipe.publish(conversation_channel(conversation_id), json.dumps(change))
     if status in FINAL:
-        pipe.publish(message_channel(message_id), payload)
+        pipe.publish(message_channel(message_id), json.dumps({**change, "message": message} if message else change))
 
 
 def request_cancel(client: redis.Redis, message_ids: Iterable[uuid.UUID | str]) -> None:

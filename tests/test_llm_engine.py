@@ -33,9 +33,13 @@ def test_a_plain_answer(user: Api, model: FakeModelServer) -> None:
 def test_a_tool_call_then_an_answer_and_recall_after_restarting_everything(
     llm_stack, user: Api, model: FakeModelServer
 ) -> None:
+    # Streamed slowly enough that the long-poll is waiting when the reply commits: it is answered
+    # with the message the worker's notification carries, which must be what a read shows.
     model.reset({"tool_calls": [{"name": "add_task", "arguments": {"title": "buy milk"}}]},
-                {"content": "Added “buy milk” to your list."})
+                {"content": "Added “buy milk” to your list.", "chunk_delay": 0.05})
     conversation_id, answered = user.ask("Add task: buy milk")
+    assert answered == user.get(f"/api/v1/messages/{answered['id']}").json()
+    assert answered["reply"]["usage"]["completion_tokens"] > 0 and answered["context"] == answered["reply"]["context"]
     assert [t["title"] for t in user.tasks()] == ["buy milk"]
     reply = answered["reply"]
     assert reply["content"] == "Added “buy milk” to your list."

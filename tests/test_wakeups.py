@@ -26,6 +26,9 @@ def test_a_long_poll_is_woken_by_the_answer_and_subscribes_only_while_it_waits(s
         poll.join(timeout=40)
         assert poll.answer["status"] == "answered"
         assert poll.seconds < 30  # woken before the wait ran out, with the answer
+        # ... which the notification carried (the worker's, from its commit): exactly what a read shows.
+        read = api.get(f"/api/v1/messages/{message_id}")
+        assert poll.answer == read.json() and poll.answer["reply"]["tool_calls"][0]["name"] == "add_task"
         # The wait is over: its process no longer listens to that channel.
         wait_until(lambda: subscribers(broker, channel) == 0, what="the process to unsubscribe")
     finally:

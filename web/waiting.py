@@ -8,7 +8,9 @@ balancer or the client tries again, elsewhere or later), and one user holds at m
 
 The long-poll registers for a Redis channel first (the message's, or the conversation's), then
 reads Postgres (the truth), so a change between the two is not missed. It sleeps until a
-notification that concerns it arrives, or a re-check is due, and reads again.
+notification that concerns it arrives, or a re-check is due, and reads again — unless the
+notification is the final value itself: a message's answer, which the worker publishes as it
+committed it, answers that message's long-polls without another read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import current_app, g
 
@@ -101,9 +103,11 @@ def recheck_after() -> float:
     return interval * random.uniform(0.8, 1.0)
 
 
-def wait_for(channel: str, read: Callable[[], tuple[T, bool]], seconds: float, wake: Wake | None = None) -> T:
+def wait_for(channel: str, read: Callable[[], tuple[T, bool]], seconds: float, wake: Wake | None = None,
+             answer: Callable[[dict[str, Any]], T | None] | None = None) -> T:
     """Call `read` (which returns a value and whether it is final) until it is final or `seconds`
-    have passed; return the last value read. `wake` picks the notifications worth a read."""
+    have passed; return the last value read. `wake` picks the notifications worth a read; `answer`
+    turns the notification that woke the wait into the final value when it carries one (no read)."""
     deadline = time.monotonic() + seconds
     with admitted(), wakeups().waiting(channel, wake=wake) as waiter:
         use_wait_pool()
@@ -115,6 +119,9 @@ def wait_for(channel: str, read: Callable[[], tuple[T, bool]], seconds: float, w
             if done or remaining <= 0 or wakeups().draining:
                 return value
             woken = waiter.event.wait(min(remaining, recheck_after()))
+            told = answer(waiter.woken_by) if woken and answer is not None else None
+            if told is not None:
+                return told
             if not woken and time.monotonic() >= deadline and waiter.subscribed and wakeups().healthy:
                 # Nothing was published for this wait, and anything published would have reached
                 # it (a disconnect or reconnect wakes every waiter): what was read is still true.

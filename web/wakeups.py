@@ -65,6 +65,8 @@ class Waiter:
         # Redis confirmed every channel of this waiter: from then on no notification passes it by
         # while the listener stays connected.
         self.subscribed = False
+        # The notification that last woke it (not kept for streams, which take their inbox).
+        self.woken_by: dict[str, Any] = {}
 
     def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
         if self.keep:
@@ -73,6 +75,7 @@ class Waiter:
             self.inbox.append((channel, data))
             self.event.set()
         elif self.wake is None or self.wake(payload or {}):
+            self.woken_by = payload or {}
             self.event.set()
 
     def take(self) -> list[tuple[str, str]]:
@@ -200,7 +203,7 @@ class Wakeups:
         if not waiters:
             return
         payload = None
-        if any(not waiter.keep and waiter.wake is not None for waiter in waiters):
+        if any(not waiter.keep for waiter in waiters):
             try:
                 payload = json.loads(data)
             except (TypeError, ValueError):

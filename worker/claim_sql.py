@@ -95,7 +95,8 @@ WITH lease AS (
        SET status = CASE WHEN status = 'processing' THEN 'answered'::message_status ELSE status END,
            error = NULL, updated_at = now()
      WHERE id = :question_id AND status IN ('processing', 'cancelled') AND EXISTS (SELECT 1 FROM lease)
- RETURNING status::text AS status, extract(epoch FROM now() - created_at)::float8 AS latency
+ RETURNING status::text AS status, extract(epoch FROM now() - created_at)::float8 AS latency,
+           seq, content, created_at
 ), kept AS (
     SELECT status FROM question WHERE status = 'answered' OR :content <> ''
 ), fenced AS (
@@ -111,13 +112,15 @@ WITH lease AS (
            CAST(CASE kept.status WHEN 'cancelled' THEN 'cancelled' ELSE :finish END AS reply_finish),
            CAST(:usage AS json), CAST(:context AS json), now(), now()
       FROM fenced, kept
- RETURNING seq
+ RETURNING seq, created_at
 )""", outbox_ctes("""
     SELECT lease.user_id, CAST(:question_id AS uuid) AS question_id, CAST(:reply_id AS uuid) AS reply_id,
            question.status, NULL::text AS error
       FROM lease, question WHERE question.status = 'answered'
 """), """
-SELECT question.status, question.latency, reply.seq
+SELECT question.status, question.latency, reply.seq,
+       question.seq AS question_seq, question.content AS question_content, question.created_at AS question_created_at,
+       reply.created_at AS reply_created_at
   FROM lease LEFT JOIN question ON true LEFT JOIN reply ON true
 """)
 

@@ -26,6 +26,9 @@ import structlog
 from sqlalchemy import CursorResult
 from sqlalchemy.exc import IntegrityError
 
+from models import Finish, Message, Role, Status
+from models.representation import message_json
+
 from . import claim_sql
 from .engine import History, Reply
 from .runtime import Runtime
@@ -146,6 +149,9 @@ class Committed:
     seq: int | None  # the reply's, None when none was stored
     latency_seconds: float  # from the question's acceptance to this commit
     check_next: bool  # another message may be waiting in this conversation
+    # The answered question as the API shows it, from what the commit wrote and returned: its
+    # long-polls are answered with it, without reading it again (None unless answered).
+    message: dict[str, Any] | None = None
 
 
 def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) -> Committed | None:
@@ -182,7 +188,22 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
     # The reply took seq last_seq + 1 unless messages were numbered since the claim: then one may
     # wait for us. (A message numbered after this commit finds the lease free on its own.)
     arrived_since_claim = row.seq - 1 > lease.last_seq
-    return Committed(row.status, row.seq, row.latency, check_next=lease.others_pending > 0 or arrived_since_claim)
+    return Committed(row.status, row.seq, row.latency, check_next=lease.others_pending > 0 or arrived_since_claim,
+                     message=_answered_message(lease, question, reply, parameters, row))
+
+
+def _answered_message(lease: Lease, question: Question, reply: Reply, parameters: dict[str, Any],
+                      row: Any) -> dict[str, Any]:
+    """The question and its new reply as `GET /messages/{id}` shows them right after this commit:
+    the rows as written (parameters) with what Postgres made of them (seqs, times, the content)."""
+    asked = Message(id=question.id, conversation_id=lease.conversation_id, seq=row.question_seq, role=Role.USER,
+                    content=row.question_content, created_at=row.question_created_at, error=None,
+                    status=Status.ANSWERED, attempts=question.attempt)
+    answer = Message(id=parameters["reply_id"], conversation_id=lease.conversation_id, seq=row.seq,
+                     role=Role.ASSISTANT, content=parameters["content"], created_at=row.reply_created_at,
+                     error=None, reply_to_id=question.id, tool_calls=json.loads(parameters["tool_calls"]),
+                     finish=Finish(reply.finish), usage=reply.usage, context=reply.context, superseded=False)
+    return message_json(asked, answer)
 
 
 def _without_nul(value: Any) -> Any:

@@ -215,7 +215,8 @@ def _act(rt: Runtime, done: Answered) -> None:
     else:
         if done.outcome is Outcome.CANCELLED:
             metrics.CANCELLED.inc()
-        messaging.announce(rt.redis, done.lease.conversation_id, done.question.id, TOLD[done.outcome].value)
+        messaging.announce(rt.redis, done.lease.conversation_id, done.question.id, TOLD[done.outcome].value,
+                           message=done.committed.message if done.committed is not None else None)
     if done.committed is not None:
         if done.outcome is Outcome.ANSWERED:
             metrics.REPLY_LATENCY.observe(done.committed.latency_seconds)
