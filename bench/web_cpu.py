@@ -2,6 +2,7 @@
 
     git worktree add --detach /tmp/chatq-base <rev>           # the baseline: any earlier commit
     .venv/bin/python bench/web_cpu.py --against /tmp/chatq-base [--messages 400] [--rounds 3]
+        [--engine-delay-ms 100]     # each reply takes this long: every long-poll waits and is woken
 
 For each round and each checkout (the baseline first), starts that checkout's gunicorn (ONE process)
 and Celery worker on a fresh `chatq_webcpu` database beside DATABASE_URL's (or the embedded
@@ -29,7 +30,7 @@ SECRET = "bench-secret-webcpu-0123456789abcdefghijklmnop"  # noqa: S105 - a benc
 BENCH_REDIS_DB = 11
 
 
-def measure(messages: int) -> float:
+def measure(messages: int, engine_delay_ms: int) -> float:
     """Run in the checkout being measured (its bench/ may not have this file: see main)."""
     import psutil
     import requests
@@ -43,7 +44,7 @@ def measure(messages: int) -> float:
     redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
     env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
            "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
-           "PROMETHEUS_MULTIPROC_DIR": ""}
+           "PROMETHEUS_MULTIPROC_DIR": "", "ENGINE_DELAY_MS": str(engine_delay_ms)}
     worker = Worker("bench-webcpu-worker", env, concurrency=2).start()
     web = Web("bench-webcpu-web", env, workers=1).start()
     try:
@@ -75,12 +76,14 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="a checkout of the baseline (with its own .venv or this one's)")
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engine-delay-ms", type=int, default=0,
+                        help="how long the built-in engine takes per reply (0: the long-poll often finds it answered)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args()
     if args.measure is not None:
         sys.path.insert(0, str(args.measure))
         os.chdir(args.measure)
-        print(f"{measure(args.messages):.3f}")
+        print(f"{measure(args.messages, args.engine_delay_ms):.3f}")
         return
     roots = ([args.against.resolve()] if args.against else []) + [HERE]
     figures: dict[Path, list[float]] = {root: [] for root in roots}
@@ -88,7 +91,8 @@ def main() -> None:
         for root in roots:
             # The measuring code is this file's; the processes measured are `root`'s.
             output = subprocess.run([sys.executable, __file__, "--measure", str(root), "--messages",
-                                     str(args.messages)], check=True, capture_output=True, text=True).stdout
+                                     str(args.messages), "--engine-delay-ms", str(args.engine_delay_ms)],
+                                    check=True, capture_output=True, text=True).stdout
             figures[root].append(float(output.split()[-1]))
             print(f"round {round_ + 1}, {root}: {figures[root][-1]:.2f} ms of web CPU per message", flush=True)
     medians = {root: statistics.median(values) for root, values in figures.items()}
