@@ -81,11 +81,17 @@ def _question_or_404(session: Session, message_id: str) -> tuple[Message, Messag
 def cancel_message(message_id: str) -> dict[str, Any]:
     with transaction() as session:
         row, reply = _question_or_404(session, message_id)
+        # Not synchronized into `row`: the ORM would mark it cancelled in memory even when Postgres
+        # matched nothing (a reply committed between the read above and this UPDATE).
         was = session.execute(
             update(Message).where(Message.id == row.id, Message.status.in_(PENDING))
             .values(status=Status.CANCELLED, updated_at=func.now())
-            .returning(Message.id)
+            .returning(Message.id),
+            execution_options={"synchronize_session": False},
         ).first()
+        # The question as it is now: cancelled by this statement, or by another cancel (the same 200),
+        # or answered or failed meanwhile (409).
+        session.refresh(row)
         if was is None and row.status is not Status.CANCELLED:
             raise Problem(409, f"Only a queued or processing message can be cancelled; this one is "
                           f"{row.status.value}.", slug="not-cancellable")
@@ -94,7 +100,6 @@ def cancel_message(message_id: str) -> dict[str, Any]:
             # The worker generating it, wherever it is, stops; waiting clients hear of it.
             after_commit(request_cancel, services().redis, [row.id])
             after_commit(announce, services().redis, row.conversation_id, row.id, Status.CANCELLED.value)
-        session.refresh(row)
     if was is not None:
         log.info("message_cancelled", message_id=str(row.id))
     return message_json(row, reply)
