@@ -89,8 +89,11 @@ def main() -> None:
     figures: dict[Path, list[float]] = {root: [] for root in roots}
     for round_ in range(args.rounds):
         for root in roots:
-            # The measuring code is this file's; the processes measured are `root`'s.
-            output = subprocess.run([sys.executable, __file__, "--measure", str(root), "--messages",
+            # The measuring code is this file's; the processes measured are `root`'s, run by its own
+            # virtualenv when it has one (a change of requirements is measured too).
+            own = root / ".venv" / "bin" / "python"
+            python = str(own if own.exists() else sys.executable)
+            output = subprocess.run([python, __file__, "--measure", str(root), "--messages",
                                      str(args.messages), "--engine-delay-ms", str(args.engine_delay_ms)],
                                     check=True, capture_output=True, text=True).stdout
             figures[root].append(float(output.split()[-1]))
