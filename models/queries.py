@@ -4,9 +4,10 @@ the caller owns the transaction."""
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 from collections.abc import Sequence
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import Connection, and_, bindparam, select
 from sqlalchemy.orm import Session, aliased
 
 from .entities import Conversation, Message
@@ -85,6 +86,41 @@ def owned_message_with_reply(session: Session, user: str, message_id: str) -> tu
         return None
     row = session.execute(_OWNED_MESSAGE_WITH_REPLY, {"mid": mid, "user": user}).one_or_none()
     return (row[0], row[1]) if row is not None else None
+
+
+# The columns the API shows of a question and of a reply (models/representation.py), nothing more,
+# as light rows: the message read of every poll and long-poll is the web tier's hottest read, and
+# through the ORM it cost twice the CPU (an entity per row, 42 columns described and loaded where
+# 22 are shown; BENCHMARKS.md, "Waiting clients"). Immutable SQL constructs and row types.
+_SHOWN = ("id", "conversation_id", "seq", "role", "content", "created_at", "error")
+QUESTION_SHOWN = (*_SHOWN, "status", "attempts")
+REPLY_SHOWN = (*_SHOWN, "reply_to_id", "tool_calls", "finish", "usage", "context", "superseded")
+ShownQuestion = namedtuple("ShownQuestion", QUESTION_SHOWN)
+ShownReply = namedtuple("ShownReply", REPLY_SHOWN)
+_messages = Message.__table__
+_replies = _messages.alias("reply")
+_SHOWN_MESSAGE_WITH_REPLY = (
+    select(*(_messages.c[name] for name in QUESTION_SHOWN), *(_replies.c[name] for name in REPLY_SHOWN))
+    .select_from(
+        _messages.join(Conversation.__table__, Conversation.__table__.c.id == _messages.c.conversation_id)
+        .outerjoin(_replies, and_(_replies.c.reply_to_id == _messages.c.id, _replies.c.superseded.is_(False)))
+    )
+    .where(_messages.c.id == bindparam("mid", type_=_messages.c.id.type),
+           Conversation.__table__.c.user_id == bindparam("user"))
+)
+
+
+def shown_message_with_reply(connection: Connection, user: str,
+                             message_id: uuid.UUID) -> tuple[ShownQuestion, ShownReply | None] | None:
+    """What the API shows of a message of the user's and of its reply (None: no reply yet), in one
+    statement; None when the message is not theirs. For reading; `owned_message_with_reply` gives
+    the ORM rows, to change them."""
+    row = connection.execute(_SHOWN_MESSAGE_WITH_REPLY, {"mid": message_id, "user": user}).first()
+    if row is None:
+        return None
+    split = len(QUESTION_SHOWN)
+    reply = ShownReply._make(row[split:]) if row[split] is not None else None
+    return ShownQuestion._make(row[:split]), reply
 
 
 def replies_to(session: Session, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Message]:

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import PENDING, Conversation, DailyUsage, IdempotentRequest, Message, Role, Settings, Status, outbox
-from models.queries import parse_uuid
+from models.queries import QUESTION_SHOWN, parse_uuid
 from models.representation import message_json
 
 from .problems import Problem
@@ -76,7 +76,7 @@ def _numbered_insert(numbered: Any, *, counted: bool = False) -> Any:
         insert(Message.__table__)
         .from_select(["id", "conversation_id", "seq", "role", "content", "status", "attempts", "request_id",
                       "enqueued_at"], values)
-        .returning(*columns)
+        .returning(*(columns[name] for name in QUESTION_SHOWN))  # what the 202 shows of it
     )
     if not counted:
         return statement
@@ -121,13 +121,15 @@ def _store(session: Session, *, user: str, content: str, conversation_id: str | 
     new conversation) orders concurrent posts. None when the conversation is not the user's."""
     into_new, into_existing = _INTO[counted]
     parameters = {"message_id": uuid.uuid4(), "content": content, "request_id": request_id, "user": user}
+    # A Core statement on the session's connection: through the ORM's execute it cost a fifth more.
+    connection = session.connection()
     if conversation_id is None:
-        return session.execute(into_new, {**parameters, "title": _title_from(content),
-                                          "conversation_uuid": uuid.uuid4()}).one_or_none()
+        return connection.execute(into_new, {**parameters, "title": _title_from(content),
+                                             "conversation_uuid": uuid.uuid4()}).one_or_none()
     parsed = parse_uuid(conversation_id)
     if parsed is None:
         return None
-    return session.execute(into_existing, {**parameters, "conversation_id": parsed}).one_or_none()
+    return connection.execute(into_existing, {**parameters, "conversation_id": parsed}).one_or_none()
 
 
 def _settle_busy(session: Session, user: str, conversation_id: str, on_busy: str) -> list[uuid.UUID]:

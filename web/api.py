@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session
 from models import PENDING, Conversation, Message, Status, Task
 from models.messaging import Partial, announce, read_partials, request_cancel, send_answer_job
 from models.queries import (
+    ShownQuestion,
     owned_conversation,
-    owned_message_with_reply,
     owned_messages_after,
     parse_uuid,
     replies_to,
+    shown_message_with_reply,
 )
 from models.representation import message_json
 from models.signals import conversation_channel, message_channel
@@ -179,14 +180,14 @@ def chat() -> Response:
     return _accepted(body.message, body.conversation_id, "chat", body.model_dump())
 
 
-def partials(rows: list[Message]) -> dict[uuid.UUID, Partial]:
+def partials(rows: Sequence[Message | ShownQuestion]) -> dict[uuid.UUID, Partial]:
     """The text written so far for each question being generated (from Redis, where the worker
     keeps it while it generates), in one round trip; nothing when no question is."""
     return read_partials(services().redis, {row.id: row.attempts for row in rows if row.status is Status.PROCESSING})
 
 
-def _message_view(message_id: str) -> tuple[dict[str, Any], bool]:
-    found = owned_message_with_reply(reader(), g.user, message_id)
+def _message_view(ident: uuid.UUID) -> tuple[dict[str, Any], bool]:
+    found = shown_message_with_reply(reader().connection(), g.user, ident)
     if found is None:
         raise Problem(404, "No such message.")
     row, reply = found
@@ -214,10 +215,10 @@ def get_message(message_id: str) -> Response:
         # The channel is named by the canonical id: "ABC…", "{abc…}" and "abc…" are one message.
         # The worker's final notification carries the message as just committed: a woken long-poll
         # answers with it and does not read it again (BENCHMARKS.md, "Waiting clients").
-        body = wait_for(message_channel(ident), lambda: _message_view(message_id), params.wait,
+        body = wait_for(message_channel(ident), lambda: _message_view(ident), params.wait,
                         answer=_committed_message(ident))
     else:
-        body, _ = _message_view(message_id)
+        body, _ = _message_view(ident)
     response = jsonify(body)
     if body.get("status") in (Status.QUEUED, Status.PROCESSING):
         response.headers["Retry-After"] = PENDING_RETRY_AFTER
