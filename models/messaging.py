@@ -33,6 +33,15 @@ FINAL = frozenset({Status.ANSWERED.value, Status.FAILED.value, Status.CANCELLED.
 PIECES_TTL_SECONDS = 3600
 
 
+# What every job publish can skip (a third of `send_task`'s CPU on the web tier, BENCHMARKS.md):
+# - declaring the queue before each publish: a job goes to the default exchange, straight to the
+#   queue named by its routing key, which the workers declare when they start (and Redis keeps a
+#   list whether or not it was declared);
+# - a result: no result backend is configured (the reply is in Postgres, not in a Celery result);
+# - building the repr of the arguments with `saferepr`: they are ids, whose repr is short and safe.
+_PUBLISH_AS_IS: dict[str, Any] = {"declare": [], "ignore_result": True, "kwargsrepr": "{}"}
+
+
 def send_answer_job(producer: Celery, message_id: uuid.UUID, request_id: str | None,
                     countdown: float | None = None) -> bool:
     """Enqueue the job that answers a committed message (only ever after its commit). A broker
@@ -42,11 +51,13 @@ def send_answer_job(producer: Celery, message_id: uuid.UUID, request_id: str | N
         producer.send_task(
             ANSWER_MESSAGE,
             args=[str(message_id)],
+            argsrepr=f"['{message_id}']",
             headers={REQUEST_ID_HEADER: request_id},
             # Flower and the logs name the job by what it answers, not only by its uuid.
             shadow=f"{ANSWER_MESSAGE} {message_id}",
             countdown=countdown,
             retry=False,
+            **_PUBLISH_AS_IS,
         )
     except (KombuOperationalError, RedisError, OSError) as error:
         log.warning("enqueue_failed", message_id=str(message_id), error=str(error))
