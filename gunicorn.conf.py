@@ -11,11 +11,13 @@ a thread pool.
 
 import contextlib
 import errno
+import os
 import resource
 import socket
 import weakref
 
 import gevent
+from gunicorn.glogging import Logger
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -116,6 +118,32 @@ class Worker(GeventWorker):
         AsyncWorker.handle(self, listener, wrapped, addr)
 
 
+class AccessLogger(Logger):
+    """gunicorn's logger, whose access line costs a tenth of a cheap request less.
+
+    For every request gunicorn builds, beside the line's own atoms, one atom per request header,
+    response header and environ variable (`{name}i`, `{name}o`, `{name}e`), lower-cased twice: ~40%
+    of what answering `/livez` costs. They are built here only when `access_log_format` names one.
+    """
+
+    def atoms(self, resp, req, environ, request_time):
+        if "}" in self.cfg.access_log_format:
+            return super().atoms(resp, req, environ, request_time)
+        sent = getattr(resp, "sent", None)
+        status = resp.status
+        return {
+            "h": environ.get("REMOTE_ADDR", "-"), "l": "-", "u": self._get_user(environ) or "-", "t": self.now(),
+            "r": f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+            "s": status.split(None, 1)[0] if isinstance(status, str) else status,
+            "m": environ.get("REQUEST_METHOD"), "U": environ.get("PATH_INFO"), "q": environ.get("QUERY_STRING"),
+            "H": environ.get("SERVER_PROTOCOL"), "b": str(sent) if sent is not None else "-", "B": sent,
+            "f": environ.get("HTTP_REFERER", "-"), "a": environ.get("HTTP_USER_AGENT", "-"),
+            "T": request_time.seconds, "D": request_time.seconds * 1000000 + request_time.microseconds,
+            "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
+            "L": f"{request_time.seconds}.{request_time.microseconds:06d}", "p": f"<{os.getpid()}>",
+        }
+
+
 bind = f"{settings.bind_host}:{settings.port}"
 workers = settings.web_concurrency
 worker_class = Worker
@@ -131,6 +159,7 @@ graceful_timeout = 30
 # with 502 (nginx does not replay a request it has sent). It also bounds reading a request's head.
 keepalive = 75
 accesslog = "-"
+logger_class = AccessLogger
 
 
 def child_exit(server, worker):

@@ -22,8 +22,7 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _send_request_id(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
-        response.headers["X-Served-By"] = app.config["SERVER_ID"]
-        return response
+        return response  # X-Served-By: web/security.py, with the headers every response carries
 
     @app.teardown_request
     def _clear_context(_error: BaseException | None) -> None:
