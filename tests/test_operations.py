@@ -98,3 +98,40 @@ def test_one_request_id_follows_a_message_from_post_to_reply(stack, api: Api) ->
     answered = next(line for line in worker_lines if line["event"] == "answered")
     assert answered["message_id"] == message_id and answered["user"] == api.user and answered["task_id"]
     assert answered["conversation_id"] == accepted["conversation_id"]
+
+
+def test_every_request_gets_an_access_line_in_the_combined_log_format(stack) -> None:
+    """gunicorn's default access line (Apache's combined format), the same whether the answer is a
+    page, an API error or a probe; quotes a client sent are escaped."""
+    import re
+    import time
+    import uuid
+
+    marker = uuid.uuid4().hex
+    requests.get(f"{stack.url}/livez?probe={marker}", headers={"User-Agent": f'probe "{marker}"',
+                                                                "Referer": "https://example.test/"}, timeout=5)
+    requests.get(f"{stack.url}/api/v1/tasks?probe={marker}", timeout=5)
+    combined = re.compile(r'(?P<host>\S+) - - \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
+                          r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>[^"]*)" '
+                          r'"(?P<agent>(?:[^"\\]|\\.)*)"$')
+    time.sleep(0.3)
+    lines = [combined.match(line) for line in stack.web.log_text().splitlines() if marker in line]
+    assert len(lines) == 2 and all(lines), stack.web.log_text()[-2000:]
+    probe, tasks = lines
+    assert probe["request"] == f"GET /livez?probe={marker} HTTP/1.1" and probe["status"] == "200"
+    assert probe["referer"] == "https://example.test/" and probe["agent"] == f'probe \\"{marker}\\"'
+    assert int(probe["bytes"]) > 0 and probe["host"] == "127.0.0.1"
+    assert tasks["request"] == f"GET /api/v1/tasks?probe={marker} HTTP/1.1" and tasks["status"] == "401"
+    assert tasks["referer"] == "-"
+
+
+def test_every_response_names_its_node_and_carries_the_security_headers(stack, api: Api) -> None:
+    """On a page, an API answer, a problem and a probe alike, each header once."""
+    answers = [requests.get(stack.url + "/", timeout=5), api.get("/api/v1/tasks"),
+               requests.get(stack.url + "/api/v1/tasks", timeout=5), requests.get(stack.url + "/livez", timeout=5)]
+    assert [answer.status_code for answer in answers] == [200, 200, 401, 200]
+    for answer in answers:
+        for name in ("X-Served-By", "Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options",
+                     "Referrer-Policy", "X-Request-ID"):
+            assert len(answer.raw.headers.getlist(name)) == 1, (answer.url, name)
+        assert answer.headers["X-Content-Type-Options"] == "nosniff" and answer.headers["X-Frame-Options"] == "DENY"

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from models import Message, Status
-from models.queries import owned_message_with_reply
+from models.queries import owned_message_with_reply, shown_message_with_reply
 from models.representation import message_json
 from worker import claims
 from worker.engine import Reply
@@ -65,6 +65,10 @@ def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(ro
     row, stored = owned_message_with_reply(rolled_back, "alice", str(message_id)) or (None, None)
     assert row is not None and stored is not None
     assert committed.message == message_json(row, stored)
+    # And exactly what the API's read shows (GET /messages/{id}: the shown columns, no ORM).
+    shown = shown_message_with_reply(rolled_back.connection(), "alice", message_id)
+    assert shown is not None and committed.message == message_json(*shown)
+    assert shown_message_with_reply(rolled_back.connection(), "mallory", message_id) is None
     assert committed.message["status"] == "answered" and committed.message["reply"]["content"] == reply.content
     # The same reply committed again (a redelivered job that got this far) stores nothing more.
     again = claims.commit_reply(rt, claimed.lease, claimed.question, reply)
