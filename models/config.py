@@ -120,10 +120,6 @@ class Settings(BaseSettings):
     webhook_disable_after_seconds: float = 5 * 86400.0
     webhook_timeout_seconds: float = 10.0
     webhook_allow_private: bool = False
-    # A queued message whose job the broker lost is sent again this long after it was sent (a lost
-    # job was seen once in a rolling deploy: kombu requeuing a message that reached a worker while its
-    # consumer was being cancelled). A slow job costs at most one extra, harmless job per interval.
-    requeue_after_seconds: float = 5.0
     max_attempts: int = 5
     answer_deadline_seconds: float = 600.0
     # Waiting requests (long-polls, event streams) are woken by Redis notifications. While the
@@ -152,6 +148,25 @@ class Settings(BaseSettings):
     quota_tokens_per_day: int = 0
     # ... and of reads (GETs of the API, long-polls and streams included).
     read_rate_limit: str = "600/minute"
+    # The scheduler (README, "The scheduler"): each user's weight by the token's `tier` claim
+    # ("free=1,pro=4"; a user without one, or with a tier not named, weighs 1); how many messages
+    # one user may have waiting (a POST past it answers 429; 0: no cap) and generating at once
+    # across the service (0: no cap); how long a batch message waits before it competes with
+    # interactive ones.
+    tier_weights: str = ""
+    max_queued_per_user: int = 100
+    max_generations_per_user: int = 0
+    batch_age_seconds: float = 300.0
+
+    @field_validator("tier_weights")
+    @classmethod
+    def _tiers_parse(cls, value: str) -> str:
+        parse_tier_weights(value)  # a ValueError names what is wrong
+        return value
+
+    def weight_of(self, tier: object) -> float:
+        """A user's weight in the scheduler, from their token's `tier` claim."""
+        return parse_tier_weights(self.tier_weights).get(tier, 1.0) if isinstance(tier, str) else 1.0
 
     @property
     def auth_secret_or_dev(self) -> str:
@@ -252,6 +267,21 @@ class Settings(BaseSettings):
 
 
 MIN_FLOWER_PASSWORD = 8
+
+
+def parse_tier_weights(value: str) -> dict[str, float]:
+    """ "free=1,pro=4" -> {"free": 1.0, "pro": 4.0}; each weight a number from 0.01 to 1000."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        tier, equals, weight = item.partition("=")
+        try:
+            number = float(weight)
+        except ValueError:
+            number = float("nan")
+        if not equals or not tier.strip() or not 0.01 <= number <= 1000:
+            raise ValueError(f"{item!r} is not tier=weight with a weight from 0.01 to 1000")
+        weights[tier.strip()] = number
+    return weights
 
 
 def _strong(secret: str) -> bool:

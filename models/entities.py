@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -39,6 +40,14 @@ class Status(enum.StrEnum):
     ANSWERED = "answered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not started within its `expires_in`: never generated
+
+
+class Lane(enum.IntEnum):
+    """Which of the scheduler's lanes a question waits in (README, "The scheduler")."""
+
+    INTERACTIVE = 0
+    BATCH = 1  # runs only on slots interactive work leaves idle, until it ages into INTERACTIVE
 
 
 class Finish(enum.StrEnum):
@@ -51,7 +60,7 @@ class Finish(enum.StrEnum):
 
 # Where a question may still go: a cancelled, answered or failed one only moves again by request
 # (regenerate, retry).
-FINAL = (Status.ANSWERED, Status.FAILED, Status.CANCELLED)
+FINAL = (Status.ANSWERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 PENDING = (Status.QUEUED, Status.PROCESSING)
 # The same, as raw SQL writes it: the claim's and the sweeper's statements and the partial index
 # they use (ix_messages_pending) must say exactly this, or Postgres cannot use the index.
@@ -73,7 +82,11 @@ class Conversation(Base):
     created_at: Mapped[created_at]
     updated_at: Mapped[updated_at]
 
-    __table_args__ = (Index("ix_conversations_user_created", "user_id", text("created_at DESC"), text("id DESC")),)
+    __table_args__ = (
+        Index("ix_conversations_user_created", "user_id", text("created_at DESC"), text("id DESC")),
+        # The sweeper's: leases that ran out (their workers are presumed dead).
+        Index("ix_conversations_leased", "lease_expires_at", postgresql_where=text("lease_expires_at IS NOT NULL")),
+    )
 
 
 class Message(Base):
@@ -83,6 +96,9 @@ class Message(Base):
     conversation_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
     )
+    # The conversation's user, kept on each message: a user's waiting and running messages are
+    # counted from an index (the scheduler's caps) rather than by walking their conversations.
+    user_id: Mapped[user_id]
     seq: Mapped[int] = mapped_column(Integer, nullable=False)
     role: Mapped[Role] = mapped_column(Enum(Role, name="message_role", values_callable=lambda e: [m.value for m in e]))
     content: Mapped[str] = mapped_column(Text, nullable=False)
@@ -93,6 +109,13 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(SmallInteger, nullable=False, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # User messages only, for the scheduler (worker/claim_sql.py): the lane it waits in, its virtual
+    # start time in its user's share of that lane (next_fair_tag(), migration 0006), when it expires
+    # unstarted, and the end of a backoff before it may be tried again.
+    lane: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default=text("0"))
+    fair_tag: Mapped[float | None] = mapped_column(Float(precision=53))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Assistant messages only: the question it answers. A question has one current reply
     # (uq_messages_current_reply); a regenerate supersedes it and keeps it as an earlier version.
     reply_to_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
@@ -127,6 +150,16 @@ class Message(Base):
             "seq",
             postgresql_where=text(PENDING_SQL),
         ),
+        CheckConstraint("lane IN (0, 1)", name="lane"),
+        # The scheduler's: the claim walks the ready messages in (lane, tag) order; the running ones'
+        # largest tag is a lane's virtual time; a user's pending ones are counted for the caps; the
+        # sweeper finds what expires and what has waited in the batch lane long enough.
+        Index("ix_messages_ready", "lane", "fair_tag", postgresql_where=text("status = 'queued'")),
+        Index("ix_messages_running", "lane", "fair_tag", postgresql_where=text("status = 'processing'")),
+        Index("ix_messages_user_pending", "user_id", "status", postgresql_where=text(PENDING_SQL)),
+        Index("ix_messages_expiring", "expires_at",
+              postgresql_where=text("status = 'queued' AND expires_at IS NOT NULL")),
+        Index("ix_messages_batch_waiting", "created_at", postgresql_where=text("status = 'queued' AND lane = 1")),
     )
 
 
@@ -146,6 +179,23 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_user_created", "user_id", "created_at"),
         UniqueConstraint("origin_message_id", "origin_call", name="uq_tasks_origin"),
+    )
+
+
+class UserShare(Base):
+    """A user's share of a lane of the scheduler: their weight (from the token's `tier`) and the
+    last virtual start time handed to one of their messages. Written only by next_fair_tag()."""
+
+    __tablename__ = "user_shares"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    lane: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    weight: Mapped[float] = mapped_column(Float(precision=53), nullable=False)
+    last_tag: Mapped[float] = mapped_column(Float(precision=53), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("weight > 0", name="weight_positive"),
+        Index("ix_user_shares_lane_tag", "lane", "last_tag"),
     )
 
 

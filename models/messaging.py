@@ -23,11 +23,12 @@ from redis.exceptions import RedisError
 
 from .entities import Status
 from .jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, REQUEST_ID_HEADER, WEBHOOK_QUEUE
+from .scheduling import record_start
 from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key
 
 log = structlog.get_logger(__name__)
 # What a question's own channel is told: the end of its wait (long-polls of one message).
-FINAL = frozenset({Status.ANSWERED.value, Status.FAILED.value, Status.CANCELLED.value})
+FINAL = frozenset({Status.ANSWERED.value, Status.FAILED.value, Status.CANCELLED.value, Status.EXPIRED.value})
 # How long a generation's pieces are kept after its last one: far longer than any generation, so
 # a client reconnecting mid-reply finds them; they are only a live view of what Postgres gets.
 PIECES_TTL_SECONDS = 3600
@@ -124,10 +125,12 @@ class PiecePublisher:
     def start(self) -> None:
         """The attempt begins: waiting clients hear that the question is `processing`, and, in the
         same round trip, an earlier generation of the same question and attempt number (before a
-        retry or a regenerate counted attempts from 0 again) leaves no pieces behind."""
+        retry or a regenerate counted attempts from 0 again) leaves no pieces behind, and the start
+        is counted in the start rate that queued messages' waits are estimated from."""
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.delete(pieces_key(self.message_id, self.attempt))
+                record_start(pipe)
                 _announce_into(pipe, self.conversation_id, self.message_id, Status.PROCESSING.value)
                 pipe.execute()
         except RedisError as error:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import TextClause, text
 
-EVENT_TYPES = ("message.answered", "message.failed", "message.cancelled")
+EVENT_TYPES = ("message.answered", "message.failed", "message.cancelled", "message.expired")
 
 
 def outbox_ctes(source: str, name: str = "outbox") -> str:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 from collections import namedtuple
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select
+from sqlalchemy import Connection, and_, bindparam, case, func, literal, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
-from .entities import Conversation, Message
+from .entities import Conversation, Message, Status
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -135,3 +136,46 @@ def reply_versions(session: Session, question_id: uuid.UUID) -> list[Message]:
     """Every reply a question has had, newest first."""
     return list(session.scalars(select(Message).where(Message.reply_to_id == question_id)
                                 .order_by(Message.seq.desc())))
+
+
+# How many messages will start before a queued one, counted up to AHEAD_COUNTED: the queued messages
+# that come first in the claim's order (lane, then tag), from ix_messages_ready. Not exact (a
+# message whose conversation is busy waits on), and said to be an estimate.
+AHEAD_COUNTED = 10_000
+
+
+def ahead_of(message: Any) -> Any:
+    """A scalar subquery: for the row `message` (a messages table or alias) if queued, how many
+    messages are ahead of it; NULL otherwise. Labelled `ahead`."""
+    queued = _messages.alias("ahead_of_it")
+    earlier = (
+        select(literal(1))
+        .where(queued.c.status == Status.QUEUED,
+               tuple_(queued.c.lane, queued.c.fair_tag) < tuple_(message.c.lane, message.c.fair_tag))
+        .limit(AHEAD_COUNTED)
+        .subquery()
+    )
+    counted = select(func.count()).select_from(earlier).scalar_subquery()
+    return case((message.c.status == Status.QUEUED, counted), else_=None).label("ahead")
+
+
+_QUEUE_POSITIONS = select(_messages.c.id, ahead_of(_messages)).where(
+    _messages.c.id.in_(bindparam("ids", expanding=True)), _messages.c.status == Status.QUEUED)
+_FIRST_IN_QUEUE = (
+    select(ahead_of(_messages))
+    .where(_messages.c.user_id == bindparam("user"), _messages.c.status == Status.QUEUED)
+    .order_by(_messages.c.lane, _messages.c.fair_tag)
+    .limit(1)
+)
+
+
+def queue_positions(connection: Connection, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """How many messages are ahead of each of these that is queued, in one statement."""
+    if not message_ids:
+        return {}
+    return {row.id: row.ahead for row in connection.execute(_QUEUE_POSITIONS, {"ids": list(message_ids)})}
+
+
+def ahead_of_users_first(connection: Connection, user: str) -> int:
+    """How many messages are ahead of the user's first waiting one (0 when none waits)."""
+    return connection.execute(_FIRST_IN_QUEUE, {"user": user}).scalar() or 0

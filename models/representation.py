@@ -48,6 +48,15 @@ class Partial(Out):
     pieces: int = Field(description="how many streamed pieces the text holds: the index of the next delta")
 
 
+class QueuePosition(Out):
+    """Where a `queued` question stands: an estimate, from the order the scheduler would start
+    the waiting messages in and the recent rate of starts."""
+
+    ahead: int = Field(description="how many messages will start before this one (counted up to 10,000)")
+    eta_seconds: int | None = Field(description="when this one is expected to start; null when no start was "
+                                                "seen recently to estimate from")
+
+
 class AssistantMessageOut(Out):
     id: str
     conversation_id: str
@@ -72,9 +81,10 @@ class UserMessageOut(Out):
     content: str
     created_at: datetime
     error: str | None
-    status: Literal["queued", "processing", "answered", "failed", "cancelled"]
+    status: Literal["queued", "processing", "answered", "failed", "cancelled", "expired"]
     reply: AssistantMessageOut | None
     partial: Partial | None
+    queue: QueuePosition | None = Field(default=None, description="while queued: its place in the queue")
     context: ContextSent | None = Field(description="its reply's: how much of the history a model was sent")
 
 
@@ -89,8 +99,8 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def message_out(row: Message, reply: Message | None = None,
-                partial: Written | None = None) -> UserMessageOut | AssistantMessageOut:
+def message_out(row: Message, reply: Message | None = None, partial: Written | None = None,
+                queue: dict[str, Any] | None = None) -> UserMessageOut | AssistantMessageOut:
     common = {
         "id": str(row.id),
         "conversation_id": str(row.conversation_id),
@@ -107,8 +117,9 @@ def message_out(row: Message, reply: Message | None = None,
             shown = Partial(attempt=row.attempts, text=partial.text, pieces=partial.pieces) \
                 if partial is not None and partial.attempt == row.attempts else \
                 Partial(attempt=row.attempts, text="", pieces=0)
+        waiting = QueuePosition.model_validate(queue) if queue is not None and row.status is Status.QUEUED else None
         return UserMessageOut(role="user", status=row.status.value, reply=answer, partial=shown,  # type: ignore[arg-type]
-                              context=answer.context if answer is not None else None, **common)
+                              queue=waiting, context=answer.context if answer is not None else None, **common)
     return AssistantMessageOut(role="assistant", **_assistant(row), **common)
 
 
@@ -123,8 +134,9 @@ def _assistant(row: Message) -> dict[str, Any]:
     }
 
 
-def message_json(row: Message, reply: Message | None = None, partial: Written | None = None) -> dict[str, Any]:
-    return dump(message_out(row, reply, partial))
+def message_json(row: Message, reply: Message | None = None, partial: Written | None = None,
+                 queue: dict[str, Any] | None = None) -> dict[str, Any]:
+    return dump(message_out(row, reply, partial, queue))
 
 
 def version_json(row: Message, question: Message) -> dict[str, Any]:

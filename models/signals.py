@@ -30,3 +30,9 @@ def pieces_key(message_id: uuid.UUID | str, attempt: int) -> str:
     that connects mid-generation, on any node, is sent first. Expires; the committed reply is the
     truth."""
     return f"chatq:pieces:{message_id}:{attempt}"
+
+
+def starts_key(bucket: int) -> str:
+    """How many generations started in one 10-second bucket of wall-clock time, service-wide: the
+    recent start rate, from which a queued message's wait is estimated. Expires."""
+    return f"chatq:starts:{bucket}"

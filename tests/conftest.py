@@ -56,7 +56,6 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
         RATE_LIMIT="",
         READ_RATE_LIMIT="",
         SWEEP_INTERVAL_SECONDS="1",
-        REQUEUE_AFTER_SECONDS="3",
         LEASE_SECONDS="10",
         SSE_HEARTBEAT_SECONDS="1",
         PYTHONUNBUFFERED="1",
@@ -145,7 +144,7 @@ def model_server():
 def llm_stack(stack_env, model_server):
     """A stack of its own (database, Redis database, web, worker, beat) whose workers use a model."""
     env = isolated_env(stack_env, "llm", LLM_REDIS_DB, ENGINE="openai", LLM_BASE_URL=model_server.base_url,
-                       LLM_MODEL="fake-model", LLM_API_KEY="sk-test", LEASE_SECONDS="4", REQUEUE_AFTER_SECONDS="2",
+                       LLM_MODEL="fake-model", LLM_API_KEY="sk-test", LEASE_SECONDS="4",
                        LLM_MAX_TOKENS="60")
     running = Stack(env, "llm").start()
     yield running

@@ -177,7 +177,7 @@ class Api:
             response = self.get(f"/api/v1/messages/{message_id}", params={"wait": 10})
             assert response.status_code == 200, response.text
             message = response.json()
-            if message["status"] in ("answered", "failed", "cancelled") or time.monotonic() > deadline:
+            if message["status"] in ("answered", "failed", "cancelled", "expired") or time.monotonic() > deadline:
                 return message
 
     def ask(self, message: str, conversation_id: str | None = None) -> tuple[str, dict[str, Any]]:

@@ -111,8 +111,9 @@ def test_a_cancelled_generation_is_counted_as_such_not_as_a_failure(control, use
     assert cancelled and float(cancelled[0].split()[-1]) >= 1
     failures = [line for line in metrics.splitlines() if line.startswith("chatq_failures_total{")]
     assert all(line.endswith(" 0.0") for line in failures), failures  # a stop is not a failure
-    # The job's result, which Flower shows for it, is the outcome.
-    assert "succeeded" in control.stack.worker.log_text() and "'cancelled'" in control.stack.worker.log_text()
+    # The job's result, which Flower shows for it, is the outcome and the message it answered.
+    assert "succeeded" in control.stack.worker.log_text()
+    assert f"'cancelled {message_id}'" in control.stack.worker.log_text()
 
 
 def test_a_cancelled_queued_message_never_reaches_the_engine(users, db) -> None:

@@ -83,7 +83,7 @@ def deployment(stack_env):
     if nginx is None:
         pytest.skip("no nginx here: `make test` installs Debian's nginx where apt-get can")
     defaults = {key: value for key, value in stack_env.items()
-                if key not in ("LEASE_SECONDS", "SWEEP_INTERVAL_SECONDS", "REQUEUE_AFTER_SECONDS")}
+                if key not in ("LEASE_SECONDS", "SWEEP_INTERVAL_SECONDS")}
     env = isolated_env(defaults, "deploy", DEPLOY_REDIS_DB, WEB_CONCURRENCY="1")
     webs = [Web(f"deploy-web-{n}", env).start() for n in (1, 2)]
     workers = [Worker(f"deploy-worker-{n}", env).start() for n in (1, 2, 3)]

@@ -108,7 +108,7 @@ def test_a_reply_is_pushed_signed_and_verifies_with_the_specs_own_package(hooks,
     try:
         webhook = register(user, receiver.url)
         assert webhook["secret"].startswith("whsec_") and webhook["events"] == sorted(
-            ["message.answered", "message.failed", "message.cancelled"])
+            ["message.answered", "message.failed", "message.cancelled", "message.expired"])
         assert "secret" not in user.get("/api/v1/webhooks").json()["items"][0]  # shown once
         _, answered = user.ask("Add task: pushed to my server")
         wait_until(lambda: receiver.calls, timeout=20, what="the webhook")

@@ -10,13 +10,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Date, Row, bindparam, cast, func, insert, literal, select, update
+from sqlalchemy import Date, Float, Row, SmallInteger, bindparam, cast, exists, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, DailyUsage, IdempotentRequest, Message, Role, Settings, Status, outbox
-from models.queries import QUESTION_SHOWN, parse_uuid
+from models import PENDING, Conversation, DailyUsage, IdempotentRequest, Lane, Message, Role, Settings, Status, outbox
+from models.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
 from models.representation import message_json
+from models.scheduling import queue_position, retry_after_seconds
 
 from .problems import Problem
 from .quotas import charge_message, has_quotas
@@ -32,6 +33,15 @@ class Accepted:
     message_id: uuid.UUID | None  # None for a replay: its job was sent by the first call
     replayed: bool = False
     interrupted: list[uuid.UUID] = field(default_factory=list)  # questions cancelled by on_busy=interrupt
+
+
+@dataclass(frozen=True)
+class Asked:
+    """How the message asks to be scheduled: its lane, its user's weight, and its expiry."""
+
+    lane: Lane = Lane.INTERACTIVE
+    weight: float = 1.0
+    expires_in: int | None = None
 
 
 def fingerprint(route: str, payload: dict[str, Any]) -> str:
@@ -61,22 +71,28 @@ def _claim_key(session: Session, user: str, key: str, print_: str) -> Idempotent
 
 
 def _numbered_insert(numbered: Any, *, counted: bool = False) -> Any:
-    """INSERT the message with the conversation id and seq that the CTE `numbered` returns;
-    `counted`: and count it in its user's day (daily_usage) in the same statement — with no quota to
-    check first, counting then costs no statement of its own on the hottest write, and nothing is
-    counted when nothing was numbered (not the user's conversation)."""
+    """INSERT the message with the conversation id and seq that the CTE `numbered` returns, in the
+    lane it asked for, with its place in its user's share of that lane (next_fair_tag(), migration
+    0006) and its expiry; `counted`: and count it in its user's day (daily_usage) in the same
+    statement — with no quota to check first, counting then costs no statement of its own on the
+    hottest write, and nothing is counted when nothing was numbered (not the user's conversation,
+    or the user has too many messages waiting)."""
     columns = Message.__table__.c
+    lane = cast(bindparam("lane"), SmallInteger)
     values = select(
-        bindparam("message_id", type_=columns.id.type), numbered.c.cid, numbered.c.seq,
+        bindparam("message_id", type_=columns.id.type), numbered.c.cid, bindparam("user"), numbered.c.seq,
         literal(Role.USER, columns.role.type), bindparam("content", type_=columns.content.type),
         literal(Status.QUEUED, columns.status.type), literal(0, columns.attempts.type),
-        bindparam("request_id", type_=columns.request_id.type), func.now(),
+        bindparam("request_id", type_=columns.request_id.type), func.now(), lane,
+        func.next_fair_tag(bindparam("user"), lane, cast(bindparam("weight"), Float)),
+        func.now() + func.make_interval(0, 0, 0, 0, 0, 0, cast(bindparam("expires_in"), Float)),
     )
     statement = (
         insert(Message.__table__)
-        .from_select(["id", "conversation_id", "seq", "role", "content", "status", "attempts", "request_id",
-                      "enqueued_at"], values)
-        .returning(*(columns[name] for name in QUESTION_SHOWN))  # what the 202 shows of it
+        .from_select(["id", "conversation_id", "user_id", "seq", "role", "content", "status", "attempts",
+                      "request_id", "enqueued_at", "lane", "fair_tag", "expires_at"], values)
+        # What the 202 shows of it, and how many messages will start before it.
+        .returning(*(columns[name] for name in QUESTION_SHOWN), ahead_of(Message.__table__))
     )
     if not counted:
         return statement
@@ -95,41 +111,81 @@ def _numbered_insert(numbered: Any, *, counted: bool = False) -> Any:
 # Built once (building them per request cost a tenth of the web process's CPU); values are bound.
 # Core statements on the tables: with parameters, an ORM insert would mean an ORM bulk insert.
 _conversations = Conversation.__table__.c
-_NEW_CONVERSATION = (
-    insert(Conversation.__table__)
-    .values(id=bindparam("conversation_uuid"), user_id=bindparam("user"), title=bindparam("title"), last_seq=1,
-            lease_version=0)
-    .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
-    .cte("numbered")
+_messages = Message.__table__.c
+# The user has fewer than MAX_QUEUED_PER_USER messages waiting: no cap-th one exists (an index
+# lookup of at most `cap` entries of ix_messages_user_pending, whatever else waits).
+_ROOM_IN_QUEUE = ~exists(
+    select(literal(1)).where(_messages.user_id == bindparam("user"), _messages.status == Status.QUEUED)
+    .offset(bindparam("cap") - 1).limit(1)
 )
-_NEXT_IN_CONVERSATION = (
-    update(Conversation.__table__)
-    .where(_conversations.id == bindparam("conversation_id"), _conversations.user_id == bindparam("user"))
-    .values(last_seq=_conversations.last_seq + 1, updated_at=func.now())
-    .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
-    .cte("numbered")
-)
-# (into a new conversation, into an existing one), without and with the day's count.
-_INTO = {counted: (_numbered_insert(_NEW_CONVERSATION, counted=counted),
-                   _numbered_insert(_NEXT_IN_CONVERSATION, counted=counted)) for counted in (False, True)}
 
 
-def _store(session: Session, *, user: str, content: str, conversation_id: str | None,
-           request_id: str, counted: bool) -> Row[Any] | None:
+def _new_conversation(capped: bool) -> Any:
+    row = select(bindparam("conversation_uuid"), bindparam("user"), bindparam("title"), literal(1), literal(0))
+    return (
+        insert(Conversation.__table__)
+        .from_select(["id", "user_id", "title", "last_seq", "lease_version"],
+                     row.where(_ROOM_IN_QUEUE) if capped else row)
+        .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
+        .cte("numbered")
+    )
+
+
+def _next_in_conversation(capped: bool) -> Any:
+    mine = (_conversations.id == bindparam("conversation_id"), _conversations.user_id == bindparam("user"))
+    return (
+        update(Conversation.__table__)
+        .where(*mine, *((_ROOM_IN_QUEUE,) if capped else ()))
+        .values(last_seq=_conversations.last_seq + 1, updated_at=func.now())
+        .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
+        .cte("numbered")
+    )
+
+
+@dataclass(frozen=True)
+class _Storing:
+    """The statements that store a message, for one combination of the settings that shape them."""
+
+    into_new: Any
+    into_existing: Any
+
+
+# (counted in the day, capped) -> the two statements.
+_STORING = {(counted, capped): _Storing(_numbered_insert(_new_conversation(capped), counted=counted),
+                                        _numbered_insert(_next_in_conversation(capped), counted=counted))
+            for counted in (False, True) for capped in (False, True)}
+
+
+class QueueFull(Exception):
+    """The user already has MAX_QUEUED_PER_USER messages waiting: nothing was stored."""
+
+
+def _store(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,
+           counted: bool, asked: Asked, settings: Settings) -> Row[Any] | None:
     """Number and insert the message in one statement (`counted`: and count it in the user's day):
     the conversation row's lock (taken by the UPDATE that bumps its `last_seq`, or the INSERT of a
-    new conversation) orders concurrent posts. None when the conversation is not the user's."""
-    into_new, into_existing = _INTO[counted]
-    parameters = {"message_id": uuid.uuid4(), "content": content, "request_id": request_id, "user": user}
+    new conversation) orders concurrent posts. None when the conversation is not the user's;
+    QueueFull when the user has too many messages waiting."""
+    capped = settings.max_queued_per_user > 0
+    storing = _STORING[counted, capped]
+    parameters = {"message_id": uuid.uuid4(), "content": content, "request_id": request_id, "user": user,
+                  "lane": asked.lane, "weight": asked.weight, "expires_in": asked.expires_in,
+                  "cap": settings.max_queued_per_user}
     # A Core statement on the session's connection: through the ORM's execute it cost a fifth more.
     connection = session.connection()
     if conversation_id is None:
-        return connection.execute(into_new, {**parameters, "title": _title_from(content),
-                                             "conversation_uuid": uuid.uuid4()}).one_or_none()
+        stored = connection.execute(storing.into_new, {**parameters, "title": _title_from(content),
+                                                       "conversation_uuid": uuid.uuid4()}).one_or_none()
+        if stored is None:
+            raise QueueFull
+        return stored
     parsed = parse_uuid(conversation_id)
     if parsed is None:
         return None
-    return connection.execute(into_existing, {**parameters, "conversation_id": parsed}).one_or_none()
+    stored = connection.execute(storing.into_existing, {**parameters, "conversation_id": parsed}).one_or_none()
+    if stored is None and capped and owned_conversation(session, user, conversation_id) is not None:
+        raise QueueFull
+    return stored
 
 
 def _settle_busy(session: Session, user: str, conversation_id: str, on_busy: str) -> list[uuid.UUID]:
@@ -165,6 +221,8 @@ def accept_message(
     idempotency: tuple[str, str] | None,
     settings: Settings,
     on_busy: str = "enqueue",
+    asked: Asked = Asked(),
+    starts_per_second: float | None = None,
 ) -> Accepted:
     """Store a user message and count it in the user's day. Without an idempotency key, `on_busy`
     or quotas `session` may be in autocommit (storing and counting are one statement); otherwise the
@@ -177,15 +235,22 @@ def accept_message(
     if on_busy != "enqueue" and conversation_id is not None:
         interrupted = _settle_busy(session, user, conversation_id, on_busy)
     quota = has_quotas(settings)
-    message = _store(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
-                     counted=not quota)
+    try:
+        message = _store(session, user=user, content=content, conversation_id=conversation_id,
+                         request_id=request_id, counted=not quota, asked=asked, settings=settings)
+    except QueueFull:
+        ahead = ahead_of_users_first(session.connection(), user)
+        raise Problem(429, f"You have {settings.max_queued_per_user} messages waiting, the most one user may; "
+                      "send this one once one of them has started.", slug="queue-full",
+                      headers={"Retry-After": str(retry_after_seconds(ahead, starts_per_second))}) from None
     if message is None:
         raise Problem(404, "No such conversation.")
     if quota:
         charge_message(session, user, settings)
     body = {
         "conversation_id": str(message.conversation_id),
-        "message": message_json(message),  # type: ignore[arg-type] - a row with a Message's columns
+        # A row with a Message's columns, and how many will start before it.
+        "message": message_json(message, queue=queue_position(message.ahead, starts_per_second)),  # type: ignore[arg-type]
         "poll_url": POLL_URL.format(message.id),
     }
     if idempotency is not None:

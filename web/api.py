@@ -14,21 +14,23 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, Message, Status, Task
+from models import PENDING, Conversation, Lane, Message, Status, Task
 from models.messaging import Partial, announce, read_partials, request_cancel, send_answer_job
 from models.queries import (
     ShownQuestion,
     owned_conversation,
     owned_messages_after,
     parse_uuid,
+    queue_positions,
     replies_to,
     shown_message_with_reply,
 )
 from models.representation import message_json
+from models.scheduling import queue_position, start_rate
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
-from .accept import accept_message, fingerprint
+from .accept import Asked, accept_message, fingerprint
 from .auth import authenticate
 from .inputs import json_body, query
 from .problems import Problem
@@ -127,10 +129,18 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
 # Messages --------------------------------------------------------------------------------------
 
 
+# Fields whose default stays out of an Idempotency-Key's fingerprint: keys stored before the field
+# existed still match their retries.
+_FINGERPRINT_DEFAULTS = {"on_busy": "enqueue", "priority": "interactive", "expires_in": None}
+
+
 def _accepted(content: str, conversation_id: str | None, route: str, payload: dict[str, Any]) -> Response:
-    on_busy = payload.pop("on_busy", "enqueue")
-    if on_busy != "enqueue":  # the default stays out: keys stored before on_busy existed still match
-        payload["on_busy"] = on_busy
+    on_busy = payload.get("on_busy", "enqueue")
+    asked = Asked(lane=Lane.BATCH if payload.get("priority") == "batch" else Lane.INTERACTIVE,
+                  weight=services().settings.weight_of(g.tier), expires_in=payload.get("expires_in"))
+    for name, default in _FINGERPRINT_DEFAULTS.items():
+        if payload.get(name, default) == default:
+            payload.pop(name, None)
     key = request.headers.get("Idempotency-Key")
     idempotency = None
     if key is not None:
@@ -139,7 +149,8 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
         idempotency = (key, fingerprint(route, payload))
     settings = services().settings
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
-                 "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings}
+                 "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings,
+                 "asked": asked, "starts_per_second": start_rate(services().redis)}
     autocommit = idempotency is None and on_busy == "enqueue" and not has_quotas(settings)
     redis, conversation = services().redis, conversation_id
     with transaction(autocommit=autocommit) as session:
@@ -219,10 +230,23 @@ def get_message(message_id: str) -> Response:
                         answer=_committed_message(ident))
     else:
         body, _ = _message_view(ident)
+    _with_queue_positions([body])
     response = jsonify(body)
     if body.get("status") in (Status.QUEUED, Status.PROCESSING):
         response.headers["Retry-After"] = PENDING_RETRY_AFTER
     return response
+
+
+def _with_queue_positions(messages: list[dict[str, Any]]) -> None:
+    """Each queued one of these messages (as shown) gets its place in the queue: read once, for
+    what is answered, not at every wake-up of a wait."""
+    queued = [message for message in messages if message.get("status") == Status.QUEUED]
+    if not queued:
+        return
+    positions = queue_positions(reader().connection(), [uuid.UUID(message["id"]) for message in queued])
+    rate = start_rate(services().redis)
+    for message in queued:
+        message["queue"] = queue_position(positions.get(uuid.UUID(message["id"])), rate)
 
 
 def _messages_after(conversation_id: uuid.UUID, after: int, limit: int) -> tuple[dict[str, Any], bool]:
@@ -245,10 +269,13 @@ def list_messages(conversation_id: str) -> dict[str, Any]:
     if ident is None:
         raise Problem(404, "No such conversation.")
     if params.wait <= 0:
-        return _messages_after(ident, params.after, params.limit)[0]
-    # Whose the conversation is, and what is new in it, in one statement at every read.
-    return wait_for(conversation_channel(ident), lambda: _messages_after(ident, params.after, params.limit),
-                    params.wait, wake=lambda change: change.get("status") != "processing")
+        page = _messages_after(ident, params.after, params.limit)[0]
+    else:
+        # Whose the conversation is, and what is new in it, in one statement at every read.
+        page = wait_for(conversation_channel(ident), lambda: _messages_after(ident, params.after, params.limit),
+                        params.wait, wake=lambda change: change.get("status") != "processing")
+    _with_queue_positions(page["items"])
+    return page
 
 
 # Tasks -----------------------------------------------------------------------------------------

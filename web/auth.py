@@ -103,6 +103,7 @@ def authenticate() -> str:
     if not _is_user_id(subject):
         raise _unauthorized("The token's 'sub' claim must be a user id of 1 to 128 printable characters.")
     g.user = subject
+    g.tier = claims.get("tier")  # the user's weight in the scheduler (Settings.weight_of)
     structlog.contextvars.bind_contextvars(user=subject)
     return subject
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, jsonify
-from sqlalchemy import func, select, update
+from sqlalchemy import Float, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from models import FINAL, PENDING, Conversation, Message, Role, Status, outbox
@@ -42,7 +42,7 @@ def retry_message(message_id: str) -> Response:
         requeued = session.execute(
             update(Message)
             .where(Message.id == row.id, Message.status == Status.FAILED)
-            .values(status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now())
+            .values(status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now(), **_back_in_the_queue())
             .returning(Message.id)
         ).first()
         if requeued is None:
@@ -51,6 +51,13 @@ def retry_message(message_id: str) -> Response:
         session.refresh(row)
         _send_again(row)
     return _requeued(row)
+
+
+def _back_in_the_queue() -> dict[str, Any]:
+    """The columns of a question queued again: a new place in its user's share of its lane (asking
+    again is waiting again, like a new message), no expiry and no backoff left from before."""
+    weight = cast(services().settings.weight_of(g.tier), Float)
+    return {"fair_tag": func.next_fair_tag(g.user, Message.lane, weight), "expires_at": None, "not_before": None}
 
 
 def _send_again(row: Message) -> None:
@@ -127,6 +134,7 @@ def regenerate_message(message_id: str) -> Response:
                         .values(superseded=True, updated_at=func.now()))
         session.execute(update(Message).where(Message.id == row.id).values(
             status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now(), updated_at=func.now(),
+            **_back_in_the_queue(),
             content=body.content if body.content is not None else row.content))
         session.refresh(row)
         _send_again(row)

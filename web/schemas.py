@@ -54,9 +54,17 @@ class NewConversation(_Body):
 OnBusy = Literal["enqueue", "interrupt", "reject"]
 
 
+# The scheduler's lane: "batch" is answered only on slots interactive work leaves idle.
+Priority = Literal["interactive", "batch"]
+# A message not started within this many seconds ends `expired` (at most a week).
+ExpiresIn = Annotated[int, Field(ge=1, le=7 * 24 * 3600)]
+
+
 class NewMessage(_Body):
     content: Content
     on_busy: OnBusy = "enqueue"
+    priority: Priority = "interactive"
+    expires_in: ExpiresIn | None = None
 
     _blank = field_validator("content")(_not_blank)
 
@@ -65,6 +73,8 @@ class NewChat(_Body):
     message: Content
     conversation_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     on_busy: OnBusy = "enqueue"
+    priority: Priority = "interactive"
+    expires_in: ExpiresIn | None = None
 
     _blank = field_validator("message")(_not_blank)
 
@@ -78,13 +88,14 @@ class Regenerate(_Body):
         return _not_blank(value) if value is not None else None
 
 
-WebhookEventType = Literal["message.answered", "message.failed", "message.cancelled"]
+WebhookEventType = Literal["message.answered", "message.failed", "message.cancelled", "message.expired"]
 
 
 class NewWebhook(_Body):
     url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
-    events: list[WebhookEventType] = Field(default=["message.answered", "message.failed", "message.cancelled"],
-                                           min_length=1, max_length=3)
+    events: list[WebhookEventType] = Field(default=["message.answered", "message.failed", "message.cancelled",
+                                                   "message.expired"],
+                                           min_length=1, max_length=4)
 
 
 class DevSignIn(_Body):

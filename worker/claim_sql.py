@@ -4,7 +4,6 @@ then message rows — the same order the web front takes when it numbers a new m
 
 from sqlalchemy import TextClause, text
 
-from models import PENDING_SQL
 from models.outbox import outbox_ctes
 
 
@@ -22,24 +21,26 @@ def _statement(*parts: str) -> TextClause:
 # worker sorts them by seq, cheaper in Python on nearly sorted ints than ORDER BY in Postgres. Tool
 # calls come as their json text, decoded only when an engine reads them. (Figures: BENCHMARKS.md.)
 # Appended to a statement that defines the CTE `claimed` (id, user_id, lease_version, last_seq).
-_PICK = f"""
+# The question is taken only while it is still `queued`: a cancel or an expiry committed since the
+# statement began leaves it alone (and the claim then holds a lease with nothing picked).
+_PICK = """
 , question AS (
     SELECT m.id FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
-     WHERE m.{PENDING_SQL}
+     WHERE m.status IN ('queued', 'processing')
      ORDER BY m.seq LIMIT 1
 ), picked AS (
-    UPDATE messages AS m SET status = 'processing', attempts = m.attempts + 1, updated_at = now()
-      FROM question WHERE m.id = question.id
- RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error,
+    UPDATE messages AS m SET status = 'processing', attempts = m.attempts + 1, not_before = NULL, updated_at = now()
+      FROM question WHERE m.id = question.id AND m.status = 'queued'
+ RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag,
            extract(epoch FROM now() - m.created_at)::float8 AS age
 )
 SELECT 0 AS seq, 'user' AS role, picked.content, NULL::text AS tool_calls,
        json_build_object(
            'conversation_id', claimed.id, 'user_id', claimed.user_id, 'lease_version', claimed.lease_version,
            'last_seq', claimed.last_seq, 'question_id', picked.id, 'seq', picked.seq, 'attempts', picked.attempts,
-           'request_id', picked.request_id, 'age', picked.age, 'last_error', picked.error,
+           'request_id', picked.request_id, 'age', picked.age, 'last_error', picked.error, 'lane', picked.lane,
            'pending', (SELECT count(*) FROM messages AS p
-                        WHERE p.conversation_id = claimed.id AND p.{PENDING_SQL})
+                        WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing'))
        ) AS claim
   FROM claimed LEFT JOIN picked ON true
 UNION ALL
@@ -48,18 +49,55 @@ SELECT h.seq, h.role::text, h.content, h.tool_calls::text, NULL
  WHERE (h.seq < picked.seq OR h.role = 'assistant') AND NOT h.superseded
 """
 
-# A job names a message; take its conversation's lease (if no live lease exists) and the
-# conversation's earliest unanswered message, with everything its reply is generated from.
-CLAIM = _statement(f"""
-WITH claimed AS (
+# The scheduler (README, "The scheduler"): the queued messages that may start now, in the order
+# they should — interactive before batch, then by virtual start time (each user's messages tagged
+# 1/weight apart from their user's last: next_fair_tag(), migration 0006), so that every user with
+# waiting work gets an equal share of starts (weighted by tier), however many conversations they
+# have waiting. A message may start when it is its conversation's earliest unanswered one, its
+# conversation has no live lease, its backoff is over and it has not expired. The walk follows
+# ix_messages_ready and stops at the first such message: it passes over only messages of busy
+# conversations (at most the running generations' conversations' backlogs), not the queue.
+_READY = """
+    SELECT c.id FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+     WHERE m.status = 'queued'
+       AND (m.not_before IS NULL OR m.not_before <= now())
+       AND (m.expires_at IS NULL OR m.expires_at > now())
+       AND (c.lease_expires_at IS NULL OR c.lease_expires_at < now())
+       AND NOT EXISTS (SELECT 1 FROM messages AS e
+                        WHERE e.conversation_id = m.conversation_id AND e.status IN ('queued', 'processing')
+                          AND e.seq < m.seq)
+"""
+# MAX_GENERATIONS_PER_USER: a user already generating that many is passed over (an index count
+# of their running messages; two claims at the same instant may each see one slot left).
+_UNDER_USER_CAP = """
+       AND (SELECT count(*) FROM messages AS r WHERE r.user_id = m.user_id AND r.status = 'processing')
+           < :max_generations
+"""
+_FAIR_ORDER = """
+     ORDER BY m.lane, m.fair_tag
+"""
+
+
+def _claim_fairest(capped: bool) -> TextClause:
+    """Take the lease of the conversation of the message that should start next (skipping
+    conversations another claim is taking at this instant) and that message, with its history."""
+    return _statement("WITH candidate AS (", _READY, _UNDER_USER_CAP if capped else "", _FAIR_ORDER, """
+     LIMIT 1
+       FOR UPDATE OF c SKIP LOCKED
+), claimed AS (
     UPDATE conversations AS c
        SET lease_version = c.lease_version + 1, lease_expires_at = now() + make_interval(secs => :lease)
-      FROM messages AS m
-     WHERE m.id = :message_id AND m.{PENDING_SQL} AND c.id = m.conversation_id
-       AND (c.lease_expires_at IS NULL OR c.lease_expires_at < now())
+      FROM candidate WHERE c.id = candidate.id
  RETURNING c.id, c.user_id, c.lease_version, c.last_seq
-
 )""", _PICK)
+
+
+# Without, and with, a cap on each user's generations at once.
+CLAIM = {capped: _claim_fairest(capped) for capped in (False, True)}
+
+# How many messages could start now (counted up to :most): the sweeper rings that many doorbells,
+# less the jobs already waiting in the broker.
+READY_COUNT = _statement("SELECT count(*) FROM (", _READY, " LIMIT :most) AS ready")
 
 # The same, for the next message of a conversation whose lease we already hold.
 PICK = _statement("""
@@ -68,9 +106,6 @@ WITH claimed AS (
      WHERE id = :conversation_id AND lease_version = :version
 
 )""", _PICK)
-
-# Why a claim found nothing: the message is answered (or unknown), or its conversation is busy.
-WHY_NOT = text("SELECT status::text FROM messages WHERE id = :message_id")
 
 # Store the reply and settle its question — only while our fencing token is current, in one
 # statement. The question's row decides, under its lock: `processing` becomes `answered`; a question
@@ -105,13 +140,13 @@ WITH lease AS (
      WHERE id = :conversation_id AND lease_version = :version
  RETURNING last_seq
 ), reply AS (
-    INSERT INTO messages (id, conversation_id, seq, role, content, reply_to_id, tool_calls, context_seq,
+    INSERT INTO messages (id, conversation_id, user_id, seq, role, content, reply_to_id, tool_calls, context_seq,
                           request_id, attempts, question_content, finish, usage, context, created_at, updated_at)
-    SELECT :reply_id, :conversation_id, fenced.last_seq, 'assistant', :content, :question_id,
+    SELECT :reply_id, :conversation_id, lease.user_id, fenced.last_seq, 'assistant', :content, :question_id,
            CAST(:tool_calls AS json), :context_seq, :request_id, 0, :question_content,
            CAST(CASE kept.status WHEN 'cancelled' THEN 'cancelled' ELSE :finish END AS reply_finish),
            CAST(:usage AS json), CAST(:context AS json), now(), now()
-      FROM fenced, kept
+      FROM lease, fenced, kept
  RETURNING seq, created_at
 )""", outbox_ctes("""
     SELECT lease.user_id, CAST(:question_id AS uuid) AS question_id, CAST(:reply_id AS uuid) AS reply_id,
@@ -138,15 +173,16 @@ WITH given_up AS (
 SELECT count(*) FROM given_up
 """)
 
-# Give the question back (queued again, or failed with an error) and release the lease, if ours.
-# A question cancelled (or put back by a regenerate) meanwhile is left as it is.
+# Give the question back (queued again, to be tried after its backoff, or failed with an error) and
+# release the lease, if ours. It keeps its place in the queue (its tag). A question cancelled (or
+# put back by a regenerate) meanwhile is left as it is.
 GIVE_BACK = _statement("""
 WITH fenced AS (
     UPDATE conversations SET lease_expires_at = NULL
      WHERE id = :conversation_id AND lease_version = :version RETURNING id, user_id
 ), given_back AS (
     UPDATE messages SET status = CAST(:status AS message_status), error = :error, enqueued_at = now(),
-                        updated_at = now()
+                        not_before = now() + make_interval(secs => :retry_in), updated_at = now()
      WHERE id = :question_id AND status = 'processing' AND EXISTS (SELECT 1 FROM fenced)
     RETURNING id
 )""", outbox_ctes("""
@@ -173,9 +209,52 @@ RETURNING (SELECT status::text FROM messages WHERE id = :question_id) AS status
 QUESTION_STATUS = text("SELECT status::text FROM messages WHERE id = :question_id")
 
 # After a reply: the conversation's earliest unanswered message, marked as enqueued now.
-NEXT_PENDING = _statement(f"""
+NEXT_PENDING = text("""
 UPDATE messages SET enqueued_at = now()
- WHERE id = (SELECT id FROM messages WHERE conversation_id = :conversation_id AND {PENDING_SQL}
+ WHERE id = (SELECT id FROM messages WHERE conversation_id = :conversation_id AND status IN ('queued', 'processing')
               ORDER BY seq LIMIT 1)
 RETURNING id
+""")
+
+# The sweeper's. Leases that ran out: their workers are presumed dead. Each is taken away (the
+# fencing token moves on, so a worker that was only slow cannot commit), and its question is queued
+# again with its place in the queue; the next claim counts another attempt.
+REVOKE_EXPIRED_LEASES = text("""
+WITH expired AS (
+    UPDATE conversations AS c SET lease_version = c.lease_version + 1, lease_expires_at = NULL
+     WHERE c.id IN (SELECT id FROM conversations WHERE lease_expires_at < now()
+                     ORDER BY lease_expires_at LIMIT :most FOR UPDATE SKIP LOCKED)
+ RETURNING c.id
+)
+UPDATE messages AS m SET status = 'queued', updated_at = now()
+  FROM expired WHERE m.conversation_id = expired.id AND m.status = 'processing'
+RETURNING m.id, m.conversation_id
+""")
+
+# Messages not started before their `expires_in` ran out: `expired`, never generated, with their
+# webhook events; their conversations move on to the next message.
+EXPIRE = _statement("""
+WITH expired AS (
+    UPDATE messages AS m SET status = 'expired', error = :error, updated_at = now()
+     WHERE m.id IN (SELECT id FROM messages WHERE status = 'queued' AND expires_at <= now()
+                     ORDER BY expires_at LIMIT :most FOR UPDATE SKIP LOCKED)
+ RETURNING m.id, m.conversation_id, m.user_id
+)""", outbox_ctes("""
+    SELECT e.user_id, e.id AS question_id, NULL::uuid AS reply_id, 'expired'::text AS status,
+           CAST(:error AS text) AS error
+      FROM expired AS e
+"""), """
+SELECT id, conversation_id FROM expired
+""")
+
+# Batch messages that have waited BATCH_AGE_SECONDS join the interactive lane, each as a new
+# arrival of its user there: never starved for good, never ahead of users already waiting.
+PROMOTE_AGED_BATCH = text("""
+UPDATE messages AS m
+   SET lane = 0, fair_tag = next_fair_tag(m.user_id, CAST(0 AS smallint), coalesce(
+           (SELECT s.weight FROM user_shares AS s WHERE s.user_id = m.user_id AND s.lane = 1), 1.0))
+ WHERE m.id IN (SELECT id FROM messages WHERE status = 'queued' AND lane = 1
+                   AND created_at < now() - make_interval(secs => :age)
+                 ORDER BY created_at LIMIT :most FOR UPDATE SKIP LOCKED)
+RETURNING m.id
 """)

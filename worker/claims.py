@@ -1,14 +1,17 @@
 """Who answers what, decided in Postgres.
 
-A worker claims a *conversation* with a lease: a conditional UPDATE that succeeds only when no
+A job is a doorbell: it says that some message may start, not which. The worker that takes it
+claims the message that should start next by the fair order (worker/claim_sql.py, README "The
+scheduler") — with its *conversation's* lease: a conditional UPDATE that succeeds only when no
 live lease exists, and bumps `lease_version`, the fencing token. Holding it, the worker marks the
-conversation's earliest unanswered message `processing`, generates outside any transaction, and
-commits the reply only if `lease_version` is still its own (checked by the same UPDATE that numbers
-the reply). So:
+message `processing`, generates outside any transaction, and commits the reply only if
+`lease_version` is still its own (checked by the same UPDATE that numbers the reply). So:
 
 - no two workers generate for one conversation at once, and replies come in `seq` order;
 - a worker that lost its lease (it stalled, or was presumed dead) discards its reply;
 - the unique `reply_to_id` makes a second reply to one message impossible even so.
+
+- which message starts is decided by Postgres, the same way on every worker.
 
 Each step is one statement (worker/claim_sql.py): on the happy path a message costs the worker
 three round trips to Postgres — the claim (with the history), the engine's tool calls, the commit.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from operator import itemgetter
 from typing import Any
 
@@ -26,7 +30,7 @@ import structlog
 from sqlalchemy import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from models import Finish, Message, Role, Status
+from models import Finish, Lane, Message, Role, Status
 from models.representation import message_json
 
 from . import claim_sql
@@ -58,6 +62,7 @@ class Question:
     history: History
     waited_seconds: float  # from acceptance to this claim
     last_error: str | None = None  # why the previous attempt did not answer, if one did not
+    lane: Lane = Lane.INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -68,15 +73,14 @@ class Claim:
     noop_reason: str | None = None
 
 
-def claim(rt: Runtime, message_id: uuid.UUID) -> Claim:
-    """Take the lease of the message's conversation and its earliest unanswered message."""
+def claim(rt: Runtime) -> Claim:
+    """Take the message that should start next, with its conversation's lease."""
+    cap = rt.settings.max_generations_per_user
     with rt.db.connect() as connection:
         claimed, content, history = _claimed(connection.execute(
-            claim_sql.CLAIM, {"message_id": message_id, "lease": rt.settings.lease_seconds}))
+            claim_sql.CLAIM[cap > 0], {"lease": rt.settings.lease_seconds, "max_generations": cap}))
         if claimed is None:
-            status = connection.execute(claim_sql.WHY_NOT, {"message_id": message_id}).scalar_one_or_none()
-            reason = "conversation_busy" if status in ("queued", "processing") else "answered_or_unknown"
-            return Claim(None, None, [], noop_reason=reason)
+            return Claim(None, None, [], noop_reason="nothing_ready")
         lease = Lease(uuid.UUID(claimed["conversation_id"]), claimed["lease_version"], claimed["last_seq"],
                       max(0, claimed["pending"] - 1))
         failed: list[uuid.UUID] = []
@@ -130,6 +134,7 @@ def _question(lease: Lease, claimed: dict[str, Any], content: str | None, histor
         history=history,
         waited_seconds=claimed["age"] or 0.0,
         last_error=claimed.get("last_error"),
+        lane=Lane(claimed.get("lane") or 0),
     )
 
 
@@ -138,7 +143,9 @@ def _give_up_reason(question: Question, rt: Runtime) -> str | None:
     if tried >= rt.settings.max_attempts:
         cause = f" (the last one: {question.last_error})" if question.last_error else ""
         return f"Not answered after {tried} attempts{cause}; retry the message to try again."
-    if question.waited_seconds > rt.settings.answer_deadline_seconds:
+    # Only a message whose earlier attempts failed is given up for its age: one that merely waited
+    # its turn (a backlog, the batch lane) is not; how long a message may wait is its expires_in.
+    if tried > 0 and question.waited_seconds > rt.settings.answer_deadline_seconds:
         return f"Not answered within {int(rt.settings.answer_deadline_seconds)} seconds; retry the message."
     return None
 
@@ -216,18 +223,30 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, failed: bool, error: str) -> bool | None:
-    """Give the message back: `queued` again, keeping why this attempt did not answer (a person
-    reads it while it waits, and in the give-up reason if every attempt fails), or `failed` with a
-    readable error. Releases the lease. False when the lease was no longer ours (someone else has
-    it now); None when the question had been cancelled meanwhile (left as it is)."""
+class GivenBack(StrEnum):
+    """What became of a question a generation gave back."""
+
+    QUEUED = "queued"  # waiting again (after its backoff)
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # cancelled meanwhile: left as it is
+    LEASE_LOST = "lease_lost"  # someone else holds the conversation now: left to them
+
+
+def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, failed: bool, error: str,
+                      retry_in: float = 0.0) -> GivenBack:
+    """Give the message back: `queued` again, to be tried after `retry_in` seconds, keeping why this
+    attempt did not answer (a person reads it while it waits, and in the give-up reason if every
+    attempt fails), or `failed` with a readable error. Releases the lease if it is still ours."""
     with rt.db.connect() as connection:
         row = connection.execute(claim_sql.GIVE_BACK, {
             "conversation_id": lease.conversation_id, "version": lease.version,
-            "status": "failed" if failed else "queued", "error": error, "question_id": question.id}).one_or_none()
+            "status": "failed" if failed else "queued", "error": error, "question_id": question.id,
+            "retry_in": retry_in}).one_or_none()
     if row is None:
-        return False
-    return True if row.given_back is not None else None
+        return GivenBack.LEASE_LOST
+    if row.given_back is None:
+        return GivenBack.CANCELLED
+    return GivenBack.FAILED if failed else GivenBack.QUEUED
 
 
 def next_pending(rt: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:

@@ -9,15 +9,19 @@ from models.round_trips import counter_for
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-QUEUE_WAIT = Histogram("chatq_queue_wait_seconds", "From a message's acceptance to its claim by a worker.",
-                       buckets=LATENCY_BUCKETS)
+QUEUE_WAIT = Histogram("chatq_queue_wait_seconds", "From a message's acceptance to its claim by a worker, "
+                       "by the scheduler's lane and the user's weight.", ["lane", "weight"], buckets=LATENCY_BUCKETS)
 GENERATION = Histogram("chatq_generation_seconds", "Time the reply engine took.", buckets=LATENCY_BUCKETS)
 REPLY_LATENCY = Histogram("chatq_reply_latency_seconds", "From a message's acceptance to its reply's commit.",
                           buckets=LATENCY_BUCKETS)
 CLAIMS = Counter("chatq_claims_total", "Messages claimed for answering (each an attempt).")
 LEASE_LOST = Counter("chatq_lease_lost_total", "Replies discarded because their lease had been taken over.")
-REQUEUED = Counter("chatq_sweeper_requeued_total", "Jobs the sweeper sent again.", ["reason"])
+REQUEUED = Counter("chatq_sweeper_requeued_total", "Jobs the sweeper sent: doorbells for messages that "
+                   "could start with no job waiting, and generations whose lease ran out.", ["reason"])
 DUPLICATES = Counter("chatq_duplicate_deliveries_total", "Jobs that found nothing to do.", ["reason"])
+EXPIRED = Counter("chatq_messages_expired_total", "Messages that were not started before their expires_in.")
+PROMOTED = Counter("chatq_batch_promoted_total", "Batch messages that waited long enough to join the "
+                   "interactive lane.")
 FAILURES = Counter("chatq_failures_total", "Messages that became failed.", ["reason"])
 TOKENS = Counter("chatq_llm_tokens_total", "Model tokens used, as the model server reported them.",
                  ["model", "kind"])
@@ -27,9 +31,8 @@ RETRIES = Counter("chatq_generation_retries_total", "Generations given back to t
 count_round_trip = counter_for("worker")
 
 # Every labelled series exists from the start, at zero, so dashboards and alerts see them.
-for _reason in ("answered_or_unknown", "conversation_busy"):
-    DUPLICATES.labels(_reason)
+DUPLICATES.labels("nothing_ready")
 for _reason in ("gave_up", "permanent", "crashed"):
     FAILURES.labels(_reason)
-for _reason in ("lease_expired", "queued_too_long"):
+for _reason in ("lease_expired", "no_job_waiting"):
     REQUEUED.labels(_reason)

@@ -1,56 +1,68 @@
-"""The sweeper: Postgres is the truth, Redis only wakes workers.
+"""The sweeper: Postgres is the truth, Redis only rings doorbells.
 
-It finds conversations whose earliest unanswered message has no live job — queued for longer
-than `requeue_after_seconds` (Redis lost the job, or the enqueue after the commit failed), or
-`processing` under an expired lease (its worker died) — and enqueues a job for each. Several
-sweepers may run at once: a transaction-scoped advisory lock lets one of them work per round.
+Once a second (beat), it takes expired leases away from workers presumed dead (their questions
+queue again, keeping their place), ends the messages whose `expires_in` ran out (`expired`), moves
+batch messages that have waited long enough into the interactive lane, and counts the messages
+that could start now: the task then rings a doorbell for each one that has no job waiting in the
+broker (Redis lost it, the publish after the commit failed, or its job came while its conversation
+was busy). Several sweepers may run at once: a transaction-scoped advisory lock lets one of them
+work per round.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, text, update
+from redis.exceptions import RedisError
+from sqlalchemy import delete, func, select
 
-from models import PENDING_SQL, IdempotentRequest, Message
+from models import IdempotentRequest
 
+from . import claim_sql
 from .runtime import Runtime
 
 SWEEP_LOCK = 7_362_201  # an arbitrary, fixed advisory-lock key for "a sweep is running"
 IDEMPOTENCY_KEEP = timedelta(hours=48)  # the contract promises at least 24 hours
-BATCH = 500
-
-# Each conversation's earliest pending message (the statuses as the partial index says them).
-_STALE_SQL = f"""
-    SELECT DISTINCT ON (m.conversation_id) m.id, m.status, m.enqueued_at, c.lease_expires_at
-    FROM messages m JOIN conversations c ON c.id = m.conversation_id
-    WHERE m.{PENDING_SQL}
-    ORDER BY m.conversation_id, m.seq
-    """
-STALE = text(_STALE_SQL)
+BATCH = 500  # the most of each kind one round handles: a round holds its locks briefly
+EXPIRED_ERROR = "Not started before its expires_in ran out; it was never generated."
 
 
-def sweep(rt: Runtime) -> list[tuple[uuid.UUID, str]]:
-    """Returns (message id, reason) for each message to enqueue again, already marked as enqueued
-    now; the reason is `lease_expired` or `queued_too_long`."""
-    requeue_after = timedelta(seconds=rt.settings.requeue_after_seconds)
+@dataclass(frozen=True)
+class Swept:
+    requeued: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (conversation, message)
+    expired: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (conversation, message)
+    promoted: int = 0
+    ready: int = 0  # messages that could start now (counted up to BATCH)
+
+
+def sweep(rt: Runtime) -> Swept:
     with rt.sessions.begin() as session:
         if not session.scalar(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK))):
-            return []
-        now = session.scalar(select(func.now()))
-        due = []
-        for row in session.execute(STALE):
-            leased = row.lease_expires_at is not None and row.lease_expires_at > now
-            if leased:
-                continue  # a live worker holds the conversation and will carry on with it
-            if row.status == "processing":
-                due.append((row.id, "lease_expired"))
-            elif row.enqueued_at is None or row.enqueued_at < now - requeue_after:
-                due.append((row.id, "queued_too_long"))
-            if len(due) >= BATCH:
-                break
-        if due:
-            session.execute(update(Message).where(Message.id.in_([i for i, _ in due])).values(enqueued_at=func.now()))
-        session.execute(delete(IdempotentRequest).where(IdempotentRequest.created_at < now - IDEMPOTENCY_KEEP))
-    return due
+            return Swept()
+        connection = session.connection()
+        requeued = [(row.conversation_id, row.id)
+                    for row in connection.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": BATCH})]
+        expired = [(row.conversation_id, row.id)
+                   for row in connection.execute(claim_sql.EXPIRE, {"most": BATCH, "error": EXPIRED_ERROR})]
+        promoted = len(connection.execute(claim_sql.PROMOTE_AGED_BATCH, {
+            "most": BATCH, "age": rt.settings.batch_age_seconds}).all())
+        session.execute(delete(IdempotentRequest).where(
+            IdempotentRequest.created_at < func.now() - IDEMPOTENCY_KEEP))
+    # After the commit: what the statements above made ready is counted too.
+    with rt.db.connect() as connection:
+        ready = connection.execute(claim_sql.READY_COUNT, {"most": BATCH}).scalar_one()
+    return Swept(requeued, expired, promoted, ready)
+
+
+def doorbells_missing(rt: Runtime, ready: int, queue: str) -> int:
+    """How many of `ready` messages have no job waiting for them in the broker's queue. A doorbell
+    too many is harmless (its claim finds nothing); one too few leaves a message waiting a round."""
+    if not ready:
+        return 0
+    try:
+        waiting = rt.redis.llen(queue)
+    except RedisError:
+        return 0  # the doorbells could not be rung either; the next round tries again
+    return max(0, ready - int(waiting))

@@ -18,7 +18,6 @@ from sqlalchemy.exc import OperationalError
 
 from models import Status, backoff, messaging
 from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, PING, REQUEST_ID_HEADER, SWEEP
-from models.queries import parse_uuid
 
 from . import app, claims, metrics, shutdown, sweeper, watch, webhooks
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
@@ -39,9 +38,11 @@ def _fresh_runtime(**_kwargs: object) -> None:
     gc.freeze()
 
 
-def enqueue(message_id: uuid.UUID, request_id: str | None = None, countdown: float | None = None) -> None:
-    # Not sent (Redis away): the message stays queued in Postgres and the sweeper sends it again.
-    messaging.send_answer_job(app, message_id, request_id, countdown=countdown)
+def ring(hint: uuid.UUID | None = None, request_id: str | None = None, countdown: float | None = None) -> None:
+    """Send a doorbell: a job that makes a worker claim whatever message should start next. `hint`
+    names the message it was rung for (Flower and the logs show it); the claim may take another.
+    Not sent (Redis away): the sweeper rings again for every message that could start."""
+    messaging.send_answer_job(app, hint or uuid.UUID(int=0), request_id, countdown=countdown)
 
 
 # Postgres or Redis unreachable for a moment: worth retrying, with jittered exponential backoff.
@@ -59,22 +60,25 @@ TRANSIENT_INFRASTRUCTURE = (OperationalError, RedisConnectionError, RedisTimeout
     max_retries=8,
 )
 def answer_message(self: Task, message_id: str) -> str:
+    """A doorbell: answer the message that should start next (`message_id` is the one it was rung
+    for, which the fair order may put after another)."""
     structlog.contextvars.clear_contextvars()
     shutdown.install_in_child()  # a SIGTERM to the process group no longer kills a generation
     # The request id that accepted the message travels in the job's headers: one grep follows a
     # message from POST to reply.
     structlog.contextvars.bind_contextvars(
-        task_id=self.request.id, message_id=message_id, request_id=self.request.get(REQUEST_ID_HEADER)
+        task_id=self.request.id, rung_for=message_id, request_id=self.request.get(REQUEST_ID_HEADER)
     )
     try:
-        # The outcome is the job's result: Flower shows "cancelled", "answered", "requeued" ...
-        return _answer(message_id).value
+        done = _answer()
+        # The job's result, as Flower shows it: what became of which message ("answered 1f0c…").
+        return f"{done.outcome.value} {done.question.id}" if done.question is not None else done.outcome.value
     finally:
         structlog.contextvars.clear_contextvars()
 
 
 class Outcome(StrEnum):
-    NOTHING_TO_DO = "nothing_to_do"  # answered already, unknown, or the conversation is busy elsewhere
+    NOTHING_TO_DO = "nothing_to_do"  # no message can start now (each is answered, busy, or waiting out a backoff)
     ANSWERED = "answered"
     REQUEUED = "requeued"  # a generation given back to the queue, to be tried again after a backoff
     FAILED = "failed"
@@ -84,8 +88,8 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
-class Answered:
-    """What `_generate` did with a message, for `_act` to report and follow up."""
+class Done:
+    """What a job did, for `_follow_up` to report and to send the conversation on its way."""
 
     outcome: Outcome
     lease: claims.Lease | None = None
@@ -93,24 +97,22 @@ class Answered:
     gave_up: list[uuid.UUID] = field(default_factory=list)  # messages the claim failed for good
     committed: claims.Committed | None = None
     retry_in: float | None = None
-    noop_reason: str | None = None
 
 
-def _answer(message_id: str) -> Outcome:
+def _answer() -> Done:
     rt = runtime()
-    done = _generate(rt, message_id)
-    _act(rt, done)
-    return done.outcome
+    done = _generate(rt)
+    _follow_up(rt, done)
+    return done
 
 
-def _generate(rt: Runtime, message_id: str) -> Answered:
-    """Claim the conversation for its earliest pending question, generate, and store the reply (or
-    give the message back). Tells waiting clients only that the question is being answered."""
-    parsed = parse_uuid(message_id)
-    claimed = claims.claim(rt, parsed) if parsed is not None else claims.Claim(None, None, [], "answered_or_unknown")
+def _generate(rt: Runtime) -> Done:
+    """Claim the message that should start next, generate, and store the reply (or give the
+    message back). Tells waiting clients only that the question is being answered."""
+    claimed = claims.claim(rt)
     lease, question = claimed.lease, claimed.question
     if lease is None or question is None:
-        return Answered(Outcome.NOTHING_TO_DO, lease, None, claimed.failed, noop_reason=claimed.noop_reason)
+        return Done(Outcome.NOTHING_TO_DO, lease, None, claimed.failed)
     structlog.contextvars.bind_contextvars(
         request_id=question.request_id,
         conversation_id=str(lease.conversation_id),
@@ -162,91 +164,101 @@ def _generate(rt: Runtime, message_id: str) -> Answered:
         committed = claims.commit_reply(rt, lease, question, reply)
         if committed is None:
             log.warning("reply_discarded", reason="lease_lost")
-            return Answered(Outcome.LEASE_LOST, lease, question, claimed.failed)
-        outcome = SETTLED.get(committed.status, Outcome.SUPERSEDED)
+            return Done(Outcome.LEASE_LOST, lease, question, claimed.failed)
+        outcome = COMMITTED_AS.get(committed.status, Outcome.SUPERSEDED)
         log.info(outcome.value, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
                  finish=reply.finish, context=reply.context, usage=reply.usage,
                  generation_ms=round((time.perf_counter() - started) * 1000, 1))
-        return Answered(outcome, lease, question, claimed.failed, committed=committed)
+        return Done(outcome, lease, question, claimed.failed, committed=committed)
     return _give_back(rt, claimed, failed=True, error=error or "unknown")
 
 
 def _give_back(rt: Runtime, claimed: claims.Claim, *, failed: bool, error: str,
-               retry_in: float | None = None) -> Answered:
-    """Give the question back — queued again (after `retry_in`) or failed — and say what became of
-    it: the lease may have been lost, or the question cancelled meanwhile (nothing to try again)."""
+               retry_in: float | None = None) -> Done:
+    """Give the question back — queued again (tried after `retry_in`) or failed — and say what
+    became of it: the lease may have been lost, or the question cancelled meanwhile."""
     assert claimed.lease is not None and claimed.question is not None
-    given_back = claims.finish_unanswered(rt, claimed.lease, claimed.question, failed=failed, error=error)
-    if given_back is False:
-        outcome = Outcome.LEASE_LOST
-    elif given_back is None:
-        outcome = Outcome.CANCELLED
-    else:
-        outcome = Outcome.FAILED if failed else Outcome.REQUEUED
-    return Answered(outcome, claimed.lease, claimed.question, claimed.failed,
-                    retry_in=retry_in if outcome is Outcome.REQUEUED else None)
+    given_back = claims.finish_unanswered(rt, claimed.lease, claimed.question, failed=failed, error=error,
+                                          retry_in=retry_in or 0.0)
+    outcome = GIVEN_BACK_AS[given_back]
+    return Done(outcome, claimed.lease, claimed.question, claimed.failed,
+                retry_in=retry_in if outcome is Outcome.REQUEUED else None)
 
 
-# What the question became at the reply's commit (claim_sql.COMMIT_REPLY).
-SETTLED = {"answered": Outcome.ANSWERED, "cancelled": Outcome.CANCELLED}
+# What the question became at the reply's commit (claim_sql.COMMIT_REPLY), and when given back.
+COMMITTED_AS = {Status.ANSWERED.value: Outcome.ANSWERED, Status.CANCELLED.value: Outcome.CANCELLED}
+GIVEN_BACK_AS = {claims.GivenBack.QUEUED: Outcome.REQUEUED, claims.GivenBack.FAILED: Outcome.FAILED,
+                 claims.GivenBack.CANCELLED: Outcome.CANCELLED, claims.GivenBack.LEASE_LOST: Outcome.LEASE_LOST}
+
+# The status waiting clients are told of the question once the job is done.
+STATUS_AFTER = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEUED, Outcome.FAILED: Status.FAILED,
+                Outcome.CANCELLED: Status.CANCELLED, Outcome.SUPERSEDED: Status.QUEUED}
 
 
-# What waiting clients are told of the question once the job is done.
-TOLD = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEUED, Outcome.FAILED: Status.FAILED,
-        Outcome.CANCELLED: Status.CANCELLED, Outcome.SUPERSEDED: Status.QUEUED}
-
-
-def _act(rt: Runtime, done: Answered) -> None:
-    """Count it, tell waiting clients, and send the conversation's next question on its way."""
+def _follow_up(rt: Runtime, done: Done) -> None:
+    """Count it, tell waiting clients, and ring for the conversation's next question."""
     for failed_id in done.gave_up:
         metrics.FAILURES.labels("gave_up").inc()
         if done.lease is not None:
             messaging.announce(rt.redis, done.lease.conversation_id, failed_id, Status.FAILED.value)
     if done.outcome is Outcome.NOTHING_TO_DO:
         if done.lease is None:
-            log.info("job_noop", reason=done.noop_reason)
-            metrics.DUPLICATES.labels(done.noop_reason or "answered_or_unknown").inc()
+            log.info("job_noop", reason="nothing_ready")
+            metrics.DUPLICATES.labels("nothing_ready").inc()
         return
     assert done.lease is not None and done.question is not None
     metrics.CLAIMS.inc()
-    metrics.QUEUE_WAIT.observe(done.question.waited_seconds)
+    metrics.QUEUE_WAIT.labels(done.question.lane.name.lower(), "-").observe(done.question.waited_seconds)
     if done.outcome is Outcome.LEASE_LOST:
         metrics.LEASE_LOST.inc()
     else:
         if done.outcome is Outcome.CANCELLED:
             metrics.CANCELLED.inc()
-        messaging.announce(rt.redis, done.lease.conversation_id, done.question.id, TOLD[done.outcome].value,
+        messaging.announce(rt.redis, done.lease.conversation_id, done.question.id, STATUS_AFTER[done.outcome].value,
                            message=done.committed.message if done.committed is not None else None)
     if done.committed is not None:
         if done.outcome is Outcome.ANSWERED:
             metrics.REPLY_LATENCY.observe(done.committed.latency_seconds)
-        if not done.committed.check_next:  # nothing was waiting for this conversation's lease
+        # A user at MAX_GENERATIONS_PER_USER may have messages elsewhere that waited for this slot.
+        if not done.committed.check_next and not rt.settings.max_generations_per_user:
             return
-    _send_next(rt, done.lease.conversation_id, done.question, done.retry_in)
+    _ring_next(rt, done.lease.conversation_id, done.question, done.retry_in)
 
 
-def _send_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Question, retry_in: float | None) -> None:
-    """The conversation's next unanswered message waited for our lease: send it on its way (or,
-    for a generation given back to the queue, the same message again after its backoff)."""
+def _ring_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Question, retry_in: float | None) -> None:
+    """The conversation's next unanswered message waited for our lease (or, for a generation given
+    back to the queue, the same message waits out its backoff): ring for it."""
     following = claims.next_pending(rt, conversation_id)
-    if following is not None:
-        enqueue(following, question.request_id, countdown=retry_in if following == question.id else None)
+    if following is not None or rt.settings.max_generations_per_user:
+        ring(following, question.request_id, countdown=retry_in if following == question.id else None)
 
 
-# Not retried: a sweep that meets an outage simply runs again at beat's next tick.
-@app.task(name=SWEEP)
+# Not retried: a sweep that meets an outage simply runs again at beat's next tick. It sends no task
+# events: once a second, it would fill Flower's task history (10,000 rows) in under three hours.
+@app.task(name=SWEEP, send_events=False)
 def sweep() -> int:
     rt = runtime()
-    due = sweeper.sweep(rt)
-    for message_id, reason in due:
-        enqueue(message_id)
-        metrics.REQUEUED.labels(reason).inc()
-    if due:
-        log.info("sweep_requeued", count=len(due))
+    swept = sweeper.sweep(rt)
+    for conversation_id, message_id in swept.requeued:
+        messaging.announce(rt.redis, conversation_id, message_id, Status.QUEUED.value)
+    for conversation_id, message_id in swept.expired:
+        messaging.announce(rt.redis, conversation_id, message_id, Status.EXPIRED.value)
+    metrics.REQUEUED.labels("lease_expired").inc(len(swept.requeued))
+    metrics.EXPIRED.inc(len(swept.expired))
+    metrics.PROMOTED.inc(swept.promoted)
+    # A doorbell for each message that could start with no job waiting in the broker for it (Redis
+    # lost the job, it was never sent, or its conversation was busy when it came).
+    doorbells = sweeper.doorbells_missing(rt, swept.ready, app.conf.task_default_queue)
+    for _ in range(doorbells):
+        ring()
+    metrics.REQUEUED.labels("no_job_waiting").inc(doorbells)
+    if swept.requeued or swept.expired or doorbells:
+        log.info("swept", requeued=len(swept.requeued), expired=len(swept.expired), promoted=swept.promoted,
+                 doorbells=doorbells)
     # Webhook deliveries due now (new events, retries, and what a lost job left behind).
     for delivery_id, claim in webhooks.claim_due(rt):
         messaging.send_webhook_job(app, delivery_id, claim)
-    return len(due)
+    return doorbells
 
 
 # On the `webhooks` queue (models/messaging.py sends it there): only `-Q webhooks` workers run it.

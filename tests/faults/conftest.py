@@ -24,7 +24,6 @@ FAULT_ENV = {
     "ENGINE_DELAY_MS": "150",      # slow enough to be killed mid-generation
     "LEASE_SECONDS": "3",          # a dead worker's claim runs out quickly
     "SWEEP_INTERVAL_SECONDS": "1",
-    "REQUEUE_AFTER_SECONDS": "2",
     "MAX_ATTEMPTS": "20",          # killing is frequent here; giving up is not what is tested
     "RECHECK_SECONDS": "0.5",
 }

@@ -8,19 +8,11 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from models import DailyUsage, Message, Settings, Status
-from web.accept import accept_message, fingerprint
+from models import DailyUsage, Message, Status
+from web.accept import accept_message
 from web.problems import Problem
 
-
-def accept(session, user: str, content: str, conversation_id: str | None = None, key: str | None = None):
-    idempotency = (key, fingerprint("chat", {"message": content, "conversation_id": conversation_id})) if key else None
-    with session.begin():
-        return accept_message(session, user=user, content=content, conversation_id=conversation_id,
-                              request_id="unit", idempotency=idempotency, settings=NO_QUOTAS)
-
-
-NO_QUOTAS = Settings.from_env({"DATABASE_URL": "postgresql+psycopg://unused", "REDIS_URL": "redis://unused"})
+from .accepting import NO_QUOTAS, accept
 
 
 def test_messages_are_numbered_in_their_conversation(rolled_back) -> None:

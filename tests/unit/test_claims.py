@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
 from models import Message, Status
@@ -20,7 +20,7 @@ from worker import claims
 from worker.engine import Reply
 from worker.runtime import Runtime
 
-from .test_accept import NO_QUOTAS, accept
+from .accepting import NO_QUOTAS, accept
 
 
 class OneConnection:
@@ -39,19 +39,29 @@ class OneConnection:
 
 @pytest.fixture
 def rt(rolled_back) -> Runtime:
+    hide_the_queue_of_other_tests(rolled_back)
     return Runtime(settings=NO_QUOTAS, sessions=None, db=OneConnection(rolled_back),  # type: ignore[arg-type]
                    redis=None, engine=None)  # type: ignore[arg-type]
+
+
+def hide_the_queue_of_other_tests(session: Session) -> None:
+    """A claim takes whatever should start next in the whole database: inside the test's
+    transaction (rolled back after it), messages that other fast tests left queued are set aside."""
+    with session.begin():
+        session.execute(update(Message).where(Message.status.in_([Status.QUEUED, Status.PROCESSING]))
+                        .values(status=Status.FAILED))
 
 
 def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(rolled_back, rt: Runtime) -> None:
     accepted = accept(rolled_back, "alice", "Add task: buy milk")
     message_id = uuid.UUID(accepted.body["message"]["id"])
 
-    claimed = claims.claim(rt, message_id)
+    claimed = claims.claim(rt)
     assert claimed.lease is not None and claimed.question is not None and claimed.question.id == message_id
     assert rolled_back.scalar(select(Message.status).where(Message.id == message_id)) is Status.PROCESSING
-    # The conversation is leased: a second claim (another worker, a duplicate job) gets nothing.
-    assert claims.claim(rt, message_id).lease is None
+    # The conversation is leased and nothing else waits: a second claim (another worker, a
+    # duplicate job) gets nothing.
+    assert claims.claim(rt).lease is None
 
     reply = Reply(content="Added “buy milk” to your list.",
                   tool_calls=[{"name": "add_task", "arguments": {"title": "buy milk"},

@@ -1,0 +1,217 @@
+"""Fair share and overload (contract: "Fair share and overload"), on real processes: gunicorn, a
+Celery worker with two slots and the sweeper, the built-in engine taking ENGINE_DELAY_MS per reply
+so that the slots, not the CPU, are the bound. Assertions are on order and outcomes read back from
+Postgres (which reply was stored before which), never on wall-clock budgets.
+
+The scheduler's decisions one claim at a time: tests/unit/test_scheduler.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import psycopg
+import pytest
+
+from scripts.devstack import libpq_url
+from tests.conftest import Stack, isolated_env
+from tests.support import Api, token, wait_until
+
+FAIR_REDIS_DB = 13
+CAPS_REDIS_DB = 7
+DELAY_MS = 100
+
+
+@pytest.fixture(scope="module")
+def fair(stack_env) -> Iterator[SimpleNamespace]:
+    env = isolated_env(stack_env, "fair", FAIR_REDIS_DB, ENGINE_DELAY_MS=str(DELAY_MS), TIER_WEIGHTS="free=1,pro=4",
+                       BATCH_AGE_SECONDS="2", MAX_QUEUED_PER_USER="500")
+    running = Stack(env, "fair").start()
+    with psycopg.connect(libpq_url(env["DATABASE_URL"]), autocommit=True) as db:
+        yield SimpleNamespace(url=running.url, db=db)
+    running.stop()
+
+
+def user(url: str, name: str | None = None, **claims: Any) -> Api:
+    api = Api(url, name)
+    api.http.headers["Authorization"] = f"Bearer {token(api.user, **claims)}"
+    return api
+
+
+def post_backlog(api: Api, conversations: int, each: int = 1, **body: Any) -> list[str]:
+    """`each` messages in each of `conversations` new conversations, as fast as one client posts."""
+    ids = []
+    for number in range(conversations):
+        response = api.post("/api/v1/chat", json={"message": f"add task {number}", **body})
+        assert response.status_code == 202, response.text
+        first = response.json()
+        ids.append(first["message"]["id"])
+        for later in range(1, each):
+            ids.append(api.chat(f"add task {number}.{later}", first["conversation_id"])["message"]["id"])
+    return ids
+
+
+def in_parallel(*jobs) -> list[Any]:
+    results: list[Any] = [None] * len(jobs)
+
+    def run(index: int, job) -> None:
+        results[index] = job()
+
+    threads = [threading.Thread(target=run, args=(index, job)) for index, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def replies_in_order(db: psycopg.Connection, users: list[str]) -> list[str]:
+    """Whose replies were stored, in the order they were stored."""
+    rows = db.execute("SELECT user_id FROM messages WHERE role = 'assistant' AND user_id = ANY(%s) "
+                      "ORDER BY created_at, seq", (users,)).fetchall()
+    return [row[0] for row in rows]
+
+
+def drained(db: psycopg.Connection, users: list[str], timeout: float = 60) -> None:
+    wait_until(lambda: db.execute("SELECT count(*) FROM messages WHERE user_id = ANY(%s) AND status IN "
+                                  "('queued', 'processing')", (users,)).fetchone()[0] == 0,
+               timeout=timeout, interval=0.2, what="the backlog to drain")
+    unanswered = db.execute("SELECT count(*) FROM messages WHERE user_id = ANY(%s) AND role = 'user' "
+                            "AND status <> 'answered'", (users,)).fetchone()[0]
+    assert unanswered == 0
+
+
+def test_a_light_users_message_is_answered_before_a_heavy_backlog_drains(fair) -> None:
+    heavy = [user(fair.url) for _ in range(2)]
+    in_parallel(*(lambda api=api: post_backlog(api, 15, each=3) for api in heavy))  # 90 messages
+    light = user(fair.url)
+    _, answered = light.ask("show my tasks")
+    # The heavy replies stored between the light question's acceptance and its reply. FIFO would
+    # answer it after the 30 conversations' first messages at least (and their later ones as they
+    # come due); fair share answers it next to the generations already running.
+    overtaken = fair.db.execute(
+        "SELECT count(*) FROM messages WHERE role = 'assistant' AND user_id = ANY(%s) AND created_at > %s "
+        "AND created_at < %s", ([api.user for api in heavy], answered["created_at"],
+                                answered["reply"]["created_at"])).fetchone()[0]
+    waiting = fair.db.execute("SELECT count(*) FROM messages WHERE user_id = ANY(%s) AND status = 'queued'",
+                              ([api.user for api in heavy],)).fetchone()[0]
+    assert overtaken <= 4 and waiting >= 30, (overtaken, waiting)
+    drained(fair.db, [api.user for api in heavy])
+
+
+def test_a_user_alone_keeps_every_worker_slot_busy(fair) -> None:
+    alone = user(fair.url)
+    post_backlog(alone, 12)
+    running = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        counts = dict(fair.db.execute("SELECT status::text, count(*) FROM messages WHERE user_id = %s AND "
+                                      "role = 'user' GROUP BY status", (alone.user,)).fetchall())
+        running.append(counts.get("processing", 0))
+        if counts.get("answered", 0) == 12:
+            break
+        time.sleep(0.02)
+    assert max(running) == 2  # both of the worker's slots, never more
+    drained(fair.db, [alone.user])
+
+
+def test_a_heavier_tier_gets_starts_in_proportion_to_its_weight(fair) -> None:
+    pro, free = user(fair.url, tier="pro"), user(fair.url, tier="free")
+    in_parallel(lambda: post_backlog(pro, 30), lambda: post_backlog(free, 30))
+    drained(fair.db, [pro.user, free.user])
+    first = Counter(replies_in_order(fair.db, [pro.user, free.user])[:25])
+    # While both had a backlog: 4 to 1, give or take the moment the two backlogs arrived.
+    assert 3.0 <= first[pro.user] / max(1, first[free.user]) <= 5.5, first
+
+
+def test_batch_work_runs_only_on_slots_interactive_work_leaves_idle(fair) -> None:
+    person, nightly = user(fair.url), user(fair.url)
+    post_backlog(person, 16)
+    post_backlog(nightly, 4, priority="batch")
+    drained(fair.db, [person.user, nightly.user])
+    order = replies_in_order(fair.db, [person.user, nightly.user])
+    # At most the generations already running when the first batch message started overlap it.
+    assert order[:order.index(nightly.user)].count(person.user) >= 14, order
+
+
+def test_batch_work_is_never_starved_for_good(fair) -> None:
+    people = [user(fair.url) for _ in range(3)]
+    nightly = user(fair.url)
+    post_backlog(nightly, 1, priority="batch")
+    in_parallel(*(lambda api=api: post_backlog(api, 25) for api in people))  # ~4 s of interactive work
+    drained(fair.db, [api.user for api in (*people, nightly)])
+    order = replies_in_order(fair.db, [api.user for api in (*people, nightly)])
+    # After BATCH_AGE_SECONDS (2) it joined the interactive lane: answered while much of it still waited.
+    assert len(order) - 1 - order.index(nightly.user) >= 10, order
+
+
+def test_a_queued_message_says_how_many_start_before_it(fair) -> None:
+    heavy, light = user(fair.url), user(fair.url)
+    post_backlog(heavy, 30)
+    waiting = light.chat("show my tasks")["message"]
+    assert waiting["status"] == "queued" and waiting["queue"]["ahead"] >= 0
+    read = light.get(f"/api/v1/messages/{waiting['id']}").json()
+    if read["status"] == "queued":
+        assert set(read["queue"]) == {"ahead", "eta_seconds"}
+    assert light.wait_answered(waiting["id"])["queue"] is None  # answered: no place in any queue
+    drained(fair.db, [heavy.user, light.user])
+
+
+@pytest.fixture(scope="module")
+def capped(stack_env) -> Iterator[SimpleNamespace]:
+    env = isolated_env(stack_env, "caps", CAPS_REDIS_DB, ENGINE_DELAY_MS="800", MAX_QUEUED_PER_USER="3",
+                       MAX_GENERATIONS_PER_USER="1")
+    running = Stack(env, "caps").start()
+    with psycopg.connect(libpq_url(env["DATABASE_URL"]), autocommit=True) as db:
+        yield SimpleNamespace(url=running.url, db=db)
+    running.stop()
+
+
+def status_of(db: psycopg.Connection, message_id: str) -> str:
+    return db.execute("SELECT status::text FROM messages WHERE id = %s", (message_id,)).fetchone()[0]
+
+
+def test_a_user_with_too_many_messages_waiting_gets_429_and_nothing_is_stored(capped) -> None:
+    flood = user(capped.url)
+    first = flood.chat("add task 0")["message"]["id"]
+    wait_until(lambda: status_of(capped.db, first) == "processing", what="the first to start")
+    waiting = [flood.chat(f"add task {number}")["message"]["id"] for number in (1, 2, 3)]
+    refused = flood.post("/api/v1/chat", json={"message": "one too many"})
+    assert refused.status_code == 429 and refused.headers["Content-Type"] == "application/problem+json"
+    assert int(refused.headers["Retry-After"]) >= 1 and "waiting" in refused.json()["detail"]
+    assert capped.db.execute("SELECT count(*) FROM messages WHERE user_id = %s", (flood.user,)).fetchone()[0] == 4
+    assert capped.db.execute("SELECT count(*) FROM messages WHERE content = 'one too many'").fetchone()[0] == 0
+    for message_id in (first, *waiting):
+        assert flood.wait_answered(message_id, timeout=30)["status"] == "answered"
+
+
+def test_a_user_generates_at_most_their_cap_at_once_while_others_are_answered(capped) -> None:
+    busy, other = user(capped.url), user(capped.url)
+    ids = post_backlog(busy, 3)
+    running = []
+    _, answered = other.ask("show my tasks")  # the worker's other slot is free for someone else
+    while any(status_of(capped.db, message_id) != "answered" for message_id in ids):
+        running.append(capped.db.execute("SELECT count(*) FROM messages WHERE user_id = %s AND status = "
+                                         "'processing'", (busy.user,)).fetchone()[0])
+        time.sleep(0.02)
+    assert max(running) == 1
+    assert answered["status"] == "answered"
+
+
+def test_an_expired_message_ends_expired_and_its_conversation_moves_on(capped) -> None:
+    hurried = user(capped.url)
+    hurried.chat("add task elsewhere")  # holds the user's one generation for 0.8 s
+    first = hurried.chat("add buy milk")
+    conversation = first["conversation_id"]
+    late = hurried.post("/api/v1/chat", json={"message": "add too late", "conversation_id": conversation,
+                                              "expires_in": 1}).json()["message"]
+    after = hurried.chat("what did I just add?", conversation)["message"]
+    expired = hurried.wait_answered(late["id"])
+    assert expired["status"] == "expired" and expired["reply"] is None and expired["error"]
+    answered = hurried.wait_answered(after["id"])
+    assert answered["status"] == "answered" and "buy milk" in answered["reply"]["content"]
+    assert not [task for task in hurried.tasks() if task["title"] == "too late"]  # never generated

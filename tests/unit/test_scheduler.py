@@ -1,0 +1,183 @@
+"""The scheduler's decisions, claim by claim, on a connection rolled back after each test: the order
+in which the worker's claim (worker/claim_sql.py) starts the waiting messages of several users, by
+the same statements the workers run. The tests against real workers (tests/test_fairness.py) show
+the same order end to end."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from models import Lane, Message, Status, WebhookEndpoint, WebhookEvent
+from web.problems import Problem
+from worker import claim_sql, claims
+from worker.engine import Reply
+from worker.runtime import Runtime
+
+from .accepting import NO_QUOTAS, accept
+from .test_claims import OneConnection, hide_the_queue_of_other_tests
+
+
+def runtime(session: Session, **settings: object) -> Runtime:
+    hide_the_queue_of_other_tests(session)
+    return Runtime(settings=NO_QUOTAS.model_copy(update=settings), sessions=None,  # type: ignore[arg-type]
+                   db=OneConnection(session), redis=None, engine=None)  # type: ignore[arg-type]
+
+
+def post_in_new_conversations(session: Session, user: str, conversations: int, each: int = 1, **asked) -> list[str]:
+    """`each` messages in each of `conversations` new conversations; their ids in posting order."""
+    ids = []
+    for number in range(conversations):
+        first = accept(session, user, f"add task {number}.0", **asked)
+        ids.append(first.body["message"]["id"])
+        for later in range(1, each):
+            ids.append(accept(session, user, f"add task {number}.{later}", first.body["conversation_id"],
+                              **asked).body["message"]["id"])
+    return ids
+
+
+def start_next(rt: Runtime) -> claims.Claim:
+    return claims.claim(rt)
+
+
+def starters(rt: Runtime, count: int) -> list[str]:
+    """Whose messages the next `count` claims start (each holding its conversation: none ends)."""
+    started = []
+    for _ in range(count):
+        claimed = start_next(rt)
+        assert claimed.question is not None, f"only {len(started)} messages could start"
+        started.append(claimed.question.user)
+    return started
+
+
+def answer(rt: Runtime, claimed: claims.Claim) -> None:
+    assert claimed.lease is not None and claimed.question is not None
+    assert claims.commit_reply(rt, claimed.lease, claimed.question, Reply(content="done", tool_calls=[])) is not None
+
+
+def test_a_light_users_message_starts_next_to_a_heavy_users_backlog(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    post_in_new_conversations(rolled_back, "heavy", 30, each=3)
+    light = accept(rolled_back, "light", "show my tasks").body["message"]["id"]
+    # FIFO would start it after the 30 conversations' first messages (and, as they finish, their
+    # seconds and thirds); fair share starts it among the very first.
+    first = [start_next(rt).question for _ in range(3)]
+    assert str(light) in [str(question.id) for question in first if question is not None]
+
+
+def test_a_user_alone_starts_as_many_as_there_are_claims(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    post_in_new_conversations(rolled_back, "alone", 5)
+    assert starters(rt, 5) == ["alone"] * 5
+    assert start_next(rt).lease is None  # each conversation is being answered; nothing else waits
+
+
+def test_starts_follow_the_users_weights(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    post_in_new_conversations(rolled_back, "pro", 40, weight=4.0)
+    post_in_new_conversations(rolled_back, "free", 40, weight=1.0)
+    shares = Counter(starters(rt, 25))
+    assert 3.5 <= shares["pro"] / shares["free"] <= 4.5, shares
+
+
+def test_a_conversation_is_answered_in_order_and_one_at_a_time(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    ids = post_in_new_conversations(rolled_back, "sequential", 1, each=3)
+    first = start_next(rt)
+    assert first.question is not None and str(first.question.id) == ids[0]
+    assert start_next(rt).lease is None  # the second waits for the first's reply
+    answer(rt, first)
+    second = start_next(rt)
+    assert second.question is not None and str(second.question.id) == ids[1]
+
+
+def test_batch_work_starts_only_when_no_interactive_message_can(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    post_in_new_conversations(rolled_back, "nightly", 3, lane=Lane.BATCH)
+    post_in_new_conversations(rolled_back, "person", 2)
+    assert starters(rt, 2) == ["person", "person"]
+    assert starters(rt, 3) == ["nightly"] * 3
+
+
+def test_batch_work_that_waited_long_enough_competes_with_interactive_work(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    waited = post_in_new_conversations(rolled_back, "nightly", 1, lane=Lane.BATCH)[0]
+    post_in_new_conversations(rolled_back, "person", 20)
+    rolled_back.execute(update(Message).where(Message.id == uuid.UUID(waited))
+                        .values(created_at=func.now() - text("interval '1 hour'")))
+    promoted = rolled_back.execute(claim_sql.PROMOTE_AGED_BATCH, {"most": 10, "age": 600}).all()
+    assert [str(row.id) for row in promoted] == [waited]
+    # It joined the interactive lane as a new arrival of its user: among the first two to start,
+    # not after the twenty interactive messages that were there before it.
+    assert "nightly" in starters(rt, 2)
+
+
+def test_a_user_at_their_generation_cap_waits_while_others_start(rolled_back) -> None:
+    rt = runtime(rolled_back, max_generations_per_user=1)
+    post_in_new_conversations(rolled_back, "busy", 3)
+    assert starters(rt, 1) == ["busy"]
+    assert start_next(rt).lease is None  # busy's other two wait for its one generation
+    post_in_new_conversations(rolled_back, "other", 1)
+    assert starters(rt, 1) == ["other"]
+
+
+def test_an_expired_message_never_starts_and_its_conversation_moves_on(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    with rolled_back.begin_nested():
+        rolled_back.add(WebhookEndpoint(user_id="hurried", url="https://example.com/hook", events=["message.expired"],
+                                        secret="whsec_test"))
+    first = accept(rolled_back, "hurried", "add buy milk", expires_in=30)
+    conversation = first.body["conversation_id"]
+    second = accept(rolled_back, "hurried", "show my tasks", conversation)
+    # Its 30 seconds pass (now() is the transaction's start: move the expiry instead).
+    rolled_back.execute(update(Message).where(Message.id == uuid.UUID(first.body["message"]["id"]))
+                        .values(expires_at=func.now() - text("interval '1 second'")))
+    assert start_next(rt).lease is None  # an expired message is never claimed ...
+    expired = rolled_back.execute(claim_sql.EXPIRE, {"most": 10, "error": "expired"}).all()
+    assert [str(row.id) for row in expired] == [first.body["message"]["id"]]
+    assert rolled_back.scalar(select(Message.status).where(
+        Message.id == uuid.UUID(first.body["message"]["id"]))) is Status.EXPIRED
+    # Its webhook event is written by the statement that expired it.
+    assert rolled_back.scalars(select(WebhookEvent.type).where(
+        WebhookEvent.question_id == uuid.UUID(first.body["message"]["id"]))).all() == ["message.expired"]
+    started = start_next(rt)  # ... and the next one in its conversation starts
+    assert started.question is not None and str(started.question.id) == second.body["message"]["id"]
+
+
+def test_a_lease_that_ran_out_is_taken_away_and_its_question_queued_again(rolled_back) -> None:
+    rt = runtime(rolled_back)
+    accept(rolled_back, "crashy", "add buy milk")
+    dead = start_next(rt)
+    assert dead.lease is not None and dead.question is not None
+    rolled_back.execute(text("UPDATE conversations SET lease_expires_at = now() - interval '1 second' "
+                             "WHERE id = :id"), {"id": dead.lease.conversation_id})
+    requeued = rolled_back.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": 10}).all()
+    assert [row.id for row in requeued] == [dead.question.id]
+    again = start_next(rt)
+    assert again.question is not None and again.question.id == dead.question.id
+    assert again.question.attempt == dead.question.attempt + 1
+    # The presumed-dead worker was only slow: its reply is discarded, the new one is stored.
+    assert claims.commit_reply(rt, dead.lease, dead.question, Reply(content="late", tool_calls=[])) is None
+    answer(rt, again)
+
+
+def test_a_user_with_too_many_messages_waiting_is_refused_and_nothing_is_stored(rolled_back) -> None:
+    settings = NO_QUOTAS.model_copy(update={"max_queued_per_user": 3})
+    hide_the_queue_of_other_tests(rolled_back)
+    conversation = accept(rolled_back, "flood", "add 1", settings=settings).body["conversation_id"]
+    accept(rolled_back, "flood", "add 2", conversation, settings=settings)
+    accept(rolled_back, "flood", "add 3", settings=settings)
+    for into in (conversation, None):
+        with pytest.raises(Problem) as refused:
+            accept(rolled_back, "flood", "add 4", into, settings=settings)
+        assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1
+    assert rolled_back.scalar(select(func.count()).where(Message.user_id == "flood")) == 3
+    # One of them starts: there is room again, and the refused post took no seq.
+    rolled_back.execute(update(Message).where(Message.user_id == "flood", Message.seq == 1)
+                        .values(status=Status.PROCESSING))
+    after = accept(rolled_back, "flood", "add 4", conversation, settings=settings)
+    assert after.status == 202 and after.body["message"]["seq"] == 3
