@@ -157,6 +157,13 @@ async function selectConversation(conversationId) {
 
 const isPending = (message) => message.status === "queued" || message.status === "processing";
 
+// Where a queued question stands, as the API estimates it: "3 ahead of you · about 12 s".
+function queuedText(queue) {
+  if (!queue) return "Queued…";
+  const place = queue.ahead === 0 ? "Next in line" : `${queue.ahead} ahead of you`;
+  return queue.eta_seconds == null ? `${place}…` : `${place} · about ${queue.eta_seconds} s`;
+}
+
 function remember(message) {
   if (message.role === "assistant") {
     if (message.current === false) {  // an earlier version, replaced by a regenerate
@@ -265,7 +272,7 @@ function render() {
     if (isPending(message)) {
       const status = document.createElement("li");
       status.className = "status pending";
-      status.textContent = message.status === "queued" ? "Queued…" : "Thinking…";
+      status.textContent = message.status === "queued" ? queuedText(message.queue) : "Thinking…";
       status.append(button("stop", "Stop", stopGenerating));
       list.append(status);
       const draft = state.drafts.get(message.id);
@@ -290,6 +297,11 @@ function render() {
       retry.textContent = "Retry";
       retry.addEventListener("click", () => retryMessage(message.id));
       status.append(retry);
+      list.append(status);
+    } else if (message.status === "expired") {
+      const status = document.createElement("li");
+      status.className = "status expired";
+      status.textContent = "Expired: not started in time";
       list.append(status);
     } else if (message.status === "cancelled" && !message.reply) {
       const status = document.createElement("li");
