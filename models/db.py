@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from .connections import POSTGRES_CONNECT_ARGS
+
 
 def make_engine(
     database_url: str,
@@ -28,12 +30,13 @@ def make_engine(
         pool_size=pool_size,
         max_overflow=max_overflow,
         # No pre-ping: it costs a round trip on every checkout, on every request. A connection
-        # broken by a Postgres restart fails its statement instead; SQLAlchemy then invalidates the
-        # whole pool, so the process recovers at once (the request answers 503, the job retries).
+        # broken by a Postgres restart or failover fails its statement instead; SQLAlchemy then
+        # invalidates the whole pool, so the process recovers at once: a read is retried once on a
+        # fresh connection (web/__init__.py), a write answers 503, a job retries.
         # Recycling retires connections a server-side idle timeout may have cut.
         pool_recycle=1800,
         pool_timeout=pool_timeout,
-        connect_args={"connect_timeout": 3},
+        connect_args=POSTGRES_CONNECT_ARGS,  # a silent server is noticed in seconds (models/connections.py)
         # An error's text must not carry what users wrote (it ends up in logs): no bound values.
         hide_parameters=True,
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),

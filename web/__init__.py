@@ -35,7 +35,7 @@ MAX_BODY_BYTES = 64 * 1024  # the contract's limit on a request body (413 past i
 def create_app(test_config: dict[str, Any] | None = None, settings: Settings | None = None) -> Flask:
     """The web app. `settings` defaults to the environment's (tests pass their own instead of
     editing os.environ); `test_config` overrides Flask config keys."""
-    app = Flask(__name__)
+    app = outages.RetryingReads(__name__)
     app.json.sort_keys = False  # keep the contract's field order
     settings = settings or Settings.from_env()
     app.config.from_mapping(

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
-from flask import Flask, Response
+from flask import Flask, Response, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .problems import problem_response
+from .services import release_db
 
 log = structlog.get_logger(__name__)
 RETRY_AFTER = "5"
+
+
+class RetryingReads(Flask):
+    """A read whose pooled connection turns out to be dead (Postgres restarted, or failed over to
+    a standby) runs once more: the error invalidated the pool, so the retry gets a fresh connection
+    to the server that answers now, and a request that starts after the database is back never
+    answers 503 for a connection that died before it. Writes are not retried: a write's 503 says
+    nothing was stored, and its client retries with its Idempotency-Key."""
+
+    def dispatch_request(self) -> Any:
+        try:
+            return super().dispatch_request()
+        except DBAPIError as error:
+            if not error.connection_invalidated or request.method not in ("GET", "HEAD"):
+                raise
+        log.info("read_retried_on_a_fresh_connection")
+        release_db()
+        return super().dispatch_request()
 
 
 def init_app(app: Flask) -> None:

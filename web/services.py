@@ -17,6 +17,7 @@ from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Settings, broker
+from models.connections import redis_options
 from models.db import make_engine, make_sessionmaker
 
 from .wakeups import Wakeups
@@ -64,9 +65,7 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
         sessions=make_sessionmaker(engine),
         autocommit=make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
         waits=make_sessionmaker(waits_engine),
-        redis=redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30
-        ),
+        redis=redis.Redis.from_url(settings.redis_url, **redis_options(socket_timeout=5)),
         producer=make_producer(settings),
     )
 

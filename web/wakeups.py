@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import threading
 import time
 import uuid
@@ -39,13 +38,14 @@ import redis
 import structlog
 from redis.exceptions import RedisError
 
+from models.connections import TCP_KEEPALIVE
+
 log = structlog.get_logger(__name__)
 Wake = Callable[[dict[str, Any]], bool]
 # How long a request waits for Redis to confirm its subscription (a round trip, normally well under
 # a millisecond) before it goes on anyway and relies on its re-checks.
 CONFIRM_SECONDS = 1.0
 # Idle seconds before the first probe, seconds between probes, probes unanswered before it is dead.
-KEEPALIVE = {socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 3}
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest pause between two attempts to reconnect
 # A stream that is not read for a while keeps at most this many undelivered notifications; it
 # re-reads Postgres anyway when woken, so dropping the oldest loses no state, only live text.
@@ -95,10 +95,10 @@ class Wakeups:
         # The listener blocks on its reads for as long as nothing happens: no socket timeout, and no
         # health-check PINGs, which redis-py would send from the reading thread. TCP keep-alive
         # instead finds a connection that died silently (a NAT or load balancer dropping an idle
-        # flow) within a minute or so: the read fails, and the listener reconnects.
+        # flow) within half a minute: the read fails, and the listener reconnects.
         pool = client.connection_pool
         kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0,
-                  "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
+                  "socket_keepalive": True, "socket_keepalive_options": TCP_KEEPALIVE}
         self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
                                                                         **kwargs))
         self._lock = threading.Lock()

@@ -10,6 +10,7 @@ import structlog
 from celery import Celery, bootsteps, signals
 
 from models import Settings
+from models.connections import BROKER_TRANSPORT_OPTIONS
 from models.jobs import DELIVER_WEBHOOK, SWEEP, WEBHOOK_QUEUE
 from models.logs import configure_logging
 from models.metrics_support import scrape_registry
@@ -36,7 +37,7 @@ def create_celery(settings: Settings) -> Celery:
         task_time_limit=time_limit,
         task_soft_time_limit=time_limit * 0.8,
         # Unacked jobs come back after this; it must exceed the longest job (the time limit).
-        broker_transport_options={"visibility_timeout": max(300, int(time_limit * 4))},
+        broker_transport_options={"visibility_timeout": max(300, int(time_limit * 4)), **BROKER_TRANSPORT_OPTIONS},
         broker_connection_retry_on_startup=True,
         # Flower shows each job as it is sent, received, started and finished.
         worker_send_task_events=True,

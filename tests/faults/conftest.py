@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -91,6 +92,7 @@ def fault_stack() -> Iterator[FaultStack]:
     stack.stop()
     devstack.stop_redis(stack.redis_dir, signal.SIGKILL)
     devstack.stop_postgres(stack.pgdata)
+    shutil.rmtree(folder, ignore_errors=True)  # ~60 MB of data a test: nothing is left behind
 
 
 class Killer(threading.Thread):
