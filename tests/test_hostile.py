@@ -3,8 +3,10 @@ server's state, nothing that floods its log; and settings too weak to run with r
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -101,3 +103,29 @@ def test_strong_settings_start() -> None:
                                   "FLOWER_BASIC_AUTH": "ops:a-long-password",
                                   "AUTH_JWKS_URL": "https://id.example.test/jwks.json", "AUTH_AUDIENCE": "chatq"})
     assert settings.require_auth_secret() and settings.require_flower_auth() == "ops:a-long-password"
+
+
+def test_concurrent_registrations_never_pass_the_webhook_cap(api: Api) -> None:
+    def register(number: int) -> int:
+        return api.post("/api/v1/webhooks", json={"url": f"https://8.8.8.8/hook/{number}"}).status_code
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        statuses = list(pool.map(register, range(30)))
+    assert statuses.count(201) == 10 and statuses.count(409) == 20, statuses
+    assert len(api.get("/api/v1/webhooks").json()["items"]) == 10
+
+
+def test_a_host_name_no_resolver_takes_is_a_422_and_one_structured_log_line(stack, api: Api) -> None:
+    offset = len(stack.web.log_text())
+    response = api.post("/api/v1/webhooks", json={"url": f"https://{'a' * 64}.example.com/hook"})
+    assert_problem(response, 422)
+    assert "not a valid host name" in response.json()["detail"]
+    requests.get(stack.url + "/livez", timeout=10)  # the log is written before this answers
+    logged = [line for line in stack.web.log_text()[offset:].splitlines() if line.strip()]
+    assert logged and "Traceback" not in "\n".join(logged)
+    for line in logged:  # gunicorn's access lines, and otherwise JSON of at most a warning
+        if not ACCESS_LINE.match(line):
+            assert json.loads(line).get("level", "info") in ("debug", "info", "warning"), line
+
+
+ACCESS_LINE = re.compile(r'^\S+ - \S+ \[[^]]+\] "')

@@ -5,7 +5,7 @@ document (web/openapi.py) — one definition for all three."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
 
@@ -27,13 +27,19 @@ Content = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT)
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be only white space")
-    return _storable(value)
+    return value
 
 
-def _storable(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the INSERT.
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _storable(value: Any) -> Any:
+    """Every text a client sends may end in Postgres, whose text cannot hold NUL (JSON can carry
+    "\\u0000"): refused as the field's 422 here, rather than as a 500 at the INSERT; strings inside
+    lists too. (A lone surrogate, "\\ud800", pydantic already refuses as no valid string.)"""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
     return value
 
 
@@ -43,11 +49,12 @@ def _storable(value: str | None) -> str | None:
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
+    _text = field_validator("*")(_storable)  # every field of every body
+
 
 class NewConversation(_Body):
     title: Annotated[str, StringConstraints(max_length=200)] | None = None
 
-    _storable = field_validator("title")(_storable)
 
 
 # What a POST does when the conversation is still answering an earlier question.
@@ -104,6 +111,8 @@ class DevSignIn(_Body):
 
 class _Query(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    _text = field_validator("*")(_storable)
 
 
 class ConversationPage(_Query):
