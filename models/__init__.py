@@ -4,8 +4,10 @@ from .base import Base
 from .config import ConfigError, Settings
 from .entities import (
     FINAL,
+    GENERATING,
     PENDING,
     PENDING_SQL,
+    UNFINISHED,
     Conversation,
     DailyUsage,
     Finish,
@@ -24,8 +26,10 @@ from .entities import (
 
 __all__ = [
     "FINAL",
+    "GENERATING",
     "PENDING",
     "PENDING_SQL",
+    "UNFINISHED",
     "Base",
     "ConfigError",
     "Conversation",

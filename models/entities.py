@@ -37,6 +37,7 @@ class Role(enum.StrEnum):
 class Status(enum.StrEnum):
     QUEUED = "queued"
     PROCESSING = "processing"
+    CANCELLING = "cancelling"  # asked to stop: the worker stores the text so far, then `cancelled`
     ANSWERED = "answered"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -61,7 +62,12 @@ class Finish(enum.StrEnum):
 # Where a question may still go: a cancelled, answered or failed one only moves again by request
 # (regenerate, retry).
 FINAL = (Status.ANSWERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+# Waiting for a worker or generated now: what the scheduler and the sweeper look at.
 PENDING = (Status.QUEUED, Status.PROCESSING)
+# Not final yet: will change by itself (clients keep waiting; a new question waits behind it).
+UNFINISHED = (*PENDING, Status.CANCELLING)
+# A worker is generating its reply: it has text so far (a cancelling one, until it is stored).
+GENERATING = (Status.PROCESSING, Status.CANCELLING)
 # The same, as raw SQL writes it: the claim's and the sweeper's statements and the partial index
 # they use (ix_messages_pending) must say exactly this, or Postgres cannot use the index.
 PENDING_SQL = "status IN (" + ", ".join(f"'{status.value}'" for status in PENDING) + ")"

@@ -120,6 +120,7 @@ class PiecePublisher:
     conversation_id: uuid.UUID
     message_id: uuid.UUID
     attempt: int
+    user: str = ""  # whose generation it is, for the start rate by user
     sent: int = field(default=0, init=False)
 
     def start(self) -> None:
@@ -130,7 +131,7 @@ class PiecePublisher:
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.delete(pieces_key(self.message_id, self.attempt))
-                record_start(pipe)
+                record_start(pipe, self.user)
                 _announce_into(pipe, self.conversation_id, self.message_id, Status.PROCESSING.value)
                 pipe.execute()
         except RedisError as error:

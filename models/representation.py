@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-from .entities import Message, Role, Status
+from .entities import GENERATING, Message, Role, Status
 from .messaging import Partial as Written
 
 
@@ -81,7 +81,7 @@ class UserMessageOut(Out):
     content: str
     created_at: datetime
     error: str | None
-    status: Literal["queued", "processing", "answered", "failed", "cancelled", "expired"]
+    status: Literal["queued", "processing", "cancelling", "answered", "failed", "cancelled", "expired"]
     reply: AssistantMessageOut | None
     partial: Partial | None
     queue: QueuePosition | None = Field(default=None, description="while queued: its place in the queue")
@@ -113,7 +113,7 @@ def message_out(row: Message, reply: Message | None = None, partial: Written | N
         assert row.status is not None
         answer = message_out(reply) if reply is not None else None
         shown = None
-        if row.status is Status.PROCESSING:  # what was written so far; a new attempt starts again
+        if row.status in GENERATING:  # what was written so far; a new attempt starts again
             shown = Partial(attempt=row.attempts, text=partial.text, pieces=partial.pieces) \
                 if partial is not None and partial.attempt == row.attempts else \
                 Partial(attempt=row.attempts, text="", pieces=0)

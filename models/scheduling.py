@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import structlog
 from redis.exceptions import RedisError
 
-from .signals import starts_key
+from .signals import starts_key, user_starts_key
 
 log = structlog.get_logger(__name__)
 
@@ -21,11 +22,14 @@ WINDOW_BUCKETS = 6  # the rate is taken over the last minute
 _KEEP_SECONDS = BUCKET_SECONDS * (WINDOW_BUCKETS + 2)
 
 
-def record_start(pipe: redis.client.Pipeline, now: float | None = None) -> None:
-    """Count a generation's start (into a pipeline the caller executes)."""
-    key = starts_key(int((now or time.time()) // BUCKET_SECONDS))
-    pipe.incr(key)
-    pipe.expire(key, _KEEP_SECONDS)
+def record_start(pipe: redis.client.Pipeline, user: str, now: float | None = None) -> None:
+    """Count a generation's start, service-wide and for its user (into a pipeline the caller
+    executes)."""
+    bucket = int((now or time.time()) // BUCKET_SECONDS)
+    pipe.incr(starts_key(bucket))
+    pipe.expire(starts_key(bucket), _KEEP_SECONDS)
+    pipe.zincrby(user_starts_key(bucket), 1, user)
+    pipe.expire(user_starts_key(bucket), _KEEP_SECONDS)
 
 
 def start_rate(client: redis.Redis, now: float | None = None) -> float | None:
@@ -44,12 +48,31 @@ def start_rate(client: redis.Redis, now: float | None = None) -> float | None:
     return started / (WINDOW_BUCKETS * BUCKET_SECONDS + (now - current * BUCKET_SECONDS))
 
 
-def queue_position(ahead: int | None, rate: float | None) -> dict[str, Any] | None:
+def busiest_users(client: redis.Redis, most: int = 10, now: float | None = None) -> list[float]:
+    """How many generations each of the `most` busiest users started over the last minute, most
+    first: for operators, without naming the users (a metric label per user would grow without
+    bound)."""
+    current = int((now or time.time()) // BUCKET_SECONDS)
+    keys = [user_starts_key(bucket) for bucket in range(current - WINDOW_BUCKETS, current + 1)]
+    try:
+        counted = client.zunion(keys, withscores=True)
+    except RedisError as error:
+        log.warning("user_starts_unread", error=str(error))
+        return []
+    return sorted((score for _user, score in counted), reverse=True)[:most]
+
+
+def queue_position(ahead: int | None, rate: Callable[[], float | None]) -> dict[str, Any] | None:
     """What a queued message says of its wait: how many messages will start before it, and when
-    its own start is expected (None when no recent start gives a rate to estimate from)."""
+    its own start is expected (None when no recent start gives a rate to estimate from). `rate` is
+    asked only when something is ahead: with nothing ahead, the message starts at the next free
+    slot, and the most common answer costs no Redis round trip."""
     if ahead is None:
         return None
-    return {"ahead": ahead, "eta_seconds": math.ceil(ahead / rate) if rate else None}
+    if ahead == 0:
+        return {"ahead": 0, "eta_seconds": 0}
+    per_second = rate()
+    return {"ahead": ahead, "eta_seconds": math.ceil(ahead / per_second) if per_second else None}
 
 
 def retry_after_seconds(ahead: int, rate: float | None, *, default: int = 1, cap: int = 3600) -> int:

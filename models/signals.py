@@ -36,3 +36,8 @@ def starts_key(bucket: int) -> str:
     """How many generations started in one 10-second bucket of wall-clock time, service-wide: the
     recent start rate, from which a queued message's wait is estimated. Expires."""
     return f"chatq:starts:{bucket}"
+
+
+def user_starts_key(bucket: int) -> str:
+    """The same per user (a sorted set of user id -> starts): the busiest users' share, for operators."""
+    return f"chatq:starts-by-user:{bucket}"

@@ -21,7 +21,7 @@ import requests
 
 from scripts.devstack import libpq_url
 from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
-from tests.support import ARTIFACTS, Api, EventStream, Web, Worker, wait_until
+from tests.support import ARTIFACTS, Api, BackgroundPoll, EventStream, Web, Worker, wait_until
 from worker.engine.builtin import FALLBACK, HELP
 
 CONTROL_REDIS_DB = TEST_REDIS_DB - 3
@@ -64,13 +64,9 @@ def writing(api: Api, message_id: str, words: int = 3) -> dict[str, Any]:
 
 
 def settled(api: Api, message_id: str) -> dict[str, Any]:
-    """The message in its final state, with its reply if one is stored (a cancelled generation
-    stores what it wrote within a second of the cancel)."""
-    final = api.wait_answered(message_id)
-    if final["status"] == "cancelled":
-        wait_until(lambda: message(api, message_id)["reply"] is not None, timeout=3, what="the partial reply")
-        final = message(api, message_id)
-    return final
+    """The message in its final state, as the long-poll that waited for it answers: a final status
+    is final, so a cancelled generation's text is already its reply there."""
+    return api.wait_answered(message_id)
 
 
 def test_a_cancel_on_another_node_stops_the_generation_and_keeps_the_text_so_far(users) -> None:
@@ -79,12 +75,16 @@ def test_a_cancel_on_another_node_stops_the_generation_and_keeps_the_text_so_far
     conversation_id, first_id = first["conversation_id"], first["message"]["id"]
     second_id = on_a.chat("Add task: after the cancel", conversation_id)["message"]["id"]
     writing(on_b, first_id)
+    waiting = BackgroundPoll(on_a, first_id)  # a client waiting for the end, on the other node
+    waiting.start()
 
     cancelled = on_b.post(f"/api/v1/messages/{first_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
-    assert cancelled.json()["status"] == "cancelled"
+    # Until the worker has stored what it wrote, the question reads cancelling, its text so far shown.
+    assert cancelled.json()["status"] == "cancelling" and cancelled.json()["partial"]["text"]
 
-    final = settled(on_a, first_id)
+    waiting.join(timeout=40)
+    final = waiting.answer
     reply = final["reply"]
     assert final["status"] == "cancelled" and reply["finish"] == "cancelled"
     assert reply["content"] and FALLBACK.startswith(reply["content"]) and len(reply["content"]) < len(FALLBACK)

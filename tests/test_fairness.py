@@ -16,10 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 
 from scripts.devstack import libpq_url
 from tests.conftest import Stack, isolated_env
-from tests.support import Api, token, wait_until
+from tests.support import Api, sample, token, wait_until
 
 FAIR_REDIS_DB = 13
 CAPS_REDIS_DB = 7
@@ -32,7 +33,7 @@ def fair(stack_env) -> Iterator[SimpleNamespace]:
                        BATCH_AGE_SECONDS="2", MAX_QUEUED_PER_USER="500")
     running = Stack(env, "fair").start()
     with psycopg.connect(libpq_url(env["DATABASE_URL"]), autocommit=True) as db:
-        yield SimpleNamespace(url=running.url, db=db)
+        yield SimpleNamespace(url=running.url, db=db, stack=running)
     running.stop()
 
 
@@ -88,6 +89,10 @@ def drained(db: psycopg.Connection, users: list[str], timeout: float = 60) -> No
 def test_a_light_users_message_is_answered_before_a_heavy_backlog_drains(fair) -> None:
     heavy = [user(fair.url) for _ in range(2)]
     in_parallel(*(lambda api=api: post_backlog(api, 15, each=3) for api in heavy))  # 90 messages
+    # What operators see meanwhile: how many users share the workers, and the busiest one's starts.
+    scraped = requests.get(fair.url + "/metrics", timeout=10).text
+    assert sample(scraped, "chatq_users_with_pending_work") >= 2
+    assert sample(scraped, "chatq_busiest_users_starts", rank="1") >= 1
     light = user(fair.url)
     _, answered = light.ask("show my tasks")
     # The heavy replies stored between the light question's acceptance and its reply. FIFO would
@@ -126,6 +131,9 @@ def test_a_heavier_tier_gets_starts_in_proportion_to_its_weight(fair) -> None:
     first = Counter(replies_in_order(fair.db, [pro.user, free.user])[:25])
     # While both had a backlog: 4 to 1, give or take the moment the two backlogs arrived.
     assert 3.0 <= first[pro.user] / max(1, first[free.user]) <= 5.5, first
+    # The queue's wait is told by lane and weight: the pro user's 30 waited at weight 4.
+    worker = requests.get(f"http://127.0.0.1:{fair.stack.worker.metrics_port}/metrics", timeout=10).text
+    assert sample(worker, "chatq_queue_wait_seconds_count", lane="interactive", weight="4") == 30
 
 
 def test_batch_work_runs_only_on_slots_interactive_work_leaves_idle(fair) -> None:

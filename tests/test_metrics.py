@@ -3,25 +3,9 @@ own endpoint (all pool processes)."""
 
 from __future__ import annotations
 
-import re
-
 import requests
 
-from tests.support import Api, wait_until
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 if absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        match = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
-        if not match:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(key) == value for key, value in labels.items()):
-            return float(match.group(2))
-    return 0.0
+from tests.support import Api, sample, wait_until
 
 
 def test_web_metrics(stack, api: Api) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,18 @@ from sqlalchemy import Date, Float, Row, SmallInteger, bindparam, cast, exists, 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, DailyUsage, IdempotentRequest, Lane, Message, Role, Settings, Status, outbox
+from models import (
+    UNFINISHED,
+    Conversation,
+    DailyUsage,
+    IdempotentRequest,
+    Lane,
+    Message,
+    Role,
+    Settings,
+    Status,
+    outbox,
+)
 from models.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
 from models.representation import message_json
 from models.scheduling import queue_position, retry_after_seconds
@@ -32,7 +44,9 @@ class Accepted:
     body: dict[str, Any]
     message_id: uuid.UUID | None  # None for a replay: its job was sent by the first call
     replayed: bool = False
-    interrupted: list[uuid.UUID] = field(default_factory=list)  # questions cancelled by on_busy=interrupt
+    # Questions on_busy=interrupt stopped, with what they are now: cancelled, or cancelling (being
+    # generated: their workers are told after the commit).
+    interrupted: list[tuple[uuid.UUID, Status]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -188,7 +202,8 @@ def _store(session: Session, *, user: str, content: str, conversation_id: str | 
     return stored
 
 
-def _settle_busy(session: Session, user: str, conversation_id: str, on_busy: str) -> list[uuid.UUID]:
+def _settle_busy(session: Session, user: str, conversation_id: str,
+                 on_busy: str) -> list[tuple[uuid.UUID, Status]]:
     """`reject`: 409 when the conversation has a question queued or processing. `interrupt`: cancel
     them (their workers are told after the commit). Under the conversation's row lock, taken first
     as everywhere, so that two such posts cannot both find it idle."""
@@ -198,17 +213,24 @@ def _settle_busy(session: Session, user: str, conversation_id: str, on_busy: str
     ).first()
     if not owned:
         raise Problem(404, "No such conversation.")
-    busy = list(session.scalars(select(Message.id).where(Message.conversation_id == parsed,
-                                                         Message.status.in_(PENDING)).order_by(Message.seq)))
+    busy = list(session.execute(select(Message.id, Message.status).where(
+        Message.conversation_id == parsed, Message.status.in_(UNFINISHED)).order_by(Message.seq)))
     if busy and on_busy == "reject":
-        raise Problem(409, f"The conversation is still answering message {busy[0]}; send this once it is done, "
+        raise Problem(409, f"The conversation is still answering message {busy[0].id}; send this once it is done, "
                       "or with on_busy \"interrupt\" or \"enqueue\".", slug="conversation-busy",
-                      extensions={"busy_message_id": str(busy[0])})
-    if busy:
-        session.execute(update(Message).where(Message.id.in_(busy), Message.status.in_(PENDING))
+                      extensions={"busy_message_id": str(busy[0].id)})
+    # Queued ones are cancelled at once (with their webhook events, in this commit); the one being
+    # generated becomes cancelling, and its worker stores what it wrote before the new one starts.
+    queued = [row.id for row in busy if row.status is Status.QUEUED]
+    generating = [row.id for row in busy if row.status is Status.PROCESSING]
+    if queued:
+        session.execute(update(Message).where(Message.id.in_(queued), Message.status == Status.QUEUED)
                         .values(status=Status.CANCELLED, updated_at=func.now()))
-        session.execute(outbox.CANCELLED, {"question_ids": busy})  # their webhook events, in this commit
-    return busy
+        session.execute(outbox.CANCELLED, {"question_ids": queued})
+    if generating:
+        session.execute(update(Message).where(Message.id.in_(generating), Message.status == Status.PROCESSING)
+                        .values(status=Status.CANCELLING, updated_at=func.now()))
+    return [*((ident, Status.CANCELLED) for ident in queued), *((ident, Status.CANCELLING) for ident in generating)]
 
 
 def accept_message(
@@ -222,7 +244,7 @@ def accept_message(
     settings: Settings,
     on_busy: str = "enqueue",
     asked: Asked = Asked(),
-    starts_per_second: float | None = None,
+    start_rate: Callable[[], float | None] = lambda: None,
 ) -> Accepted:
     """Store a user message and count it in the user's day. Without an idempotency key, `on_busy`
     or quotas `session` may be in autocommit (storing and counting are one statement); otherwise the
@@ -242,7 +264,7 @@ def accept_message(
         ahead = ahead_of_users_first(session.connection(), user)
         raise Problem(429, f"You have {settings.max_queued_per_user} messages waiting, the most one user may; "
                       "send this one once one of them has started.", slug="queue-full",
-                      headers={"Retry-After": str(retry_after_seconds(ahead, starts_per_second))}) from None
+                      headers={"Retry-After": str(retry_after_seconds(ahead, start_rate()))}) from None
     if message is None:
         raise Problem(404, "No such conversation.")
     if quota:
@@ -250,7 +272,7 @@ def accept_message(
     body = {
         "conversation_id": str(message.conversation_id),
         # A row with a Message's columns, and how many will start before it.
-        "message": message_json(message, queue=queue_position(message.ahead, starts_per_second)),  # type: ignore[arg-type]
+        "message": message_json(message, queue=queue_position(message.ahead, start_rate)),  # type: ignore[arg-type]
         "poll_url": POLL_URL.format(message.id),
     }
     if idempotency is not None:

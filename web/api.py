@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -14,7 +15,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
-from models import PENDING, Conversation, Lane, Message, Status, Task
+from models import FINAL, GENERATING, UNFINISHED, Conversation, Lane, Message, Status, Task
 from models.messaging import Partial, announce, read_partials, request_cancel, send_answer_job
 from models.queries import (
     ShownQuestion,
@@ -150,22 +151,23 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     settings = services().settings
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
                  "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings,
-                 "asked": asked, "starts_per_second": start_rate(services().redis)}
+                 "asked": asked, "start_rate": lambda: start_rate(services().redis)}
     autocommit = idempotency is None and on_busy == "enqueue" and not has_quotas(settings)
     redis, conversation = services().redis, conversation_id
     with transaction(autocommit=autocommit) as session:
         accepted = accept_message(session, **arguments)
         conversation = accepted.body["conversation_id"]
-        if accepted.interrupted:
-            after_commit(request_cancel, redis, accepted.interrupted)
-            for cancelled in accepted.interrupted:
-                after_commit(announce, redis, conversation, cancelled, Status.CANCELLED.value)
+        stopping = [ident for ident, status in accepted.interrupted if status is Status.CANCELLING]
+        if stopping:
+            after_commit(request_cancel, redis, stopping)
+        for ident, status in accepted.interrupted:
+            after_commit(announce, redis, conversation, ident, status.value)
         if accepted.message_id is not None:
             after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
             after_commit(announce, redis, conversation, accepted.message_id, Status.QUEUED.value)
     structlog.contextvars.bind_contextvars(user=g.user, conversation_id=conversation,
                                            message_id=accepted.body["message"]["id"])
-    log.info("message_accepted", replayed=accepted.replayed, interrupted=[str(i) for i in accepted.interrupted])
+    log.info("message_accepted", replayed=accepted.replayed, interrupted=[str(i) for i, _ in accepted.interrupted])
     response = jsonify(accepted.body)
     response.status_code = accepted.status
     response.headers["Location"] = accepted.body["poll_url"]
@@ -194,7 +196,7 @@ def chat() -> Response:
 def partials(rows: Sequence[Message | ShownQuestion]) -> dict[uuid.UUID, Partial]:
     """The text written so far for each question being generated (from Redis, where the worker
     keeps it while it generates), in one round trip; nothing when no question is."""
-    return read_partials(services().redis, {row.id: row.attempts for row in rows if row.status is Status.PROCESSING})
+    return read_partials(services().redis, {row.id: row.attempts for row in rows if row.status in GENERATING})
 
 
 def _message_view(ident: uuid.UUID) -> tuple[dict[str, Any], bool]:
@@ -202,7 +204,7 @@ def _message_view(ident: uuid.UUID) -> tuple[dict[str, Any], bool]:
     if found is None:
         raise Problem(404, "No such message.")
     row, reply = found
-    return message_json(row, reply, partials([row]).get(row.id)), row.status not in PENDING
+    return message_json(row, reply, partials([row]).get(row.id)), row.status in FINAL
 
 
 def _committed_message(ident: uuid.UUID) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
@@ -232,7 +234,7 @@ def get_message(message_id: str) -> Response:
         body, _ = _message_view(ident)
     _with_queue_positions([body])
     response = jsonify(body)
-    if body.get("status") in (Status.QUEUED, Status.PROCESSING):
+    if body.get("status") in UNFINISHED:
         response.headers["Retry-After"] = PENDING_RETRY_AFTER
     return response
 
@@ -244,7 +246,7 @@ def _with_queue_positions(messages: list[dict[str, Any]]) -> None:
     if not queued:
         return
     positions = queue_positions(reader().connection(), [uuid.UUID(message["id"]) for message in queued])
-    rate = start_rate(services().redis)
+    rate = functools.cache(lambda: start_rate(services().redis))  # read once, if anything is ahead
     for message in queued:
         message["queue"] = queue_position(positions.get(uuid.UUID(message["id"])), rate)
 

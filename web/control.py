@@ -8,11 +8,11 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, jsonify
-from sqlalchemy import Float, cast, func, select, update
+from sqlalchemy import Float, case, cast, func, select, update
 from sqlalchemy.orm import Session
 
-from models import FINAL, PENDING, Conversation, Message, Role, Status, outbox
-from models.messaging import announce, request_cancel, send_answer_job
+from models import FINAL, GENERATING, PENDING, Conversation, Message, Role, Status, outbox
+from models.messaging import announce, read_partials, request_cancel, send_answer_job
 from models.queries import owned_message_with_reply, reply_versions
 from models.representation import message_json, version_json
 
@@ -84,32 +84,38 @@ def _question_or_404(session: Session, message_id: str) -> tuple[Message, Messag
 
 @bp.post("/messages/<message_id>/cancel")
 @operation("Cancel a question: queued, it is never generated; processing, its generation stops and keeps "
-           "the text written so far", responses={200: schemas.UserMessageOut})
+           "the text written so far (it reads cancelling until that is stored)",
+           responses={200: schemas.UserMessageOut})
 def cancel_message(message_id: str) -> dict[str, Any]:
     with transaction() as session:
         row, reply = _question_or_404(session, message_id)
-        # Not synchronized into `row`: the ORM would mark it cancelled in memory even when Postgres
-        # matched nothing (a reply committed between the read above and this UPDATE).
+        # Not synchronized into `row`: the ORM would take the new status for it in memory even when
+        # Postgres matched nothing (a reply committed between the read above and this UPDATE).
         was = session.execute(
             update(Message).where(Message.id == row.id, Message.status.in_(PENDING))
-            .values(status=Status.CANCELLED, updated_at=func.now())
-            .returning(Message.id),
+            .values(status=case((Message.status == Status.QUEUED, cast(Status.CANCELLED, Message.status.type)),
+                                else_=cast(Status.CANCELLING, Message.status.type)),
+                    updated_at=func.now())
+            .returning(Message.status),
             execution_options={"synchronize_session": False},
-        ).first()
-        # The question as it is now: cancelled by this statement, or by another cancel (the same 200),
-        # or answered or failed meanwhile (409).
+        ).scalar_one_or_none()
+        # The question as it is now: cancelled or cancelling by this statement or another cancel
+        # (the same 200), or answered or failed meanwhile (409).
         session.refresh(row)
-        if was is None and row.status is not Status.CANCELLED:
+        if was is None and row.status not in (Status.CANCELLED, Status.CANCELLING):
             raise Problem(409, f"Only a queued or processing message can be cancelled; this one is "
                           f"{row.status.value}.", slug="not-cancellable")
-        if was is not None:
-            session.execute(outbox.CANCELLED, {"question_ids": [row.id]})  # its webhook event, in this commit
-            # The worker generating it, wherever it is, stops; waiting clients hear of it.
+        if was is Status.CANCELLED:  # never started: final now, with its webhook event in this commit
+            session.execute(outbox.CANCELLED, {"question_ids": [row.id]})
+        elif was is Status.CANCELLING:  # the worker generating it, wherever it is, stops and settles it
             after_commit(request_cancel, services().redis, [row.id])
-            after_commit(announce, services().redis, row.conversation_id, row.id, Status.CANCELLED.value)
+        if was is not None:
+            after_commit(announce, services().redis, row.conversation_id, row.id, was.value)
     if was is not None:
-        log.info("message_cancelled", message_id=str(row.id))
-    return message_json(row, reply)
+        log.info("message_cancelled", message_id=str(row.id), status=was.value)
+    # Cancelling: the text so far, which its worker is about to store as the reply.
+    written = read_partials(services().redis, {row.id: row.attempts}) if row.status in GENERATING else {}
+    return message_json(row, reply, written.get(row.id))
 
 
 @bp.post("/messages/<message_id>/regenerate")

@@ -35,7 +35,7 @@ import structlog
 from flask import Blueprint, Response, g, request, stream_with_context
 from sqlalchemy import select
 
-from models import PENDING, Message
+from models import UNFINISHED, Message
 from models.messaging import read_pieces
 from models.queries import messages_after, parse_uuid, replies_to
 from models.representation import message_json
@@ -96,7 +96,7 @@ def _changes(conversation_id: Any, cursor: int, watched: dict[str, str], sent: S
         if message.get("partial"):  # the client has the text so far: pieces continue after it
             sent[message["id"]] = (message["partial"]["attempt"], message["partial"]["pieces"])
     for row in [*moved, *new]:
-        if row.status in PENDING:
+        if row.status in UNFINISHED:
             watched[str(row.id)] = row.status.value
         else:
             watched.pop(str(row.id), None)
@@ -161,7 +161,7 @@ def conversation_events(conversation_id: str) -> Response:
             str(message_id): ""
             for message_id in reader().scalars(
                 select(Message.id).where(
-                    Message.conversation_id == cid, Message.seq <= cursor, Message.status.in_(PENDING)
+                    Message.conversation_id == cid, Message.seq <= cursor, Message.status.in_(UNFINISHED)
                 )
             )
         }

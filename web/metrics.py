@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from models import Message, Status
 from models.metrics_support import scrape_registry
 from models.round_trips import counter_for
+from models.scheduling import busiest_users
 
 from .services import services
 from .spec import operation
@@ -33,8 +34,9 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 class QueueDepth:
-    """queued and processing messages, and how long the oldest queued one has waited, read from
-    Postgres when scraped: what workers are autoscaled on (deploy/k8s: KEDA's ScaledObject)."""
+    """queued and processing messages, how long the oldest queued one has waited and how many users
+    have work pending, read from Postgres when scraped (what workers are autoscaled on: deploy/k8s,
+    KEDA's ScaledObject); and the busiest users' recent starts, from Redis."""
 
     def collect(self):
         gauge = GaugeMetricFamily("chatq_messages", "User messages waiting for a reply.", labels=["status"])
@@ -45,9 +47,20 @@ class QueueDepth:
             ).all())
             waited = func.extract("epoch", func.now() - func.min(Message.created_at))
             oldest = session.scalar(select(func.coalesce(waited, 0)).where(Message.status == Status.QUEUED))
+            users = session.scalar(select(func.count(func.distinct(Message.user_id)))
+                                   .where(Message.status.in_([Status.QUEUED, Status.PROCESSING])))
         for status in (Status.QUEUED, Status.PROCESSING):
             gauge.add_metric([status.value], counts.get(status, 0))
         yield gauge
+        yield GaugeMetricFamily("chatq_users_with_pending_work",
+                                "Users with a message queued or being answered: the scheduler shares the workers among "
+                                "them.", value=float(users or 0))
+        busiest = GaugeMetricFamily("chatq_busiest_users_starts",
+                                    "Generations the busiest users started over the last minute, by rank (1: the "
+                                    "busiest; no user is named).", labels=["rank"])
+        for rank, starts in enumerate(busiest_users(services().redis), start=1):
+            busiest.add_metric([str(rank)], starts)
+        yield busiest
         yield GaugeMetricFamily("chatq_oldest_queued_seconds",
                                 "How long the oldest queued message has waited since it was accepted (0: none).",
                                 value=float(oldest or 0))

@@ -39,6 +39,7 @@ SELECT 0 AS seq, 'user' AS role, picked.content, NULL::text AS tool_calls,
            'conversation_id', claimed.id, 'user_id', claimed.user_id, 'lease_version', claimed.lease_version,
            'last_seq', claimed.last_seq, 'question_id', picked.id, 'seq', picked.seq, 'attempts', picked.attempts,
            'request_id', picked.request_id, 'age', picked.age, 'last_error', picked.error, 'lane', picked.lane,
+           'weight', (SELECT s.weight FROM user_shares AS s WHERE s.user_id = claimed.user_id AND s.lane = picked.lane),
            'pending', (SELECT count(*) FROM messages AS p
                         WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing'))
        ) AS claim
@@ -109,10 +110,12 @@ WITH claimed AS (
 
 # Store the reply and settle its question — only while our fencing token is current, in one
 # statement. The question's row decides, under its lock: `processing` becomes `answered`; a question
-# cancelled meanwhile stays `cancelled`, and the text written so far is stored with finish
-# "cancelled" (none at all when there is none); anything else (put back in the queue by a
-# regenerate) stores nothing. A concurrent cancel either commits first (and this sees `cancelled`)
-# or waits for this and finds the question answered: exactly one of the two. The lease is released
+# the user stopped meanwhile (`cancelling`) becomes `cancelled` with the text written so far stored
+# as its reply, finish "cancelled" (none at all when there is none), and its webhook event;
+# anything else (put back in the queue by a regenerate) stores nothing. A concurrent cancel either
+# commits first (and this sees `cancelling`) or waits for this and finds the question answered:
+# exactly one of the two. (`cancelled` is taken like `cancelling`: a web node of the release
+# before wrote it for a question being generated, during a rolling deploy.) The lease is released
 # in every case, and the tokens the generation used are added to the user's day (daily_usage),
 # stored or not. A second current reply to one question violates uq_messages_current_reply and
 # rolls the statement back whole.
@@ -127,9 +130,9 @@ WITH lease AS (
                                              completion_tokens = u.completion_tokens + excluded.completion_tokens
 ), question AS (
     UPDATE messages
-       SET status = CASE WHEN status = 'processing' THEN 'answered'::message_status ELSE status END,
+       SET status = CASE WHEN status = 'processing' THEN 'answered' ELSE 'cancelled' END::message_status,
            error = NULL, updated_at = now()
-     WHERE id = :question_id AND status IN ('processing', 'cancelled') AND EXISTS (SELECT 1 FROM lease)
+     WHERE id = :question_id AND status IN ('processing', 'cancelling', 'cancelled') AND EXISTS (SELECT 1 FROM lease)
  RETURNING status::text AS status, extract(epoch FROM now() - created_at)::float8 AS latency,
            seq, content, created_at
 ), kept AS (
@@ -149,9 +152,10 @@ WITH lease AS (
       FROM lease, fenced, kept
  RETURNING seq, created_at
 )""", outbox_ctes("""
-    SELECT lease.user_id, CAST(:question_id AS uuid) AS question_id, CAST(:reply_id AS uuid) AS reply_id,
+    SELECT lease.user_id, CAST(:question_id AS uuid) AS question_id,
+           CASE WHEN EXISTS (SELECT 1 FROM kept) THEN CAST(:reply_id AS uuid) END AS reply_id,
            question.status, NULL::text AS error
-      FROM lease, question WHERE question.status = 'answered'
+      FROM lease, question
 """), """
 SELECT question.status, question.latency, reply.seq,
        question.seq AS question_seq, question.content AS question_content, question.created_at AS question_created_at,
@@ -174,23 +178,26 @@ SELECT count(*) FROM given_up
 """)
 
 # Give the question back (queued again, to be tried after its backoff, or failed with an error) and
-# release the lease, if ours. It keeps its place in the queue (its tag). A question cancelled (or
-# put back by a regenerate) meanwhile is left as it is.
+# release the lease, if ours. It keeps its place in the queue (its tag). A question the user stopped
+# meanwhile (`cancelling`) becomes `cancelled` — nothing was written that is worth keeping — with
+# its webhook event; one put back by a regenerate is left as it is.
 GIVE_BACK = _statement("""
 WITH fenced AS (
     UPDATE conversations SET lease_expires_at = NULL
      WHERE id = :conversation_id AND lease_version = :version RETURNING id, user_id
 ), given_back AS (
-    UPDATE messages SET status = CAST(:status AS message_status), error = :error, enqueued_at = now(),
-                        not_before = now() + make_interval(secs => :retry_in), updated_at = now()
-     WHERE id = :question_id AND status = 'processing' AND EXISTS (SELECT 1 FROM fenced)
-    RETURNING id
+    UPDATE messages
+       SET status = CASE WHEN status = 'processing' THEN CAST(:status AS message_status) ELSE 'cancelled' END,
+           error = CASE WHEN status = 'processing' THEN :error END, enqueued_at = now(),
+           not_before = now() + make_interval(secs => :retry_in), updated_at = now()
+     WHERE id = :question_id AND status IN ('processing', 'cancelling', 'cancelled') AND EXISTS (SELECT 1 FROM fenced)
+    RETURNING id, status::text AS status
 )""", outbox_ctes("""
-    SELECT fenced.user_id, given_back.id AS question_id, NULL::uuid AS reply_id, 'failed'::text AS status,
-           CAST(:error AS text) AS error
-      FROM fenced, given_back WHERE CAST(:status AS text) = 'failed'
+    SELECT fenced.user_id, given_back.id AS question_id, NULL::uuid AS reply_id, given_back.status,
+           CASE WHEN given_back.status = 'failed' THEN CAST(:error AS text) END AS error
+      FROM fenced, given_back WHERE given_back.status IN ('failed', 'cancelled')
 """), """
-SELECT fenced.id, given_back.id AS given_back FROM fenced LEFT JOIN given_back ON true
+SELECT fenced.id, given_back.status AS given_back FROM fenced LEFT JOIN given_back ON true
 """)
 
 RELEASE = text("""
@@ -218,17 +225,25 @@ RETURNING id
 
 # The sweeper's. Leases that ran out: their workers are presumed dead. Each is taken away (the
 # fencing token moves on, so a worker that was only slow cannot commit), and its question is queued
-# again with its place in the queue; the next claim counts another attempt.
-REVOKE_EXPIRED_LEASES = text("""
+# again with its place in the queue (the next claim counts another attempt) — or, if the user had
+# stopped it, `cancelled` (what was written died with the worker), with its webhook event.
+REVOKE_EXPIRED_LEASES = _statement("""
 WITH expired AS (
     UPDATE conversations AS c SET lease_version = c.lease_version + 1, lease_expires_at = NULL
      WHERE c.id IN (SELECT id FROM conversations WHERE lease_expires_at < now()
                      ORDER BY lease_expires_at LIMIT :most FOR UPDATE SKIP LOCKED)
- RETURNING c.id
-)
-UPDATE messages AS m SET status = 'queued', updated_at = now()
-  FROM expired WHERE m.conversation_id = expired.id AND m.status = 'processing'
-RETURNING m.id, m.conversation_id
+ RETURNING c.id, c.user_id
+), settled AS (
+    UPDATE messages AS m
+       SET status = CASE WHEN m.status = 'processing' THEN 'queued' ELSE 'cancelled' END::message_status,
+           updated_at = now()
+      FROM expired WHERE m.conversation_id = expired.id AND m.status IN ('processing', 'cancelling')
+    RETURNING m.id, m.conversation_id, m.status::text AS status, expired.user_id
+)""", outbox_ctes("""
+    SELECT s.user_id, s.id AS question_id, NULL::uuid AS reply_id, s.status, NULL::text AS error
+      FROM settled AS s WHERE s.status = 'cancelled'
+"""), """
+SELECT id, conversation_id, status FROM settled
 """)
 
 # Messages not started before their `expires_in` ran out: `expired`, never generated, with their

@@ -63,6 +63,7 @@ class Question:
     waited_seconds: float  # from acceptance to this claim
     last_error: str | None = None  # why the previous attempt did not answer, if one did not
     lane: Lane = Lane.INTERACTIVE
+    weight: float = 1.0  # its user's, in the scheduler (the token's tier)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def _question(lease: Lease, claimed: dict[str, Any], content: str | None, histor
         waited_seconds=claimed["age"] or 0.0,
         last_error=claimed.get("last_error"),
         lane=Lane(claimed.get("lane") or 0),
+        weight=claimed.get("weight") or 1.0,
     )
 
 
@@ -228,7 +230,8 @@ class GivenBack(StrEnum):
 
     QUEUED = "queued"  # waiting again (after its backoff)
     FAILED = "failed"
-    CANCELLED = "cancelled"  # cancelled meanwhile: left as it is
+    CANCELLED = "cancelled"  # the user stopped it meanwhile: now cancelled
+    SUPERSEDED = "superseded"  # put back in the queue by a regenerate meanwhile: left as it is
     LEASE_LOST = "lease_lost"  # someone else holds the conversation now: left to them
 
 
@@ -245,8 +248,8 @@ def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, failed: 
     if row is None:
         return GivenBack.LEASE_LOST
     if row.given_back is None:
-        return GivenBack.CANCELLED
-    return GivenBack.FAILED if failed else GivenBack.QUEUED
+        return GivenBack.SUPERSEDED
+    return GivenBack(row.given_back)
 
 
 def next_pending(rt: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:

@@ -10,7 +10,8 @@ from models.round_trips import counter_for
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 QUEUE_WAIT = Histogram("chatq_queue_wait_seconds", "From a message's acceptance to its claim by a worker, "
-                       "by the scheduler's lane and the user's weight.", ["lane", "weight"], buckets=LATENCY_BUCKETS)
+                       "by the scheduler's lane and the user's weight (the tier's, TIER_WEIGHTS).",
+                       ["lane", "weight"], buckets=LATENCY_BUCKETS)
 GENERATION = Histogram("chatq_generation_seconds", "Time the reply engine took.", buckets=LATENCY_BUCKETS)
 REPLY_LATENCY = Histogram("chatq_reply_latency_seconds", "From a message's acceptance to its reply's commit.",
                           buckets=LATENCY_BUCKETS)

@@ -31,7 +31,8 @@ EXPIRED_ERROR = "Not started before its expires_in ran out; it was never generat
 
 @dataclass(frozen=True)
 class Swept:
-    requeued: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (conversation, message)
+    # (conversation, message, what it is now: queued again, or cancelled if its user had stopped it)
+    requeued: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     expired: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (conversation, message)
     promoted: int = 0
     ready: int = 0  # messages that could start now (counted up to BATCH)
@@ -42,7 +43,7 @@ def sweep(rt: Runtime) -> Swept:
         if not session.scalar(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK))):
             return Swept()
         connection = session.connection()
-        requeued = [(row.conversation_id, row.id)
+        requeued = [(row.conversation_id, row.id, row.status)
                     for row in connection.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": BATCH})]
         expired = [(row.conversation_id, row.id)
                    for row in connection.execute(claim_sql.EXPIRE, {"most": BATCH, "error": EXPIRED_ERROR})]

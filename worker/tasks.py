@@ -120,7 +120,7 @@ def _generate(rt: Runtime) -> Done:
         user=question.user,
         attempt=question.attempt,
     )
-    pieces = messaging.PiecePublisher(rt.redis, lease.conversation_id, question.id, question.attempt)
+    pieces = messaging.PiecePublisher(rt.redis, lease.conversation_id, question.id, question.attempt, question.user)
     pieces.start()  # and waiting clients hear that the question is being answered
     started = time.perf_counter()
     error: str | None = None
@@ -188,7 +188,8 @@ def _give_back(rt: Runtime, claimed: claims.Claim, *, failed: bool, error: str,
 # What the question became at the reply's commit (claim_sql.COMMIT_REPLY), and when given back.
 COMMITTED_AS = {Status.ANSWERED.value: Outcome.ANSWERED, Status.CANCELLED.value: Outcome.CANCELLED}
 GIVEN_BACK_AS = {claims.GivenBack.QUEUED: Outcome.REQUEUED, claims.GivenBack.FAILED: Outcome.FAILED,
-                 claims.GivenBack.CANCELLED: Outcome.CANCELLED, claims.GivenBack.LEASE_LOST: Outcome.LEASE_LOST}
+                 claims.GivenBack.CANCELLED: Outcome.CANCELLED, claims.GivenBack.SUPERSEDED: Outcome.SUPERSEDED,
+                 claims.GivenBack.LEASE_LOST: Outcome.LEASE_LOST}
 
 # The status waiting clients are told of the question once the job is done.
 STATUS_AFTER = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEUED, Outcome.FAILED: Status.FAILED,
@@ -208,7 +209,8 @@ def _follow_up(rt: Runtime, done: Done) -> None:
         return
     assert done.lease is not None and done.question is not None
     metrics.CLAIMS.inc()
-    metrics.QUEUE_WAIT.labels(done.question.lane.name.lower(), "-").observe(done.question.waited_seconds)
+    metrics.QUEUE_WAIT.labels(done.question.lane.name.lower(), f"{done.question.weight:g}").observe(
+        done.question.waited_seconds)
     if done.outcome is Outcome.LEASE_LOST:
         metrics.LEASE_LOST.inc()
     else:
@@ -239,8 +241,8 @@ def _ring_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Questio
 def sweep() -> int:
     rt = runtime()
     swept = sweeper.sweep(rt)
-    for conversation_id, message_id in swept.requeued:
-        messaging.announce(rt.redis, conversation_id, message_id, Status.QUEUED.value)
+    for conversation_id, message_id, status in swept.requeued:
+        messaging.announce(rt.redis, conversation_id, message_id, status)
     for conversation_id, message_id in swept.expired:
         messaging.announce(rt.redis, conversation_id, message_id, Status.EXPIRED.value)
     metrics.REQUEUED.labels("lease_expired").inc(len(swept.requeued))

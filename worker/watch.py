@@ -13,6 +13,7 @@ import structlog
 from redis.client import PubSub
 from redis.exceptions import RedisError
 
+from models import Status
 from models.signals import cancel_channel
 
 from . import claim_sql
@@ -24,6 +25,9 @@ from .shutdown import STOPPING
 log = structlog.get_logger(__name__)
 
 
+# What a question being generated reads once a user stopped it (`cancelled`: as a web node of the
+# release before `cancelling` wrote it, during a rolling deploy).
+STOPPED = frozenset({Status.CANCELLING.value, Status.CANCELLED.value})
 # How often a generation's watcher looks for a cancel when Redis cannot tell it (and the longest a
 # cancel may take to stop a generation when Redis is down).
 CANCEL_CHECK_SECONDS = 1.0
@@ -79,7 +83,7 @@ def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancella
                     continue
                 finally:
                     told = False
-                if status == "cancelled":
+                if status in STOPPED:
                     log.info("generation_cancelled")
                     cancellation.cancel()
                     return

@@ -12,7 +12,7 @@ from models import DailyUsage, Message, Status
 from web.accept import accept_message
 from web.problems import Problem
 
-from .accepting import NO_QUOTAS, accept
+from .support import NO_QUOTAS, accept
 
 
 def test_messages_are_numbered_in_their_conversation(rolled_back) -> None:

@@ -6,35 +6,18 @@ long-polls with it without reading it again)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import Connection, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, text, update
 
-from models import Message, Status
+from models import Message, Status, WebhookEndpoint, WebhookEvent
 from models.queries import owned_message_with_reply, shown_message_with_reply
 from models.representation import message_json
-from worker import claims
+from worker import claim_sql, claims
 from worker.engine import Reply
 from worker.runtime import Runtime
 
-from .accepting import NO_QUOTAS, accept
-
-
-class OneConnection:
-    """Stands in for the worker's engine: each `connect()` is a savepoint of the test's connection,
-    so the claim's and the commit's statements run as they do in production, then roll back."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        connection = self.session.connection()
-        with connection.begin_nested():
-            yield connection
+from .support import NO_QUOTAS, OneConnection, accept, hide_the_queue_of_other_tests
 
 
 @pytest.fixture
@@ -42,14 +25,6 @@ def rt(rolled_back) -> Runtime:
     hide_the_queue_of_other_tests(rolled_back)
     return Runtime(settings=NO_QUOTAS, sessions=None, db=OneConnection(rolled_back),  # type: ignore[arg-type]
                    redis=None, engine=None)  # type: ignore[arg-type]
-
-
-def hide_the_queue_of_other_tests(session: Session) -> None:
-    """A claim takes whatever should start next in the whole database: inside the test's
-    transaction (rolled back after it), messages that other fast tests left queued are set aside."""
-    with session.begin():
-        session.execute(update(Message).where(Message.status.in_([Status.QUEUED, Status.PROCESSING]))
-                        .values(status=Status.FAILED))
 
 
 def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(rolled_back, rt: Runtime) -> None:
@@ -84,3 +59,46 @@ def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(ro
     again = claims.commit_reply(rt, claimed.lease, claimed.question, reply)
     assert again is not None and again.seq is None and again.message is None
     assert rolled_back.scalar(select(func.count()).where(Message.reply_to_id == message_id)) == 1
+
+
+@pytest.mark.parametrize("written", ["Added “buy", ""], ids=["with-text", "without-text"])
+def test_a_stopped_generation_is_final_only_once_its_text_is_stored(rolled_back, rt: Runtime, written: str) -> None:
+    with rolled_back.begin_nested():
+        rolled_back.add(WebhookEndpoint(user_id="alice", url="https://example.com/hook",
+                                        events=["message.cancelled"], secret="whsec_test"))
+    accepted = accept(rolled_back, "alice", "Add task: buy milk")
+    message_id = uuid.UUID(accepted.body["message"]["id"])
+    claimed = claims.claim(rt)
+    assert claimed.lease is not None and claimed.question is not None
+    # The cancel (web/control.py) makes a generated question cancelling; the worker settles it.
+    rolled_back.execute(update(Message).where(Message.id == message_id).values(status=Status.CANCELLING))
+    committed = claims.commit_reply(rt, claimed.lease, claimed.question,
+                                    Reply(content=written, tool_calls=[], finish="stop"))
+    assert committed is not None and committed.status == "cancelled"
+    rolled_back.expire_all()
+    row, reply = owned_message_with_reply(rolled_back, "alice", str(message_id)) or (None, None)
+    assert row is not None and row.status is Status.CANCELLED
+    # Stored with the final status, in the same statement: text written is its reply; none, no reply.
+    assert (reply.content, reply.finish.value) == (written, "cancelled") if written else reply is None
+    # Its webhook event, naming the reply it has (if any), from the same statement.
+    event = rolled_back.execute(select(WebhookEvent.type, WebhookEvent.reply_id)
+                                .where(WebhookEvent.question_id == message_id)).one()
+    assert event.type == "message.cancelled" and (event.reply_id is not None) == bool(written)
+
+
+def test_a_stopped_generation_given_back_or_whose_worker_died_ends_cancelled(rolled_back, rt: Runtime) -> None:
+    for ending in ("given_back", "worker_died"):
+        accept(rolled_back, "bob", f"Add task: {ending}")
+        claimed = claims.claim(rt)
+        assert claimed.lease is not None and claimed.question is not None
+        question = claimed.question.id
+        rolled_back.execute(update(Message).where(Message.id == question).values(status=Status.CANCELLING))
+        if ending == "given_back":  # e.g. the model server failed just then
+            assert claims.finish_unanswered(rt, claimed.lease, claimed.question, failed=False,
+                                            error="timeout") is claims.GivenBack.CANCELLED
+        else:
+            rolled_back.execute(text("UPDATE conversations SET lease_expires_at = now() - interval '1 second' "
+                                     "WHERE id = :id"), {"id": claimed.lease.conversation_id})
+            settled = rolled_back.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": 10}).all()
+            assert [(row.id, row.status) for row in settled] == [(question, "cancelled")]
+        assert rolled_back.scalar(select(Message.status).where(Message.id == question)) is Status.CANCELLED

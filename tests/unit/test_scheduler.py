@@ -18,8 +18,7 @@ from worker import claim_sql, claims
 from worker.engine import Reply
 from worker.runtime import Runtime
 
-from .accepting import NO_QUOTAS, accept
-from .test_claims import OneConnection, hide_the_queue_of_other_tests
+from .support import NO_QUOTAS, OneConnection, accept, hide_the_queue_of_other_tests
 
 
 def runtime(session: Session, **settings: object) -> Runtime:

@@ -155,7 +155,8 @@ async function selectConversation(conversationId) {
 
 // --- Messages ------------------------------------------------------------------------------------
 
-const isPending = (message) => message.status === "queued" || message.status === "processing";
+// Not final yet: a cancelling question's worker is still storing what it wrote.
+const isPending = (message) => ["queued", "processing", "cancelling"].includes(message.status);
 
 // Where a queued question stands, as the API estimates it: "3 ahead of you · about 12 s".
 function queuedText(queue) {
@@ -272,8 +273,8 @@ function render() {
     if (isPending(message)) {
       const status = document.createElement("li");
       status.className = "status pending";
-      status.textContent = message.status === "queued" ? queuedText(message.queue) : "Thinking…";
-      status.append(button("stop", "Stop", stopGenerating));
+      status.textContent = { queued: queuedText(message.queue), processing: "Thinking…" }[message.status] || "Stopping…";
+      if (message.status !== "cancelling") status.append(button("stop", "Stop", stopGenerating));
       list.append(status);
       const draft = state.drafts.get(message.id);
       if (!message.reply && draft && draft.text) {
