@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .connections import sentinel_addresses
+
 
 def embedded_database_url(port: int) -> str:
     """The embedded PostgreSQL that `make run` / `make test` start (scripts/devstack.py)."""
@@ -61,6 +63,10 @@ class Settings(BaseSettings):
 
     database_url: str = EMBEDDED_DATABASE_URL
     redis_url: str = EMBEDDED_REDIS_URL
+    # Redis under Sentinel: the sentinels ("host:port,host:port") and the master's name; every use
+    # of Redis then follows that master (REDIS_URL gives only the database number and password).
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
     auth_secret: str = ""
     # Tokens from an external identity provider, verified against its JWKS (RS256, EdDSA).
     auth_jwks_url: str = ""
@@ -157,6 +163,18 @@ class Settings(BaseSettings):
     max_queued_per_user: int = 100
     max_generations_per_user: int = 0
     batch_age_seconds: float = 300.0
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_parse(cls, value: str) -> str:
+        sentinel_addresses(value)  # a ValueError names what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _sentinels_name_their_master(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER: the name the sentinels know the master by")
+        return self
 
     @field_validator("tier_weights")
     @classmethod

@@ -43,10 +43,21 @@ __all__ = ["DATA", "ROOT", "_port_open", "checkout_ports", "create_database", "e
 
 
 def libpq_url(url: str) -> str:
-    """A SQLAlchemy URL (postgresql+psycopg://...) as libpq and psycopg take it."""
+    """A SQLAlchemy URL (postgresql+psycopg://...) as libpq and psycopg take it. Several hosts
+    (SQLAlchemy's `?host=a:5432&host=b:5432`, a primary and its standbys) become libpq's own
+    `postgresql://a:5432,b:5432/…`, which tries them in turn (`target_session_attrs` picks one)."""
+    from urllib.parse import quote
+
     from sqlalchemy.engine import make_url
 
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    parsed = make_url(url).set(drivername="postgresql")
+    hosts = parsed.query.get("host")
+    if not isinstance(hosts, tuple):
+        return parsed.render_as_string(hide_password=False)
+    user = quote(parsed.username or "", safe="")
+    password = f":{quote(parsed.password, safe='')}" if parsed.password else ""
+    query = "&".join(f"{key}={value}" for key, value in parsed.query.items() if key != "host")
+    return f"postgresql://{user}{password}@{','.join(hosts)}/{parsed.database or ''}" + (f"?{query}" if query else "")
 
 
 def create_database(server_url: str, name: str) -> str:

@@ -20,6 +20,7 @@ from flask import Flask, Response, g, request
 from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 
 from models import Settings
+from models.connections import limiter_storage
 
 from .auth import authenticate
 from .problems import Problem, problem_response
@@ -51,11 +52,12 @@ def init_app(app: Flask, settings: Settings) -> None:
     budgets = [ApplicationLimit(limit, methods=list(methods), exempt_when=lambda: not _is_api(), scope=f"api-{name}")
                for name, methods, limit in (("writes", WRITES, settings.rate_limit),
                                             ("reads", READS, settings.read_rate_limit)) if limit]
+    storage_uri, storage_options = limiter_storage(settings)  # the same Redis (its master, under Sentinel)
     limiter = Limiter(
         key_func=_client_key,
         app=app,
-        storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 1, "socket_timeout": 2},
+        storage_uri=storage_uri,
+        storage_options=storage_options,
         strategy="moving-window",
         application_limits=budgets,
         headers_enabled=False,  # see the module's docstring; a 429's Retry-After is set below

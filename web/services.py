@@ -17,7 +17,7 @@ from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Settings, broker
-from models.connections import redis_options
+from models.connections import broker_options, broker_url, redis_client
 from models.db import make_engine, make_sessionmaker
 
 from .wakeups import Wakeups
@@ -38,18 +38,19 @@ class Services:
 
 def make_producer(settings: Settings) -> Celery:
     """A Celery app that only sends: web never imports worker/, it sends jobs by name."""
-    producer = Celery("chatq-web", broker=settings.redis_url, set_as_current=False)
+    producer = Celery("chatq-web", broker=broker_url(settings), set_as_current=False)
     producer.conf.update(
         # No "task-sent" event: it is a second publish to Redis on every POST (~10% of the web's
         # CPU per message, BENCHMARKS.md); Flower shows a job from its "received" on.
         task_send_sent_event=False,
-        broker_transport=broker.TRANSPORT,
         broker_connection_timeout=2,
         broker_connection_retry=False,
         # Publishing must not hang a request when Redis is down: the message is already
         # committed and the sweeper enqueues it once Redis is back.
-        broker_transport_options={"socket_connect_timeout": 1, "socket_timeout": 2},
+        broker_transport_options={"socket_connect_timeout": 1, "socket_timeout": 2, **broker_options(settings)},
     )
+    if not settings.redis_sentinels:  # one client per channel (models/broker.py); under Sentinel, kombu's own
+        producer.conf.broker_transport = broker.TRANSPORT
     return producer
 
 
@@ -65,11 +66,14 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
         sessions=make_sessionmaker(engine),
         autocommit=make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
         waits=make_sessionmaker(waits_engine),
-        redis=redis.Redis.from_url(settings.redis_url, **redis_options(socket_timeout=5)),
+        redis=redis_client(settings, socket_timeout=5),
         producer=make_producer(settings),
     )
 
-    app.extensions["chatq.wakeups"] = Wakeups(app.extensions["chatq"].redis)
+    # The notification listener blocks on its reads for as long as nothing happens: no socket
+    # timeout, and no health-check PINGs, which redis-py would send from the reading thread; TCP
+    # keep-alive finds a connection that died silently (web/wakeups.py).
+    app.extensions["chatq.wakeups"] = Wakeups(redis_client(settings, socket_timeout=None, health_check_interval=0))
     # gunicorn.conf.py calls this when the process is told to stop (SIGTERM).
     app.extensions["chatq.drain"] = app.extensions["chatq.wakeups"].drain
 

@@ -38,8 +38,6 @@ import redis
 import structlog
 from redis.exceptions import RedisError
 
-from models.connections import TCP_KEEPALIVE
-
 log = structlog.get_logger(__name__)
 Wake = Callable[[dict[str, Any]], bool]
 # How long a request waits for Redis to confirm its subscription (a round trip, normally well under
@@ -92,15 +90,11 @@ def _text(value: bytes | str) -> str:
 
 class Wakeups:
     def __init__(self, client: redis.Redis) -> None:
-        # The listener blocks on its reads for as long as nothing happens: no socket timeout, and no
-        # health-check PINGs, which redis-py would send from the reading thread. TCP keep-alive
-        # instead finds a connection that died silently (a NAT or load balancer dropping an idle
-        # flow) within half a minute: the read fails, and the listener reconnects.
-        pool = client.connection_pool
-        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0,
-                  "socket_keepalive": True, "socket_keepalive_options": TCP_KEEPALIVE}
-        self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
-                                                                        **kwargs))
+        # `client` is this listener's own (web/services.py): no socket timeout and no health-check
+        # PINGs, which redis-py would send from the reading thread; TCP keep-alive instead finds a
+        # connection that died silently (a NAT or load balancer dropping an idle flow) within half a
+        # minute: the read fails, and the listener reconnects (to the new master, under Sentinel).
+        self._client = client
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Waiter]] = {}
         self._confirmed: dict[str, threading.Event] = {}

@@ -10,7 +10,7 @@ import structlog
 from celery import Celery, bootsteps, signals
 
 from models import Settings
-from models.connections import BROKER_TRANSPORT_OPTIONS
+from models.connections import BROKER_TRANSPORT_OPTIONS, broker_options, broker_url
 from models.jobs import DELIVER_WEBHOOK, SWEEP, WEBHOOK_QUEUE
 from models.logs import configure_logging
 from models.metrics_support import scrape_registry
@@ -18,7 +18,7 @@ from models.metrics_support import scrape_registry
 
 def create_celery(settings: Settings) -> Celery:
     settings.require_engine()  # refuse to start a worker that could answer nothing
-    app = Celery("chatq", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("chatq", broker=broker_url(settings), include=["worker.tasks"])
     time_limit = settings.task_time_limit
     app.conf.update(
         # Results live in Postgres; Celery's result backend would only be a second, weaker copy.
@@ -37,7 +37,8 @@ def create_celery(settings: Settings) -> Celery:
         task_time_limit=time_limit,
         task_soft_time_limit=time_limit * 0.8,
         # Unacked jobs come back after this; it must exceed the longest job (the time limit).
-        broker_transport_options={"visibility_timeout": max(300, int(time_limit * 4)), **BROKER_TRANSPORT_OPTIONS},
+        broker_transport_options={"visibility_timeout": max(300, int(time_limit * 4)), **BROKER_TRANSPORT_OPTIONS,
+                                  **broker_options(settings)},
         broker_connection_retry_on_startup=True,
         # Flower shows each job as it is sent, received, started and finished.
         worker_send_task_events=True,

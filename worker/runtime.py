@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Settings
-from models.connections import redis_options
+from models.connections import redis_client
 from models.db import make_engine, make_sessionmaker
 
 from . import metrics
@@ -39,6 +39,6 @@ def runtime() -> Runtime:
         settings=settings,
         sessions=make_sessionmaker(database),
         db=database.execution_options(isolation_level="AUTOCOMMIT"),
-        redis=redis.Redis.from_url(settings.redis_url, **redis_options(socket_timeout=2)),
+        redis=redis_client(settings, socket_timeout=2),
         engine=make_reply_engine(settings),
     )

@@ -10,13 +10,17 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 import redis
 import requests
 
+from scripts.devstack import create_database, libpq_url
 from tests.faults.audit import audit, reply_latency, wait_terminal
 from tests.faults.conftest import FaultStack, Killer
 from tests.faults.proxy import SilentProxy
+from tests.faults.sentinel import MASTER_NAME, SentinelRedis
+from tests.faults.standby import Standby
 from tests.support import Api, BackgroundPoll, Worker, subscribers, wait_until
 
 pytestmark = pytest.mark.faults
@@ -290,3 +294,121 @@ def test_a_worker_whose_redis_connection_goes_silent_gets_back_to_work_by_itself
         assert all(message_id in cut_off.log_text() for message_id in after)
     finally:
         proxy.close()
+
+
+def test_the_redis_master_killed_under_load_and_sentinel_promoting_its_replica(fault_stack: FaultStack) -> None:
+    """Redis under Sentinel (a master, a replica, three sentinels): the master is SIGKILLed while
+    200 messages are posted into 20 conversations. Every process follows the sentinels to the
+    promoted replica by itself; what Redis lost (jobs, pieces) Postgres still has: every message is
+    answered once, in order, no request answers 500, and a reply's wait stays within 15 s."""
+    sentinel = SentinelRedis().start()
+    try:
+        fault_stack.env.update(REDIS_URL=f"redis://127.0.0.1:{sentinel.master_port}/0",
+                               REDIS_SENTINELS=sentinel.sentinels, REDIS_SENTINEL_MASTER=MASTER_NAME)
+        stack = fault_stack.start(workers=3)  # ~20 replies/s: the load below, with room
+        users = [Api(stack.webs[0].url) for _ in range(10)]
+        conversations = [(user, user.chat("hello")["conversation_id"]) for user in users for _ in range(2)]
+        accepted: list[str] = []
+        statuses: list[int] = []
+
+        def load(user: Api, conversation_id: str) -> None:
+            for n in range(10):
+                try:
+                    response = user.post(f"/api/v1/conversations/{conversation_id}/messages",
+                                         json={"content": f"Add task: sentinel {n}"}, timeout=15)
+                except requests.RequestException:
+                    statuses.append(0)
+                    continue
+                statuses.append(response.status_code)
+                if response.status_code == 202:
+                    accepted.append(response.json()["message"]["id"])
+                time.sleep(1.5)  # ~13 messages/s in all, over 15 s
+
+        threads = [threading.Thread(target=load, args=pair) for pair in conversations]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        sentinel.kill_master()
+        wait_until(lambda: sentinel.master()[1] == sentinel.replica_port, timeout=30,
+                   what="the sentinels to promote the replica")
+        for thread in threads:
+            thread.join()
+        wait_terminal(stack.connect, accepted, timeout=120)
+        with stack.connect() as connection:
+            figures = audit(connection, "redis-sentinel-failover", sent=len(statuses), ids=accepted)
+            figures.extra = reply_latency(connection, accepted)
+            waits = sorted(row[0] for row in connection.execute(
+                "SELECT extract(epoch FROM r.created_at - q.created_at)::float8 FROM messages q JOIN messages r "
+                "ON r.reply_to_id = q.id WHERE q.id = ANY(%s::uuid[])", (accepted,)))
+        figures.report().assert_clean()
+        assert 500 not in statuses and len(accepted) >= 190, statuses
+        assert waits[int(len(waits) * 0.99)] <= 15, waits[-10:]
+    finally:
+        sentinel.stop()
+
+
+def test_the_postgres_primary_killed_under_load_and_its_synchronous_standby_promoted(fault_stack: FaultStack) -> None:
+    """A primary and a synchronous standby, one multi-host DATABASE_URL (libpq picks the primary
+    by target_session_attrs=read-write) for every process and for the test's own database set-up.
+    The primary dies (`-m immediate`) while 200 messages go into 20 conversations, posted as a
+    client would, retrying a 503 with its Idempotency-Key; the standby is promoted. Nothing
+    acknowledged is lost (synchronous commit), nothing is answered twice or out of order, no
+    request answers 500, and replies wait at most 15 s (p99)."""
+    standby = Standby(fault_stack.pgdata, fault_stack.pg_port).start(synchronous=True)
+    try:
+        multi_host = standby.database_url("chatq_faults")
+        fault_stack.env["DATABASE_URL"] = multi_host
+        stack = fault_stack.start(workers=3)  # ~20 replies/s: the load below, with room
+
+        def connect() -> psycopg.Connection:
+            return psycopg.connect(libpq_url(multi_host), autocommit=True)
+
+        users = [Api(stack.webs[0].url) for _ in range(10)]
+        conversations = [(user, user.chat("hello")["conversation_id"]) for user in users for _ in range(2)]
+        accepted: list[str] = []
+        statuses: list[int] = []
+
+        def send(user: Api, conversation_id: str, n: int) -> None:
+            key = str(uuid.uuid4())
+            for _ in range(40):  # a client's retries, 0.5 s apart, with the same key
+                try:
+                    response = user.post(f"/api/v1/conversations/{conversation_id}/messages",
+                                         json={"content": f"Add task: failover {n}"},
+                                         headers={"Idempotency-Key": key}, timeout=15)
+                except requests.RequestException:
+                    statuses.append(0)
+                    time.sleep(0.5)
+                    continue
+                statuses.append(response.status_code)
+                if response.status_code == 202:
+                    accepted.append(response.json()["message"]["id"])
+                    return
+                time.sleep(0.5)
+
+        def load(user: Api, conversation_id: str) -> None:
+            for n in range(10):
+                send(user, conversation_id, n)
+                time.sleep(1.5)  # ~13 messages/s in all, over 15 s
+
+        threads = [threading.Thread(target=load, args=pair) for pair in conversations]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        standby.kill_primary()
+        standby.promote()
+        for thread in threads:
+            thread.join()
+        wait_terminal(connect, accepted, timeout=120)
+        with connect() as connection:
+            figures = audit(connection, "postgres-failover-sync", sent=len(statuses), ids=list(set(accepted)))
+            figures.extra = reply_latency(connection, accepted)
+            waits = sorted(row[0] for row in connection.execute(
+                "SELECT extract(epoch FROM r.created_at - q.created_at)::float8 FROM messages q JOIN messages r "
+                "ON r.reply_to_id = q.id WHERE q.id = ANY(%s::uuid[])", (accepted,)))
+        figures.report().assert_clean()
+        assert len(set(accepted)) == 200 and 500 not in statuses, sorted(set(statuses))
+        assert waits[int(len(waits) * 0.99)] <= 15, waits[-10:]
+        # make test's own set-up takes the same URL: a database made and migrated on the new primary.
+        create_database(multi_host, "chatq_after_failover")
+    finally:
+        standby.stop()
