@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 
 import pytest
 import requests
 
-from tests.support import Api, Web, free_port
+from models import metrics_support
+from tests.support import Api, Web, Worker, free_port
 
 
 def test_health_reports_healthy(stack) -> None:
@@ -135,3 +137,24 @@ def test_every_response_names_its_node_and_carries_the_security_headers(stack, a
                      "Referrer-Policy", "X-Request-ID"):
             assert len(answer.raw.headers.getlist(name)) == 1, (answer.url, name)
         assert answer.headers["X-Content-Type-Options"] == "nosniff" and answer.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_process_groups_metrics_folder_goes_with_it_even_after_a_sigkill(stack_env) -> None:
+    """prometheus-client's multiprocess folder: made by the process group's parent, removed when it
+    exits; one left by a group that was killed is removed by the next process that starts."""
+    web = Web("metrics-folder-web", stack_env).start()
+    assert web.popen is not None
+    made = metrics_support.FOLDER / f"web-{web.popen.pid}"
+    assert made.is_dir()
+    web.stop()
+    assert not made.exists()
+    killed = Worker("metrics-folder-worker", stack_env, concurrency=1).start()
+    assert killed.popen is not None
+    orphan = metrics_support.FOLDER / f"worker-{killed.popen.pid}"
+    killed.kill(signal.SIGKILL)
+    assert orphan.is_dir()  # nothing ran at its end
+    after = Web("metrics-folder-web-after", stack_env).start()
+    try:
+        assert not orphan.exists()
+    finally:
+        after.stop()
