@@ -21,7 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	scripts/ensure-packages.sh
-	$(BIN)/python scripts/llama.py build || echo "The tests against llama.cpp will be skipped (see above)."
+	$(BIN)/python scripts/llama.py build
 	$(BIN)/python scripts/devstack.py test $(PYTEST_ARGS)
 
 # The fast in-process tier alone (tests/unit: no gunicorn, no Celery worker), for the edit-test loop.

@@ -198,6 +198,9 @@ def pytest_collection_modifyitems(items) -> None:
 
 def pytest_sessionstart(session) -> None:
     FIGURES.unlink(missing_ok=True)
+    # Each run's processes write their logs afresh: a check of what a log says (or does not) must
+    # read this run's lines, not an earlier run's (the logs are appended to within a run).
+    shutil.rmtree(ARTIFACTS / "logs", ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -6,6 +6,9 @@ The provider is faked by a local HTTP server that speaks the real protocol: a JW
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -14,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
@@ -118,15 +122,26 @@ def test_a_rotated_key_is_fetched_when_a_token_names_it(idp_web, provider) -> No
     assert provider.fetches <= cached + 1
 
 
+def _b64(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
 def test_unpublished_keys_and_algorithm_confusion_are_401(idp_web, provider) -> None:
     provider.add_key("rogue", "RS256", publish=False)
     assert _tasks(idp_web, provider.token("rogue")).status_code == 401
     unsigned = jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE}, None, algorithm="none")
     assert _tasks(idp_web, unsigned).status_code == 401
-    # HS256 "signed" with the provider's public key: the classic confusion attack.
-    public_pem = provider.public_jwk("rsa-1")["n"]
-    forged = jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE}, public_pem, algorithm="HS256")
+    # The classic confusion attack: HS256 with the published RSA key's PEM as the HMAC secret, naming
+    # that key, every other claim valid — refused because the key's kind decides the algorithm.
+    # (PyJWT itself refuses to sign with a PEM as an HMAC secret, so it is signed by hand.)
+    public_key = RSAAlgorithm.from_jwk(json.dumps(provider.public_jwk("rsa-1")))
+    public_pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    claims = {"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 600}
+    signing_input = b".".join(_b64(json.dumps(part).encode()) for part in ({"alg": "HS256", "kid": "rsa-1",
+                                                                             "typ": "JWT"}, claims))
+    forged = (signing_input + b"." + _b64(hmac.new(public_pem, signing_input, hashlib.sha256).digest())).decode()
     assert _tasks(idp_web, forged).status_code == 401
+    assert _tasks(idp_web, provider.token("rsa-1")).status_code == 200  # the same claims, rightly signed
 
 
 def test_a_token_whose_algorithm_does_not_fit_its_key_is_401(idp_web, provider) -> None:

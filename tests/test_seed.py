@@ -22,10 +22,11 @@ def test_add_then_restart_everything_then_recall(stack, api: Api) -> None:
 def test_three_users_at_once_see_only_their_own_tasks(make_api) -> None:
     users = {name: make_api() for name in "ABC"}
     conversations: dict[str, str] = {}
+    replies: dict[str, str] = {}
 
-    def chat(name: str) -> None:
+    def chat(name: str) -> None:  # asserted below: an assert in a thread would only end the thread
         conversations[name], answered = users[name].ask(f"Add task {name}")
-        assert f"task {name}" in answered["reply"]["content"]
+        replies[name] = answered["reply"]["content"]
 
     threads = [threading.Thread(target=chat, args=(name,)) for name in users]
     for thread in threads:
@@ -34,5 +35,6 @@ def test_three_users_at_once_see_only_their_own_tasks(make_api) -> None:
         thread.join()
 
     assert len(set(conversations.values())) == 3
+    assert all(f"task {name}" in replies[name] for name in users), replies
     for name, user in users.items():
         assert [task["title"] for task in user.tasks()] == [f"task {name}"]
