@@ -56,6 +56,12 @@ def test_docker_compose_config_is_valid() -> None:
     env = {"AUTH_SECRET": "x" * 32, "FLOWER_BASIC_AUTH": "ops:pw", "PATH": "/usr/bin:/bin:/usr/local/bin"}
     result = subprocess.run([*command, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+    # The `ha` profile (a Postgres standby, Redis with a replica and three sentinels) is valid too.
+    replicated = subprocess.run([*command, "-f", str(COMPOSE), "--profile", "ha", "config", "--services"],
+                                capture_output=True, text=True, env=env)
+    assert replicated.returncode == 0, replicated.stderr
+    assert {"pg-primary", "pg-standby", "redis-primary", "redis-replica", "sentinel-1", "sentinel-2",
+            "sentinel-3"} <= set(replicated.stdout.split())
     missing_secret = subprocess.run([*command, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
                                     env={"PATH": env["PATH"]})
     assert missing_secret.returncode != 0 and "AUTH_SECRET" in missing_secret.stderr
