@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 FOLDER = Path(tempfile.gettempdir()) / "chatq-metrics"
 
@@ -49,18 +51,8 @@ def _remove_orphans() -> None:
     """The folders of process groups whose maker is gone."""
     for folder in FOLDER.iterdir():
         _kind, _, pid = folder.name.rpartition("-")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def scrape_registry():  # -> prometheus_client.CollectorRegistry

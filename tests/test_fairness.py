@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ import requests
 
 from scripts.devstack import libpq_url
 from tests.conftest import Stack, isolated_env
-from tests.support import Api, sample, token, wait_until
+from tests.support import Api, Web, sample, token, wait_until
 
 FAIR_REDIS_DB = 13
 CAPS_REDIS_DB = 7
@@ -175,7 +176,7 @@ def capped(stack_env) -> Iterator[SimpleNamespace]:
                        MAX_GENERATIONS_PER_USER="1")
     running = Stack(env, "caps").start()
     with psycopg.connect(libpq_url(env["DATABASE_URL"]), autocommit=True) as db:
-        yield SimpleNamespace(url=running.url, db=db)
+        yield SimpleNamespace(url=running.url, db=db, stack=running)
     running.stop()
 
 
@@ -223,3 +224,26 @@ def test_an_expired_message_ends_expired_and_its_conversation_moves_on(capped) -
     answered = hurried.wait_answered(after["id"])
     assert answered["status"] == "answered" and "buy milk" in answered["reply"]["content"]
     assert not [task for task in hurried.tasks() if task["title"] == "too late"]  # never generated
+
+
+@pytest.mark.browser
+def test_the_page_says_where_a_waiting_question_stands(capped, browser) -> None:
+    node = Web("caps-web-dev", {**capped.stack.env, "CHATQ_DEV": "1"}).start()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(node.url + "/")
+        page.fill("#user-name", f"queue-{uuid.uuid4().hex[:8]}")
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#app:not([hidden])")
+        # The first takes the user's one generation for 0.8 s; the second waits behind it, in line.
+        page.fill("#message", "Add task: first")
+        page.press("#message", "Enter")
+        page.wait_for_selector(".message.user >> text=Add task: first")
+        page.fill("#message", "Add task: second")
+        page.press("#message", "Enter")
+        waiting = page.wait_for_selector(".status.pending >> text=/ahead of you|Next in line/", timeout=5000)
+        assert "Stop" in waiting.inner_text()
+        page.wait_for_selector(".message.assistant >> text=second", timeout=30000)
+    finally:
+        page.close()
+        node.stop()
