@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     quota_tokens_per_day: int = 0
     # ... and of reads (GETs of the API, long-polls and streams included).
     read_rate_limit: str = "600/minute"
-    # The scheduler (README, "The scheduler"): each user's weight by the token's `tier` claim
+    # The scheduler (docs/scheduler.md): each user's weight by the token's `tier` claim
     # ("free=1,pro=4"; a user without one, or with a tier not named, weighs 1); how many messages
     # one user may have waiting (a POST past it answers 429; 0: no cap) and generating at once
     # across the service (0: no cap); how long a batch message waits before it competes with

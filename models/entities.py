@@ -45,7 +45,7 @@ class Status(enum.StrEnum):
 
 
 class Lane(enum.IntEnum):
-    """Which of the scheduler's lanes a question waits in (README, "The scheduler")."""
+    """Which of the scheduler's lanes a question waits in (docs/scheduler.md)."""
 
     INTERACTIVE = 0
     BATCH = 1  # runs only on slots interactive work leaves idle, until it ages into INTERACTIVE

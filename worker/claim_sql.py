@@ -50,7 +50,7 @@ SELECT h.seq, h.role::text, h.content, h.tool_calls::text, NULL
  WHERE (h.seq < picked.seq OR h.role = 'assistant') AND NOT h.superseded
 """
 
-# The scheduler (README, "The scheduler"): the queued messages that may start now, in the order
+# The scheduler (docs/scheduler.md): the queued messages that may start now, in the order
 # they should — interactive before batch, then by virtual start time (each user's messages tagged
 # 1/weight apart from their user's last: next_fair_tag(), migration 0006), so that every user with
 # waiting work gets an equal share of starts (weighted by tier), however many conversations they

@@ -1,8 +1,8 @@
 """Who answers what, decided in Postgres.
 
 A job is a doorbell: it says that some message may start, not which. The worker that takes it
-claims the message that should start next by the fair order (worker/claim_sql.py, README "The
-scheduler") — with its *conversation's* lease: a conditional UPDATE that succeeds only when no
+claims the message that should start next by the fair order (worker/claim_sql.py,
+docs/scheduler.md) — with its *conversation's* lease: a conditional UPDATE that succeeds only when no
 live lease exists, and bumps `lease_version`, the fencing token. Holding it, the worker marks the
 message `processing`, generates outside any transaction, and commits the reply only if
 `lease_version` is still its own (checked by the same UPDATE that numbers the reply). So:

@@ -1,7 +1,7 @@
 """fair share: per-user virtual time, lanes, expiry, the `expired` status
 
 Workers no longer answer the message their job names: a job is a doorbell, and the claim takes the
-fairest message that can start (worker/claim_sql.py, README "The scheduler"). What it needs:
+fairest message that can start (worker/claim_sql.py, docs/scheduler.md). What it needs:
 
 - `messages.user_id`: whose message it is, so that a user's waiting and running messages are
   counted from an index (caps), not by walking their conversations (backfilled from them);
