@@ -2,11 +2,11 @@
 
 Worker class: gevent. A waiting client (a long-poll of up to 30 s, an event stream of up to 300 s)
 is a parked greenlet and a socket — a few KiB, not a thread — so one process holds thousands of
-them while every other request is served at once (docs/api.md, "Writing a client": what a waiting client costs). The Flask code is
-the same code that runs under any worker: gunicorn monkey-patches the standard library when the
-worker starts, psycopg 3 cooperates with gevent by itself, and redis-py and kombu use the patched
-sockets. What bounds a process is admission (MAX_WAITS, MAX_WAITS_PER_USER, web/waiting.py), not
-a thread pool.
+them while every other request is served at once (docs/api.md, "Writing a client": what a waiting
+client costs). The Flask code is the same code that runs under any worker: gunicorn
+monkey-patches the standard library when the worker starts, psycopg 3 cooperates with gevent by
+itself, and redis-py and kombu use the patched sockets. What bounds a process is admission
+(MAX_WAITS, MAX_WAITS_PER_USER, web/waiting.py), not a thread pool.
 """
 
 import contextlib

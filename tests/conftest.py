@@ -18,12 +18,10 @@ import redis
 
 from scripts.devstack import create_database, libpq_url
 from tests.fake_llm import FakeModelServer
-from tests.support import ARTIFACTS, TEST_SECRET, Api, Beat, Process, Web, Worker
+from tests.support import ARTIFACTS, TEST_SECRET, Api, Beat, Process, Web, Worker, redis_database
 
 TEST_DATABASE = "chatq_test"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-TEST_REDIS_DB = 15
-LLM_REDIS_DB = TEST_REDIS_DB - 1
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +37,7 @@ def redis_url() -> str:
     server = os.environ.get("REDIS_URL")
     if not server:
         pytest.exit("REDIS_URL is not set: run the tests with `make test`", returncode=2)
-    url = server.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}" if server.count("/") > 2 else f"{server}/{TEST_REDIS_DB}"
+    url = redis_database(server, "session")
     redis.Redis.from_url(url).flushdb()
     return url
 
@@ -63,10 +61,10 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
     return env
 
 
-def isolated_env(stack_env: dict[str, str], name: str, redis_db: int, **settings: str) -> dict[str, str]:
+def isolated_env(stack_env: dict[str, str], name: str, **settings: str) -> dict[str, str]:
     """An environment of its own beside the session's stack: a fresh database `chatq_<name>`, built
-    by Alembic, and a flushed Redis database."""
-    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}"
+    by Alembic, and a flushed Redis database (tests/support.py's REDIS_DATABASES[name])."""
+    redis_url = redis_database(stack_env["REDIS_URL"], name)
     redis.Redis.from_url(redis_url).flushdb()
     return {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], f"chatq_{name}"),
             "REDIS_URL": redis_url, **settings}
@@ -143,7 +141,7 @@ def model_server():
 @pytest.fixture(scope="session")
 def llm_stack(stack_env, model_server):
     """A stack of its own (database, Redis database, web, worker, beat) whose workers use a model."""
-    env = isolated_env(stack_env, "llm", LLM_REDIS_DB, ENGINE="openai", LLM_BASE_URL=model_server.base_url,
+    env = isolated_env(stack_env, "llm", ENGINE="openai", LLM_BASE_URL=model_server.base_url,
                        LLM_MODEL="fake-model", LLM_API_KEY="sk-test", LEASE_SECONDS="4",
                        LLM_MAX_TOKENS="60")
     running = Stack(env, "llm").start()

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 import redis
@@ -269,3 +270,15 @@ def sample(text: str, name: str, **labels: str) -> float:
         if all(found.get(key) == value for key, value in labels.items()):
             return float(match.group(2))
     return 0.0
+
+
+# Each stack the tests start has a Redis database of its own (Redis has 16; database 0 is left to
+# `make run`): one table, so that no two can collide.
+REDIS_DATABASES = {"session": 15, "unit": 14, "llm": 13, "control": 12, "llama": 11, "shutdown": 10, "deploy": 9,
+                   "webhooks": 8, "caps": 7, "fair": 6}
+
+
+def redis_database(url: str, name: str) -> str:
+    """`url` (a Redis URL, with or without a database number) naming stack `name`'s database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{REDIS_DATABASES[name]}"))

@@ -20,17 +20,16 @@ import pytest
 import requests
 
 from scripts.devstack import libpq_url
-from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.conftest import Stack, isolated_env
 from tests.support import ARTIFACTS, Api, BackgroundPoll, EventStream, Web, Worker, sample, wait_until
 from worker.engine.builtin import FALLBACK, HELP
 
-CONTROL_REDIS_DB = TEST_REDIS_DB - 3
 STREAM_DELAY_MS = 120  # FALLBACK (26 words) streams for about 3 s
 
 
 @pytest.fixture(scope="module")
 def control(stack_env):
-    env = isolated_env(stack_env, "control", CONTROL_REDIS_DB, ENGINE_STREAM_DELAY_MS=str(STREAM_DELAY_MS))
+    env = isolated_env(stack_env, "control", ENGINE_STREAM_DELAY_MS=str(STREAM_DELAY_MS))
     running = Stack(env, "control").start()
     node_b = Web("control-web-b", env).start()
     yield SimpleNamespace(stack=running, a=running.web.url, b=node_b.url, env=env)

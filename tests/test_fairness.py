@@ -23,14 +23,12 @@ from scripts.devstack import libpq_url
 from tests.conftest import Stack, isolated_env
 from tests.support import Api, Web, sample, token, wait_until
 
-FAIR_REDIS_DB = 13
-CAPS_REDIS_DB = 7
 DELAY_MS = 100
 
 
 @pytest.fixture(scope="module")
 def fair(stack_env) -> Iterator[SimpleNamespace]:
-    env = isolated_env(stack_env, "fair", FAIR_REDIS_DB, ENGINE_DELAY_MS=str(DELAY_MS), TIER_WEIGHTS="free=1,pro=4",
+    env = isolated_env(stack_env, "fair", ENGINE_DELAY_MS=str(DELAY_MS), TIER_WEIGHTS="free=1,pro=4",
                        BATCH_AGE_SECONDS="2", MAX_QUEUED_PER_USER="500")
     running = Stack(env, "fair").start()
     with psycopg.connect(libpq_url(env["DATABASE_URL"]), autocommit=True) as db:
@@ -172,7 +170,7 @@ def test_a_queued_message_says_how_many_start_before_it(fair) -> None:
 
 @pytest.fixture(scope="module")
 def capped(stack_env) -> Iterator[SimpleNamespace]:
-    env = isolated_env(stack_env, "caps", CAPS_REDIS_DB, ENGINE_DELAY_MS="800", MAX_QUEUED_PER_USER="3",
+    env = isolated_env(stack_env, "caps", ENGINE_DELAY_MS="800", MAX_QUEUED_PER_USER="3",
                        MAX_GENERATIONS_PER_USER="1")
     running = Stack(env, "caps").start()
     with psycopg.connect(libpq_url(env["DATABASE_URL"]), autocommit=True) as db:

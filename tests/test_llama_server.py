@@ -17,11 +17,10 @@ import pytest
 import requests
 
 from scripts import llama
-from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.conftest import Stack, isolated_env
 from tests.support import Api, EventStream, Process, Worker, free_port, wait_until
 
 pytestmark = pytest.mark.llama
-LLAMA_REDIS_DB = TEST_REDIS_DB - 4
 CONTEXT = 2048
 MAX_TOKENS = 48
 # SmolLM2 was not trained for tools: shown the call format once, it uses it.
@@ -50,7 +49,7 @@ def real(stack_env):
         pytest.skip("llama-server is not built on this machine: `python scripts/llama.py build` says why")
     port = free_port()
     process = start_llama(server, port)
-    env = isolated_env(stack_env, "llama", LLAMA_REDIS_DB, ENGINE="openai", LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
+    env = isolated_env(stack_env, "llama", ENGINE="openai", LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
                        LLM_MODEL="smollm2", LLM_MAX_TOKENS=str(MAX_TOKENS), LEASE_SECONDS="20")
     running = Stack(env, "llama")
     running.worker = Worker("llama-worker", env, concurrency=1)  # one generation at a time: a small CPU

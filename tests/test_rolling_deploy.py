@@ -21,12 +21,11 @@ import requests
 
 from scripts.cluster import nginx_binary, render_nginx_conf
 from scripts.devstack import libpq_url
-from tests.conftest import TEST_REDIS_DB, isolated_env
+from tests.conftest import isolated_env
 from tests.faults.audit import audit, wait_terminal
 from tests.support import ARTIFACTS, Api, Beat, Process, Web, Worker, free_port, wait_until
 
 pytestmark = pytest.mark.cluster
-DEPLOY_REDIS_DB = TEST_REDIS_DB - 6
 USERS = 20
 SLOWEST_REPLY_SECONDS = 10.0
 
@@ -84,7 +83,7 @@ def deployment(stack_env):
         pytest.skip("no nginx here: `make test` installs Debian's nginx where apt-get can")
     defaults = {key: value for key, value in stack_env.items()
                 if key not in ("LEASE_SECONDS", "SWEEP_INTERVAL_SECONDS")}
-    env = isolated_env(defaults, "deploy", DEPLOY_REDIS_DB, WEB_CONCURRENCY="1")
+    env = isolated_env(defaults, "deploy", WEB_CONCURRENCY="1")
     webs = [Web(f"deploy-web-{n}", env).start() for n in (1, 2)]
     workers = [Worker(f"deploy-worker-{n}", env).start() for n in (1, 2, 3)]
     beat = Beat("deploy-beat", env).start()

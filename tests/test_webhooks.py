@@ -17,10 +17,8 @@ import psutil
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.conftest import Stack, isolated_env
 from tests.support import ARTIFACTS, Api, Web, Worker, free_port, wait_until
-
-WEBHOOKS_REDIS_DB = TEST_REDIS_DB - 7
 
 
 class WebhooksWorker(Worker):
@@ -76,7 +74,7 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def hooks(stack_env):
-    env = isolated_env(stack_env, "webhooks", WEBHOOKS_REDIS_DB, WEBHOOK_ALLOW_PRIVATE="1",
+    env = isolated_env(stack_env, "webhooks", WEBHOOK_ALLOW_PRIVATE="1",
                        WEBHOOK_BACKOFF_BASE_SECONDS="1", WEBHOOK_BACKOFF_CAP_SECONDS="8", WEBHOOK_TIMEOUT_SECONDS="15")
     running = Stack(env, "webhooks").start()
     deliverer = WebhooksWorker("webhooks-deliverer", env).start()

@@ -14,17 +14,16 @@ import psycopg
 import pytest
 
 from scripts.devstack import libpq_url
-from tests.conftest import TEST_REDIS_DB, Stack, isolated_env
+from tests.conftest import Stack, isolated_env
 from tests.support import ARTIFACTS, Api, Worker, wait_until
 from worker.engine.builtin import FALLBACK
 
-SHUTDOWN_REDIS_DB = TEST_REDIS_DB - 5
 LEASE = 40
 
 
 @pytest.fixture(scope="module")
 def shutdown_stack(stack_env):
-    env = isolated_env(stack_env, "shutdown", SHUTDOWN_REDIS_DB, ENGINE_STREAM_DELAY_MS="300",
+    env = isolated_env(stack_env, "shutdown", ENGINE_STREAM_DELAY_MS="300",
                        LEASE_SECONDS=str(LEASE), WORKER_SHUTDOWN_GRACE_SECONDS="2")
     running = Stack(env, "shutdown").start()
     yield SimpleNamespace(stack=running, env=env)

@@ -17,9 +17,7 @@ from sqlalchemy.orm import Session
 
 from models import Settings
 from scripts.devstack import create_database
-from tests.support import TEST_SECRET
-
-UNIT_REDIS_DB = 14
+from tests.support import TEST_SECRET, redis_database
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +25,7 @@ def unit_settings() -> Settings:
     server, broker = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if not server or not broker:
         pytest.exit("DATABASE_URL / REDIS_URL are not set: run the tests with `make unit` or `make test`", returncode=2)
-    redis_url = broker.rsplit("/", 1)[0] + f"/{UNIT_REDIS_DB}" if broker.count("/") > 2 else f"{broker}/{UNIT_REDIS_DB}"
+    redis_url = redis_database(broker, "unit")
     redis.Redis.from_url(redis_url).flushdb()  # the jobs the views sent last time, which no worker reads
     return Settings.from_env({"DATABASE_URL": create_database(server, "chatq_unit"), "REDIS_URL": redis_url,
                               "AUTH_SECRET": TEST_SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": ""})

@@ -36,3 +36,11 @@ def test_under_sentinel_every_use_follows_the_master_they_name() -> None:
 def test_a_setting_that_does_not_describe_redis_or_the_tiers_stops_the_process(variables, named) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env({**BASE, **variables})
+
+
+def test_every_test_stack_has_a_redis_database_of_its_own() -> None:
+    from tests.support import REDIS_DATABASES, redis_database
+
+    assert len(set(REDIS_DATABASES.values())) == len(REDIS_DATABASES) and 0 not in REDIS_DATABASES.values()
+    assert redis_database("redis://127.0.0.1:6379", "llm") == "redis://127.0.0.1:6379/13"
+    assert redis_database("redis://:pw@h:1/0", "unit") == "redis://:pw@h:1/14"
