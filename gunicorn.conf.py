@@ -9,17 +9,7 @@ itself, and redis-py and kombu use the patched sockets. What bounds a process is
 (MAX_WAITS, MAX_WAITS_PER_USER, web/waiting.py), not a thread pool.
 """
 
-import contextlib
-import errno
-import os
 import resource
-import socket
-import weakref
-
-import gevent
-from gunicorn.glogging import Logger
-from gunicorn.workers.base_async import AsyncWorker
-from gunicorn.workers.ggevent import GeventWorker
 
 from models import Settings
 from models.metrics_support import prepare_multiprocess_dir
@@ -35,118 +25,11 @@ if _hard == resource.RLIM_INFINITY or _soft < _hard:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 
 
-class _SilenceEnds:
-    """A client socket whose reads and writes give up after `client_timeout_seconds` of silence.
-
-    A timed-out read is taken as the end of the connection (gunicorn drops a request head cut off
-    there; the app answers a cut-off body with 400), a timed-out write as a client gone away: both
-    paths gunicorn already treats as a client leaving, without a traceback in the log.
-    """
-
-    def __init__(self, sock) -> None:
-        self._sock = sock
-        self._answered = False  # the last thing done on it was sending (part of) an answer
-        # Waiting for a next request after an answer, with nothing of it read yet: an idle
-        # keep-alive connection, which a leaving process closes at once (Worker.handle_exit).
-        self.idle = False
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-    def recv(self, *args):
-        self.idle = self._answered
-        try:
-            data = self._sock.recv(*args)
-        except TimeoutError:
-            data = b""
-        self.idle = self._answered = False
-        return data
-
-    def sendall(self, data, *args):
-        try:
-            result = self._sock.sendall(data, *args)
-        except TimeoutError as error:
-            raise BrokenPipeError(errno.EPIPE, "the client stopped reading") from error
-        self._answered = True
-        return result
-
-
-class Worker(GeventWorker):
-    """gunicorn's gevent worker, with a deadline on every read and write of a client's socket.
-
-    gunicorn bounds reading a request's head by `keepalive` seconds, but not a body sent a byte at
-    a time, nor a client that stops reading an event stream: each would hold its connection for
-    good (slowloris). A long-poll does not touch its socket while it waits: the deadline never ends
-    a wait, only a silent client.
-    """
-
-    def init_process(self):
-        # This process's open client connections (a weak set: a closed one leaves by itself).
-        self.clients = weakref.WeakSet()
-        super().init_process()
-
-    def handle_exit(self, sig, frame):
-        """SIGTERM (a deploy): stop accepting, and answer every waiting request now — a long-poll
-        with what it has, a stream by ending — so that none is cut off at graceful_timeout; their
-        clients ask again on a node that is not leaving (web/wakeups.py `drain`). Idle keep-alive
-        connections (a load balancer's pool) are closed at once too: otherwise each would hold the
-        process until graceful_timeout. A balancer drops a pooled connection its upstream closed."""
-        super().handle_exit(sig, frame)
-        drain = getattr(getattr(self, "wsgi", None), "extensions", {}).get("chatq.drain")
-        if drain is not None:
-            gevent.spawn(drain)  # not in the signal handler itself: it takes locks
-        gevent.spawn(self._close_idle)
-
-    def _close_idle(self):
-        for client in list(self.clients):
-            if client.idle:
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)
-
-    def handle_request(self, listener_name, req, sock, addr):
-        super().handle_request(listener_name, req, sock, addr)
-        if not self.alive:
-            # Leaving: no connection is kept open after its answer (gunicorn decides keep-alive when
-            # a request starts, and a drained long-poll started before the SIGTERM).
-            raise StopIteration
-
-    def handle(self, listener, client, addr):
-        client.settimeout(settings.client_timeout_seconds)
-        wrapped = _SilenceEnds(client)
-        self.clients.add(wrapped)
-        # GeventWorker.handle would make the socket blocking again, without a timeout.
-        AsyncWorker.handle(self, listener, wrapped, addr)
-
-
-class AccessLogger(Logger):
-    """gunicorn's logger, whose access line costs a tenth of a cheap request less.
-
-    For every request gunicorn builds, beside the line's own atoms, one atom per request header,
-    response header and environ variable (`{name}i`, `{name}o`, `{name}e`), lower-cased twice: ~40%
-    of what answering `/livez` costs. They are built here only when `access_log_format` names one.
-    """
-
-    def atoms(self, resp, req, environ, request_time):
-        if "}" in self.cfg.access_log_format:
-            return super().atoms(resp, req, environ, request_time)
-        sent = getattr(resp, "sent", None)
-        status = resp.status
-        return {
-            "h": environ.get("REMOTE_ADDR", "-"), "l": "-", "u": self._get_user(environ) or "-", "t": self.now(),
-            "r": f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
-            "s": status.split(None, 1)[0] if isinstance(status, str) else status,
-            "m": environ.get("REQUEST_METHOD"), "U": environ.get("PATH_INFO"), "q": environ.get("QUERY_STRING"),
-            "H": environ.get("SERVER_PROTOCOL"), "b": str(sent) if sent is not None else "-", "B": sent,
-            "f": environ.get("HTTP_REFERER", "-"), "a": environ.get("HTTP_USER_AGENT", "-"),
-            "T": request_time.seconds, "D": request_time.seconds * 1000000 + request_time.microseconds,
-            "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
-            "L": f"{request_time.seconds}.{request_time.microseconds:06d}", "p": f"<{os.getpid()}>",
-        }
-
-
 bind = f"{settings.bind_host}:{settings.port}"
 workers = settings.web_concurrency
-worker_class = Worker
+# The gevent worker with a deadline on client sockets and a drain on SIGTERM, and gunicorn's logger
+# with a cheaper access line: gunicorn_worker.py (this file holds settings only).
+worker_class = "gunicorn_worker.Worker"
 # Simultaneous connections per process: the waits admission lets in, and room for everything else
 # (posts, reads, health checks) beside them; past it gunicorn stops accepting until one closes.
 worker_connections = settings.max_waits + 1000
@@ -159,7 +42,7 @@ graceful_timeout = 30
 # with 502 (nginx does not replay a request it has sent). It also bounds reading a request's head.
 keepalive = 75
 accesslog = "-"
-logger_class = AccessLogger
+logger_class = "gunicorn_worker.AccessLogger"
 
 
 def child_exit(server, worker):
