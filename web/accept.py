@@ -233,6 +233,14 @@ def _settle_busy(session: Session, user: str, conversation_id: str,
     return [*((ident, Status.CANCELLED) for ident in queued), *((ident, Status.CANCELLING) for ident in generating)]
 
 
+def is_one_statement(settings: Settings, idempotency: tuple[str, str] | None, on_busy: str) -> bool:
+    """Whether accepting a message is one statement (numbering, storing and counting it in the
+    day): then it needs no transaction around it, and the caller runs it in autocommit. An
+    idempotency key (reserved first), on_busy (the busy questions settled first) or a quota
+    (checked as it is counted) each add statements that must commit together."""
+    return idempotency is None and on_busy == "enqueue" and not has_quotas(settings)
+
+
 def accept_message(
     session: Session,
     *,
@@ -246,9 +254,8 @@ def accept_message(
     asked: Asked = Asked(),
     start_rate: Callable[[], float | None] = lambda: None,
 ) -> Accepted:
-    """Store a user message and count it in the user's day. Without an idempotency key, `on_busy`
-    or quotas `session` may be in autocommit (storing and counting are one statement); otherwise the
-    caller runs this in a transaction, in which a quota is checked as the message is counted."""
+    """Store a user message and count it in the user's day. When `is_one_statement` says so,
+    `session` may be in autocommit; otherwise the caller runs this in a transaction."""
     if idempotency is not None:
         stored = _claim_key(session, user, *idempotency)
         if stored is not None:

@@ -31,11 +31,11 @@ from models.scheduling import queue_position, start_rate
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
-from .accept import Asked, accept_message, fingerprint
+from .accept import Asked, accept_message, fingerprint, is_one_statement
 from .auth import authenticate
 from .inputs import json_body, query
 from .problems import Problem
-from .quotas import has_quotas, usage_today
+from .quotas import usage_today
 from .serialize import conversation_json, task_json
 from .services import after_commit, reader, services, transaction
 from .spec import operation
@@ -152,7 +152,7 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
                  "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings,
                  "asked": asked, "start_rate": lambda: start_rate(services().redis)}
-    autocommit = idempotency is None and on_busy == "enqueue" and not has_quotas(settings)
+    autocommit = is_one_statement(settings, idempotency, on_busy)
     redis, conversation = services().redis, conversation_id
     with transaction(autocommit=autocommit) as session:
         accepted = accept_message(session, **arguments)

@@ -89,10 +89,10 @@ def services() -> Services:
 @contextmanager
 def transaction(*, autocommit: bool = False) -> Iterator[Session]:
     """The one way a view writes: the block is one transaction; what it asked for with
-    `after_commit` runs once the transaction has committed, and not at all if the block raised.
-    `autocommit`: each statement of the block commits by itself, with no BEGIN/COMMIT round trips —
-    for the hottest write, a message without idempotency key, on_busy or quota, which one statement
-    stores and counts in the day's usage."""
+    `after_commit` runs once the block (and its commit) succeeded, and not at all if it raised.
+    `autocommit`: there is no transaction around the block — each statement commits by itself, with
+    no BEGIN/COMMIT round trips — for a block that is a single statement, which is then atomic on
+    its own (web/accept.py `is_one_statement` says when accepting a message is)."""
     queued: list[Callable[[], None]] = []
     g.after_commit = queued
     try:
