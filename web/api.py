@@ -232,14 +232,14 @@ def get_message(message_id: str) -> Response:
                         answer=_committed_message(ident))
     else:
         body, _ = _message_view(ident)
-    _with_queue_positions([body])
+    with_queue_positions([body])
     response = jsonify(body)
     if body.get("status") in UNFINISHED:
         response.headers["Retry-After"] = PENDING_RETRY_AFTER
     return response
 
 
-def _with_queue_positions(messages: list[dict[str, Any]]) -> None:
+def with_queue_positions(messages: list[dict[str, Any]]) -> None:
     """Each queued one of these messages (as shown) gets its place in the queue: read once, for
     what is answered, not at every wake-up of a wait."""
     queued = [message for message in messages if message.get("status") == Status.QUEUED]
@@ -276,7 +276,7 @@ def list_messages(conversation_id: str) -> dict[str, Any]:
         # Whose the conversation is, and what is new in it, in one statement at every read.
         page = wait_for(conversation_channel(ident), lambda: _messages_after(ident, params.after, params.limit),
                         params.wait, wake=lambda change: change.get("status") != "processing")
-    _with_queue_positions(page["items"])
+    with_queue_positions(page["items"])
     return page
 
 

@@ -41,7 +41,7 @@ from models.queries import messages_after, parse_uuid, replies_to
 from models.representation import message_json
 from models.signals import conversation_channel, delta_channel
 
-from .api import conversation_or_404, partials
+from .api import conversation_or_404, partials, with_queue_positions
 from .auth import authenticate
 from .problems import Problem
 from .schemas import EventsQuery
@@ -87,9 +87,11 @@ def _changes(conversation_id: Any, cursor: int, watched: dict[str, str], sent: S
              if row.status is not None and row.status.value != watched[str(row.id)] and row.seq <= cursor]
     replies = replies_to(session, [row.id for row in [*new, *moved]])
     written = partials([*moved, *new])
+    shown = [(message_json(row, replies.get(row.id), written.get(row.id)), row, with_id)
+             for row, with_id in [*((row, False) for row in moved), *((row, True) for row in new)]]
+    with_queue_positions([message for message, _row, _with_id in shown])  # a queued one says where it stands
     frames = []
-    for row, with_id in [*((row, False) for row in moved), *((row, True) for row in new)]:
-        message = message_json(row, replies.get(row.id), written.get(row.id))
+    for message, row, with_id in shown:
         frames.append(_frame(message, with_id=with_id))
         if with_id:
             cursor = row.seq

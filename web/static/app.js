@@ -175,6 +175,8 @@ function remember(message) {
     state.drafts.delete(message.reply_to);
     return;
   }
+  const known = state.items.get(message.id);
+  if (message.status === "queued" && !message.queue && known && known.queue) message.queue = known.queue;
   state.items.set(message.id, message);
   if (message.reply) {
     // The question's current reply only: a regenerate replaced the others. (A question without a
