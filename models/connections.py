@@ -64,13 +64,11 @@ def _database_and_password(redis_url: str) -> tuple[int, str | None]:
     return (int(path) if path.isdigit() else 0), (unquote(parts.password) if parts.password else None)
 
 
-def redis_client(settings: Settings, *, socket_timeout: float | None, health_check_interval: int = 30,
-                 keepalive: bool = True) -> redis.Redis:
+def redis_client(settings: Settings, *, socket_timeout: float | None, health_check_interval: int = 30) -> redis.Redis:
     """A redis-py client of the Redis that settings name (its master, under Sentinel)."""
     options: dict[str, Any] = {"socket_connect_timeout": 1, "socket_timeout": socket_timeout,
-                               "health_check_interval": health_check_interval}
-    if keepalive:
-        options.update(socket_keepalive=True, socket_keepalive_options=TCP_KEEPALIVE)
+                               "health_check_interval": health_check_interval, "socket_keepalive": True,
+                               "socket_keepalive_options": TCP_KEEPALIVE}
     if not settings.redis_sentinels:
         return redis.Redis.from_url(settings.redis_url, **options)
     db, password = _database_and_password(settings.redis_url)

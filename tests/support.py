@@ -282,3 +282,10 @@ def redis_database(url: str, name: str) -> str:
     """`url` (a Redis URL, with or without a database number) naming stack `name`'s database."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{REDIS_DATABASES[name]}"))
+
+
+def sign_in(page: Any, name: str) -> None:
+    """The chat page's dev sign-in (a web node in dev mode): signed in as `name`, the app shown."""
+    page.fill("#user-name", name)
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")

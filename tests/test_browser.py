@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.support import ARTIFACTS, Web
+from tests.support import ARTIFACTS, Web, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -26,9 +26,7 @@ def test_sign_in_chat_reload_and_recall(dev_web: Web, browser) -> None:
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(dev_web.url + "/")
 
-    page.fill("#user-name", f"browser-{uuid.uuid4().hex[:8]}")
-    page.click("#sign-in-form button[type=submit]")
-    page.wait_for_selector("#app:not([hidden])")
+    sign_in(page, f"browser-{uuid.uuid4().hex[:8]}")
 
     page.fill("#message", "Add task: buy milk")
     page.press("#message", "Enter")
@@ -82,9 +80,7 @@ def test_the_page_puts_only_an_id_from_its_link_into_a_request_path(dev_web: Web
     paths: list[str] = []
     page.on("request", lambda request: paths.append(request.url.split("://", 1)[1].split("/", 1)[1]))
     page.goto(dev_web.url + "/")
-    page.fill("#user-name", f"browser-{uuid.uuid4().hex[:8]}")
-    page.click("#sign-in-form button[type=submit]")
-    page.wait_for_selector("#app:not([hidden])")
+    sign_in(page, f"browser-{uuid.uuid4().hex[:8]}")
     for fragment in ("not-an-id", "..%2F..%2F..%2Flivez%3F"):  # a made-up id, and a walk out of the API
         page.goto(f"{dev_web.url}/#c={fragment}")
         page.reload()

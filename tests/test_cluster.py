@@ -11,7 +11,7 @@ import requests
 
 from scripts.cluster import nginx_binary, render_nginx_conf
 from tests.faults.audit import audit, wait_terminal
-from tests.support import ARTIFACTS, Api, Process, Web, Worker, free_port, wait_until
+from tests.support import ARTIFACTS, Api, Process, Web, Worker, free_port, sign_in, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -79,9 +79,7 @@ def test_one_conversation_across_nodes_survives_a_node_and_worker_churn(cluster,
 def test_the_chat_page_works_through_the_load_balancer(cluster, browser) -> None:
     page = browser.new_page()
     page.goto(cluster["url"] + "/")
-    page.fill("#user-name", "balanced-user")
-    page.click("#sign-in-form button[type=submit]")
-    page.wait_for_selector("#app:not([hidden])")
+    sign_in(page, "balanced-user")
     for text in ("Add task: balanced", "what did I just add?"):
         page.fill("#message", text)
         page.press("#message", "Enter")

@@ -21,7 +21,7 @@ import requests
 
 from scripts.devstack import libpq_url
 from tests.conftest import Stack, isolated_env
-from tests.support import ARTIFACTS, Api, BackgroundPoll, EventStream, Web, Worker, sample, wait_until
+from tests.support import ARTIFACTS, Api, BackgroundPoll, EventStream, Web, Worker, sample, sign_in, wait_until
 from worker.engine.builtin import FALLBACK, HELP
 
 STREAM_DELAY_MS = 120  # FALLBACK (26 words) streams for about 3 s
@@ -302,9 +302,7 @@ def test_the_page_stops_regenerates_switches_versions_edits_and_resumes_after_a_
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(node.url + "/")
-        page.fill("#user-name", f"control-{os.getpid()}-{random.randrange(1 << 30)}")
-        page.click("#sign-in-form button[type=submit]")
-        page.wait_for_selector("#app:not([hidden])")
+        sign_in(page, f"control-{os.getpid()}-{random.randrange(1 << 30)}")
 
         # Reload mid-reply: the text so far comes back at once, then the rest.
         page.fill("#message", "hello")

@@ -21,7 +21,7 @@ import requests
 
 from scripts.devstack import libpq_url
 from tests.conftest import Stack, isolated_env
-from tests.support import Api, Web, sample, token, wait_until
+from tests.support import Api, Web, sample, sign_in, token, wait_until
 
 DELAY_MS = 100
 
@@ -230,9 +230,7 @@ def test_the_page_says_where_a_waiting_question_stands(capped, browser) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
         page.goto(node.url + "/")
-        page.fill("#user-name", f"queue-{uuid.uuid4().hex[:8]}")
-        page.click("#sign-in-form button[type=submit]")
-        page.wait_for_selector("#app:not([hidden])")
+        sign_in(page, f"queue-{uuid.uuid4().hex[:8]}")
         # The first takes the user's one generation for 0.8 s; the second waits behind it, in line.
         page.fill("#message", "Add task: first")
         page.press("#message", "Enter")
