@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     max_queued_per_user: int = 100
     max_generations_per_user: int = 0
     batch_age_seconds: float = 300.0
+    # A user's data (docs/api.md): the text-search configuration of search (read by migration 0008
+    # when it builds the search column, and by every search), and how many days a conversation is
+    # kept after its last message (0: for ever; a conversation's own ttl_days may only shorten it).
+    search_config: str = Field(default="english", pattern=r"^[a-z_]+$")
+    retention_days: int = Field(default=0, ge=0)
+    # How often beat runs the forget round (retention, and erasures whose worker died).
+    forget_interval_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("redis_sentinels")
     @classmethod

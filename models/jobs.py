@@ -6,3 +6,5 @@ PING = "chatq.ping"
 REQUEST_ID_HEADER = "chatq_request_id"
 DELIVER_WEBHOOK = "chatq.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"  # its own workers: a slow receiver never holds up a reply
+ERASE_USER = "chatq.erase_user"  # DELETE /me, carried out in the background
+FORGET = "chatq.forget"  # retention, and erasures no worker is carrying out

@@ -22,7 +22,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from .entities import Status
-from .jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, REQUEST_ID_HEADER, WEBHOOK_QUEUE
+from .jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, REQUEST_ID_HEADER, WEBHOOK_QUEUE
 from .scheduling import record_start
 from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key
 
@@ -73,6 +73,15 @@ def send_webhook_job(producer: Celery, delivery_id: str, claim: str) -> None:
         producer.send_task(DELIVER_WEBHOOK, args=[delivery_id, claim], queue=WEBHOOK_QUEUE, retry=False)
     except (KombuOperationalError, RedisError, OSError) as error:
         log.warning("webhook_enqueue_failed", delivery_id=delivery_id, error=str(error))
+
+
+def send_erasure_job(producer: Celery, erasure_id: uuid.UUID) -> None:
+    """Carry out a committed erasure. Not sent (Redis away): the forget round finds it unattended
+    and sends it again (worker/tasks.py)."""
+    try:
+        producer.send_task(ERASE_USER, args=[str(erasure_id)], retry=False, **_PUBLISH_AS_IS)
+    except (KombuOperationalError, RedisError, OSError) as error:
+        log.warning("erasure_enqueue_failed", erasure_id=str(erasure_id), error=str(error))
 
 
 def announce(client: redis.Redis, conversation_id: uuid.UUID | str, message_id: uuid.UUID | str,

@@ -52,14 +52,19 @@ def busiest_users(client: redis.Redis, most: int = 10, now: float | None = None)
     """How many generations each of the `most` busiest users started over the last minute, most
     first: for operators, without naming the users (a metric label per user would grow without
     bound)."""
-    current = int((now or time.time()) // BUCKET_SECONDS)
-    keys = [user_starts_key(bucket) for bucket in range(current - WINDOW_BUCKETS, current + 1)]
     try:
-        counted = client.zunion(keys, withscores=True)
+        counted = client.zunion(recent_user_starts_keys(now), withscores=True)
     except RedisError as error:
         log.warning("user_starts_unread", error=str(error))
         return []
     return sorted((score for _user, score in counted), reverse=True)[:most]
+
+
+def recent_user_starts_keys(now: float | None = None, *, kept: bool = False) -> list[str]:
+    """The per-user start counts of the last minute's buckets (`kept`: of every bucket still kept)."""
+    current = int((now or time.time()) // BUCKET_SECONDS)
+    back = _KEEP_SECONDS // BUCKET_SECONDS if kept else WINDOW_BUCKETS
+    return [user_starts_key(bucket) for bucket in range(current - back, current + 1)]
 
 
 def queue_position(ahead: int | None, rate: Callable[[], float | None]) -> dict[str, Any] | None:

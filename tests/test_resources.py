@@ -14,7 +14,7 @@ def test_conversation_lifecycle(api: Api) -> None:
     created = api.post("/api/v1/conversations", json={"title": "Groceries"})
     assert created.status_code == 201
     conversation = created.json()
-    assert set(conversation) == {"id", "title", "created_at", "updated_at"}
+    assert set(conversation) == {"id", "title", "created_at", "updated_at", "ttl_days", "temporary"}
     assert conversation["title"] == "Groceries"
     assert RFC3339_UTC.match(conversation["created_at"])
     assert api.get(f"/api/v1/conversations/{conversation['id']}").json() == conversation

@@ -25,6 +25,7 @@ from . import (
     request_id,
     security,
     services,
+    user_data,
     waiting,
     webhooks,
 )
@@ -66,6 +67,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app.register_blueprint(control.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(user_data.bp)
     app.register_blueprint(openapi.bp)
 
     @app.after_request

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, jsonify, request
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import FINAL, GENERATING, UNFINISHED, Conversation, Lane, Message, Status, Task
@@ -60,7 +60,8 @@ def _identify() -> None:
 def create_conversation() -> tuple[dict[str, Any], int]:
     body = json_body(schemas.NewConversation)
     with transaction() as session:
-        row = Conversation(user_id=g.user, title=(body.title or "New conversation").strip())
+        row = Conversation(user_id=g.user, title=(body.title or "New conversation").strip(), ttl_days=body.ttl_days,
+                           temporary=body.temporary)
         session.add(row)
     return conversation_json(row), 201
 
@@ -116,6 +117,27 @@ def conversation_or_404(conversation_id: str, session: Session | None = None) ->
 @operation("Get a conversation", responses={200: schemas.ConversationOut})
 def get_conversation(conversation_id: str) -> dict[str, Any]:
     return conversation_json(conversation_or_404(conversation_id))
+
+
+@bp.patch("/conversations/<conversation_id>")
+@operation("Rename a conversation, or change how long it is kept", body=schemas.ConversationChange,
+           responses={200: schemas.ConversationOut})
+def change_conversation(conversation_id: str) -> dict[str, Any]:
+    body = json_body(schemas.ConversationChange)
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    if changes.get("title") is not None:
+        changes["title"] = changes["title"].strip() or "New conversation"
+    for name in ("title", "temporary"):
+        if name in changes and changes[name] is None:
+            raise Problem(422, f"{name}: may not be null", slug="invalid-field")
+    with transaction() as session:
+        row = conversation_or_404(conversation_id, session)
+        # Not its updated_at: that is its last message's arrival, which retention counts from.
+        session.execute(update(Conversation).where(Conversation.id == row.id)
+                        .values(**changes, updated_at=Conversation.updated_at)
+                        .execution_options(synchronize_session="fetch"))
+        session.refresh(row)
+    return conversation_json(row)
 
 
 @bp.delete("/conversations/<conversation_id>")

@@ -52,9 +52,23 @@ class _Body(BaseModel):
     _text = field_validator("*")(_storable)  # every field of every body
 
 
+# A conversation's own lifetime after its last message, in days (RETENTION_DAYS may shorten it).
+TtlDays = Annotated[int, Field(ge=1, le=3650)]
+
+
 class NewConversation(_Body):
     title: Annotated[str, StringConstraints(max_length=200)] | None = None
+    ttl_days: TtlDays | None = None
+    temporary: bool = Field(default=False, description="deleted a day after its last message")
 
+
+class ConversationChange(_Body):
+    """PATCH: the fields sent change; `ttl_days: null` returns the conversation to the operator's
+    retention."""
+
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    ttl_days: TtlDays | None = None
+    temporary: bool | None = None
 
 
 # What a POST does when the conversation is still answering an earlier question.
@@ -138,6 +152,13 @@ class TasksQuery(_Query):
     status: Literal["open", "done", "all"] = "open"
 
 
+class SearchQuery(_Query):
+    q: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    limit: int = Field(default=20, ge=1, le=50)
+    cursor: str | None = None
+    order: Literal["newest", "relevance"] = "newest"
+
+
 # Responses ----------------------------------------------------------------------------------------
 
 
@@ -146,6 +167,9 @@ class ConversationOut(_Out):
     title: str
     created_at: datetime
     updated_at: datetime
+    ttl_days: int | None = Field(description="kept this many days after its last message; null: the "
+                                             "operator's retention")
+    temporary: bool
 
 
 class ConversationList(_Out):
@@ -266,3 +290,28 @@ class DeliveryOut(_Out):
 
 class DeliveryList(_Out):
     items: list[DeliveryOut]
+
+
+class SearchHit(_Out):
+    conversation_id: str
+    conversation_title: str
+    message_id: str
+    seq: int
+    role: Literal["user", "assistant"]
+    created_at: datetime
+    snippet: str = Field(description="the message's words around the matches, as plain text")
+    highlights: list[tuple[int, int]] = Field(description="[start, end) character offsets of the matched "
+                                                          "words in the snippet")
+
+
+class SearchResults(_Out):
+    items: list[SearchHit]
+    next_cursor: str | None
+
+
+class ErasureOut(_Out):
+    id: str
+    status: Literal["erasing", "erased"]
+    requested_at: datetime
+    finished_at: datetime | None
+    erased: dict[str, int] = Field(description="how many rows (and Redis keys) of each kind were deleted so far")

@@ -11,7 +11,8 @@ from .schemas import ConversationOut, TaskOut
 
 
 def conversation_out(row: Conversation) -> ConversationOut:
-    return ConversationOut(id=str(row.id), title=row.title, created_at=row.created_at, updated_at=row.updated_at)
+    return ConversationOut(id=str(row.id), title=row.title, created_at=row.created_at, updated_at=row.updated_at,
+                           ttl_days=row.ttl_days, temporary=row.temporary)
 
 
 def conversation_json(row: Conversation) -> dict[str, Any]:

@@ -34,7 +34,8 @@ def _identify() -> None:
     authenticate()
 
 
-def _out(row: WebhookEndpoint, model: type[schemas.WebhookOut] = schemas.WebhookOut, **extra: Any) -> dict[str, Any]:
+def endpoint_json(row: WebhookEndpoint, model: type[schemas.WebhookOut] = schemas.WebhookOut,
+                  **extra: Any) -> dict[str, Any]:
     return dump(model(id=str(row.id), url=row.url, events=list(row.events), created_at=row.created_at,
                       failing_since=row.failing_since, disabled_at=row.disabled_at,
                       disabled_reason=row.disabled_reason, **extra))
@@ -68,7 +69,7 @@ def create_webhook() -> tuple[dict[str, Any], int]:
         row = WebhookEndpoint(user_id=g.user, url=body.url, events=sorted(set(body.events)),
                               secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
         session.add(row)
-    return _out(row, schemas.WebhookCreated, secret=row.secret), 201
+    return endpoint_json(row, schemas.WebhookCreated, secret=row.secret), 201
 
 
 @bp.get("")
@@ -76,7 +77,7 @@ def create_webhook() -> tuple[dict[str, Any], int]:
 def list_webhooks() -> dict[str, Any]:
     rows = reader().scalars(select(WebhookEndpoint).where(WebhookEndpoint.user_id == g.user)
                             .order_by(WebhookEndpoint.created_at))
-    return {"items": [_out(row) for row in rows]}
+    return {"items": [endpoint_json(row) for row in rows]}
 
 
 @bp.delete("/<webhook_id>")

@@ -11,7 +11,7 @@ from celery import Celery, bootsteps, signals
 
 from models import Settings
 from models.connections import BROKER_TRANSPORT_OPTIONS, broker_options, broker_url
-from models.jobs import DELIVER_WEBHOOK, SWEEP, WEBHOOK_QUEUE
+from models.jobs import DELIVER_WEBHOOK, FORGET, SWEEP, WEBHOOK_QUEUE
 from models.logs import configure_logging
 from models.metrics_support import scrape_registry
 
@@ -49,7 +49,9 @@ def create_celery(settings: Settings) -> Celery:
         # is sent to that queue by models/messaging.py; this route says the same to anyone else).
         task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         # The sweeper puts back what Redis lost or a dead worker dropped (see worker/sweeper.py).
-        beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_interval_seconds}},
+        # ... and the forget round deletes what retention says is due (worker/forget.py).
+        beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_interval_seconds},
+                       "forget": {"task": FORGET, "schedule": settings.forget_interval_seconds}},
         # beat's last-run times only; losing the file loses nothing (the schedule is an interval).
         beat_schedule_filename=str(Path(tempfile.gettempdir()) / "chatq-celerybeat-schedule"),
     )

@@ -29,11 +29,15 @@ TOKENS = Counter("chatq_llm_tokens_total", "Model tokens used, as the model serv
 CANCELLED = Counter("chatq_generations_cancelled_total",
                     "Generations stopped because their question was cancelled (not failures).")
 RETRIES = Counter("chatq_generation_retries_total", "Generations given back to the queue to try again.")
+FORGOTTEN = Counter("chatq_forgotten_total", "Rows deleted by retention (conversations, with their messages) "
+                    "and by erasures (every kind of a user's rows).", ["reason", "kind"])
+ERASURES = Counter("chatq_erasures_total", "Users erased (DELETE /me carried out to its end).")
 count_round_trip = counter_for("worker")
 
 # Every labelled series exists from the start, at zero, so dashboards and alerts see them.
 DUPLICATES.labels("nothing_ready")
 for _reason in ("gave_up", "permanent", "crashed"):
     FAILURES.labels(_reason)
+FORGOTTEN.labels("retention", "conversations")
 for _reason in ("lease_expired", "no_job_waiting"):
     REQUEUED.labels(_reason)

@@ -17,9 +17,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
 from models import Status, backoff, messaging
-from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, PING, REQUEST_ID_HEADER, SWEEP
+from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PING, REQUEST_ID_HEADER, SWEEP
 
-from . import app, claims, metrics, shutdown, sweeper, watch, webhooks
+from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
 from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
 from .runtime import Runtime, runtime
 
@@ -261,6 +261,46 @@ def sweep() -> int:
     for delivery_id, claim in webhooks.claim_due(rt):
         messaging.send_webhook_job(app, delivery_id, claim)
     return doorbells
+
+
+@app.task(name=ERASE_USER, bind=True, autoretry_for=TRANSIENT_INFRASTRUCTURE, retry_backoff=backoff.BASE_SECONDS,
+          retry_backoff_max=backoff.CAP_SECONDS, retry_jitter=True, max_retries=8)
+def erase_user(self: Task, erasure_id: str) -> str:
+    """DELETE /me, carried out: every row and Redis key of the user, in bounded batches. Repeated
+    or run twice at once, it deletes nothing twice; given up, the forget round sends it again."""
+    structlog.contextvars.bind_contextvars(task_id=self.request.id, erasure_id=erasure_id)
+    try:
+        rt = runtime()
+        erased = forget.erase(rt, uuid.UUID(erasure_id))
+        if erased is None:
+            return "nothing to do"
+        metrics.ERASURES.inc()
+        for kind, count in erased.counts.items():
+            metrics.FORGOTTEN.labels("erasure", kind).inc(count)
+        return f"erased {sum(erased.counts.values())} rows and keys"
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+@app.task(name=FORGET, send_events=False)
+def forget_round() -> int:
+    """Retention (conversations idle past their lifetime), in bounded batches up to a round's
+    worth, and the erasures no worker is carrying out sent again. Not retried: beat runs it again."""
+    rt = runtime()
+    deleted = 0
+    with rt.db.connect() as connection:
+        for _ in range(forget.RETENTION_ROUNDS):
+            batch = forget.expire_conversations(connection, rt.settings.retention_days)
+            deleted += batch
+            if batch < forget.RETENTION_BATCH:
+                break
+        unattended = [row.id for row in connection.execute(forget.UNATTENDED_ERASURES)]
+    metrics.FORGOTTEN.labels("retention", "conversations").inc(deleted)
+    for erasure_id in unattended:
+        messaging.send_erasure_job(app, erasure_id)
+    if deleted or unattended:
+        log.info("forgot", conversations=deleted, erasures_resent=len(unattended))
+    return deleted
 
 
 # On the `webhooks` queue (models/messaging.py sends it there): only `-Q webhooks` workers run it.

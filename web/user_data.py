@@ -1,0 +1,252 @@
+"""A user's data (contract: "A user's data"; docs/api.md): search their messages, export everything
+of theirs, and erase them. Each sees only the signed-in user's rows: every statement is keyed by
+the user, never by an id alone."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, g
+from sqlalchemy import and_, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, aliased
+
+from models import Conversation, DailyUsage, Erasure, Message, Role, Task, WebhookEndpoint
+from models.erasure import STOP_GENERATIONS, user_digest
+from models.messaging import announce, request_cancel, send_erasure_job
+from models.queries import parse_uuid
+from models.representation import message_json, version_json
+
+from . import schemas
+from .auth import authenticate
+from .inputs import query
+from .problems import Problem
+from .serialize import conversation_json, task_json
+from .services import after_commit, reader, services, transaction
+from .spec import operation
+from .webhooks import endpoint_json
+
+bp = Blueprint("user_data", __name__, url_prefix="/api/v1")
+EXPORT_FORMAT = "chatq.export/1"
+EXPORT_PAGE = 500  # rows fetched from Postgres at a time: the export's memory, whatever its size
+
+
+@bp.before_request
+def _identify() -> None:
+    authenticate()
+
+
+# Search ----------------------------------------------------------------------------------------
+
+# ts_headline marks the matched words with two control characters, which the snippet's own text
+# cannot hold (they are taken out of it first); the marks become offsets, and the snippet stays
+# plain text that no client has to escape.
+_START, _STOP = "\x02", "\x03"
+_SEARCH = """
+    SELECT m.id, m.conversation_id, c.title, m.seq, m.role::text AS role, m.created_at, {rank} AS rank,
+           ts_headline(q.config, translate(m.content, E'\\x02\\x03', ''), q.query,
+                       'StartSel=' || chr(2) || ', StopSel=' || chr(3)
+                       || ', MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "') AS snippet
+      FROM (SELECT CAST(:config AS regconfig) AS config,
+                   websearch_to_tsquery(CAST(:config AS regconfig), :q) AS query) AS q
+      JOIN messages AS m ON m.search @@ q.query
+      JOIN conversations AS c ON c.id = m.conversation_id
+     WHERE m.user_id = :user AND NOT m.superseded {after}
+     ORDER BY {order}
+     LIMIT :limit
+"""
+_RANK = "ts_rank_cd(m.search, q.query)::float8"
+# order -> (the statement, and its keyset condition for a cursor); built once.
+_SEARCHES = {
+    (order, after): text(_SEARCH.format(
+        rank=_RANK,
+        order="m.created_at DESC, m.id DESC" if order == "newest" else "rank DESC, m.id DESC",
+        after="" if not after else
+        "AND (m.created_at, m.id) < (:at, :id)" if order == "newest" else f"AND ({_RANK}, m.id) < (:rank, :id)",
+    ))
+    for order in ("newest", "relevance") for after in (False, True)
+}
+
+
+def _highlighted(marked: str) -> tuple[str, list[tuple[int, int]]]:
+    """The snippet without ts_headline's marks, and where the marked words are in it."""
+    text_, spans, start = [], [], 0
+    length = 0
+    for char in marked:
+        if char == _START:
+            start = length
+        elif char == _STOP:
+            spans.append((start, length))
+        else:
+            text_.append(char)
+            length += 1
+    return "".join(text_), spans
+
+
+def _search_cursor(order: str, row: Any) -> str:
+    key = row.created_at.isoformat() if order == "newest" else repr(row.rank)
+    return base64.urlsafe_b64encode(f"{order}|{key}|{row.id}".encode()).decode().rstrip("=")
+
+
+def _after(order: str, cursor: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, key, ident = raw.split("|")
+        parsed = parse_uuid(ident)
+        if kind != order or parsed is None:
+            raise ValueError(raw)
+        return {"id": parsed, **({"at": datetime.fromisoformat(key)} if order == "newest" else {"rank": float(key)})}
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem(422, "cursor: not a cursor this search handed out (with this order)",
+                      slug="invalid-field") from None
+
+
+@bp.get("/search")
+@operation("Find the user's messages (questions and replies) by their words, newest or best match first",
+           query=schemas.SearchQuery, responses={200: schemas.SearchResults})
+def search() -> dict[str, Any]:
+    params = query(schemas.SearchQuery)
+    bound: dict[str, Any] = {"config": services().settings.search_config, "q": params.q, "user": g.user,
+                             "limit": params.limit + 1}
+    if params.cursor:
+        bound.update(_after(params.order, params.cursor))
+    rows = reader().execute(_SEARCHES[params.order, bool(params.cursor)], bound).all()
+    more, rows = len(rows) > params.limit, rows[: params.limit]
+    items = []
+    for row in rows:
+        snippet, highlights = _highlighted(row.snippet)
+        items.append(schemas.SearchHit(
+            conversation_id=str(row.conversation_id), conversation_title=row.title, message_id=str(row.id),
+            seq=row.seq, role=row.role, created_at=row.created_at, snippet=snippet, highlights=highlights,
+        ).model_dump(mode="json"))
+    return {"items": items, "next_cursor": _search_cursor(params.order, rows[-1]) if more else None}
+
+
+# Export ----------------------------------------------------------------------------------------
+
+
+@bp.get("/export")
+@operation("Everything of the user's, streamed as NDJSON (docs/api.md: one record a line)",
+           responses={200: "application/x-ndjson"})
+def export() -> Response:
+    user = g.user
+    session = services().sessions()  # the stream's own, held for as long as it runs, then closed
+    headers = {"Content-Disposition": 'attachment; filename="chatq-export.ndjson"',
+               "X-Accel-Buffering": "no", "Cache-Control": "no-store"}
+    lines = _export_lines(session, user)
+    first = next(lines)  # the snapshot is taken here: Postgres away is a 503, not a broken stream
+    return Response(itertools.chain([first], lines), mimetype="application/x-ndjson", headers=headers)
+
+
+def _line(kind: str, record: dict[str, Any]) -> bytes:
+    return (json.dumps({"type": kind, **record}, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _export_lines(session: Session, user: str) -> Iterator[bytes]:
+    """One snapshot of the user's data (REPEATABLE READ: a reply committed mid-export is in it
+    whole or not at all), fetched EXPORT_PAGE rows at a time from server-side cursors."""
+    counts: dict[str, int] = {}
+    streamed = {"stream_results": True, "yield_per": EXPORT_PAGE}
+    try:
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
+        yield _line("export", {"format": EXPORT_FORMAT, "user": user,
+                               "exported_at": datetime.now(UTC).isoformat().replace("+00:00", "Z")})
+        for kind, rows in _records(session, user, streamed):
+            for record in rows:
+                counts[kind] = counts.get(kind, 0) + 1
+                yield _line(kind, record)
+        yield _line("end", {"records": counts})
+    finally:
+        session.close()
+
+
+def _records(session: Session, user: str, streamed: dict[str, Any]) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
+    message, question, reply = Message, aliased(Message), aliased(Message)
+    conversations = select(Conversation).where(Conversation.user_id == user) \
+        .order_by(Conversation.created_at, Conversation.id)
+    page: list[Any] = []
+    while True:
+        after = conversations.where(tuple_(Conversation.created_at, Conversation.id) >
+                                    tuple_(page[-1].created_at, page[-1].id)) if page else conversations
+        page = list(session.scalars(after.limit(EXPORT_PAGE)))
+        if not page:
+            break
+        for conversation in page:
+            yield "conversation", iter([conversation_json(conversation)])
+            # Each message as GET /conversations/{cid}/messages lists it (a question's current reply within) ...
+            messages = session.execute(
+                select(message, reply)
+                .outerjoin(reply, and_(reply.reply_to_id == message.id, reply.superseded.is_(False)))
+                .where(message.conversation_id == conversation.id)
+                .order_by(message.seq), execution_options=streamed)
+            yield "message", (message_json(row, current) for row, current in messages)
+            # ... and every version of every reply, as GET /messages/{mid}/replies shows them.
+            versions = session.execute(
+                select(reply, question).join(question, reply.reply_to_id == question.id)
+                .where(reply.conversation_id == conversation.id, reply.role == Role.ASSISTANT)
+                .order_by(reply.seq), execution_options=streamed)
+            yield "reply", (version_json(r, q) for r, q in versions)
+        session.expunge_all()  # the page's rows are written out: the identity map keeps nothing
+    tasks = session.scalars(select(Task).where(Task.user_id == user).order_by(Task.created_at, Task.id),
+                            execution_options=streamed)
+    yield "task", (task_json(row) for row in tasks)
+    usage = session.scalars(select(DailyUsage).where(DailyUsage.user_id == user).order_by(DailyUsage.day))
+    yield "usage", ({"day": row.day.isoformat(), "messages": row.messages, "prompt_tokens": row.prompt_tokens,
+                     "completion_tokens": row.completion_tokens} for row in usage)
+    endpoints = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.user_id == user)
+                                .order_by(WebhookEndpoint.created_at))
+    yield "webhook_endpoint", (endpoint_json(row) for row in endpoints)  # never their secrets
+
+
+# Erasure ---------------------------------------------------------------------------------------
+
+
+def _erasure_json(row: Erasure) -> dict[str, Any]:
+    return schemas.ErasureOut(id=str(row.id), status="erased" if row.finished_at else "erasing",
+                              requested_at=row.requested_at, finished_at=row.finished_at,
+                              erased=row.erased or {}).model_dump(mode="json")
+
+
+@bp.delete("/me")
+@operation("Erase the user everywhere: answered at once, carried out in the background",
+           responses={202: schemas.ErasureOut})
+def erase_me() -> Response:
+    settings, redis = services().settings, services().redis
+    with transaction() as session:
+        # One erasure runs per user (uq_erasures_running): a repeated DELETE finds it.
+        started = session.execute(
+            pg_insert(Erasure).values(id=uuid.uuid4(), user_id=g.user, user_digest=user_digest(settings, g.user))
+            .on_conflict_do_nothing(index_elements=[Erasure.user_id], index_where=Erasure.finished_at.is_(None))
+            .returning(Erasure.id)).scalar_one_or_none()
+        erasure = session.scalars(select(Erasure).where(Erasure.user_id == g.user, Erasure.finished_at.is_(None))
+                                  .execution_options(populate_existing=True)).one()
+        # Generations in flight stop first: queued questions are cancelled, generated ones told to stop.
+        stopped = session.execute(STOP_GENERATIONS, {"user": g.user}).all()
+        after_commit(request_cancel, redis, [row.id for row in stopped if row.status == "cancelling"])
+        for row in stopped:
+            after_commit(announce, redis, row.conversation_id, row.id, row.status)
+        if started is not None:
+            after_commit(send_erasure_job, services().producer, erasure.id)
+    response = Response(json.dumps(_erasure_json(erasure)), status=202, mimetype="application/json")
+    response.headers["Location"] = f"/api/v1/erasures/{erasure.id}"
+    return response
+
+
+@bp.get("/erasures/<erasure_id>")
+@operation("Where an erasure of the user stands, and how much it erased", responses={200: schemas.ErasureOut})
+def get_erasure(erasure_id: str) -> dict[str, Any]:
+    ident = parse_uuid(erasure_id)
+    digest = user_digest(services().settings, g.user)
+    row = reader().scalars(select(Erasure).where(Erasure.id == ident, Erasure.user_digest == digest)) \
+        .one_or_none() if ident is not None else None
+    if row is None:
+        raise Problem(404, "No such erasure.")
+    return _erasure_json(row)
+

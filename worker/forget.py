@@ -1,0 +1,193 @@
+"""Forgetting: a user's erasure (DELETE /me) and the retention of idle conversations.
+
+Both delete in bounded batches, each statement its own transaction: a statement holds the row locks
+of at most BATCH rows for milliseconds, other users never wait on them (a DELETE takes no lock that
+conflicts with their INSERTs), and a worker that dies mid-way leaves a consistent database that the
+next run carries on from. Deleting a question deletes its replies and its webhook events with it
+(the foreign keys cascade); the indexes of migration 0008 make each of those a lookup.
+
+An erasure's work list is its row in `erasures`, leased like a conversation: the worker that runs
+it renews the lease at every batch; the sweeper hands an erasure whose lease ran out to a worker
+again (worker/tasks.py). Once done, the row keeps only the user's keyed digest, when, and how many
+rows of each kind were deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy import Connection, TextClause, text
+
+from models import messaging
+from models.erasure import STOP_GENERATIONS
+from models.scheduling import recent_user_starts_keys
+from models.signals import pieces_key
+
+from .runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+BATCH = 1000  # rows one statement deletes
+RETENTION_BATCH = 50  # conversations one statement deletes, with their messages
+RETENTION_ROUNDS = 20  # statements a forget round runs at most: the rest waits for the next round
+ERASURE_LEASE_SECONDS = 60
+SETTLE_POLL_SECONDS = 0.2
+
+# The user's rows, table by table, in an order the foreign keys allow: events before the messages
+# they name, replies before questions (deleting a question would take its replies uncounted),
+# messages before their conversations. Each statement deletes at most :batch rows (found by their
+# row address, whatever the table's key) and says how many; questions also say which attempts
+# left text in Redis.
+def _batch_of(table: str, where: str = "user_id = :user", returning: str = "1", *, also: str = "") -> str:
+    # Built from the constants below only, at import.
+    return (f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("  # noqa: S608
+            f"SELECT ctid FROM {table} WHERE {where} LIMIT :batch)) RETURNING {returning}) "
+            f"SELECT count(*){also} FROM gone")
+
+
+_STEPS: tuple[tuple[str, TextClause], ...] = tuple((name, text(sql)) for name, sql in (
+    ("webhook_events", _batch_of("webhook_events")),
+    ("replies", _batch_of("messages", "user_id = :user AND role = 'assistant'")),
+    ("questions", _batch_of("messages", "user_id = :user AND role = 'user'", "id, attempts",
+                            also=", coalesce(array_agg(id::text || ':' || attempts), '{}')")),
+    ("conversations", _batch_of("conversations")),
+    ("tasks", _batch_of("tasks")),
+    ("webhook_endpoints", _batch_of("webhook_endpoints")),  # with their deliveries and attempts
+    ("daily_usage", _batch_of("daily_usage")),
+    ("idempotency_keys", _batch_of("idempotent_requests")),
+    ("scheduler_shares", _batch_of("user_shares")),
+))
+
+
+_TAKE = text("""
+    UPDATE erasures SET lease_expires_at = now() + make_interval(secs => :lease)
+     WHERE id = :id AND finished_at IS NULL
+    RETURNING user_id, erased
+""")
+_PROGRESS = text("UPDATE erasures SET erased = CAST(:erased AS jsonb), "
+                 "lease_expires_at = now() + make_interval(secs => :lease) WHERE id = :id")
+_FINISH = text("UPDATE erasures SET erased = CAST(:erased AS jsonb), finished_at = now(), user_id = NULL, "
+               "lease_expires_at = NULL WHERE id = :id")
+# Erasures no worker is carrying out: never started (the job was lost) or whose worker died.
+UNATTENDED_ERASURES = text("""
+    SELECT id FROM erasures
+     WHERE finished_at IS NULL AND (lease_expires_at IS NULL OR lease_expires_at < now())
+     ORDER BY requested_at LIMIT 10
+""")
+
+
+@dataclass(frozen=True)
+class Erased:
+    user: str
+    counts: dict[str, int]
+    stopped: list[uuid.UUID]  # questions it told to stop (a POST after the DELETE /me had started them)
+
+
+_GENERATING = text("SELECT count(*) FROM messages WHERE user_id = :user AND status IN ('processing', 'cancelling')")
+
+
+def erase(rt: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
+          settle_seconds: float | None = None) -> Erased | None:
+    """Carry out an erasure to its end. None when it is done already (or unknown): repeating it
+    is harmless. First the user's generations stop: each worker told to stop stores what it wrote
+    and ends its question within a second; a dead worker's question ends when its lease runs out.
+    The erasure waits for that (at most `settle_seconds`, by default two leases), so that no
+    worker writes the user's text into Redis after the erasure went through it."""
+    with rt.db.connect() as connection:
+        taken = connection.execute(_TAKE, {"id": erasure_id, "lease": ERASURE_LEASE_SECONDS}).first()
+        if taken is None or taken.user_id is None:
+            return None
+        user: str = taken.user_id
+        counts = Counter(taken.erased or {})
+        stopped = [row.id for row in connection.execute(STOP_GENERATIONS, {"user": user})
+                   if row.status == "cancelling"]
+        if stopped:
+            messaging.request_cancel(rt.redis, stopped)
+        deadline = time.monotonic() + (2 * rt.settings.lease_seconds if settle_seconds is None else settle_seconds)
+        while connection.execute(_GENERATING, {"user": user}).scalar_one() and time.monotonic() < deadline:
+            time.sleep(SETTLE_POLL_SECONDS)
+        for name, statement in _STEPS:
+            # Until a batch finds nothing: a row another transaction updated meanwhile has moved
+            # (a new row address), and is taken by the next batch.
+            while row := connection.execute(statement, {"user": user, "batch": batch}).one():
+                if not row[0]:
+                    break
+                counts[name] += row[0]
+                if name == "questions":
+                    _forget_pieces(rt.redis, row[1])
+                connection.execute(_PROGRESS, {"id": erasure_id, "erased": json.dumps(counts),
+                                               "lease": ERASURE_LEASE_SECONDS})
+        counts["redis_keys"] += _forget_in_redis(rt.redis, user)
+        connection.execute(_FINISH, {"id": erasure_id, "erased": json.dumps(counts)})
+    log.info("user_erased", erasure_id=str(erasure_id), erased=dict(counts))
+    return Erased(user, dict(counts), stopped)
+
+
+def _forget_pieces(client: redis.Redis, attempts: Iterable[str]) -> None:
+    """The text generations left in Redis for these questions ("id:attempts"): every attempt's."""
+    keys = [pieces_key(ident, attempt) for ident, _, last in (item.partition(":") for item in attempts)
+            for attempt in range(int(last) + 1)]
+    if not keys:
+        return
+    try:
+        client.delete(*keys)
+    except RedisError as error:  # they expire within PIECES_TTL_SECONDS anyway
+        log.warning("pieces_not_forgotten", error=str(error))
+
+
+def _forget_in_redis(client: redis.Redis, user: str) -> int:
+    """The user's keys in Redis: their rate-limit windows (flask-limiter's, named by the user) and
+    their place among the busiest users in the start counts. Returns how many keys went."""
+    pattern = "LIMITS:*/user:" + _glob_escape(user) + "/*"
+    try:
+        limits = [key for key in client.scan_iter(match=pattern, count=1000)]
+        if limits:
+            client.delete(*limits)
+        with client.pipeline(transaction=False) as pipe:
+            for key in recent_user_starts_keys(kept=True):
+                pipe.zrem(key, user)
+            removed = sum(pipe.execute())
+    except RedisError as error:  # limits and counts expire by themselves within minutes
+        log.warning("redis_not_forgotten", error=str(error))
+        return 0
+    return len(limits) + removed
+
+
+def _glob_escape(value: str) -> str:
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in value)
+
+
+# Retention: conversations idle past their lifetime — the shortest of a temporary one's day, their
+# own ttl_days and the operator's RETENTION_DAYS — and not being answered (no question waiting or
+# generated, no live lease). SKIP LOCKED: a conversation a POST is writing to is left for the next
+# round; FOR UPDATE re-reads a row that changed meanwhile, and a new message makes it live again.
+EXPIRE_CONVERSATIONS = text("""
+    WITH expired AS (
+        SELECT c.id FROM conversations AS c
+         WHERE c.updated_at < now() - make_interval(days => 1)
+           AND c.updated_at < now() - make_interval(days => least(CASE WHEN c.temporary THEN 1 END, c.ttl_days,
+                                                                  nullif(:retention, 0)))
+           AND (c.lease_expires_at IS NULL OR c.lease_expires_at < now())
+           AND NOT EXISTS (SELECT 1 FROM messages AS m
+                            WHERE m.conversation_id = c.id AND m.status IN ('queued', 'processing', 'cancelling'))
+         ORDER BY c.updated_at
+         LIMIT :batch
+         FOR UPDATE OF c SKIP LOCKED
+    ), gone AS (
+        DELETE FROM conversations WHERE id IN (SELECT id FROM expired) RETURNING 1
+    )
+    SELECT count(*) FROM gone
+""")
+
+
+def expire_conversations(connection: Connection, retention_days: int, *, batch: int = RETENTION_BATCH) -> int:
+    """One round of retention: at most `batch` conversations deleted. Returns how many."""
+    return connection.execute(EXPIRE_CONVERSATIONS, {"retention": retention_days, "batch": batch}).scalar_one()
