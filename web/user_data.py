@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g
-from sqlalchemy import and_, select, text, tuple_
+from sqlalchemy import and_, literal_column, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
@@ -208,7 +208,7 @@ def _records(session: Session, user: str, streamed: dict[str, Any]) -> Iterator[
 # Erasure ---------------------------------------------------------------------------------------
 
 
-def _erasure_json(row: Erasure) -> dict[str, Any]:
+def _erasure_json(row: Any) -> dict[str, Any]:
     return schemas.ErasureOut(id=str(row.id), status="erased" if row.finished_at else "erasing",
                               requested_at=row.requested_at, finished_at=row.finished_at,
                               erased=row.erased or {}).model_dump(mode="json")
@@ -220,19 +220,22 @@ def _erasure_json(row: Erasure) -> dict[str, Any]:
 def erase_me() -> Response:
     settings, redis = services().settings, services().redis
     with transaction() as session:
-        # One erasure runs per user (uq_erasures_running): a repeated DELETE finds it.
-        started = session.execute(
-            pg_insert(Erasure).values(id=uuid.uuid4(), user_id=g.user, user_digest=user_digest(settings, g.user))
-            .on_conflict_do_nothing(index_elements=[Erasure.user_id], index_where=Erasure.finished_at.is_(None))
-            .returning(Erasure.id)).scalar_one_or_none()
-        erasure = session.scalars(select(Erasure).where(Erasure.user_id == g.user, Erasure.finished_at.is_(None))
-                                  .execution_options(populate_existing=True)).one()
+        # One erasure runs per user (uq_erasures_running): a repeated DELETE gets the one under way
+        # (the no-op update locks it, so it cannot finish before this transaction has committed).
+        # `xmax = 0` is true of a row this statement inserted.
+        inserted = pg_insert(Erasure).values(id=uuid.uuid4(), user_id=g.user,
+                                             user_digest=user_digest(settings, g.user))
+        erasure = session.execute(
+            inserted.on_conflict_do_update(index_elements=[Erasure.user_id], index_where=Erasure.finished_at.is_(None),
+                                           set_={"user_id": inserted.excluded.user_id})
+            .returning(Erasure.id, Erasure.requested_at, Erasure.finished_at, Erasure.erased,
+                       literal_column("xmax = 0").label("started"))).one()
         # Generations in flight stop first: queued questions are cancelled, generated ones told to stop.
         stopped = session.execute(STOP_GENERATIONS, {"user": g.user}).all()
         after_commit(request_cancel, redis, [row.id for row in stopped if row.status == "cancelling"])
         for row in stopped:
             after_commit(announce, redis, row.conversation_id, row.id, row.status)
-        if started is not None:
+        if erasure.started:
             after_commit(send_erasure_job, services().producer, erasure.id)
     response = Response(json.dumps(_erasure_json(erasure)), status=202, mimetype="application/json")
     response.headers["Location"] = f"/api/v1/erasures/{erasure.id}"
