@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,58 @@ def test_the_page_puts_only_an_id_from_its_link_into_a_request_path(dev_web: Web
     ids = [path.split("/")[3].split("?")[0] for path in paths if path.startswith("api/v1/conversations/")]
     assert all(len(ident) == 36 and ident.count("-") == 4 for ident in ids), paths
     assert not any(path.startswith("livez") for path in paths), paths
+
+
+def test_on_a_phone_the_menu_searches_exports_and_signs_out_and_the_tasks_are_a_tap_away(
+        dev_web: Web, browser) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(dev_web.url + "/")
+    name = f"phone-{uuid.uuid4().hex[:8]}"
+    sign_in(page, name)
+
+    page.fill("#message", "remind me to water the ficus")
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant >> text=water the ficus")
+    # One conversation fills the screen: the menu and the tasks are closed, each a button away.
+    assert not page.is_visible("#conversations") and not page.is_visible("#task-list")
+    assert page.is_visible("#open-menu") and page.is_visible("#open-tasks")
+    box = page.locator(".chat").bounding_box()
+    assert box is not None and box["width"] <= 390
+
+    page.click("#open-tasks")
+    page.wait_for_selector("#task-list li >> text=water the ficus")
+    page.click("#close-tasks")
+    assert not page.is_visible("#task-list")
+
+    page.click("#open-menu")  # a new conversation, then back to the first through search
+    page.click("#new-conversation")
+    assert not page.is_visible("#conversations")
+    page.fill("#message", "Add task: buy bread")
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant >> text=buy bread")
+    page.click("#open-menu")
+    for selector in ("#conversations li", "#search", "#export", "#sign-out"):
+        assert page.is_visible(selector), selector
+    assert page.locator("#conversations li").count() == 2
+    page.fill("#search", "ficus")
+    page.press("#search", "Enter")
+    page.wait_for_selector("#search-results .hit")
+    hits = page.locator("#search-results .hit")  # the question, and the reply that repeats it, newest first
+    assert hits.count() == 2 and hits.nth(1).inner_text().startswith("remind me to water the ficus")
+    assert page.locator("#search-results mark").all_inner_texts() == ["ficus", "ficus"]
+    hits.nth(1).click()
+    page.wait_for_selector(".message.user.found >> text=remind me to water the ficus")
+    assert not page.is_visible("#search-results")  # the menu closed on the way
+
+    page.click("#open-menu")
+    with page.expect_download() as download:
+        page.click("#export")
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
+    assert '"type":"export"' in lines[0] and name in lines[0] and '"type":"end"' in lines[-1]
+    assert any("buy bread" in line for line in lines)
+
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in-form")
+    assert errors == []

@@ -11,6 +11,7 @@ const state = {
   editing: null,      // {questionId, text}: the latest question being edited
   stream: null,       // the AbortController of the conversation's event stream
   sending: null,      // the promise of the last send: sends go in order
+  found: null,        // the seq of the message a search hit opened: marked until another conversation
 };
 
 // --- API -----------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ async function loadConversations() {
     const button = document.createElement("button");
     button.textContent = conversation.title || "Untitled";
     button.title = conversation.title;
-    button.addEventListener("click", () => selectConversation(conversation.id));
+    button.addEventListener("click", () => { closePanels(); selectConversation(conversation.id); });
     item.append(button);
     list.append(item);
   }
@@ -124,6 +125,7 @@ async function selectConversation(conversationId) {
   state.drafts = new Map();
   state.versions = null;
   state.editing = null;
+  state.found = null;
   history.replaceState(null, "", conversationId ? `#c=${conversationId}` : "#");
   $("conversation-title").textContent = "New conversation";
   render();
@@ -249,6 +251,7 @@ function render() {
     if (shown.finish === "length") bubble.classList.add("cut-short");
     bubble.dataset.id = message.id;
     bubble.dataset.seq = message.seq;
+    bubble.classList.toggle("found", message.seq === state.found);
     bubble.textContent = shown.content;
     if (state.editing && state.editing.questionId === message.id) {
       list.append(editor(message));
@@ -532,6 +535,78 @@ async function loadTasks() {
   fill($("task-list"), open);
   fill($("done-list"), items.filter((task) => task.done));
   $("task-count").textContent = String(open.length);
+  $("task-count-mobile").textContent = String(open.length);
+}
+
+// --- Search and export ---------------------------------------------------------------------------
+
+async function search(event) {
+  event.preventDefault();
+  const q = $("search").value.trim();
+  const list = $("search-results");
+  list.hidden = !q;
+  if (!q) return list.replaceChildren();
+  const { items } = await api("GET", `/api/v1/search?q=${encodeURIComponent(q)}&limit=20`);
+  if (!items.length) {
+    const none = document.createElement("li");
+    none.className = "none";
+    none.textContent = "No message matches.";
+    return list.replaceChildren(none);
+  }
+  list.replaceChildren(...items.map((hit) => {
+    const item = document.createElement("li");
+    const open = document.createElement("button");
+    open.className = "hit";
+    // The snippet is plain text; the matched words are marked from their offsets, never as HTML.
+    let at = 0;
+    for (const [start, end] of hit.highlights) {
+      open.append(hit.snippet.slice(at, start));
+      const mark = document.createElement("mark");
+      mark.textContent = hit.snippet.slice(start, end);
+      open.append(mark);
+      at = end;
+    }
+    open.append(hit.snippet.slice(at));
+    const where = document.createElement("small");
+    where.textContent = hit.conversation_title || "Untitled";
+    open.append(where);
+    open.addEventListener("click", () => openHit(hit));
+    item.append(open);
+    return item;
+  }));
+}
+
+async function openHit(hit) {
+  closePanels();
+  await selectConversation(hit.conversation_id);
+  state.found = hit.seq;
+  render();
+  const bubble = document.querySelector(`#messages [data-seq="${hit.seq}"]`);
+  if (bubble) bubble.scrollIntoView({ block: "center" });
+}
+
+// The export is streamed by the API (NDJSON); the page saves it as a file.
+async function exportData() {
+  const response = await fetch("/api/v1/export", { headers: { Authorization: `Bearer ${state.token}` } });
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = "chatq-export.ndjson";
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+// --- On a phone: the menu and the tasks slide over the conversation -----------------------------
+
+function openPanel(name) {
+  $("app").classList.add(`${name}-open`);
+  $(name === "menu" ? "open-menu" : "open-tasks").setAttribute("aria-expanded", "true");
+}
+
+function closePanels() {
+  $("app").classList.remove("menu-open", "tasks-open");
+  $("open-menu").setAttribute("aria-expanded", "false");
+  $("open-tasks").setAttribute("aria-expanded", "false");
 }
 
 // --- Start ---------------------------------------------------------------------------------------
@@ -558,7 +633,14 @@ async function start() {
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", signOut);
-  $("new-conversation").addEventListener("click", () => selectConversation(null));
+  $("new-conversation").addEventListener("click", () => { closePanels(); selectConversation(null); });
+  $("search-form").addEventListener("submit", (event) => search(event).catch((error) => console.error(error)));
+  $("export").addEventListener("click", () => exportData().catch((error) => console.error(error)));
+  $("open-menu").addEventListener("click", () => openPanel("menu"));
+  $("open-tasks").addEventListener("click", () => openPanel("tasks"));
+  $("close-menu").addEventListener("click", closePanels);
+  $("close-tasks").addEventListener("click", closePanels);
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape") closePanels(); });
   $("composer").addEventListener("submit", send);
   $("message").addEventListener("input", autosize);
   $("message").addEventListener("keydown", (event) => {
