@@ -17,7 +17,7 @@ from web import create_app
 from web import schemas as api_schemas
 
 SAMPLE_BODIES = {api_schemas.NewMessage: {"content": "hi"}, api_schemas.NewConversation: {},
-                 api_schemas.NewChat: {"message": "hi"}}
+                 api_schemas.NewChat: {"message": "hi"}, api_schemas.ConversationChange: {"title": "mine now"}}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_every_route_with_an_id_is_covered(route_table) -> None:
     id cannot escape it. This checks that the table is what we think it is."""
     paths = {path for _, path, _ in route_table}
     assert "/api/v1/messages/<message_id>" in paths and "/api/v1/conversations/<conversation_id>/events" in paths
-    assert all(re.fullmatch(r"<(conversation_id|message_id|webhook_id|delivery_id)>", part)
+    assert all(re.fullmatch(r"<(conversation_id|message_id|webhook_id|delivery_id|erasure_id)>", part)
                for _, path, _ in route_table for part in re.findall(r"<[^>]+>", path))
 
 
@@ -50,8 +50,9 @@ def test_another_users_ids_answer_404_on_every_route(route_table, make_api) -> N
     conversation_id, answered = owner.ask("Add task: mine")
     before = owner.get(f"/api/v1/conversations/{conversation_id}/messages").json()
     deliveries = owner.get(f"/api/v1/webhooks/{webhook.json()['id']}/deliveries").json()["items"]
+    erasure = make_api().request("DELETE", "/api/v1/me")  # another user's erasure (of nothing)
     ids = {"conversation_id": conversation_id, "message_id": answered["id"], "webhook_id": webhook.json()["id"],
-           "delivery_id": deliveries[0]["id"]}
+           "delivery_id": deliveries[0]["id"], "erasure_id": erasure.json()["id"]}
     for method, rule, spec in route_table:
         path = re.sub(r"<([a-z_]+)>", lambda match: ids[match.group(1)], rule)
         body = SAMPLE_BODIES.get(spec.body) if spec.body else None
@@ -60,6 +61,7 @@ def test_another_users_ids_answer_404_on_every_route(route_table, make_api) -> N
         assert theirs.status_code == missing.status_code == 404, (method, rule, theirs.text)
         assert theirs.json()["detail"] == missing.json()["detail"], (method, rule)
     assert owner.get(f"/api/v1/conversations/{conversation_id}/messages").json() == before
+    assert owner.get(f"/api/v1/conversations/{conversation_id}").json()["title"] != "mine now"
     assert [t["title"] for t in owner.tasks()] == ["mine"]
     assert [w["id"] for w in owner.get("/api/v1/webhooks").json()["items"]] == [webhook.json()["id"]]
 
