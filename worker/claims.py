@@ -27,7 +27,7 @@ from operator import itemgetter
 from typing import Any
 
 import structlog
-from sqlalchemy import CursorResult
+from sqlalchemy import Connection, CursorResult, text
 from sqlalchemy.exc import IntegrityError
 
 from models import Finish, Lane, Message, Role, Status
@@ -78,8 +78,7 @@ def claim(rt: Runtime) -> Claim:
     """Take the message that should start next, with its conversation's lease."""
     cap = rt.settings.max_generations_per_user
     with rt.db.connect() as connection:
-        claimed, content, history = _claimed(connection.execute(
-            claim_sql.CLAIM[cap > 0], {"lease": rt.settings.lease_seconds, "max_generations": cap}))
+        claimed, content, history = _claimed(_run_claim(connection, cap, rt.settings.lease_seconds))
         if claimed is None:
             return Claim(None, None, [], noop_reason="nothing_ready")
         lease = Lease(uuid.UUID(claimed["conversation_id"]), claimed["lease_version"], claimed["last_seq"],
@@ -100,6 +99,30 @@ def claim(rt: Runtime) -> Claim:
         return Claim(lease, None, failed)
 
 
+# "A capped claim is running": the key of a session-level advisory lock (worker/claim_sql.py's
+# other keys are the sweeper's and the webhooks').
+CAPPED_CLAIM_LOCK = 7_362_203
+
+
+def _run_claim(connection: Connection, cap: int, lease_seconds: float) -> CursorResult[Any]:
+    """The claim statement. Under MAX_GENERATIONS_PER_USER it counts the user's running generations
+    in its own snapshot, so two claims at once would both see room for the same user (CI saw a
+    user at a cap of 1 generate twice for 0.8 s): capped claims take turns. The lock is taken
+    before the statement and let go after it has committed (autocommit), so the next claim's
+    statement starts later and sees this one's generation. Uncapped claims never wait for it."""
+    parameters = {"lease": lease_seconds, "max_generations": cap}
+    if cap <= 0:
+        return connection.execute(claim_sql.CLAIM[False], parameters)
+    connection.execute(_LOCK, {"key": CAPPED_CLAIM_LOCK})
+    try:
+        # Its rows are already on this side (a client-side cursor) when the unlock runs.
+        return connection.execute(claim_sql.CLAIM[True], parameters)
+    finally:
+        connection.execute(_UNLOCK, {"key": CAPPED_CLAIM_LOCK})
+
+
+_LOCK = text("SELECT pg_advisory_lock(:key)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
 _SEQ = itemgetter(0)
 
 
