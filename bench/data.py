@@ -62,12 +62,12 @@ INSERT INTO messages (id, conversation_id, user_id, seq, role, content, status, 
                       reply_to_id, created_at, updated_at)
   SELECT md5(cv.id::text || ':' || s)::uuid, cv.id, cv.user_id, s,
          CASE WHEN s %% 2 = 1 THEN 'user' ELSE 'assistant' END::message_role,
-         (SELECT string_agg(vocab.words[1 + floor(power(random(), 3) * 2000)::int], ' ')
-            FROM generate_series(1, 14) WHERE s > 0),  -- correlated: drawn again for every row
+         (SELECT string_agg(v.words[1 + floor(power(random(), 3) * 2000)::int], ' ')
+            FROM vocab AS v, generate_series(1, 14) WHERE s > 0),  -- correlated: drawn again for every row
          CASE WHEN s %% 2 = 1 THEN 'answered' END::message_status, 1, 0, false,
          CASE WHEN s %% 2 = 0 THEN md5(cv.id::text || ':' || (s - 1))::uuid END,
          now() - make_interval(secs => (20 - s) + random()), now()
-    FROM vocab, conversations cv, generate_series(1, 20) s;
+    FROM conversations cv, generate_series(1, 20) s;
 CREATE INDEX ix_messages_search ON messages USING gin (search);
 ANALYZE;
 """

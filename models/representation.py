@@ -8,20 +8,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from .entities import GENERATING, Message, Role, Status
 from .messaging import Partial as Written
 
 
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# A time as the contract writes it: RFC 3339 in UTC ("…Z"), whatever the database session's zone.
+# On the time fields only: a serializer on every field ("*") cost more than the rest of writing an
+# export's message (BENCHMARKS.md, "A user's data").
+UtcTime = Annotated[datetime, PlainSerializer(_rfc3339, when_used="json")]
+
+
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
-
-    @field_serializer("*", when_used="json", check_fields=False)
-    def _rfc3339(self, value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        return value
 
 
 class ToolCall(Out):
@@ -63,7 +67,7 @@ class AssistantMessageOut(Out):
     seq: int
     role: Literal["assistant"]
     content: str
-    created_at: datetime
+    created_at: UtcTime
     error: str | None
     reply_to: str
     tool_calls: list[ToolCall]
@@ -79,7 +83,7 @@ class UserMessageOut(Out):
     seq: int
     role: Literal["user"]
     content: str
-    created_at: datetime
+    created_at: UtcTime
     error: str | None
     status: Literal["queued", "processing", "cancelling", "answered", "failed", "cancelled", "expired"]
     reply: AssistantMessageOut | None
@@ -139,9 +143,13 @@ def message_json(row: Message, reply: Message | None = None, partial: Written | 
     return dump(message_out(row, reply, partial, queue))
 
 
-def version_json(row: Message, question: Message) -> dict[str, Any]:
+def version_out(row: Message, question: Message) -> ReplyVersion:
     """A reply as one of its question's versions, with the question's text it answered."""
     common = {"id": str(row.id), "conversation_id": str(row.conversation_id), "seq": row.seq, "content": row.content,
               "created_at": row.created_at, "error": row.error}
-    return dump(ReplyVersion(role="assistant", question_content=row.question_content or question.content,
-                             **_assistant(row), **common))
+    return ReplyVersion(role="assistant", question_content=row.question_content or question.content,
+                        **_assistant(row), **common)
+
+
+def version_json(row: Message, question: Message) -> dict[str, Any]:
+    return dump(version_out(row, question))

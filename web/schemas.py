@@ -4,7 +4,6 @@ document (web/openapi.py) — one definition for all three."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
@@ -14,6 +13,7 @@ from models.representation import (  # the Message's schemas: web and worker (we
     Out,
     ReplyVersion,
     UserMessageOut,
+    UtcTime,
 )
 
 _Out = Out
@@ -165,8 +165,8 @@ class SearchQuery(_Query):
 class ConversationOut(_Out):
     id: str
     title: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcTime
+    updated_at: UtcTime
     ttl_days: int | None = Field(description="kept this many days after its last message; null: the "
                                              "operator's retention")
     temporary: bool
@@ -190,7 +190,7 @@ class Usage(_Out):
     prompt_tokens: int
     completion_tokens: int
     limits: Limits
-    resets_at: datetime
+    resets_at: UtcTime
 
 
 class AnyMessage(RootModel[MessageOut]):
@@ -216,8 +216,8 @@ class TaskOut(_Out):
     id: str
     title: str
     done: bool
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcTime
+    updated_at: UtcTime
 
 
 class TaskList(_Out):
@@ -254,9 +254,9 @@ class WebhookOut(_Out):
     id: str
     url: str
     events: list[str]
-    created_at: datetime
-    failing_since: datetime | None
-    disabled_at: datetime | None
+    created_at: UtcTime
+    failing_since: UtcTime | None
+    disabled_at: UtcTime | None
     disabled_reason: str | None
 
 
@@ -269,7 +269,7 @@ class WebhookList(_Out):
 
 
 class AttemptOut(_Out):
-    attempted_at: datetime
+    attempted_at: UtcTime
     status_code: int | None
     duration_ms: int
     error: str | None
@@ -282,9 +282,9 @@ class DeliveryOut(_Out):
     type: str
     state: Literal["pending", "delivered", "failed"]
     attempts: int
-    next_attempt_at: datetime | None
-    created_at: datetime
-    delivered_at: datetime | None
+    next_attempt_at: UtcTime | None
+    created_at: UtcTime
+    delivered_at: UtcTime | None
     tries: list[AttemptOut]
 
 
@@ -298,7 +298,7 @@ class SearchHit(_Out):
     message_id: str
     seq: int
     role: Literal["user", "assistant"]
-    created_at: datetime
+    created_at: UtcTime
     snippet: str = Field(description="the message's words around the matches, as plain text")
     highlights: list[tuple[int, int]] = Field(description="[start, end) character offsets of the matched "
                                                           "words in the snippet")
@@ -312,6 +312,6 @@ class SearchResults(_Out):
 class ErasureOut(_Out):
     id: str
     status: Literal["erasing", "erased"]
-    requested_at: datetime
-    finished_at: datetime | None
+    requested_at: UtcTime
+    finished_at: UtcTime | None
     erased: dict[str, int] = Field(description="how many rows (and Redis keys) of each kind were deleted so far")

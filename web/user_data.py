@@ -9,20 +9,22 @@ import binascii
 import itertools
 import json
 import uuid
+from collections import namedtuple
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g
-from sqlalchemy import and_, literal_column, select, text, tuple_
+from pydantic import BaseModel
+from sqlalchemy import and_, bindparam, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from models import Conversation, DailyUsage, Erasure, Message, Role, Task, WebhookEndpoint
 from models.erasure import STOP_GENERATIONS, user_digest
 from models.messaging import announce, request_cancel, send_erasure_job
-from models.queries import parse_uuid
-from models.representation import message_json, version_json
+from models.queries import QUESTION_SHOWN, REPLY_SHOWN, ShownReply, parse_uuid
+from models.representation import message_out, version_out
 
 from . import schemas
 from .auth import authenticate
@@ -35,7 +37,8 @@ from .webhooks import endpoint_json
 
 bp = Blueprint("user_data", __name__, url_prefix="/api/v1")
 EXPORT_FORMAT = "chatq.export/1"
-EXPORT_PAGE = 500  # rows fetched from Postgres at a time: the export's memory, whatever its size
+EXPORT_PAGE = 1000  # rows fetched from Postgres at a time: the export's memory, whatever its size
+EXPORT_CHUNK = 64 * 1024  # bytes written to the client at a time
 
 
 @bp.before_request
@@ -145,7 +148,11 @@ def export() -> Response:
     return Response(itertools.chain([first], lines), mimetype="application/x-ndjson", headers=headers)
 
 
-def _line(kind: str, record: dict[str, Any]) -> bytes:
+def _line(kind: str, record: dict[str, Any] | BaseModel) -> bytes:
+    """One record: {"type": kind, ...its fields}. A schema's model is written as JSON by pydantic
+    itself (in Rust: the export's messages cost half as much as through a dict and json.dumps)."""
+    if isinstance(record, BaseModel):
+        return b'{"type":"' + kind.encode() + b'",' + record.__pydantic_serializer__.to_json(record)[1:] + b"\n"
     return (json.dumps({"type": kind, **record}, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
@@ -158,42 +165,66 @@ def _export_lines(session: Session, user: str) -> Iterator[bytes]:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
         yield _line("export", {"format": EXPORT_FORMAT, "user": user,
                                "exported_at": datetime.now(UTC).isoformat().replace("+00:00", "Z")})
+        # Written out in chunks of about EXPORT_CHUNK bytes: a line at a time was a socket write
+        # (and a gevent switch) per record.
+        chunk: list[bytes] = []
+        size = 0
         for kind, rows in _records(session, user, streamed):
             for record in rows:
                 counts[kind] = counts.get(kind, 0) + 1
-                yield _line(kind, record)
-        yield _line("end", {"records": counts})
+                line = _line(kind, record)
+                chunk.append(line)
+                size += len(line)
+                if size >= EXPORT_CHUNK:
+                    yield b"".join(chunk)
+                    chunk, size = [], 0
+        chunk.append(_line("end", {"records": counts}))
+        yield b"".join(chunk)
     finally:
         session.close()
 
 
-def _records(session: Session, user: str, streamed: dict[str, Any]) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
-    message, question, reply = Message, aliased(Message), aliased(Message)
-    conversations = select(Conversation).where(Conversation.user_id == user) \
-        .order_by(Conversation.created_at, Conversation.id)
-    page: list[Any] = []
-    while True:
-        after = conversations.where(tuple_(Conversation.created_at, Conversation.id) >
-                                    tuple_(page[-1].created_at, page[-1].id)) if page else conversations
-        page = list(session.scalars(after.limit(EXPORT_PAGE)))
-        if not page:
-            break
-        for conversation in page:
-            yield "conversation", iter([conversation_json(conversation)])
-            # Each message as GET /conversations/{cid}/messages lists it (a question's current reply within) ...
-            messages = session.execute(
-                select(message, reply)
-                .outerjoin(reply, and_(reply.reply_to_id == message.id, reply.superseded.is_(False)))
-                .where(message.conversation_id == conversation.id)
-                .order_by(message.seq), execution_options=streamed)
-            yield "message", (message_json(row, current) for row, current in messages)
-            # ... and every version of every reply, as GET /messages/{mid}/replies shows them.
-            versions = session.execute(
-                select(reply, question).join(question, reply.reply_to_id == question.id)
-                .where(reply.conversation_id == conversation.id, reply.role == Role.ASSISTANT)
-                .order_by(reply.seq), execution_options=streamed)
-            yield "reply", (version_json(r, q) for r, q in versions)
-        session.expunge_all()  # the page's rows are written out: the identity map keeps nothing
+# The export's messages and reply versions: what the API shows of them, as light rows (not ORM
+# entities, which cost a third of the export's time), each kind one streamed statement over all of
+# the user's rows (a statement per conversation cost a round trip per FETCH: 2 MB/s). A message row
+# carries the columns of both roles; its current reply's follow it.
+_messages = Message.__table__
+_other = _messages.alias("other")
+_ANY_SHOWN = (*QUESTION_SHOWN, *(name for name in REPLY_SHOWN if name not in QUESTION_SHOWN))
+_ShownMessage = namedtuple("_ShownMessage", _ANY_SHOWN)  # type: ignore[misc]
+_ShownVersion = namedtuple("_ShownVersion", (*REPLY_SHOWN, "question_content"))  # type: ignore[misc]
+_EXPORTED_MESSAGES = (
+    select(*(_messages.c[name] for name in _ANY_SHOWN), *(_other.c[name] for name in REPLY_SHOWN))
+    .select_from(_messages.outerjoin(_other, and_(_other.c.reply_to_id == _messages.c.id,
+                                                  _other.c.superseded.is_(False))))
+    .where(_messages.c.user_id == bindparam("user"))
+    .order_by(_messages.c.conversation_id, _messages.c.seq)
+)
+_EXPORTED_VERSIONS = (  # each version with the question's text it answered
+    select(*(_messages.c[name] for name in REPLY_SHOWN),
+           func.coalesce(_messages.c.question_content, _other.c.content))
+    .select_from(_messages.join(_other, _other.c.id == _messages.c.reply_to_id))
+    .where(_messages.c.user_id == bindparam("user"), _messages.c.role == Role.ASSISTANT)
+    .order_by(_messages.c.conversation_id, _messages.c.seq)
+)
+
+
+def _records(session: Session, user: str,
+             streamed: dict[str, Any]) -> Iterator[tuple[str, Iterator[dict[str, Any] | BaseModel]]]:
+    """The records, kind by kind."""
+    conversations = session.scalars(select(Conversation).where(Conversation.user_id == user)
+                                    .order_by(Conversation.created_at, Conversation.id), execution_options=streamed)
+    yield "conversation", (conversation_json(row) for row in conversations)
+    connection = session.connection().execution_options(**streamed)
+    # Each message as GET /conversations/{cid}/messages lists it (a question's current reply within) ...
+    split = len(_ANY_SHOWN)
+    messages = connection.execute(_EXPORTED_MESSAGES, {"user": user})
+    yield "message", (message_out(_ShownMessage._make(row[:split]),  # type: ignore[arg-type]
+                                  ShownReply._make(row[split:]) if row[split] is not None else None)
+                      for row in messages)
+    # ... and every version of every reply, as GET /messages/{mid}/replies shows them.
+    versions = (_ShownVersion._make(row) for row in connection.execute(_EXPORTED_VERSIONS, {"user": user}))
+    yield "reply", (version_out(row, row) for row in versions)  # type: ignore[arg-type]
     tasks = session.scalars(select(Task).where(Task.user_id == user).order_by(Task.created_at, Task.id),
                             execution_options=streamed)
     yield "task", (task_json(row) for row in tasks)
