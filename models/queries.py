@@ -152,6 +152,7 @@ def ahead_of(message: Any) -> Any:
         select(literal(1))
         .where(queued.c.status == Status.QUEUED,
                tuple_(queued.c.lane, queued.c.fair_tag) < tuple_(message.c.lane, message.c.fair_tag))
+        .correlate(message)  # two levels up: SQLAlchemy would otherwise add `message` to this FROM
         .limit(AHEAD_COUNTED)
         .subquery()
     )

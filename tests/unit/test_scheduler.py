@@ -180,3 +180,39 @@ def test_a_user_with_too_many_messages_waiting_is_refused_and_nothing_is_stored(
                         .values(status=Status.PROCESSING))
     after = accept(rolled_back, "flood", "add 4", conversation, settings=settings)
     assert after.status == 202 and after.body["message"]["seq"] == 3
+
+
+def test_the_202_says_as_many_are_ahead_as_a_read_of_the_message_does(rolled_back) -> None:
+    """The count in the accepting statement is of the stored message alone (it once counted pairs of
+    every queued message with every message of the table: wrong figures, and a scan of the whole
+    table under each POST)."""
+    from models.queries import queue_positions
+
+    hide_the_queue_of_other_tests(rolled_back)
+    for number in range(3):
+        accept(rolled_back, "heavy", f"backlog {number}")
+    with rolled_back.begin_nested():  # answered history elsewhere in the table, which must not count
+        rolled_back.execute(text("INSERT INTO messages (id, conversation_id, user_id, seq, role, content, status, "
+                                 "attempts, lane, fair_tag) SELECT gen_random_uuid(), conversation_id, user_id, "
+                                 "seq + 100, 'user', 'old', 'answered', 0, 0, 1e9 FROM messages "
+                                 "WHERE user_id = 'heavy'"))
+    accepted = accept(rolled_back, "light", "my turn?").body["message"]
+    read = queue_positions(rolled_back.connection(), [uuid.UUID(accepted["id"])])[uuid.UUID(accepted["id"])]
+    # Its share starts level with the first heavy message's (the lane's virtual time): none is ahead.
+    assert (accepted["queue"]["ahead"], read) == (0, 0), accepted
+
+
+def test_no_count_of_the_queue_scans_more_than_the_queued_messages() -> None:
+    """Each statement that says how many are ahead reads the queue (`ahead_of_it`, by its partial
+    index) and nothing else: SQLAlchemy adds the outer table to a nested FROM unless told not to."""
+    from sqlalchemy.dialects import postgresql
+
+    from models import queries
+    from web import accept as accepting
+
+    statements = [queries._QUEUE_POSITIONS, queries._FIRST_IN_QUEUE,
+                  *(statement for storing in accepting._STORING.values()
+                    for statement in (storing.into_new, storing.into_existing))]
+    for statement in statements:
+        sql = str(statement.compile(dialect=postgresql.dialect())).replace("\n", " ")
+        assert "FROM messages AS ahead_of_it WHERE" in sql.replace("  ", " "), sql
