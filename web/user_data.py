@@ -195,15 +195,19 @@ _ShownMessage = namedtuple("_ShownMessage", _ANY_SHOWN)  # type: ignore[misc]
 _ShownVersion = namedtuple("_ShownVersion", (*REPLY_SHOWN, "question_content"))  # type: ignore[misc]
 _EXPORTED_MESSAGES = (
     select(*(_messages.c[name] for name in _ANY_SHOWN), *(_other.c[name] for name in REPLY_SHOWN))
+    # The reply side is the user's rows too (replies carry the user): otherwise Postgres joined
+    # against every reply in the table (7.8 MB/s at 910,000 messages, 20 at 118,000).
     .select_from(_messages.outerjoin(_other, and_(_other.c.reply_to_id == _messages.c.id,
-                                                  _other.c.superseded.is_(False))))
+                                                  _other.c.superseded.is_(False),
+                                                  _other.c.user_id == bindparam("user"))))
     .where(_messages.c.user_id == bindparam("user"))
     .order_by(_messages.c.conversation_id, _messages.c.seq)
 )
 _EXPORTED_VERSIONS = (  # each version with the question's text it answered
     select(*(_messages.c[name] for name in REPLY_SHOWN),
            func.coalesce(_messages.c.question_content, _other.c.content))
-    .select_from(_messages.join(_other, _other.c.id == _messages.c.reply_to_id))
+    .select_from(_messages.join(_other, and_(_other.c.id == _messages.c.reply_to_id,
+                                             _other.c.user_id == bindparam("user"))))
     .where(_messages.c.user_id == bindparam("user"), _messages.c.role == Role.ASSISTANT)
     .order_by(_messages.c.conversation_id, _messages.c.seq)
 )
