@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     # kept after its last message (0: for ever; a conversation's own ttl_days may only shorten it).
     search_config: str = Field(default="english", pattern=r"^[a-z_]+$")
     retention_days: int = Field(default=0, ge=0)
+    # An export holds one of its web process's database connections for as long as it streams:
+    # at most `max_exports` stream from one web process at once (503 past that), one user's
+    # `max_exports_per_user` of them (429), so exports never take the pool from other requests.
+    max_exports: int = Field(default=3, ge=1)
+    max_exports_per_user: int = Field(default=1, ge=1)
     # How often beat runs the forget round (retention, and erasures whose worker died).
     forget_interval_seconds: float = Field(default=60.0, gt=0)
 

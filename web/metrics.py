@@ -28,6 +28,9 @@ count_round_trip = counter_for("web")
 WAITING = Gauge("chatq_waiting_requests", "Long-polls and event streams this node holds now.",
                 multiprocess_mode="livesum")
 WAITS_REFUSED = Counter("chatq_waits_refused_total", "Waiting requests refused at admission.", ["reason"])
+EXPORTING = Gauge("chatq_exports_streaming", "Exports this node streams now (each holds a database connection).",
+                  multiprocess_mode="livesum")
+EXPORTS_REFUSED = Counter("chatq_exports_refused_total", "Exports refused at admission.", ["reason"])
 # Labels take known values only: a client choosing the method (or path) must not be able to grow
 # the metrics without bound (a series per invented method).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

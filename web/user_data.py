@@ -10,7 +10,7 @@ import itertools
 import json
 import uuid
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from .problems import Problem
 from .serialize import conversation_json, task_json
 from .services import after_commit, reader, services, transaction
 from .spec import operation
+from .waiting import exports
 from .webhooks import endpoint_json
 
 bp = Blueprint("user_data", __name__, url_prefix="/api/v1")
@@ -139,13 +140,20 @@ def search() -> dict[str, Any]:
 @operation("Everything of the user's, streamed as NDJSON (docs/api.md: one record a line)",
            responses={200: "application/x-ndjson"})
 def export() -> Response:
-    user = g.user
-    session = services().sessions()  # the stream's own, held for as long as it runs, then closed
+    user, gate = g.user, exports()
+    gate.enter(user)  # 503/429 past this node's exports, before a connection is taken
+    try:
+        session = services().sessions()  # the stream's own, held for as long as it runs, then closed
+        lines = _export_lines(session, user, leave=lambda: gate.leave(user))
+    except BaseException:
+        gate.leave(user)
+        raise
+    first = next(lines)  # the snapshot is taken here: Postgres away is a 503, not a broken stream
     headers = {"Content-Disposition": 'attachment; filename="chatq-export.ndjson"',
                "X-Accel-Buffering": "no", "Cache-Control": "no-store"}
-    lines = _export_lines(session, user)
-    first = next(lines)  # the snapshot is taken here: Postgres away is a 503, not a broken stream
-    return Response(itertools.chain([first], lines), mimetype="application/x-ndjson", headers=headers)
+    response = Response(itertools.chain([first], lines), mimetype="application/x-ndjson", headers=headers)
+    response.call_on_close(lines.close)  # a client gone mid-stream frees the connection and the place now
+    return response
 
 
 def _line(kind: str, record: dict[str, Any] | BaseModel) -> bytes:
@@ -156,9 +164,10 @@ def _line(kind: str, record: dict[str, Any] | BaseModel) -> bytes:
     return (json.dumps({"type": kind, **record}, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-def _export_lines(session: Session, user: str) -> Iterator[bytes]:
+def _export_lines(session: Session, user: str, leave: Callable[[], None]) -> Generator[bytes, None, None]:
     """One snapshot of the user's data (REPEATABLE READ: a reply committed mid-export is in it
-    whole or not at all), fetched EXPORT_PAGE rows at a time from server-side cursors."""
+    whole or not at all), fetched EXPORT_PAGE rows at a time from server-side cursors; `leave` is
+    called when it ends, however it ends."""
     counts: dict[str, int] = {}
     streamed = {"stream_results": True, "yield_per": EXPORT_PAGE}
     try:
@@ -182,6 +191,7 @@ def _export_lines(session: Session, user: str) -> Iterator[bytes]:
         yield b"".join(chunk)
     finally:
         session.close()
+        leave()
 
 
 # The export's messages and reply versions: what the API shows of them, as light rows (not ORM

@@ -94,6 +94,37 @@ def test_search_refuses_what_it_cannot_read(client) -> None:
     assert client.get("/api/v1/search?q=milk").status_code == 401
 
 
+# Export ----------------------------------------------------------------------------------------
+
+
+def test_exports_stream_within_the_nodes_and_the_users_limits_and_free_their_place_when_closed(client) -> None:
+    """An export holds a database connection for as long as it streams: one user's at a time, three
+    on a node (the defaults), and a client that goes away gives its place back."""
+    users = [someone("exporter") for _ in range(4)]
+    for user in users:
+        say(client, user, "Add task: export me")
+    streaming = []
+    try:
+        streaming.append(client.get("/api/v1/export", headers=auth(users[0]), buffered=False))
+        assert streaming[0].status_code == 200
+        second = client.get("/api/v1/export", headers=auth(users[0]))
+        assert second.status_code == 429 and second.headers["Retry-After"]
+        assert second.get_json()["type"].endswith("/too-many-exports-per-user")
+        streaming += [client.get("/api/v1/export", headers=auth(user), buffered=False) for user in users[1:3]]
+        assert [response.status_code for response in streaming] == [200, 200, 200]
+        full = client.get("/api/v1/export", headers=auth(users[3]))
+        assert full.status_code == 503 and full.get_json()["type"].endswith("/too-many-exports")
+    finally:
+        for response in streaming:
+            response.close()  # as gunicorn does when a client disconnects mid-stream
+    # Closed mid-stream, the places are free again; an export read to its end frees its own.
+    for _ in range(2):
+        whole = client.get("/api/v1/export", headers=auth(users[3]))
+        assert whole.status_code == 200
+        assert whole.get_data(as_text=True).splitlines()[-1].startswith('{"type":"end"')
+    assert client.get("/api/v1/export", headers=auth(users[0])).status_code == 200
+
+
 # Retention -------------------------------------------------------------------------------------
 
 
