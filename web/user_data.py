@@ -209,8 +209,8 @@ _ShownVersion = namedtuple("_ShownVersion", (*REPLY_SHOWN, "question_content")) 
 
 
 def _shown(table: Any, names: tuple[str, ...]) -> list[Any]:
-    """The columns, ids read as text: the records write them as text, and a UUID built for each
-    id only to be written out again was a sixth of the export's time."""
+    """The columns, ids read as text: the records write them as text, and psycopg building a UUID
+    for each id only for it to be written out again slowed the export (BENCHMARKS.md, "A user's data")."""
     return [cast(table.c[name], Text).label(name) if isinstance(table.c[name].type, Uuid) else table.c[name]
             for name in names]
 
