@@ -21,14 +21,14 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from .entities import Status
+from .entities import FINAL, Status
 from .jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, REQUEST_ID_HEADER, WEBHOOK_QUEUE
 from .scheduling import record_start
 from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key
 
 log = structlog.get_logger(__name__)
 # What a question's own channel is told: the end of its wait (long-polls of one message).
-FINAL = frozenset({Status.ANSWERED.value, Status.FAILED.value, Status.CANCELLED.value, Status.EXPIRED.value})
+_FINAL_VALUES = frozenset(status.value for status in FINAL)  # announced as strings
 # How long a generation's pieces are kept after its last one: far longer than any generation, so
 # a client reconnecting mid-reply finds them; they are only a live view of what Postgres gets.
 PIECES_TTL_SECONDS = 3600
@@ -103,7 +103,7 @@ def _announce_into(pipe: redis.client.Pipeline, conversation_id: uuid.UUID | str
                    status: str, message: dict[str, Any] | None = None) -> None:
     change = {"message_id": str(message_id), "status": status}
     pipe.publish(conversation_channel(conversation_id), json.dumps(change))
-    if status in FINAL:
+    if status in _FINAL_VALUES:
         pipe.publish(message_channel(message_id), json.dumps({**change, "message": message} if message else change))
 
 
@@ -178,7 +178,7 @@ class PiecePublisher:
 
 
 @dataclass(frozen=True)
-class Partial:
+class WrittenSoFar:
     """What an attempt has generated so far: its text and how many pieces that text is made of
     (the index the next piece will carry)."""
 
@@ -187,7 +187,7 @@ class Partial:
     pieces: int
 
 
-def read_partials(client: redis.Redis, attempts: dict[uuid.UUID, int]) -> dict[uuid.UUID, Partial]:
+def read_partials(client: redis.Redis, attempts: dict[uuid.UUID, int]) -> dict[uuid.UUID, WrittenSoFar]:
     """The text so far of each (message id -> current attempt), in one round trip. A Redis outage
     or wipe reads as nothing generated yet."""
     if not attempts:
@@ -203,7 +203,7 @@ def read_partials(client: redis.Redis, attempts: dict[uuid.UUID, int]) -> dict[u
     partials = {}
     for (message_id, attempt), entries in zip(attempts.items(), ranges, strict=True):
         texts = [fields[b"t"].decode() for _id, fields in entries]
-        partials[message_id] = Partial(attempt, "".join(texts), len(texts))
+        partials[message_id] = WrittenSoFar(attempt, "".join(texts), len(texts))
     return partials
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from .entities import GENERATING, Message, Role, Status
-from .messaging import Partial as Written
+from .messaging import WrittenSoFar
 
 
 def _rfc3339(value: datetime) -> str:
@@ -103,7 +103,7 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def message_out(row: Message, reply: Message | None = None, partial: Written | None = None,
+def message_out(row: Message, reply: Message | None = None, partial: WrittenSoFar | None = None,
                 queue: dict[str, Any] | None = None) -> UserMessageOut | AssistantMessageOut:
     common = {
         "id": str(row.id),
@@ -138,7 +138,7 @@ def _assistant(row: Message) -> dict[str, Any]:
     }
 
 
-def message_json(row: Message, reply: Message | None = None, partial: Written | None = None,
+def message_json(row: Message, reply: Message | None = None, partial: WrittenSoFar | None = None,
                  queue: dict[str, Any] | None = None) -> dict[str, Any]:
     return dump(message_out(row, reply, partial, queue))
 

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import FINAL, GENERATING, UNFINISHED, Conversation, Lane, Message, Status, Task
-from models.messaging import Partial, announce, read_partials, request_cancel, send_answer_job
+from models.messaging import WrittenSoFar, announce, read_partials, request_cancel, send_answer_job
 from models.queries import (
     ShownQuestion,
     owned_conversation,
@@ -215,7 +215,7 @@ def chat() -> Response:
     return _accepted(body.message, body.conversation_id, "chat", body.model_dump())
 
 
-def partials(rows: Sequence[Message | ShownQuestion]) -> dict[uuid.UUID, Partial]:
+def partials(rows: Sequence[Message | ShownQuestion]) -> dict[uuid.UUID, WrittenSoFar]:
     """The text written so far for each question being generated (from Redis, where the worker
     keeps it while it generates), in one round trip; nothing when no question is."""
     return read_partials(services().redis, {row.id: row.attempts for row in rows if row.status in GENERATING})

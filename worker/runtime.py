@@ -15,8 +15,7 @@ from models.connections import redis_client
 from models.db import make_engine, make_sessionmaker
 
 from . import metrics
-from .engine import ReplyEngine
-from .engine import make_engine as make_reply_engine
+from .engine import ReplyEngine, make_reply_engine
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Reply engines. `make_engine` picks one by configuration."""
+"""Reply engines. `make_reply_engine` picks one by configuration."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .openai_compat import DEFAULT_SYSTEM_PROMPT, OpenAICompatibleEngine, OpenAI
 from .tools import TodoTools
 
 
-def make_engine(settings: Settings) -> ReplyEngine:
+def make_reply_engine(settings: Settings) -> ReplyEngine:
     settings.require_engine()
     if settings.engine == "openai":
         return OpenAICompatibleEngine(OpenAIConfig(
@@ -49,5 +49,5 @@ __all__ = [
     "TodoTools",
     "TransientEngineError",
     "Turn",
-    "make_engine",
+    "make_reply_engine",
 ]
