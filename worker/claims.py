@@ -137,9 +137,11 @@ def _claimed(result: CursorResult[Any]) -> tuple[dict[str, Any] | None, str | No
     finally:
         result.close()
     rows.sort(key=_SEQ)  # the claim's row (seq 0) first
-    if not rows or rows[0][4] is None:
+    if not rows:
         return None, None, History([])
     _zero, _role, content, _calls, claimed = rows[0]
+    if claimed is None:
+        return None, None, History([])
     return claimed, content, History(rows[1:])
 
 

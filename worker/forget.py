@@ -20,13 +20,40 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import ColumnElement
 
-from models import messaging
+from models import (
+    Conversation,
+    DailyUsage,
+    IdempotentRequest,
+    Message,
+    Role,
+    Task,
+    UserShare,
+    WebhookEndpoint,
+    WebhookEvent,
+    messaging,
+)
 from models.erasure import STOP_GENERATIONS
 from models.scheduling import recent_user_starts_keys
 from models.signals import pieces_key
@@ -44,27 +71,35 @@ SETTLE_POLL_SECONDS = 0.2
 # The user's rows, table by table, in an order the foreign keys allow: events before the messages
 # they name, replies before questions (deleting a question would take its replies uncounted),
 # messages before their conversations. Each statement deletes at most :batch rows (found by their
-# row address, whatever the table's key) and says how many; questions also say which attempts
-# left text in Redis.
-def _batch_of(table: str, where: str = "user_id = :user", returning: str = "1", *, also: str = "") -> str:
-    # Built from the constants below only, at import.
-    return (f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("  # noqa: S608
-            f"SELECT ctid FROM {table} WHERE {where} LIMIT :batch)) RETURNING {returning}) "
-            f"SELECT count(*){also} FROM gone")
+# row address, whatever the table's key) and says how many (`deleted`); questions also say which
+# attempts left text in Redis (`pieces`).
+_CTID = literal_column("ctid")
 
 
-_STEPS: tuple[tuple[str, TextClause], ...] = tuple((name, text(sql)) for name, sql in (
-    ("webhook_events", _batch_of("webhook_events")),
-    ("replies", _batch_of("messages", "user_id = :user AND role = 'assistant'")),
-    ("questions", _batch_of("messages", "user_id = :user AND role = 'user'", "id, attempts",
-                            also=", coalesce(array_agg(id::text || ':' || attempts), '{}')")),
-    ("conversations", _batch_of("conversations")),
-    ("tasks", _batch_of("tasks")),
-    ("webhook_endpoints", _batch_of("webhook_endpoints")),  # with their deliveries and attempts
-    ("daily_usage", _batch_of("daily_usage")),
-    ("idempotency_keys", _batch_of("idempotent_requests")),
-    ("scheduler_shares", _batch_of("user_shares")),
-))
+def _batch_of(table: Table, *where: ColumnElement[bool], pieces: bool = False) -> Select[Any]:
+    doomed = select(_CTID).select_from(table).where(table.c.user_id == bindparam("user"), *where) \
+        .limit(bindparam("batch"))
+    gone = delete(table).where(any_(func.array(doomed.scalar_subquery())) == _CTID) \
+        .returning(table.c.id if pieces else literal(1), *([table.c.attempts] if pieces else [])).cte("gone")
+    counted = select(func.count().label("deleted")).select_from(gone)
+    if pieces:
+        attempt = gone.c.id.cast(Text) + ":" + gone.c.attempts.cast(Text)
+        counted = counted.add_columns(func.coalesce(func.array_agg(attempt), literal([], ARRAY(Text))).label("pieces"))
+    return counted
+
+
+_messages = Message.__table__
+_STEPS: tuple[tuple[str, Select[Any]], ...] = (
+    ("webhook_events", _batch_of(WebhookEvent.__table__)),
+    ("replies", _batch_of(_messages, _messages.c.role == Role.ASSISTANT)),
+    ("questions", _batch_of(_messages, _messages.c.role == Role.USER, pieces=True)),
+    ("conversations", _batch_of(Conversation.__table__)),
+    ("tasks", _batch_of(Task.__table__)),
+    ("webhook_endpoints", _batch_of(WebhookEndpoint.__table__)),  # with their deliveries and attempts
+    ("daily_usage", _batch_of(DailyUsage.__table__)),
+    ("idempotency_keys", _batch_of(IdempotentRequest.__table__)),
+    ("scheduler_shares", _batch_of(UserShare.__table__)),
+)
 
 
 _TAKE = text("""
@@ -117,12 +152,10 @@ def erase(rt: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
         for name, statement in _STEPS:
             # Until a batch finds nothing: a row another transaction updated meanwhile has moved
             # (a new row address), and is taken by the next batch.
-            while row := connection.execute(statement, {"user": user, "batch": batch}).one():
-                if not row[0]:
-                    break
-                counts[name] += row[0]
+            while (row := connection.execute(statement, {"user": user, "batch": batch}).one()).deleted:
+                counts[name] += row.deleted
                 if name == "questions":
-                    _forget_pieces(rt.redis, row[1])
+                    _forget_pieces(rt.redis, row.pieces)
                 connection.execute(_PROGRESS, {"id": erasure_id, "erased": json.dumps(counts),
                                                "lease": ERASURE_LEASE_SECONDS})
         counts["redis_keys"] += _forget_in_redis(rt.redis, user)
