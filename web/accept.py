@@ -58,6 +58,15 @@ class Asked:
     expires_in: int | None = None
 
 
+@dataclass(frozen=True)
+class Lifetime:
+    """How long a conversation the message starts is kept after its last message (docs/api.md,
+    retention): its own ttl_days, or a temporary one's day; the operator's RETENTION_DAYS otherwise."""
+
+    ttl_days: int | None = None
+    temporary: bool = False
+
+
 def fingerprint(route: str, payload: dict[str, Any]) -> str:
     canonical = json.dumps({"route": route, "body": payload}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -140,10 +149,12 @@ _ROOM_IN_QUEUE = ~exists(
 
 
 def _new_conversation(capped: bool) -> Any:
-    row = select(bindparam("conversation_uuid"), bindparam("user"), bindparam("title"), literal(1), literal(0))
+    row = select(bindparam("conversation_uuid"), bindparam("user"), bindparam("title"), literal(1), literal(0),
+                 bindparam("ttl_days", type_=_conversations.ttl_days.type),
+                 bindparam("temporary", type_=_conversations.temporary.type))
     return (
         insert(Conversation.__table__)
-        .from_select(["id", "user_id", "title", "last_seq", "lease_version"],
+        .from_select(["id", "user_id", "title", "last_seq", "lease_version", "ttl_days", "temporary"],
                      row.where(_ROOM_IN_QUEUE) if capped else row)
         .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
         .cte("numbered")
@@ -180,7 +191,7 @@ class QueueFull(Exception):
 
 
 def _store(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,
-           counted: bool, asked: Asked, settings: Settings) -> Row[Any] | None:
+           counted: bool, asked: Asked, lifetime: Lifetime, settings: Settings) -> Row[Any] | None:
     """Number and insert the message in one statement (`counted`: and count it in the user's day):
     the conversation row's lock (taken by the UPDATE that bumps its `last_seq`, or the INSERT of a
     new conversation) orders concurrent posts. None when the conversation is not the user's;
@@ -194,7 +205,9 @@ def _store(session: Session, *, user: str, content: str, conversation_id: str | 
     connection = session.connection()
     if conversation_id is None:
         stored = connection.execute(storing.into_new, {**parameters, "title": _title_from(content),
-                                                       "conversation_uuid": uuid.uuid4()}).one_or_none()
+                                                       "conversation_uuid": uuid.uuid4(),
+                                                       "ttl_days": lifetime.ttl_days,
+                                                       "temporary": lifetime.temporary}).one_or_none()
         if stored is None:
             raise QueueFull
         return stored
@@ -257,6 +270,7 @@ def accept_message(
     settings: Settings,
     on_busy: str = "enqueue",
     asked: Asked = Asked(),
+    lifetime: Lifetime = Lifetime(),
     start_rate: Callable[[], float | None] = lambda: None,
 ) -> Accepted:
     """Store a user message and count it in the user's day. When `is_one_statement` says so,
@@ -271,7 +285,8 @@ def accept_message(
     quota = has_quotas(settings)
     try:
         message = _store(session, user=user, content=content, conversation_id=conversation_id,
-                         request_id=request_id, counted=not quota, asked=asked, settings=settings)
+                         request_id=request_id, counted=not quota, asked=asked, lifetime=lifetime,
+                         settings=settings)
     except QueueFull:
         ahead = ahead_of_users_first(session.connection(), user)
         raise Problem(429, f"You have {settings.max_queued_per_user} messages waiting, the most one user may; "

@@ -31,7 +31,7 @@ from models.scheduling import queue_position, start_rate
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
-from .accept import Asked, accept_message, fingerprint, is_one_statement
+from .accept import Asked, Lifetime, accept_message, fingerprint, is_one_statement
 from .auth import authenticate
 from .inputs import json_body, query
 from .problems import Problem
@@ -154,13 +154,15 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
 
 # Fields whose default stays out of an Idempotency-Key's fingerprint: keys stored before the field
 # existed still match their retries.
-_FINGERPRINT_DEFAULTS = {"on_busy": "enqueue", "priority": "interactive", "expires_in": None}
+_FINGERPRINT_DEFAULTS = {"on_busy": "enqueue", "priority": "interactive", "expires_in": None, "ttl_days": None,
+                         "temporary": False}
 
 
 def _accepted(content: str, conversation_id: str | None, route: str, payload: dict[str, Any]) -> Response:
     on_busy = payload.get("on_busy", "enqueue")
     asked = Asked(lane=Lane.BATCH if payload.get("priority") == "batch" else Lane.INTERACTIVE,
                   weight=services().settings.weight_of(g.tier), expires_in=payload.get("expires_in"))
+    lifetime = Lifetime(ttl_days=payload.get("ttl_days"), temporary=payload.get("temporary", False))
     for name, default in _FINGERPRINT_DEFAULTS.items():
         if payload.get(name, default) == default:
             payload.pop(name, None)
@@ -173,7 +175,7 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     settings = services().settings
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
                  "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings,
-                 "asked": asked, "start_rate": lambda: start_rate(services().redis)}
+                 "asked": asked, "lifetime": lifetime, "start_rate": lambda: start_rate(services().redis)}
     autocommit = is_one_statement(settings, idempotency, on_busy)
     redis, conversation = services().redis, conversation_id
     with transaction(autocommit=autocommit) as session:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator, model_validator
 
 from models.representation import (  # the Message's schemas: web and worker (webhooks) show it alike
     MessageOut,
@@ -96,8 +96,18 @@ class NewChat(_Body):
     on_busy: OnBusy = "enqueue"
     priority: Priority = "interactive"
     expires_in: ExpiresIn | None = None
+    # The new conversation's lifetime, as on POST /conversations (a conversation's own is PATCHed).
+    ttl_days: TtlDays | None = None
+    temporary: bool = Field(default=False, description="the new conversation is deleted a day after its last message")
 
     _blank = field_validator("message")(_not_blank)
+
+    @model_validator(mode="after")
+    def _lifetime_of_a_new_conversation_only(self) -> NewChat:
+        if self.conversation_id is not None and (self.ttl_days is not None or self.temporary):
+            raise ValueError("ttl_days and temporary start a new conversation's lifetime: PATCH "
+                             "/conversations/{cid} changes an existing one's")
+        return self
 
 
 class Regenerate(_Body):

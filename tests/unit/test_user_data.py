@@ -125,6 +125,32 @@ def test_exports_stream_within_the_nodes_and_the_users_limits_and_free_their_pla
     assert client.get("/api/v1/export", headers=auth(users[0])).status_code == 200
 
 
+def test_a_chat_that_starts_a_conversation_gives_it_a_lifetime_and_one_that_continues_cannot(client) -> None:
+    user = someone("lifetime")
+    kept = say(client, user, "Add task: scratch")
+    temporary = client.post("/api/v1/chat", json={"message": "just for today", "temporary": True}, headers=auth(user))
+    month = client.post("/api/v1/chat", json={"message": "for a month", "ttl_days": 30}, headers=auth(user))
+    assert temporary.status_code == month.status_code == 202
+
+    def lifetime(accepted: dict[str, Any]) -> tuple[Any, Any]:
+        shown = client.get(f"/api/v1/conversations/{accepted['conversation_id']}", headers=auth(user)).get_json()
+        return shown["ttl_days"], shown["temporary"]
+
+    assert [lifetime(a) for a in (kept, temporary.get_json(), month.get_json())] == \
+        [(None, False), (None, True), (30, False)]
+    # Continuing a conversation with a lifetime is refused, and stores nothing.
+    for bad in ({"ttl_days": 7}, {"temporary": True}):
+        body = {"message": "more", "conversation_id": kept["conversation_id"], **bad}
+        refused = client.post("/api/v1/chat", json=body, headers=auth(user))
+        assert refused.status_code == 422, refused.get_data(as_text=True)
+        assert "PATCH" in refused.get_json()["detail"]
+    for bad in ({"ttl_days": 0}, {"ttl_days": 3651}, {"temporary": None}):
+        assert client.post("/api/v1/chat", json={"message": "x", **bad}, headers=auth(user)).status_code == 422
+    listed = client.get(f"/api/v1/conversations/{kept['conversation_id']}/messages", headers=auth(user)).get_json()
+    assert [m["content"] for m in listed["items"]] == ["Add task: scratch"]
+    assert len(client.get("/api/v1/conversations", headers=auth(user)).get_json()["items"]) == 3
+
+
 # Retention -------------------------------------------------------------------------------------
 
 
