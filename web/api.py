@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, select, tuple_, update
-from sqlalchemy.orm import Session
 
-from models import FINAL, GENERATING, UNFINISHED, Conversation, Lane, Message, Status, Task
-from models.messaging import WrittenSoFar, announce, read_partials, request_cancel, send_answer_job
+from models import FINAL, UNFINISHED, Conversation, Lane, Status, Task
+from models.messaging import announce, request_cancel, send_answer_job
 from models.queries import (
-    ShownQuestion,
-    owned_conversation,
     owned_messages_after,
     parse_uuid,
-    queue_positions,
     replies_to,
     shown_message_with_reply,
 )
 from models.representation import message_json
-from models.scheduling import queue_position, start_rate
+from models.scheduling import start_rate
 from models.signals import conversation_channel, message_channel
 
 from . import schemas
@@ -38,6 +33,7 @@ from .problems import Problem
 from .quotas import usage_today
 from .serialize import conversation_json, task_json
 from .services import after_commit, reader, services, transaction
+from .shown import conversation_or_404, partials, with_queue_positions
 from .spec import operation
 from .waiting import wait_for
 
@@ -104,13 +100,6 @@ def list_conversations() -> dict[str, Any]:
         "items": [conversation_json(row) for row in rows],
         "next_cursor": _encode_cursor(rows[-1]) if more else None,
     }
-
-
-def conversation_or_404(conversation_id: str, session: Session | None = None) -> Conversation:
-    row = owned_conversation(session or reader(), g.user, conversation_id)
-    if row is None:
-        raise Problem(404, "No such conversation.")
-    return row
 
 
 @bp.get("/conversations/<conversation_id>")
@@ -217,12 +206,6 @@ def chat() -> Response:
     return _accepted(body.message, body.conversation_id, "chat", body.model_dump())
 
 
-def partials(rows: Sequence[Message | ShownQuestion]) -> dict[uuid.UUID, WrittenSoFar]:
-    """The text written so far for each question being generated (from Redis, where the worker
-    keeps it while it generates), in one round trip; nothing when no question is."""
-    return read_partials(services().redis, {row.id: row.attempts for row in rows if row.status in GENERATING})
-
-
 def _message_view(ident: uuid.UUID) -> tuple[dict[str, Any], bool]:
     found = shown_message_with_reply(reader().connection(), g.user, ident)
     if found is None:
@@ -261,18 +244,6 @@ def get_message(message_id: str) -> Response:
     if body.get("status") in UNFINISHED:
         response.headers["Retry-After"] = PENDING_RETRY_AFTER
     return response
-
-
-def with_queue_positions(messages: list[dict[str, Any]]) -> None:
-    """Each queued one of these messages (as shown) gets its place in the queue: read once, for
-    what is answered, not at every wake-up of a wait."""
-    queued = [message for message in messages if message.get("status") == Status.QUEUED]
-    if not queued:
-        return
-    positions = queue_positions(reader().connection(), [uuid.UUID(message["id"]) for message in queued])
-    rate = functools.cache(lambda: start_rate(services().redis))  # read once, if anything is ahead
-    for message in queued:
-        message["queue"] = queue_position(positions.get(uuid.UUID(message["id"])), rate)
 
 
 def _messages_after(conversation_id: uuid.UUID, after: int, limit: int) -> tuple[dict[str, Any], bool]:

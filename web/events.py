@@ -41,11 +41,11 @@ from models.queries import messages_after, parse_uuid, replies_to
 from models.representation import message_json
 from models.signals import conversation_channel, delta_channel
 
-from .api import conversation_or_404, partials, with_queue_positions
 from .auth import authenticate
 from .problems import Problem
 from .schemas import EventsQuery
 from .services import reader, release_db, services, use_wait_pool
+from .shown import conversation_or_404, partials, with_queue_positions
 from .spec import operation
 from .waiting import admission, recheck_after, wakeups
 

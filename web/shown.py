@@ -1,0 +1,46 @@
+"""What the views show of the signed-in user's conversations and messages beyond their rows: the
+conversation or its 404, the text a generation has written so far, and a queued question's place in
+the queue. Shared by the API's views (web/api.py) and the event stream (web/events.py)."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from flask import g
+from sqlalchemy.orm import Session
+
+from models import GENERATING, Conversation, Message, Status
+from models.messaging import WrittenSoFar, read_partials
+from models.queries import ShownQuestion, owned_conversation, queue_positions
+from models.scheduling import queue_position, start_rate
+
+from .problems import Problem
+from .services import reader, services
+
+
+def conversation_or_404(conversation_id: str, session: Session | None = None) -> Conversation:
+    row = owned_conversation(session or reader(), g.user, conversation_id)
+    if row is None:
+        raise Problem(404, "No such conversation.")
+    return row
+
+
+def partials(rows: Sequence[Message | ShownQuestion]) -> dict[uuid.UUID, WrittenSoFar]:
+    """The text written so far for each question being generated (from Redis, where the worker
+    keeps it while it generates), in one round trip; nothing when no question is."""
+    return read_partials(services().redis, {row.id: row.attempts for row in rows if row.status in GENERATING})
+
+
+def with_queue_positions(messages: list[dict[str, Any]]) -> None:
+    """Each queued one of these messages (as shown) gets its place in the queue: read once, for
+    what is answered, not at every wake-up of a wait."""
+    queued = [message for message in messages if message.get("status") == Status.QUEUED]
+    if not queued:
+        return
+    positions = queue_positions(reader().connection(), [uuid.UUID(message["id"]) for message in queued])
+    rate = functools.cache(lambda: start_rate(services().redis))  # read once, if anything is ahead
+    for message in queued:
+        message["queue"] = queue_position(positions.get(uuid.UUID(message["id"])), rate)
