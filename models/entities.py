@@ -141,6 +141,9 @@ class Message(Base):
         Enum(Finish, name="reply_finish", values_callable=lambda e: [m.value for m in e])
     )
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Assistant messages only: the model that wrote it (a pool's server's model name; null for the
+    # built-in engine).
+    model: Mapped[str | None] = mapped_column(String(200))
     # Assistant messages only, from a model: {"messages_sent", "messages_total"} of the history.
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Assistant messages only: the tools the engine called, and the last seq it was shown. json,

@@ -95,7 +95,7 @@ def owned_message_with_reply(session: Session, user: str, message_id: str) -> tu
 # 22 are shown; BENCHMARKS.md, "Waiting clients"). Immutable SQL constructs and row types.
 _SHOWN = ("id", "conversation_id", "seq", "role", "content", "created_at", "error")
 QUESTION_SHOWN = (*_SHOWN, "status", "attempts")
-REPLY_SHOWN = (*_SHOWN, "reply_to_id", "tool_calls", "finish", "usage", "context", "superseded")
+REPLY_SHOWN = (*_SHOWN, "reply_to_id", "tool_calls", "finish", "usage", "context", "superseded", "model")
 ShownQuestion = namedtuple("ShownQuestion", QUESTION_SHOWN)
 ShownReply = namedtuple("ShownReply", REPLY_SHOWN)
 _messages = Message.__table__

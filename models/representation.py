@@ -74,6 +74,7 @@ class AssistantMessageOut(Out):
     finish: Literal["stop", "cancelled", "length"]
     usage: TokenUsage | None
     context: ContextSent | None = Field(description="how much of the history a model was sent")
+    model: str | None = Field(default=None, description="the model that wrote it; null for the built-in engine")
     current: bool = Field(description="false for an earlier version, replaced by a regenerate")
 
 
@@ -134,6 +135,7 @@ def _assistant(row: Message) -> dict[str, Any]:
         "finish": row.finish.value if row.finish is not None else "stop",
         "usage": row.usage,
         "context": row.context,
+        "model": row.model,
         "current": not row.superseded,
     }
 

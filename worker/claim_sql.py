@@ -144,11 +144,12 @@ WITH lease AS (
  RETURNING last_seq
 ), reply AS (
     INSERT INTO messages (id, conversation_id, user_id, seq, role, content, reply_to_id, tool_calls, context_seq,
-                          request_id, attempts, question_content, finish, usage, context, created_at, updated_at)
+                          request_id, attempts, question_content, finish, usage, context, model, created_at,
+                          updated_at)
     SELECT :reply_id, :conversation_id, lease.user_id, fenced.last_seq, 'assistant', :content, :question_id,
            CAST(:tool_calls AS json), :context_seq, :request_id, 0, :question_content,
            CAST(CASE kept.status WHEN 'cancelled' THEN 'cancelled' ELSE :finish END AS reply_finish),
-           CAST(:usage AS json), CAST(:context AS json), now(), now()
+           CAST(:usage AS json), CAST(:context AS json), :model, now(), now()
       FROM lease, fenced, kept
  RETURNING seq, created_at
 )""", outbox_ctes("""

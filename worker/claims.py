@@ -205,6 +205,7 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         "finish": reply.finish,
         "usage": json.dumps(reply.usage) if reply.usage is not None else None,
         "context": json.dumps(reply.context) if reply.context is not None else None,
+        "model": reply.model,
         "prompt_tokens": (reply.usage or {}).get("prompt_tokens", 0),
         "completion_tokens": (reply.usage or {}).get("completion_tokens", 0),
     }
@@ -236,7 +237,8 @@ def _answered_message(lease: Lease, question: Question, reply: Reply, parameters
     answer = Message(id=parameters["reply_id"], conversation_id=lease.conversation_id, seq=row.seq,
                      role=Role.ASSISTANT, content=parameters["content"], created_at=row.reply_created_at,
                      error=None, reply_to_id=question.id, tool_calls=json.loads(parameters["tool_calls"]),
-                     finish=Finish(reply.finish), usage=reply.usage, context=reply.context, superseded=False)
+                     finish=Finish(reply.finish), usage=reply.usage, context=reply.context, model=reply.model,
+                     superseded=False)
     return message_json(asked, answer)
 
 

@@ -136,6 +136,7 @@ class Reply:
     finish: str = "stop"
     usage: dict[str, int] | None = None  # {"prompt_tokens", "completion_tokens"}, as a model reported them
     context: dict[str, int] | None = None  # {"messages_sent", "messages_total"}: how much history was sent
+    model: str | None = None  # the model that wrote it (a model server's; None: the built-in engine)
 
 
 class ReplyEngine(Protocol):
