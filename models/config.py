@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .connections import sentinel_addresses
+from .model_pool import SINGLE_SERVER_SLOTS, ModelServer, parse_servers
 
 
 def embedded_database_url(port: int) -> str:
@@ -103,6 +104,20 @@ class Settings(BaseSettings):
     # reply may add (sent as max_tokens): the history sent is what fits between the two.
     llm_context_tokens: int = 0
     llm_max_tokens: int = 1024
+    # A pool of model servers (models/model_pool.py; docs/models.md): a JSON list of {"url",
+    # "model", "slots", "group"?, "api_key"?}. Empty: LLM_BASE_URL + LLM_MODEL are a pool of one.
+    llm_servers: str = ""
+    # A slot held on a server lives this long unless its worker renews it (a dead worker's slot is
+    # free again within it); a conversation waits this long for the server that answered its last
+    # turn (its prompt cache is warm there) before any server will do; a request waits this long
+    # for a free slot on any server before its message goes back to the queue.
+    llm_slot_ttl_seconds: float = Field(default=10.0, gt=0)
+    llm_affinity_wait_seconds: float = Field(default=2.0, ge=0)
+    llm_slot_wait_seconds: float = Field(default=30.0, gt=0)
+    # A server that failed (no connection, a 5xx, a timeout) cools down this long, doubled for
+    # each failure in a row up to the cap; then one request probes it back.
+    llm_cooldown_seconds: float = Field(default=2.0, gt=0)
+    llm_cooldown_cap_seconds: float = Field(default=60.0, gt=0)
     # Delivery: how long a claim on a conversation lives without renewal, how often the sweeper
     # runs, how long a queued message may wait before it is enqueued again, and when to give up.
     # Short, and renewed every third of it while a generation runs: a dead worker's conversation
@@ -188,6 +203,13 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER: the name the sentinels know the master by")
         return self
 
+    @field_validator("llm_servers")
+    @classmethod
+    def _servers_parse(cls, value: str) -> str:
+        if value:
+            parse_servers(value)  # a ValueError names what is wrong
+        return value
+
     @field_validator("tier_weights")
     @classmethod
     def _tiers_parse(cls, value: str) -> str:
@@ -259,10 +281,21 @@ class Settings(BaseSettings):
             return
         if self.engine != "openai":
             raise ConfigError(f"ENGINE must be 'builtin' or 'openai', not {self.engine!r}")
+        if self.llm_servers:
+            return
         missing = [name for name, value in (("LLM_BASE_URL", self.llm_base_url), ("LLM_MODEL", self.llm_model))
                    if not value]
         if missing:
-            raise ConfigError(f"ENGINE=openai needs {' and '.join(missing)}")
+            raise ConfigError(f"ENGINE=openai needs LLM_SERVERS, or {' and '.join(missing)}")
+
+    def model_servers(self) -> list[ModelServer]:
+        """The pool of model servers: LLM_SERVERS, or the one LLM_BASE_URL names (none: builtin)."""
+        if self.llm_servers:
+            return parse_servers(self.llm_servers)
+        if self.llm_base_url and self.llm_model:
+            return [ModelServer(url=self.llm_base_url, model=self.llm_model, slots=SINGLE_SERVER_SLOTS,
+                                api_key=self.llm_api_key)]
+        return []
 
     def require_auth_secret(self) -> str:
         """The HS256 secret ("" when only JWKS tokens are accepted), or a ConfigError that says why

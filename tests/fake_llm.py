@@ -29,6 +29,9 @@ class FakeModelServer:
         self.streaming = threading.Event()  # set when a streamed answer has begun
         self.hung_up = threading.Event()  # set when a client closed a stream before its end
         self.lock = threading.Lock()
+        self.active = 0  # completions being answered now, and the most at once since the last reset
+        self.most_active = 0
+        self.default: dict[str, Any] = {"content": "OK"}  # the answer when the script is used up
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,8 +46,14 @@ class FakeModelServer:
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body,
                                             "authorization": self.headers.get("Authorization")})
-                    step = server.script.pop(0) if server.script else {"content": "OK"}
-                server.answer(self, body, step)
+                    step = server.script.pop(0) if server.script else dict(server.default)
+                    server.active += 1
+                    server.most_active = max(server.most_active, server.active)
+                try:
+                    server.answer(self, body, step)
+                finally:
+                    with server.lock:
+                        server.active -= 1
 
             def do_GET(self) -> None:
                 if self.path == "/props":
@@ -68,6 +77,8 @@ class FakeModelServer:
         with self.lock:
             self.script = list(steps)
             self.requests = []
+            self.most_active = self.active
+            self.default = {"content": "OK"}
         self.streaming.clear()
         self.hung_up.clear()
 

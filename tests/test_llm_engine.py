@@ -22,6 +22,7 @@ def test_a_plain_answer(user: Api, model: FakeModelServer) -> None:
     model.reset({"content": "Hello! How can I help with your list?"})
     _, answered = user.ask("hi there")
     assert answered["reply"]["content"] == "Hello! How can I help with your list?"
+    assert answered["reply"]["model"] == "fake-model"  # which model wrote it
     request = model.requests[0]
     assert request["path"] == "/v1/chat/completions" and request["authorization"] == "Bearer sk-test"
     assert request["body"]["model"] == "fake-model"

@@ -113,10 +113,16 @@ def test_a_transient_failure_keeps_its_cause_and_health_reports_the_model_server
     waiting = wait_until(lambda: (m := user.get(f"/api/v1/messages/{message_id}").json())["error"] and m,
                          timeout=30, what="the cause to be kept")
     assert "503" in waiting["error"] and "loading model" in waiting["error"]
+    # Each 503 cooled the server down a little longer; /health shows it from what workers share.
+    [server] = requests.get(llm_stack.url + "/health", timeout=5).json()["model_servers"]
+    assert server["model"] == "fake-model" and server["failures"] >= 1 and server["state"] in ("cooling", "probing")
     answered = user.wait_answered(message_id, timeout=60)
     assert answered["status"] == "answered" and answered["error"] is None
 
-    assert requests.get(llm_stack.url + "/health", timeout=5).json()["engine"] == "reachable"
+    health = requests.get(llm_stack.url + "/health", timeout=5).json()
+    assert health["engine"] == "reachable"
+    assert [(s["model"], s["state"], s["failures"], s["in_use"]) for s in health["model_servers"]] == \
+        [("fake-model", "ready", 0, 0)]  # the probe's answer made it ready
     unreachable = Web("llm-web-no-model", {**llm_stack.env, "LLM_BASE_URL": "http://127.0.0.1:9/v1"}).start()
     try:
         health = requests.get(unreachable.url + "/health", timeout=5)

@@ -11,6 +11,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from models.model_pool import server_states
+
 from .schemas import Alive, Health
 from .services import reader, services
 from .spec import operation
@@ -47,20 +49,34 @@ def health() -> tuple[dict[str, Any], int, dict[str, str]]:
         "broker": broker,
         # Reported, never a reason to take this node out: a web node serves without a model.
         "engine": _engine(),
+        "model_servers": _model_servers() if broker == "connected" else [],
         "server_id": current_app.config["SERVER_ID"],
     }
     return body, (200 if healthy else 503), ({} if healthy else {"Retry-After": "5"})
 
 
-def _engine() -> str:
-    """`builtin`, or whether the model server the workers use answers (its model list, within half a
-    second: a slow model server must not make the node's own health probe time out)."""
-    settings = services().settings
-    if settings.engine != "openai" or not settings.llm_base_url:
-        return "builtin"
-    headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+def _model_servers() -> list[dict[str, Any]]:
+    """Each server of the pool as the workers left it in Redis: slots in use, cooling or ready."""
+    servers = services().settings.model_servers() if services().settings.engine == "openai" else []
     try:
-        response = requests.get(settings.llm_base_url.rstrip("/") + "/models", headers=headers, timeout=0.5)
+        return [state.shown() for state in server_states(services().redis, servers)] if servers else []
+    except RedisError as error:
+        log.warning("health_model_servers_unread", error=str(error))
+        return []
+
+
+def _engine() -> str:
+    """`builtin`, or whether the pool's first model server answers (its model list, within half a
+    second: a slow model server must not make the node's own health probe time out; the others'
+    state is in `model_servers`)."""
+    settings = services().settings
+    servers = settings.model_servers() if settings.engine == "openai" else []
+    if not servers:
+        return "builtin"
+    first = servers[0]
+    headers = {"Authorization": f"Bearer {first.api_key}"} if first.api_key else {}
+    try:
+        response = requests.get(first.url.rstrip("/") + "/models", headers=headers, timeout=0.5)
     except requests.RequestException as error:
         log.warning("health_engine_unreachable", error=str(error).splitlines()[0][:200])
         return "unreachable"

@@ -234,11 +234,26 @@ class TaskList(_Out):
     items: list[TaskOut]
 
 
+class ModelServerState(_Out):
+    """One server of the pool as every worker sees it in Redis (no request is sent to it)."""
+
+    url: str
+    model: str
+    group: Literal["primary", "fallback"]
+    slots: int
+    in_use: int = Field(description="slots workers hold on it now")
+    state: Literal["ready", "cooling", "probing"] = Field(
+        description="cooling: failed lately, no request is sent; probing: its cooldown is over, one request tries it")
+    failures: int = Field(description="failures in a row")
+
+
 class Health(_Out):
     status: Literal["healthy", "unhealthy"]
     database: Literal["connected", "disconnected"]
     broker: Literal["connected", "disconnected"]
     engine: Literal["builtin", "reachable", "unreachable"]
+    model_servers: list[ModelServerState] = Field(
+        default_factory=list, description="ENGINE=openai: the pool's servers (empty while Redis is unreachable)")
     server_id: str
 
 

@@ -3,7 +3,7 @@ added up over its pool processes (see worker/celery_app.py for the set-up order)
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from models.round_trips import counter_for
 
@@ -32,6 +32,19 @@ RETRIES = Counter("chatq_generation_retries_total", "Generations given back to t
 FORGOTTEN = Counter("chatq_forgotten_total", "Rows deleted by retention (conversations, with their messages) "
                     "and by erasures (every kind of a user's rows).", ["reason", "kind"])
 ERASURES = Counter("chatq_erasures_total", "Users erased (DELETE /me carried out to its end).")
+# The pool of model servers (worker/engine/pool.py), by server (its key: a hash of its URL and
+# model, as /health lists them; never a URL, which may carry credentials).
+LLM_SLOTS_IN_USE = Gauge("chatq_llm_slots_in_use", "Slots this worker holds on each model server now.", ["server"],
+                         multiprocess_mode="livesum")
+LLM_SLOT_WAIT = Histogram("chatq_llm_slot_wait_seconds", "How long a request waited for a slot on a model server.",
+                          ["server"], buckets=LATENCY_BUCKETS)
+LLM_FAILURES = Counter("chatq_llm_server_failures_total", "Requests a model server failed (connection, timeout, "
+                       "5xx).", ["server", "kind"])
+LLM_COOLDOWNS = Counter("chatq_llm_server_cooldowns_total", "Cooldowns a model server was put in.", ["server"])
+LLM_FIRST_TOKEN = Histogram("chatq_llm_first_token_seconds", "From a streamed request's sending to its first "
+                            "token.", ["server"], buckets=LATENCY_BUCKETS)
+LLM_TOKENS_PER_SECOND = Histogram("chatq_llm_tokens_per_second", "A request's completion tokens over its duration.",
+                                  ["server"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 count_round_trip = counter_for("worker")
 
 # Every labelled series exists from the start, at zero, so dashboards and alerts see them.

@@ -34,10 +34,11 @@ def runtime() -> Runtime:
     settings = Settings.from_env()
     # A task uses one connection, plus one for its lease heartbeat.
     database = make_engine(settings.database_url, pool_size=2, max_overflow=2, on_round_trip=metrics.count_round_trip)
+    client = redis_client(settings, socket_timeout=2)
     return Runtime(
         settings=settings,
         sessions=make_sessionmaker(database),
         db=database.execution_options(isolation_level="AUTOCOMMIT"),
-        redis=redis_client(settings, socket_timeout=2),
-        engine=make_reply_engine(settings),
+        redis=client,
+        engine=make_reply_engine(settings, client),
     )

@@ -9,8 +9,11 @@ todo tools as functions, runs the calls the model makes, and loops until the mod
 context window (context.py) and leaves `max_tokens` for the reply; a reply cut there ends with
 finish "length".
 
-Failures: timeouts, connection errors, 429 and 5xx are transient — retried here a few times with
-jittered backoff that honours Retry-After, then handed to the worker as TransientEngineError (the
+Every request goes to a server of the pool (pool.py) on a slot taken there first. Failures:
+timeouts, connection errors, 429 and 5xx are transient. A request that failed before its first
+token goes at once to another server (the failed one cools down, for every worker); one that failed
+after it, or when no other server can answer, is retried after a jittered backoff that honours
+Retry-After; after a few requests the failure is handed to the worker as TransientEngineError (the
 message goes back to the queue). Other 4xx and malformed answers are permanent: the message fails
 with a readable error and the retry endpoint can requeue it.
 """
@@ -26,10 +29,13 @@ from typing import Any
 import requests
 
 from models import backoff
+from models.model_pool import ModelServer
 
+from .. import metrics
 from . import context
 from .base import Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
 from .openai_wire import BACKOFF_CAP, Answer, add_usage, error_text, hang_up, read_json, read_stream, retry_after
+from .pool import Pool
 from .tools import TodoTools
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -62,9 +68,6 @@ ATTEMPTS = 3  # requests per step before a transient failure is handed to the wo
 
 @dataclass(frozen=True)
 class OpenAIConfig:
-    base_url: str
-    model: str
-    api_key: str = ""
     timeout_s: float = 60.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_steps: int = 6
@@ -107,16 +110,20 @@ def run_tool(tools: TodoTools, name: str, raw_arguments: str) -> dict[str, Any]:
 
 
 class OpenAICompatibleEngine:
-    def __init__(self, config: OpenAIConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, config: OpenAIConfig, pool: Pool) -> None:
         self.config = config
-        self._sleep = sleep
-        self._reported_context: int | None = None  # the server's, asked once per process
+        self.pool = pool
+        # Each server's context window, asked once per process: a property of the server.
+        self._reported_context: dict[str, int | None] = {}
 
     def reply(self, request: ReplyRequest) -> Reply:
-        count = context.ServerTokenizer(self.config.base_url, self._headers(), timeout=5)
+        # Counted and fitted for the server the conversation is likely to get (its last one, else
+        # the first): a server with a smaller window answers "does not fit", and less is sent.
+        likely = self.pool.preferred(request.conversation_id) or self.pool.servers[0]
+        count = context.ServerTokenizer(likely.url, _headers(likely), timeout=5)
         fixed = (count(self.config.system_prompt) + count(request.content) + count(json.dumps(TOOLS))
                  + 2 * context.MESSAGE_OVERHEAD_TOKENS)
-        budget = self._context_tokens() - self.config.max_tokens - fixed
+        budget = self._context_tokens(likely) - self.config.max_tokens - fixed
         window = context.fit(request.history, budget, count)
         # The estimate may be wrong where no tokenizer was asked: a server's "does not fit" sends
         # half as much history again (a few times), never a message that fails for being long.
@@ -135,17 +142,19 @@ class OpenAICompatibleEngine:
         sent = {"messages_sent": len(window.turns), "messages_total": window.total}
         cancellation = request.cancellation
         usage: dict[str, int] | None = None
+        model: str | None = None  # the last server's that answered
         for step in range(self.config.max_steps):
             if cancellation.is_set():  # between steps: the tools already run stay run
                 return Reply(content="", tool_calls=list(request.tools.calls), finish="cancelled", usage=usage,
-                             context=sent)
+                             context=sent, model=model)
             if step and request.on_restart is not None:
                 request.on_restart()  # text before a tool call is not the reply: the page starts again
-            answer = self._complete(messages, request, cancellation)
+            answer, server = self._complete(messages, request, cancellation)
+            model = server.model if server is not None else model
             usage = add_usage(usage, answer.usage)
             if not answer.tool_calls or answer.finish == "cancelled":
                 return Reply(content=answer.content, tool_calls=list(request.tools.calls), finish=answer.finish,
-                             usage=usage, context=sent)
+                             usage=usage, context=sent, model=model)
             messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
                 {"id": call["id"], "type": "function", "function": {"name": call["name"],
                                                                     "arguments": _as_json(call["arguments"])}}
@@ -155,57 +164,69 @@ class OpenAICompatibleEngine:
                 messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
         raise PermanentEngineError(f"The model did not answer within {self.config.max_steps} steps.")
 
-    def _context_tokens(self) -> int:
+    def _context_tokens(self, server: ModelServer) -> int:
         if self.config.context_tokens:
             return self.config.context_tokens
-        if self._reported_context is None:
-            self._reported_context = context.reported_context(self.config.base_url, self._headers(), timeout=5)
-        return self._reported_context or context.DEFAULT_CONTEXT_TOKENS
+        if server.key not in self._reported_context:
+            self._reported_context[server.key] = context.reported_context(server.url, _headers(server), timeout=5)
+        return self._reported_context[server.key] or context.DEFAULT_CONTEXT_TOKENS
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        return headers
-
-    # One completion, retried -----------------------------------------------------------------
+    # One completion, on the pool, retried --------------------------------------------------------
 
     def _complete(self, messages: list[dict[str, Any]], request: ReplyRequest,
-                  cancellation: Cancellation) -> Answer:
-        last: TransientEngineError | None = None
+                  cancellation: Cancellation) -> tuple[Answer, ModelServer | None]:
+        """The answer, and the server that gave it (None: cancelled before any did)."""
+        last: _Retryable | None = None
+        failed_on: set[str] = set()
         for attempt in range(ATTEMPTS):
             if attempt and request.on_restart is not None:
                 request.on_restart()  # what the failed request streamed is not the reply
-            try:
-                return self._request(messages, request.on_delta, cancellation)
-            except _Retryable as error:
-                last = TransientEngineError(str(error))
-                pause = error.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP)
-                if attempt + 1 < ATTEMPTS and cancellation.wait(pause):
-                    return Answer(content="", tool_calls=[], finish="cancelled")
+            deltas = _Deltas(request.on_delta)
+            with self.pool.slot(request.conversation_id, cancellation, frozenset(failed_on)) as slot:
+                if slot is None:
+                    return Answer(content="", tool_calls=[], finish="cancelled"), None
+                try:
+                    answer = self._request(slot.server, messages, deltas, cancellation)
+                except _Retryable as error:
+                    last = error
+                    failed_on.add(slot.server.key)
+                    if error.kind is not None:
+                        self.pool.failed(slot.server, error.kind)
+                else:
+                    self.pool.answered(slot.server, request.conversation_id)
+                    return answer, slot.server
+            # The slot is given back before any pause. Failed before its first token, the request
+            # goes at once to a server it has not failed on, if the pool has one.
+            if deltas.first_at is None and len(failed_on) < len(self.pool.servers):
+                continue
+            pause = last.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP)
+            if attempt + 1 < ATTEMPTS and cancellation.wait(pause):
+                return Answer(content="", tool_calls=[], finish="cancelled"), None
         assert last is not None
-        raise last
+        raise TransientEngineError(str(last))
 
-    def _request(self, messages: list[dict[str, Any]], on_delta: Callable[[str], None] | None,
+    def _request(self, server: ModelServer, messages: list[dict[str, Any]], deltas: _Deltas,
                  cancellation: Cancellation) -> Answer:
-        body: dict[str, Any] = {"model": self.config.model, "messages": messages, "tools": TOOLS,
+        body: dict[str, Any] = {"model": server.model, "messages": messages, "tools": TOOLS,
                                 "stream": self.config.stream, "max_tokens": self.config.max_tokens}
         if self.config.stream:
             body["stream_options"] = {"include_usage": True}  # the token counts, in the last chunk
-        headers = self._headers()
-        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        url = server.url.rstrip("/") + "/chat/completions"
+        where = server.shown_url
+        deltas.sent_at = time.monotonic()
         try:
-            response = requests.post(url, json=body, headers=headers, timeout=self.config.timeout_s,
+            response = requests.post(url, json=body, headers=_headers(server), timeout=self.config.timeout_s,
                                      stream=self.config.stream)
         except requests.Timeout as error:
-            raise _Retryable(f"the model server at {self.config.base_url} did not answer within "
-                             f"{self.config.timeout_s:g} s") from error
+            raise _Retryable(f"the model server at {where} did not answer within {self.config.timeout_s:g} s",
+                             kind="timeout") from error
         except requests.ConnectionError as error:
-            raise _Retryable(_unreachable(self.config.base_url, error)) from error
+            raise _Retryable(_unreachable(where, error), kind="connection") from error
         with response, cancellation.closing(lambda: hang_up(response)):
             if response.status_code == 429 or response.status_code >= 500:
-                raise _Retryable(f"the model server answered {response.status_code}: {error_text(response)}",
-                                 retry_after=retry_after(response))
+                raise _Retryable(f"the model server at {where} answered {response.status_code}: "
+                                 f"{error_text(response)}", retry_after=retry_after(response),
+                                 kind="5xx" if response.status_code >= 500 else None)
             if response.status_code >= 400 and context.is_overflow(error_text(response)):
                 raise _Overflow(error_text(response))
             if response.status_code >= 400:
@@ -213,15 +234,48 @@ class OpenAICompatibleEngine:
                     f"The model server refused the request ({response.status_code}): {error_text(response)}")
             try:
                 if self.config.stream:
-                    return read_stream(response, on_delta, cancellation)
-                answer = read_json(response.json())
-                if cancellation.is_set():  # nothing of it was shown: stopped with no text
-                    return Answer(content="", tool_calls=[], finish="cancelled")
-                return answer
+                    answer = read_stream(response, deltas, cancellation)
+                else:
+                    answer = read_json(response.json())
+                    if cancellation.is_set():  # nothing of it was shown: stopped with no text
+                        return Answer(content="", tool_calls=[], finish="cancelled")
             except requests.RequestException as error:
-                raise _Retryable(f"the answer of the model server at {self.config.base_url} broke off") from error
+                raise _Retryable(f"the answer of the model server at {where} broke off", kind="connection") from error
             except (ValueError, KeyError, TypeError, IndexError) as error:
                 raise PermanentEngineError(f"The model server's answer is malformed: {error}") from error
+        deltas.observe(server, answer)
+        return answer
+
+
+def _headers(server: ModelServer) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if server.api_key:
+        headers["Authorization"] = f"Bearer {server.api_key}"
+    return headers
+
+
+class _Deltas:
+    """A request's streamed deltas, handed on; when it was sent and its first token arrived (the
+    pool's time to first token, and whether a failure came before it)."""
+
+    def __init__(self, on_delta: Callable[[str], None] | None) -> None:
+        self._on_delta = on_delta
+        self.sent_at = time.monotonic()
+        self.first_at: float | None = None
+
+    def __call__(self, text: str) -> None:
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        if self._on_delta is not None:
+            self._on_delta(text)
+
+    def observe(self, server: ModelServer, answer: Answer) -> None:
+        ended = time.monotonic()
+        if self.first_at is not None:
+            metrics.LLM_FIRST_TOKEN.labels(server.key).observe(self.first_at - self.sent_at)
+        completion = (answer.usage or {}).get("completion_tokens")
+        if completion and ended > self.sent_at:
+            metrics.LLM_TOKENS_PER_SECOND.labels(server.key).observe(completion / (ended - self.sent_at))
 
 
 def _as_json(arguments: str) -> str:
@@ -238,15 +292,19 @@ class _Overflow(PermanentEngineError):
     """The server says the prompt does not fit its context window."""
 
 
-def _unreachable(base_url: str, error: Exception) -> str:
+def _unreachable(where: str, error: Exception) -> str:
     if "refused" in str(error).lower():
-        return f"the model server at {base_url} refused the connection"
+        return f"the model server at {where} refused the connection"
     if "name or service not known" in str(error).lower() or "resolve" in str(error).lower():
-        return f"the model server's name in {base_url} does not resolve"
-    return f"the model server at {base_url} cannot be reached"
+        return f"the model server's name in {where} does not resolve"
+    return f"the model server at {where} cannot be reached"
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    """A request that may succeed later or elsewhere; `kind` names the server's fault (connection,
+    timeout, 5xx: it cools down), None when it is not one (429: busy)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.kind = kind

@@ -1,0 +1,244 @@
+"""Taking a slot on one of the pool's model servers, and what a request's outcome tells the others.
+
+A worker takes a slot before it sends a request and gives it back after, so that no server ever
+runs more requests than its `slots`, across every worker on every node (otherwise the extra ones
+queue inside the model server, where fair share, metrics and cancel cannot see them). A slot is a
+member of the server's sorted set in Redis, scored by when its lease runs out: the worker renews
+it every third of LLM_SLOT_TTL_SECONDS while the request runs, so a dead worker's slot is free
+again within that. Redis's own clock scores them (TIME, inside the scripts): workers' clocks may
+disagree.
+
+Which server: the one that answered the conversation's last turn, while it is ready and has a
+free slot within LLM_AFFINITY_WAIT_SECONDS (its prompt cache holds the conversation: the next
+turn's prefill is skipped); otherwise the least busy ready server of the primary group; the
+fallback group only when no primary server can answer. A failure (no connection, a 5xx, a
+timeout) puts the server in a cooldown every worker sees, doubled with each failure in a row; when
+it is over, one request (holding the probe key) tries the server, and its success makes it ready.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+import structlog
+from redis.exceptions import RedisError
+
+from models.model_pool import (
+    AFFINITY_TTL_SECONDS,
+    ModelServer,
+    ServerState,
+    affinity_key,
+    health_key,
+    probe_key,
+    server_states,
+    slots_key,
+)
+
+from .. import metrics
+from .base import Cancellation, TransientEngineError
+
+log = structlog.get_logger(__name__)
+POLL_SECONDS = 0.05  # how often a request waiting for a slot looks again
+
+_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+# KEYS: the server's slots. ARGV: its slots, the lease (ms), the token. 1: taken.
+_TAKE = _NOW_MS + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+return 1
+"""
+# KEYS: the server's slots. ARGV: the lease (ms), the token. 0: the slot had run out and was taken.
+_RENEW = _NOW_MS + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[1]))
+return 1
+"""
+# KEYS: the server's health. ARGV: the first cooldown (s), the cap (s). Returns the cooldown.
+_FAILED = """
+local t = redis.call('TIME')
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local pause = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) * 2 ^ (failures - 1))
+redis.call('HSET', KEYS[1], 'until', tostring(t[1] + t[2] / 1e6 + pause))
+redis.call('EXPIRE', KEYS[1], math.ceil(4 * tonumber(ARGV[2])))
+return tostring(pause)
+"""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    slot_ttl_seconds: float = 10.0
+    affinity_wait_seconds: float = 2.0
+    slot_wait_seconds: float = 30.0
+    cooldown_seconds: float = 2.0
+    cooldown_cap_seconds: float = 60.0
+    probe_seconds: float = 60.0  # how long a probe may hold a server (the request's timeout)
+
+
+class NoServer(TransientEngineError):
+    """No server of the pool could take the request in time: the message goes back to the queue."""
+
+
+class Slot:
+    """A slot held on `server` until released; renewed in the background while held."""
+
+    def __init__(self, pool: Pool, server: ModelServer, token: str, probe: bool) -> None:
+        self.pool, self.server, self.token, self.probe = pool, server, token, probe
+        self._released = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name=f"slot-{server.key}", daemon=True)
+        self._renewer.start()
+        metrics.LLM_SLOTS_IN_USE.labels(server.key).inc()
+
+    def _renew(self) -> None:
+        lease_ms = int(self.pool.settings.slot_ttl_seconds * 1000)
+        while not self._released.wait(self.pool.settings.slot_ttl_seconds / 3):
+            try:
+                if not self.pool.scripts.renew(keys=[slots_key(self.server)], args=[lease_ms, self.token]):
+                    log.warning("llm_slot_lost", server=self.server.shown_url)  # Redis restarted, or stalled
+                    return
+            except RedisError as error:
+                log.warning("llm_slot_renew_failed", server=self.server.shown_url, error=str(error))
+
+    def release(self) -> None:
+        if self._released.is_set():
+            return
+        self._released.set()
+        metrics.LLM_SLOTS_IN_USE.labels(self.server.key).dec()
+        try:
+            with self.pool.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(slots_key(self.server), self.token)
+                if self.probe:
+                    pipe.delete(probe_key(self.server))
+                pipe.execute()
+        except RedisError as error:  # the lease runs out by itself
+            log.warning("llm_slot_release_failed", server=self.server.shown_url, error=str(error))
+
+
+class _Scripts:
+    def __init__(self, client: redis.Redis) -> None:
+        self.take = client.register_script(_TAKE)
+        self.renew = client.register_script(_RENEW)
+        self.failed = client.register_script(_FAILED)
+
+
+class Pool:
+    def __init__(self, servers: list[ModelServer], client: redis.Redis, settings: PoolSettings) -> None:
+        self.servers = servers
+        self.redis = client
+        self.settings = settings
+        self.scripts = _Scripts(client)
+
+    def preferred(self, conversation_id: uuid.UUID | str) -> ModelServer | None:
+        """The server that answered the conversation's last turn, if the pool still has it."""
+        try:
+            key = self.redis.get(affinity_key(conversation_id))
+        except RedisError:
+            return None
+        return next((server for server in self.servers if key is not None and server.key == key.decode()), None)
+
+    @contextmanager
+    def slot(self, conversation_id: uuid.UUID | str, cancellation: Cancellation,
+             avoid: frozenset[str] = frozenset()) -> Iterator[Slot | None]:
+        """A slot on the best server for the conversation (None: cancelled while waiting), given
+        back when the block ends. `avoid`: servers this request already failed on, used only when
+        nothing else can answer. NoServer when none had a free slot within LLM_SLOT_WAIT_SECONDS."""
+        taken = self._take(conversation_id, cancellation, avoid)
+        try:
+            yield taken
+        finally:
+            if taken is not None:
+                taken.release()
+
+    def _take(self, conversation_id: uuid.UUID | str, cancellation: Cancellation, avoid: frozenset[str]) -> Slot | None:
+        started = time.monotonic()
+        deadline = started + self.settings.slot_wait_seconds
+        preferred = self.preferred(conversation_id)
+        faithful_until = started + self.settings.affinity_wait_seconds
+        while True:
+            try:
+                states = server_states(self.redis, self.servers)
+            except RedisError as error:
+                raise NoServer(f"the model servers' slots cannot be read: {error}") from error
+            candidates, soonest = self._candidates(states, avoid)
+            if preferred is not None and time.monotonic() < faithful_until and \
+                    any(state.server == preferred for state in candidates):
+                candidates = [state for state in candidates if state.server == preferred]
+            for state in candidates:
+                slot = self._try(state)
+                if slot is not None:
+                    waited = time.monotonic() - started
+                    metrics.LLM_SLOT_WAIT.labels(state.server.key).observe(waited)
+                    return slot
+            now = time.monotonic()
+            if now >= deadline:
+                busy = ", ".join(f"{s.server.shown_url} {s.state}" for s in states)
+                raise NoServer(f"no model server had a free slot within {self.settings.slot_wait_seconds:g} s "
+                               f"({busy})")
+            pause = POLL_SECONDS if candidates or soonest is None else min(max(soonest, POLL_SECONDS), deadline - now)
+            if cancellation.wait(pause):
+                return None
+
+    def _candidates(self, states: list[ServerState],
+                    avoid: frozenset[str]) -> tuple[list[ServerState], float | None]:
+        """The servers to try, best first, and (when none can be tried) the soonest end of a
+        cooldown. Primary before fallback, servers in `avoid` only when nothing else is ready;
+        within a group the least busy first."""
+        ready = [state for state in states if state.cooling_for == 0]
+        for allowed in (lambda s: s.server.key not in avoid, lambda s: True):
+            for group in ("primary", "fallback"):
+                chosen = [s for s in ready if s.server.group == group and allowed(s)]
+                if chosen:
+                    return sorted(chosen, key=lambda s: s.in_use / s.server.slots), None
+        cooling = [state.cooling_for for state in states]
+        return [], min(cooling) if cooling else None
+
+    def _try(self, state: ServerState) -> Slot | None:
+        server = state.server
+        probe = state.failures > 0  # its cooldown is over: one request tries it, the others wait
+        try:
+            if probe and not self.redis.set(probe_key(server), "1", nx=True,
+                                            ex=max(1, int(self.settings.probe_seconds))):
+                return None
+            token = uuid.uuid4().hex
+            if self.scripts.take(keys=[slots_key(server)],
+                                 args=[server.slots, int(self.settings.slot_ttl_seconds * 1000), token]):
+                return Slot(self, server, token, probe)
+            if probe:
+                self.redis.delete(probe_key(server))
+        except RedisError as error:
+            raise NoServer(f"the model servers' slots cannot be taken: {error}") from error
+        return None
+
+    # What a request's outcome tells every worker ----------------------------------------------
+
+    def answered(self, server: ModelServer, conversation_id: uuid.UUID | str) -> None:
+        """The server answered: it is ready (a probe's success ends its cooldown), and the
+        conversation's next turn goes back to it."""
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(health_key(server))
+                pipe.set(affinity_key(conversation_id), server.key, ex=AFFINITY_TTL_SECONDS)
+                pipe.execute()
+        except RedisError as error:
+            log.warning("llm_pool_update_failed", server=server.shown_url, error=str(error))
+
+    def failed(self, server: ModelServer, kind: str) -> None:
+        """The server failed (`kind`: connection, timeout, 5xx): it cools down, for every worker."""
+        metrics.LLM_FAILURES.labels(server.key, kind).inc()
+        try:
+            pause = float(self.scripts.failed(keys=[health_key(server)], args=[
+                self.settings.cooldown_seconds, self.settings.cooldown_cap_seconds]))
+        except RedisError as error:
+            log.warning("llm_pool_update_failed", server=server.shown_url, error=str(error))
+            return
+        metrics.LLM_COOLDOWNS.labels(server.key).inc()
+        log.warning("llm_server_cooling_down", server=server.shown_url, model=server.model, kind=kind,
+                    seconds=round(pause, 1))
