@@ -9,8 +9,11 @@ not what the model knows.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -142,3 +145,69 @@ def test_the_server_killed_mid_stream_and_started_again(real, user: Api) -> None
         swap_worker(real)
     assert answered["status"] == "answered" and answered["error"] is None
     assert answered["reply"]["content"]
+
+
+def _busy_slots(port: int) -> int:
+    """How many of a llama-server's own slots are processing a request now (its GET /slots)."""
+    try:
+        slots = requests.get(f"http://127.0.0.1:{port}/slots", timeout=1).json()
+    except (requests.RequestException, ValueError):
+        return 0
+    return sum(1 for slot in slots if slot.get("is_processing") or slot.get("state") == 1)
+
+
+def test_two_servers_as_one_pool_keep_each_conversation_on_its_server_and_lose_nothing_when_one_dies(
+        real, user: Api) -> None:
+    """Two llama-servers of one slot each, behind three worker processes (three conversations,
+    three turns each, 48 tokens at most): neither ever runs two
+    requests (its own /slots, sampled), each conversation's turns land on one server while both
+    are up, and with one killed mid-reply every message is still answered, by the other."""
+    other_port = free_port()
+    other = start_llama(real.server, other_port)
+    pool = [{"url": f"http://127.0.0.1:{real.port}/v1", "model": "smollm2-a", "slots": 1},
+            {"url": f"http://127.0.0.1:{other_port}/v1", "model": "smollm2-b", "slots": 1}]
+    real.stack.worker.stop()
+    real.stack.worker = Worker("llama-worker-pool", {**real.env, "LLM_SERVERS": json.dumps(pool),
+                                                     "LLM_AFFINITY_WAIT_SECONDS": "30"},
+                               concurrency=3).start()
+    most = {real.port: 0, other_port: 0}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            for port in most:
+                most[port] = max(most[port], _busy_slots(port))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        users = [Api(real.stack.url) for _ in range(3)]
+        firsts = [u.chat("Say hello.") for u in users]
+        conversations = [first["conversation_id"] for first in firsts]
+        pending = [first["message"]["id"] for first in firsts]
+        models: dict[str, list[str]] = {cid: [] for cid in conversations}
+        for turn in range(3):
+            if turn:
+                question = "Say a word." if turn == 1 else "Write a very long story about a brave knight."
+                pending = [u.chat(question, cid)["message"]["id"] for u, cid in zip(users, conversations, strict=True)]
+            if turn == 2:  # server b dies while it answers one of the last turns
+                wait_until(lambda: _busy_slots(other_port) > 0, timeout=60, interval=0.02,
+                           what="server b to be answering")
+                other.kill(signal.SIGKILL)
+            for u, cid, message_id in zip(users, conversations, pending, strict=True):
+                answered = u.wait_answered(message_id, timeout=120)
+                assert answered["status"] == "answered", answered
+                models[cid].append(answered["reply"]["model"])
+    finally:
+        sampling.set()
+        sampler.join()
+        other.stop()
+        swap_worker(real)
+    assert most[real.port] <= 1 and most[other_port] <= 1, most  # never past a server's slots
+    assert max(most.values()) == 1  # and the sampling saw them used
+    # Both servers answered, and while both were up each conversation stayed on its own.
+    assert {model for turns in models.values() for model in turns[:2]} == {"smollm2-a", "smollm2-b"}, models
+    assert all(turns[0] == turns[1] for turns in models.values()), models
+    # After b died, a answered every last turn (also the one b was answering).
+    assert [turns[2] for turns in models.values()] == ["smollm2-a"] * 3, models
