@@ -80,29 +80,29 @@ def test_no_server_ever_runs_more_requests_than_its_slots(unit_settings, redis_c
 def test_a_conversation_goes_back_to_the_server_that_answered_its_last_turn(
         unit_settings, redis_client, autocommit, servers) -> None:
     a, b, _ = servers
-    engine, pool = engine_of(unit_settings, redis_client, [entry(a, "model-a", slots=2), entry(b, "model-b")],
+    engine, pool = engine_of(unit_settings, redis_client, [entry(a, "model-a", slots=2), entry(b, "model-b", slots=2)],
                              LLM_AFFINITY_WAIT_SECONDS="1")
     on_a = [uuid.uuid4() for _ in range(3)]
     on_b = [uuid.uuid4() for _ in range(3)]
-    assert {ask(engine, autocommit, cid).model for cid in on_a} == {"model-a"}  # idle: the first server
-    # While model-a's slots are all taken, new conversations start on model-b (the least busy).
-    held = [engine.pool._try(state) for state in server_states(redis_client, pool)[:1] * 2]
-    assert all(held)
-    try:
-        assert {ask(engine, autocommit, cid).model for cid in on_b} == {"model-b"}
-    finally:
-        for slot in held:
-            slot.release()
+    # A new conversation starts on the least busy server: the other one's slots are all taken.
+    for started_on, busy in ((on_a, 1), (on_b, 0)):
+        held = [engine.pool._try(server_states(redis_client, pool)[busy]) for _ in range(pool[busy].slots)]
+        assert all(held)
+        try:
+            assert {ask(engine, autocommit, cid).model for cid in started_on} == {pool[1 - busy].model}
+        finally:
+            for slot in held:
+                slot.release()
     # Both idle again: each conversation's next turns go where its last one was answered.
     for _turn in range(3):
         assert [ask(engine, autocommit, cid).model for cid in on_a + on_b] == ["model-a"] * 3 + ["model-b"] * 3
     # A conversation waits a little for its server's slot rather than go elsewhere ...
-    held = [engine.pool._try(state) for state in server_states(redis_client, pool)[1:] * 4]
+    held = [engine.pool._try(server_states(redis_client, pool)[1]) for _ in range(2)]
     threading.Timer(0.3, lambda: [slot.release() for slot in held]).start()
     started = time.monotonic()
     assert ask(engine, autocommit, on_b[0]).model == "model-b" and time.monotonic() - started >= 0.25
     # ... and no longer than LLM_AFFINITY_WAIT_SECONDS: then any server will do.
-    held = [engine.pool._try(state) for state in server_states(redis_client, pool)[1:] * 4]
+    held = [engine.pool._try(server_states(redis_client, pool)[1]) for _ in range(2)]
     try:
         started = time.monotonic()
         assert ask(engine, autocommit, on_b[1]).model == "model-a"
@@ -151,10 +151,14 @@ def test_cooldowns_grow_with_failures_in_a_row_and_one_probe_brings_a_server_bac
     time.sleep(1.7)
     [state] = [s for s in server_states(redis_client, pool) if s.server == flaky]
     assert state.state == "probing"
-    # One request probes it (the other waits or goes elsewhere); its answer makes it ready again.
+    # With the other server busy, the next request probes it, and its answer makes it ready again.
     a.reset()
-    replies = [ask(engine, autocommit) for _ in range(4)]
-    assert len(a.requests) >= 1 and "model-a" in {reply.model for reply in replies}
+    held = [engine.pool._try(server_states(redis_client, pool)[1]) for _ in range(pool[1].slots)]
+    try:
+        assert ask(engine, autocommit).model == "model-a" and len(a.requests) == 1
+    finally:
+        for slot in held:
+            slot.release()
     [state] = [s for s in server_states(redis_client, pool) if s.server == flaky]
     assert state.state == "ready" and state.failures == 0
 

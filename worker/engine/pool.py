@@ -18,6 +18,7 @@ it is over, one request (holding the probe key) tries the server, and its succes
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -168,9 +169,10 @@ class Pool:
             except RedisError as error:
                 raise NoServer(f"the model servers' slots cannot be read: {error}") from error
             candidates, soonest = self._candidates(states, avoid)
-            if preferred is not None and time.monotonic() < faithful_until and \
-                    any(state.server == preferred for state in candidates):
-                candidates = [state for state in candidates if state.server == preferred]
+            mine = [state for state in candidates if state.server == preferred]
+            if mine:  # its last server first; only it while the conversation may still wait for it
+                others = [] if time.monotonic() < faithful_until else [s for s in candidates if s.server != preferred]
+                candidates = mine + others
             for state in candidates:
                 slot = self._try(state)
                 if slot is not None:
@@ -195,8 +197,8 @@ class Pool:
         for allowed in (lambda s: s.server.key not in avoid, lambda s: True):
             for group in ("primary", "fallback"):
                 chosen = [s for s in ready if s.server.group == group and allowed(s)]
-                if chosen:
-                    return sorted(chosen, key=lambda s: s.in_use / s.server.slots), None
+                if chosen:  # the least busy first; among equals, any (new conversations spread out)
+                    return sorted(random.sample(chosen, len(chosen)), key=lambda s: s.in_use / s.server.slots), None
         cooling = [state.cooling_for for state in states]
         return [], min(cooling) if cooling else None
 
