@@ -31,6 +31,7 @@ class FakeModelServer:
         self.lock = threading.Lock()
         self.active = 0  # completions being answered now, and the most at once since the last reset
         self.most_active = 0
+        self.tokenize_calls = 0  # asked to count tokens (answered 404, as a server without a tokenizer)
         self.default: dict[str, Any] = {"content": "OK"}  # the answer when the script is used up
         server = self
 
@@ -41,6 +42,8 @@ class FakeModelServer:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length))
                 if self.path != "/v1/chat/completions":  # no tokenizer here (llama.cpp has /tokenize)
+                    with server.lock:
+                        server.tokenize_calls += self.path == "/tokenize"
                     server.json_answer(self, 404, {"error": {"message": "not found"}})
                     return
                 with server.lock:
@@ -78,6 +81,7 @@ class FakeModelServer:
             self.script = list(steps)
             self.requests = []
             self.most_active = self.active
+            self.tokenize_calls = 0
             self.default = {"content": "OK"}
         self.streaming.clear()
         self.hung_up.clear()

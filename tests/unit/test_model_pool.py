@@ -46,13 +46,14 @@ def engine_of(unit_settings: Settings, client: redis.Redis, pool: list[dict[str,
     return make_reply_engine(configured, client), configured.model_servers()
 
 
-def ask(engine, autocommit, conversation_id: uuid.UUID | None = None, text: str = "hello"):
+def ask(engine, autocommit, conversation_id: uuid.UUID | None = None, text: str = "hello",
+        history: list[tuple[int, str, str, str | None]] | None = None):
     from worker.engine import History, ReplyRequest, TodoTools
 
     conversation_id = conversation_id or uuid.uuid4()
     user = f"pool-{uuid.uuid4().hex[:8]}"
     request = ReplyRequest(user=user, conversation_id=conversation_id, message_id=uuid.uuid4(), content=text,
-                           history=History([]), tools=TodoTools(autocommit, user, uuid.uuid4()))
+                           history=History(history or []), tools=TodoTools(autocommit, user, uuid.uuid4()))
     return engine.reply(request)
 
 
@@ -220,3 +221,21 @@ def test_the_pool_setting_refuses_what_it_cannot_use() -> None:
     assert server.shown_url == "http://h:1/v1" and server.slots >= 1  # a pool of one; no credentials shown
     assert ModelServer(url="http://a/v1", model="m", slots=1).key != ModelServer(url="http://a/v1", model="n",
                                                                                  slots=1).key
+
+
+def test_a_history_that_surely_fits_is_sent_whole_without_a_round_trip_to_count_it(
+        unit_settings, redis_client, autocommit, servers) -> None:
+    """Counting a turn's tokens exactly is a request to the model server: before the first token,
+    one per turn. A history far inside the window (by the estimate, with room for it to be twice
+    too low) is sent as it is; one near the window's edge is still counted."""
+    a = servers[0]
+    engine, _pool = engine_of(unit_settings, redis_client, [entry(a, "model-a")], LLM_CONTEXT_TOKENS="4096")
+
+    def history(turns: int, words: int) -> list[tuple[int, str, str, str | None]]:
+        return [(seq, "user" if seq % 2 else "assistant", "word " * words, None) for seq in range(1, turns + 1)]
+
+    short = ask(engine, autocommit, history=history(20, 10))
+    assert a.tokenize_calls == 0 and short.context == {"messages_sent": 20, "messages_total": 20}
+    a.reset()
+    long = ask(engine, autocommit, history=history(20, 150))  # ~5,000 tokens by the estimate: past the window
+    assert a.tokenize_calls >= 1 and long.context["messages_sent"] < 20

@@ -100,6 +100,22 @@ class Window:
     total: int  # the history's length
 
 
+ESTIMATE_MARGIN = 2  # the estimate may be this far below the truth (some scripts) and still fit
+
+
+def fits_whole(history: Sequence[Turn], texts: Sequence[str], budget: int) -> bool:
+    """Whether the whole history and `texts` surely fit `budget` by the estimate alone, with room
+    for it to be ESTIMATE_MARGIN times too low: then nothing need be counted exactly (each exact
+    count is a round trip to the model server, one per turn, before the request can go)."""
+    allowed = budget / ESTIMATE_MARGIN
+    used = sum(estimate_tokens(text) + MESSAGE_OVERHEAD_TOKENS for text in texts)
+    for index in range(len(history) - 1, -1, -1):
+        if used > allowed:
+            return False
+        used += turn_tokens(history[index], estimate_tokens)
+    return used <= allowed
+
+
 def fit(history: Sequence[Turn], budget: int, count: Counter, *, at_most: int | None = None) -> Window:
     """The most recent whole turns whose tokens fit `budget` (and no more than `at_most` of them),
     starting at a question."""

@@ -120,11 +120,14 @@ class OpenAICompatibleEngine:
         # Counted and fitted for the server the conversation is likely to get (its last one, else
         # the first): a server with a smaller window answers "does not fit", and less is sent.
         likely = self.pool.preferred(request.conversation_id) or self.pool.servers[0]
+        room = self._context_tokens(likely) - self.config.max_tokens
+        fixed_texts = (self.config.system_prompt, request.content, json.dumps(TOOLS))
         count = context.ServerTokenizer(likely.url, _headers(likely), timeout=5)
-        fixed = (count(self.config.system_prompt) + count(request.content) + count(json.dumps(TOOLS))
-                 + 2 * context.MESSAGE_OVERHEAD_TOKENS)
-        budget = self._context_tokens(likely) - self.config.max_tokens - fixed
-        window = context.fit(request.history, budget, count)
+        if context.fits_whole(request.history, fixed_texts, room):  # most conversations: no counting
+            budget, window = room, context.Window(list(request.history), len(request.history))
+        else:
+            budget = room - sum(count(text) for text in fixed_texts) - 2 * context.MESSAGE_OVERHEAD_TOKENS
+            window = context.fit(request.history, budget, count)
         # The estimate may be wrong where no tokenizer was asked: a server's "does not fit" sends
         # half as much history again (a few times), never a message that fails for being long.
         for _ in range(4):
