@@ -143,7 +143,7 @@ def llm_stack(stack_env, model_server):
     """A stack of its own (database, Redis database, web, worker, beat) whose workers use a model."""
     env = isolated_env(stack_env, "llm", ENGINE="openai", LLM_BASE_URL=model_server.base_url,
                        LLM_MODEL="fake-model", LLM_API_KEY="sk-test", LEASE_SECONDS="4",
-                       LLM_MAX_TOKENS="60")
+                       LLM_MAX_TOKENS="60", LLM_COOLDOWN_SECONDS="0.2")  # a failing server: retried soon
     running = Stack(env, "llm").start()
     yield running
     running.stop()

@@ -4,6 +4,7 @@ messages flow, a web node SIGKILLed mid-conversation — one conversation carrie
 from __future__ import annotations
 
 import signal
+import uuid
 
 import psycopg
 import pytest
@@ -46,8 +47,14 @@ def test_one_conversation_across_nodes_survives_a_node_and_worker_churn(cluster,
     served_by: list[str] = []
 
     def send(text: str, conversation_id: str | None) -> dict:
-        response = user.post("/api/v1/chat", json={"message": text, **(
-            {"conversation_id": conversation_id} if conversation_id else {})})
+        """As a client should: with an Idempotency-Key, and again on a 502 (a node that died after
+        nginx passed it the request, which nginx does not send a POST on to another node)."""
+        body = {"message": text, **({"conversation_id": conversation_id} if conversation_id else {})}
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        for _ in range(5):
+            response = user.post("/api/v1/chat", json=body, headers=key)
+            if response.status_code != 502:
+                break
         assert response.status_code == 202, response.text
         served_by.append(response.headers["X-Served-By"])
         return response.json()
@@ -60,10 +67,12 @@ def test_one_conversation_across_nodes_survives_a_node_and_worker_churn(cluster,
     assert len(set(served_by)) == 3, served_by  # consecutive requests landed on every node
 
     extra = Worker("cluster-worker-added", cluster["env"]).start()  # a worker joins while messages flow
-    cluster["webs"][1].kill(signal.SIGKILL)                       # a web node dies mid-conversation
-    for n in range(6, 12):
-        accepted.append(send(f"Add task: across nodes {n}", conversation_id)["message"]["id"])
-    extra.kill(signal.SIGKILL)                                    # and a worker leaves, abruptly
+    try:
+        cluster["webs"][1].kill(signal.SIGKILL)                   # a web node dies mid-conversation
+        for n in range(6, 12):
+            accepted.append(send(f"Add task: across nodes {n}", conversation_id)["message"]["id"])
+    finally:
+        extra.kill(signal.SIGKILL)                                # and a worker leaves, abruptly
     for n in range(12, 15):
         accepted.append(send(f"Add task: across nodes {n}", conversation_id)["message"]["id"])
     assert "node2" not in served_by[6:]

@@ -53,7 +53,8 @@ def real(stack_env):
     port = free_port()
     process = start_llama(server, port)
     env = isolated_env(stack_env, "llama", ENGINE="openai", LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
-                       LLM_MODEL="smollm2", LLM_MAX_TOKENS=str(MAX_TOKENS), LEASE_SECONDS="20")
+                       LLM_MODEL="smollm2", LLM_MAX_TOKENS=str(MAX_TOKENS), LEASE_SECONDS="20",
+                       LLM_COOLDOWN_SECONDS="0.2")
     running = Stack(env, "llama")
     running.worker = Worker("llama-worker", env, concurrency=1)  # one generation at a time: a small CPU
     running.start()
@@ -130,7 +131,7 @@ def test_an_answer_cut_at_max_tokens_says_so(user: Api) -> None:
 
 
 def test_the_server_killed_mid_stream_and_started_again(real, user: Api) -> None:
-    swap_worker(real, LLM_MAX_TOKENS="400")
+    swap_worker(real, LLM_MAX_TOKENS="200")
     try:
         message_id = user.chat("Write a very long story about a brave knight and a dragon.")["message"]["id"]
         wait_until(lambda: (user.get(f"/api/v1/messages/{message_id}").json().get("partial") or {})

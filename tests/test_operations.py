@@ -16,7 +16,7 @@ def test_health_reports_healthy(stack) -> None:
     response = requests.get(stack.url + "/health", timeout=10)
     assert response.status_code == 200
     assert response.json() == {"status": "healthy", "database": "connected", "broker": "connected",
-                               "engine": "builtin", "server_id": "web"}
+                               "engine": "builtin", "model_servers": [], "server_id": "web"}
     assert requests.get(stack.url + "/livez", timeout=10).status_code == 200
 
 
