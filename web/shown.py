@@ -43,4 +43,5 @@ def with_queue_positions(messages: list[dict[str, Any]]) -> None:
     positions = queue_positions(reader().connection(), [uuid.UUID(message["id"]) for message in queued])
     rate = functools.cache(lambda: start_rate(services().redis))  # read once, if anything is ahead
     for message in queued:
-        message["queue"] = queue_position(positions.get(uuid.UUID(message["id"])), rate)
+        # Not counted: it started between its read and this count. Nothing is ahead of it.
+        message["queue"] = queue_position(positions.get(uuid.UUID(message["id"]), 0), rate)

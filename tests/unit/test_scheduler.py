@@ -216,3 +216,14 @@ def test_no_count_of_the_queue_scans_more_than_the_queued_messages() -> None:
     for statement in statements:
         sql = str(statement.compile(dialect=postgresql.dialect())).replace("\n", " ")
         assert "FROM messages AS ahead_of_it WHERE" in sql.replace("  ", " "), sql
+
+
+def test_a_message_read_as_queued_that_starts_before_its_place_is_counted_is_next_in_line(app) -> None:
+    """A read shows a queued message, then counts what is ahead of it: a worker may claim it in
+    between (CI saw a `queued` message with `queue: null`). Nothing is ahead of it then."""
+    from web.shown import with_queue_positions
+
+    shown = [{"id": str(uuid.uuid4()), "status": "queued"}, {"id": str(uuid.uuid4()), "status": "answered"}]
+    with app.test_request_context():
+        with_queue_positions(shown)
+    assert shown[0]["queue"] == {"ahead": 0, "eta_seconds": 0} and "queue" not in shown[1]
