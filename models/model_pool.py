@@ -10,8 +10,6 @@ cooldowns, never a message; the worker that holds a slot renews it while it uses
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -117,11 +115,11 @@ class ServerState:
 
 
 def server_states(client: redis.Redis, servers: list[ModelServer]) -> list[ServerState]:
-    """Each server's slots in use and health, in one round trip (no request to a model server)."""
-    now_ms = int(time.time() * 1000)
+    """Each server's slots in use and health, in one round trip (no request to a model server),
+    judged by Redis's clock, as the slots' leases and the cooldowns are written."""
     with client.pipeline(transaction=False) as pipe:
         for server in servers:
-            pipe.zcount(slots_key(server), now_ms, "+inf")
+            pipe.zrange(slots_key(server), 0, -1, withscores=True)
             pipe.hgetall(health_key(server))
         pipe.time()
         answers = pipe.execute()
@@ -129,13 +127,8 @@ def server_states(client: redis.Redis, servers: list[ModelServer]) -> list[Serve
     redis_now = seconds + micros / 1e6
     states = []
     for index, server in enumerate(servers):
-        in_use, health = answers[2 * index], answers[2 * index + 1]
+        leases, health = answers[2 * index], answers[2 * index + 1]
+        in_use = sum(1 for _token, ends_ms in leases if ends_ms > redis_now * 1000)  # not run out yet
         until = float(health.get(b"until", 0) or 0)
-        states.append(ServerState(server, int(in_use), int(health.get(b"failures", 0) or 0),
-                                  max(0.0, until - redis_now)))
+        states.append(ServerState(server, in_use, int(health.get(b"failures", 0) or 0), max(0.0, until - redis_now)))
     return states
-
-
-def describe(servers: list[ModelServer]) -> str:
-    """For a log line at start: the pool without credentials."""
-    return json.dumps([{"url": s.shown_url, "model": s.model, "slots": s.slots, "group": s.group} for s in servers])

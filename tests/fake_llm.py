@@ -42,8 +42,9 @@ class FakeModelServer:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length))
                 if self.path != "/v1/chat/completions":  # no tokenizer here (llama.cpp has /tokenize)
-                    with server.lock:
-                        server.tokenize_calls += self.path == "/tokenize"
+                    if self.path == "/tokenize":
+                        with server.lock:
+                            server.tokenize_calls += 1
                     server.json_answer(self, 404, {"error": {"message": "not found"}})
                     return
                 with server.lock:

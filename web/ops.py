@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from models.model_pool import server_states
+from models.model_pool import ModelServer, server_states
 
 from .schemas import Alive, Health
 from .services import reader, services
@@ -43,21 +43,22 @@ def health() -> tuple[dict[str, Any], int, dict[str, str]]:
         log.warning("health_broker_down", error=str(error))
         broker = "disconnected"
     healthy = database == broker == "connected"
+    settings = services().settings
+    servers = settings.model_servers() if settings.engine == "openai" else []
     body = {
         "status": "healthy" if healthy else "unhealthy",
         "database": database,
         "broker": broker,
         # Reported, never a reason to take this node out: a web node serves without a model.
-        "engine": _engine(),
-        "model_servers": _model_servers() if broker == "connected" else [],
+        "engine": _engine(servers),
+        "model_servers": _model_servers(servers) if broker == "connected" else [],
         "server_id": current_app.config["SERVER_ID"],
     }
     return body, (200 if healthy else 503), ({} if healthy else {"Retry-After": "5"})
 
 
-def _model_servers() -> list[dict[str, Any]]:
+def _model_servers(servers: list[ModelServer]) -> list[dict[str, Any]]:
     """Each server of the pool as the workers left it in Redis: slots in use, cooling or ready."""
-    servers = services().settings.model_servers() if services().settings.engine == "openai" else []
     try:
         return [state.shown() for state in server_states(services().redis, servers)] if servers else []
     except RedisError as error:
@@ -65,12 +66,10 @@ def _model_servers() -> list[dict[str, Any]]:
         return []
 
 
-def _engine() -> str:
+def _engine(servers: list[ModelServer]) -> str:
     """`builtin`, or whether the pool's first model server answers (its model list, within half a
     second: a slow model server must not make the node's own health probe time out; the others'
     state is in `model_servers`)."""
-    settings = services().settings
-    servers = settings.model_servers() if settings.engine == "openai" else []
     if not servers:
         return "builtin"
     first = servers[0]
