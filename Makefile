@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+# The suite runs as two streams of modules (pytest-xdist; a module's tests stay in one stream):
+# most of its time is processes starting and waiting, which two streams overlap (tests/support.py).
+TEST_STREAMS ?= 2
 
 .PHONY: run test unit lint services stop clean cluster
 
@@ -22,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	scripts/ensure-packages.sh
 	$(BIN)/python scripts/llama.py build
-	$(BIN)/python scripts/devstack.py test $(PYTEST_ARGS)
+	$(BIN)/python scripts/devstack.py test -n $(TEST_STREAMS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fast in-process tier alone (tests/unit: no gunicorn, no Celery worker), for the edit-test loop.
 unit: $(STAMP)

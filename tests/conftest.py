@@ -3,7 +3,8 @@ processes (gunicorn, Celery workers) running against them.
 
 DATABASE_URL / REDIS_URL name the servers (scripts/devstack.py starts the embedded ones when they
 are unset). Tests never touch the database those URLs name: they create `chatq_test` beside it
-and use Redis database 15, flushing it first.
+and use Redis database 15, flushing it first (the second of `make test`'s two streams: `chatq_test_gw1`
+and database 5; tests/support.py's STREAM).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import redis
 
 from scripts.devstack import create_database, libpq_url
 from tests.fake_llm import FakeModelServer
-from tests.support import ARTIFACTS, TEST_SECRET, Api, Beat, Process, Web, Worker, redis_database
+from tests.support import ARTIFACTS, STREAM, TEST_SECRET, Api, Beat, Process, Web, Worker, database_name, redis_database
 
-TEST_DATABASE = "chatq_test"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -29,7 +29,7 @@ def database_url() -> str:
     server = os.environ.get("DATABASE_URL")
     if not server:
         pytest.exit("DATABASE_URL is not set: run the tests with `make test`", returncode=2)
-    return create_database(server, TEST_DATABASE)
+    return create_database(server, database_name("test"))
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def isolated_env(stack_env: dict[str, str], name: str, **settings: str) -> dict[
     by Alembic, and a flushed Redis database (tests/support.py's REDIS_DATABASES[name])."""
     redis_url = redis_database(stack_env["REDIS_URL"], name)
     redis.Redis.from_url(redis_url).flushdb()
-    return {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], f"chatq_{name}"),
+    return {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], database_name(name)),
             "REDIS_URL": redis_url, **settings}
 
 
@@ -195,6 +195,8 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 def pytest_sessionstart(session) -> None:
+    if STREAM:
+        return  # a stream of pytest-xdist: the run's controller has cleared them before it started
     FIGURES.unlink(missing_ok=True)
     # Each run's processes write their logs afresh: a check of what a log says (or does not) must
     # read this run's lines, not an earlier run's (the logs are appended to within a run).

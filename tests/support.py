@@ -57,7 +57,7 @@ class Process:
         self.name = name
         self.argv = argv
         self.env = dict(env)
-        self.log_path = ARTIFACTS / "logs" / f"{name}.log"
+        self.log_path = ARTIFACTS / "logs" / STREAM / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
@@ -272,16 +272,34 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-# Each stack the tests start has a Redis database of its own (Redis has 16; database 0 is left to
-# `make run`): one table, so that no two can collide.
+# `make test` runs the suite as two streams (pytest-xdist, `-n 2 --dist loadfile`): all of one
+# module's tests run in one stream, so a stack that only one module starts exists once, while the
+# stacks several modules share (the session's, the fast tier's, the model stack) run in each stream
+# and each needs resources of its own. STREAM is "" outside xdist, else "gw0", "gw1".
+STREAM = os.environ.get("PYTEST_XDIST_WORKER", "")
+STREAM_INDEX = int(STREAM.removeprefix("gw") or 0)
+STREAMS = 2
+
+# Each stack has a Redis database of its own (Redis has 16; database 0 is left to `make run`): one
+# table, so that no two can collide. The second stream's shared stacks use the SECOND_STREAM's.
 REDIS_DATABASES = {"session": 15, "unit": 14, "llm": 13, "control": 12, "llama": 11, "shutdown": 10, "deploy": 9,
                    "webhooks": 8, "caps": 7, "fair": 6}
+SECOND_STREAM = {"session": 5, "unit": 4, "llm": 3}
 
 
-def redis_database(url: str, name: str) -> str:
-    """`url` (a Redis URL, with or without a database number) naming stack `name`'s database."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{REDIS_DATABASES[name]}"))
+def redis_database(url: str, name: str, stream: int = STREAM_INDEX) -> str:
+    """`url` (a Redis URL, with or without a database number) naming stack `name`'s database in
+    test stream `stream`."""
+    if stream >= STREAMS:
+        raise RuntimeError(f"the tests run as at most {STREAMS} streams (pytest -n {STREAMS}): Redis has no more "
+                           "databases")
+    number = SECOND_STREAM[name] if stream and name in SECOND_STREAM else REDIS_DATABASES[name]
+    return urlunsplit(urlsplit(url)._replace(path=f"/{number}"))
+
+
+def database_name(name: str) -> str:
+    """The Postgres database of stack `name` in this stream (created beside DATABASE_URL's)."""
+    return f"chatq_{name}{f'_{STREAM}' if STREAM_INDEX else ''}"
 
 
 def sign_in(page: Any, name: str) -> None:

@@ -141,7 +141,7 @@ def test_logs_hold_no_tokens_secrets_or_message_text(stack, api: Api) -> None:
     api.ask(f"Add task: {marker}")
     bearer = api.http.headers["Authorization"].split()[1]
     time.sleep(0.5)  # let the processes flush their last lines
-    logs = "".join(path.read_text(errors="replace") for path in (ARTIFACTS / "logs").glob("*.log"))
+    logs = "".join(path.read_text(errors="replace") for path in (ARTIFACTS / "logs").rglob("*.log"))
     assert "answered" in logs  # the worker did log the job
     assert marker not in logs
     assert bearer not in logs and bearer.split(".")[2] not in logs

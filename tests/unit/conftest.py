@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from models import Settings
 from scripts.devstack import create_database
-from tests.support import TEST_SECRET, redis_database
+from tests.support import TEST_SECRET, database_name, redis_database
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def unit_settings() -> Settings:
         pytest.exit("DATABASE_URL / REDIS_URL are not set: run the tests with `make unit` or `make test`", returncode=2)
     redis_url = redis_database(broker, "unit")
     redis.Redis.from_url(redis_url).flushdb()  # the jobs the views sent last time, which no worker reads
-    return Settings.from_env({"DATABASE_URL": create_database(server, "chatq_unit"), "REDIS_URL": redis_url,
+    return Settings.from_env({"DATABASE_URL": create_database(server, database_name("unit")), "REDIS_URL": redis_url,
                               "AUTH_SECRET": TEST_SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": ""})
 
 

@@ -39,8 +39,13 @@ def test_a_setting_that_does_not_describe_redis_or_the_tiers_stops_the_process(v
 
 
 def test_every_test_stack_has_a_redis_database_of_its_own() -> None:
-    from tests.support import REDIS_DATABASES, redis_database
+    from tests.support import REDIS_DATABASES, SECOND_STREAM, STREAMS, redis_database
 
-    assert len(set(REDIS_DATABASES.values())) == len(REDIS_DATABASES) and 0 not in REDIS_DATABASES.values()
-    assert redis_database("redis://127.0.0.1:6379", "llm") == "redis://127.0.0.1:6379/13"
-    assert redis_database("redis://:pw@h:1/0", "unit") == "redis://:pw@h:1/14"
+    every = [*REDIS_DATABASES.values(), *SECOND_STREAM.values()]
+    assert len(set(every)) == len(every) and 0 not in every and set(SECOND_STREAM) <= set(REDIS_DATABASES)
+    assert redis_database("redis://127.0.0.1:6379", "llm", stream=0) == "redis://127.0.0.1:6379/13"
+    assert redis_database("redis://:pw@h:1/0", "unit", stream=0) == "redis://:pw@h:1/14"
+    assert redis_database("redis://:pw@h:1/0", "unit", stream=1) == "redis://:pw@h:1/4"
+    assert redis_database("redis://h:1/0", "fair", stream=1) == "redis://h:1/6"  # one module's: one stream
+    with pytest.raises(RuntimeError, match="at most"):
+        redis_database("redis://h:1/0", "unit", stream=STREAMS)
