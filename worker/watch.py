@@ -43,65 +43,74 @@ def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancella
     its question is cancelled — told at once by Redis (cancel_channel), confirmed in Postgres,
     which every renewal also reads in case the notification was lost — or when this worker has
     been stopping for longer than WORKER_SHUTDOWN_GRACE_SECONDS (worker/shutdown.py)."""
-    cancellation = Cancellation()
-    stop = threading.Event()
-    started = time.monotonic()
+    watcher = Watcher(rt, lease, question)
+    # A daemon thread, not joined: it may sit in a one-second read of Redis when the generation
+    # ends, and must not add that to every reply. It checks `stop` before every write, and a
+    # renewal of a lease already released does nothing (claim_sql.RENEW).
+    threading.Thread(target=watcher.run, name="generation-watch", daemon=True).start()
+    try:
+        yield watcher.cancellation
+    finally:
+        watcher.stop.set()
 
-    def watch() -> None:
-        if stop.wait(QUIET_START_SECONDS):
+
+_LOST = object()
+
+
+class Watcher:
+    """One generation's watch: `run` in its own thread until `stop` is set, the question is
+    stopped (then `cancellation` is cancelled), the lease is lost or the worker is stopping."""
+
+    def __init__(self, rt: Runtime, lease: Lease, question: Question) -> None:
+        self.rt, self.lease, self.question = rt, lease, question
+        self.cancellation = Cancellation()
+        self.stop = threading.Event()
+        self.renew_at = time.monotonic() + rt.settings.lease_seconds / 3
+
+    def run(self) -> None:
+        if self.stop.wait(QUIET_START_SECONDS):
             return
-        renew_at = started + rt.settings.lease_seconds / 3
-        pubsub = _subscribe(rt, question.id)
-        # A cancel committed before the subscription was published to nobody: Postgres is read once
-        # right after it, then on every notification.
-        told = True
+        pubsub = _subscribe(self.rt, self.question.id)
         try:
-            while not stop.is_set():
+            # A cancel committed before the subscription was published to nobody: Postgres is
+            # read once right after it, then on every notification.
+            told = True
+            while not self.stop.is_set():
                 if not told:
-                    told = _told(pubsub) if pubsub is not None else not stop.wait(CANCEL_CHECK_SECONDS)
-                if stop.is_set():
+                    told = _told(pubsub) if pubsub is not None else not self.stop.wait(CANCEL_CHECK_SECONDS)
+                if self.stop.is_set():
                     return
-                if STOPPING.due(rt.settings.worker_shutdown_grace_seconds):
+                if STOPPING.due(self.rt.settings.worker_shutdown_grace_seconds):
                     log.warning("generation_given_back", reason="worker_stopping")
-                    cancellation.cancel(reason="shutdown")
+                    self.cancellation.cancel(reason="shutdown")
                     return
-                try:
-                    if time.monotonic() >= renew_at:
-                        renew_at = time.monotonic() + rt.settings.lease_seconds / 3
-                        status = _renew(rt, lease, question)
-                        if status is _LOST:
-                            log.warning("lease_lost", conversation_id=str(lease.conversation_id))
-                            return
-                    elif told:
-                        with rt.db.connect() as connection:
-                            status = connection.execute(claim_sql.QUESTION_STATUS,
-                                                        {"question_id": question.id}).scalar_one_or_none()
-                    else:
-                        continue
-                except Exception as error:  # a failed check must not kill the generation
-                    log.warning("lease_renewal_failed", error=str(error).splitlines()[0])
-                    continue
-                finally:
-                    told = False
+                status, told = self._check(told), False
+                if status is _LOST:
+                    log.warning("lease_lost", conversation_id=str(self.lease.conversation_id))
+                    return
                 if status in STOPPED:
                     log.info("generation_cancelled")
-                    cancellation.cancel()
+                    self.cancellation.cancel()
                     return
         finally:
             if pubsub is not None:
                 pubsub.close()
 
-    # A daemon thread, not joined: it may sit in a one-second read of Redis when the generation
-    # ends, and must not add that to every reply. It checks `stop` before every write, and a
-    # renewal of a lease already released does nothing (claim_sql.RENEW).
-    threading.Thread(target=watch, name="generation-watch", daemon=True).start()
-    try:
-        yield cancellation
-    finally:
-        stop.set()
-
-
-_LOST = object()
+    def _check(self, told: bool) -> object:
+        """The question's status, by the lease's renewal when one is due, else by a read when a
+        notification came; None when neither was due or the check failed (a failed check must not
+        stop the generation: the next one may work). _LOST when the lease is no longer ours."""
+        try:
+            if time.monotonic() >= self.renew_at:
+                self.renew_at = time.monotonic() + self.rt.settings.lease_seconds / 3
+                return _renew(self.rt, self.lease, self.question)
+            if told:
+                with self.rt.db.connect() as connection:
+                    return connection.execute(claim_sql.QUESTION_STATUS,
+                                              {"question_id": self.question.id}).scalar_one_or_none()
+        except Exception as error:
+            log.warning("lease_renewal_failed", error=str(error).splitlines()[0])
+        return None
 
 
 def _renew(rt: Runtime, lease: Lease, question: Question) -> object:
