@@ -1,17 +1,22 @@
 """A model in real use (contract: "Models, context and quotas"), against the fake model server:
 a conversation longer than the context window keeps being answered, an answer cut at max_tokens
 says so, failures keep their cause, usage is stored and quotas hold across two web nodes, and a
-request retried within an attempt starts its live text again. (The same against llama.cpp's own
+request retried within an attempt starts its live text again; while every slot of the model
+server is taken, messages wait queued (no lease) and a freed slot goes to the message fair share
+picks. (The same against llama.cpp's own
 server: tests/test_llama_server.py.)"""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
+import redis
 import requests
 
+from models.model_pool import SINGLE_SERVER_SLOTS, ModelServer, slots_key
 from tests.fake_llm import CONTEXT_TOKENS, FakeModelServer
 from tests.support import Api, EventStream, Web, wait_until
 
@@ -177,3 +182,38 @@ def test_the_page_starts_a_retried_reply_again_and_marks_a_cut_one(llm_stack, mo
         page.wait_for_selector(".status.note >> text=Cut short")
     finally:
         node.stop()
+
+
+def test_while_every_slot_is_taken_messages_wait_queued_and_a_freed_slot_goes_by_fair_share(
+    llm_stack, model: FakeModelServer, db_llm
+) -> None:
+    # Every slot of the stack's model server held, as by workers elsewhere (their leases live on).
+    server = ModelServer(url=llm_stack.env["LLM_BASE_URL"], model="fake-model", slots=SINGLE_SERVER_SLOTS)
+    client = redis.Redis.from_url(llm_stack.env["REDIS_URL"])
+    seconds, _micros = client.time()
+    held = {f"held-elsewhere-{index}": (seconds + 300) * 1000 for index in range(SINGLE_SERVER_SLOTS)}
+    client.zadd(slots_key(server), held)
+    model.default = {"content": "one at a time", "chunk_delay": 0.05}
+    try:
+        heavy, light = Api(llm_stack.url), Api(llm_stack.url)
+        heavy_ids = [heavy.chat(f"heavy {index}")["message"]["id"] for index in range(3)]
+        light_id = light.chat("light 0")["message"]["id"]
+        # The worker's two processes have their doorbells (a claim takes milliseconds) and wait for a
+        # slot with nothing claimed: every message still queued (cancellable at once), none leased.
+        time.sleep(1.5)
+        for api, message_id in [*((heavy, i) for i in heavy_ids), (light, light_id)]:
+            assert api.get(f"/api/v1/messages/{message_id}").json()["status"] == "queued"
+        assert db_llm.execute("SELECT count(*) FROM conversations WHERE lease_expires_at IS NOT NULL "
+                              "AND user_id = ANY(%s)", ([heavy.user, light.user],)).fetchone() == (0,)
+        assert model.requests == []
+
+        # One slot comes free: one request at a time, in the order fair share starts them — the
+        # light user's one message second, not after the heavy user's backlog.
+        client.zrem(slots_key(server), "held-elsewhere-0")
+        for api, message_id in [*((heavy, i) for i in heavy_ids), (light, light_id)]:
+            assert api.wait_answered(message_id, timeout=60)["status"] == "answered"
+        asked = [request["body"]["messages"][-1]["content"] for request in model.requests]
+        assert asked == ["heavy 0", "light 0", "heavy 1", "heavy 2"]
+        assert model.most_active == 1
+    finally:
+        client.delete(slots_key(server))

@@ -20,7 +20,7 @@ from models import Status, backoff, messaging
 from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PING, REQUEST_ID_HEADER, SWEEP
 
 from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
-from .engine import PermanentEngineError, ReplyRequest, TodoTools, TransientEngineError
+from .engine import PermanentEngineError, ReplyRequest, Reserved, TodoTools, TransientEngineError
 from .runtime import Runtime, runtime
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,7 @@ def answer_message(self: Task, message_id: str) -> str:
         task_id=self.request.id, rung_for=message_id, request_id=self.request.get(REQUEST_ID_HEADER)
     )
     try:
-        done = _answer()
+        done = _answer(uuid.UUID(message_id), self.request.get(REQUEST_ID_HEADER))
         # The job's result, as Flower shows it: what became of which message ("answered 1f0c…").
         return f"{done.outcome.value} {done.question.id}" if done.question is not None else done.outcome.value
     finally:
@@ -79,6 +79,7 @@ def answer_message(self: Task, message_id: str) -> str:
 
 class Outcome(StrEnum):
     NOTHING_TO_DO = "nothing_to_do"  # no message can start now (each is answered, busy, or waiting out a backoff)
+    DEFERRED = "deferred"  # no model server had a free slot in time: the doorbell went back to the queue
     ANSWERED = "answered"
     REQUEUED = "requeued"  # a generation given back to the queue, to be tried again after a backoff
     FAILED = "failed"
@@ -99,14 +100,28 @@ class Done:
     retry_in: float | None = None
 
 
-def _answer() -> Done:
+def _answer(rung_for: uuid.UUID, request_id: str | None) -> Done:
     rt = runtime()
-    done = _generate(rt)
+    # Room on a model server first, then the claim: a message starts only when a server can take
+    # it. While every slot is busy the messages wait in the queue (no lease held, cancellable, their
+    # order by fair share intact), not in workers that claimed them.
+    try:
+        reserved = rt.engine.reserve(stopping=lambda: shutdown.STOPPING.due(0))
+    except TransientEngineError as busy:
+        log.info("job_deferred", reason=str(busy))
+        metrics.DUPLICATES.labels("no_model_slot").inc()
+        ring(rung_for, request_id)
+        return Done(Outcome.DEFERRED)
+    try:
+        done = _generate(rt, reserved)
+    finally:
+        if reserved is not None:
+            reserved.release()  # not used (nothing to claim), or used and given back already
     _follow_up(rt, done)
     return done
 
 
-def _generate(rt: Runtime) -> Done:
+def _generate(rt: Runtime, reserved: Reserved | None) -> Done:
     """Claim the message that should start next, generate, and store the reply (or give the
     message back). Tells waiting clients only that the question is being answered."""
     claimed = claims.claim(rt)
@@ -136,6 +151,7 @@ def _generate(rt: Runtime) -> Done:
                 on_delta=pieces,
                 on_restart=pieces.restart,
                 cancellation=cancellation,
+                reserved=reserved,
             ))
     except (TransientEngineError, SoftTimeLimitExceeded) as interrupted:
         cause = str(interrupted) if isinstance(interrupted, TransientEngineError) else \

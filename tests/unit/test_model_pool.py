@@ -47,13 +47,14 @@ def engine_of(unit_settings: Settings, client: redis.Redis, pool: list[dict[str,
 
 
 def ask(engine, autocommit, conversation_id: uuid.UUID | None = None, text: str = "hello",
-        history: list[tuple[int, str, str, str | None]] | None = None):
+        history: list[tuple[int, str, str, str | None]] | None = None, reserved=None):
     from worker.engine import History, ReplyRequest, TodoTools
 
     conversation_id = conversation_id or uuid.uuid4()
     user = f"pool-{uuid.uuid4().hex[:8]}"
     request = ReplyRequest(user=user, conversation_id=conversation_id, message_id=uuid.uuid4(), content=text,
-                           history=History(history or []), tools=TodoTools(autocommit, user, uuid.uuid4()))
+                           history=History(history or []), tools=TodoTools(autocommit, user, uuid.uuid4()),
+                           reserved=reserved)
     return engine.reply(request)
 
 
@@ -204,6 +205,53 @@ def test_a_request_waiting_for_a_slot_gives_up_in_time_and_its_message_goes_back
         assert a.requests == []
     finally:
         redis_client.zrem(slots_key(pool[0]), "busy")
+
+
+def test_a_slot_is_reserved_before_the_claim_and_given_up_for_the_conversations_own_server(
+        unit_settings, redis_client, autocommit, servers) -> None:
+    from worker.engine import TransientEngineError
+
+    a, b, _ = servers
+    engine, pool = engine_of(unit_settings, redis_client, [entry(a, "model-a", slots=1), entry(b, "model-b", slots=1)],
+                             LLM_SLOT_WAIT_SECONDS="0.5", LLM_AFFINITY_WAIT_SECONDS="0.3")
+    # What a worker does before it claims: a slot on a free server, one per server here.
+    first, second = engine.reserve(lambda: False), engine.reserve(lambda: False)
+    assert {first.server.model, second.server.model} == {"model-a", "model-b"}
+    started = time.monotonic()
+    with pytest.raises(TransientEngineError, match=r"stayed busy for 0\.5 s"):
+        engine.reserve(lambda: False)  # nothing claimed: the doorbell goes back to the queue
+    assert 0.5 <= time.monotonic() - started < 2
+    started = time.monotonic()
+    with pytest.raises(TransientEngineError, match="stopping"):
+        engine.reserve(lambda: True)
+    assert time.monotonic() - started < 0.3
+    first.release()
+    second.release()
+
+    # The claimed conversation's last server has a free slot: the reserved one is given back.
+    cid = uuid.uuid4()
+    redis_client.set(f"chatq:llm:affinity:{cid}", pool[1].key)
+    held_b = engine.reserve(lambda: False)
+    held_a = engine.reserve(lambda: False)
+    reserved, other = (held_a, held_b) if held_a.server == pool[0] else (held_b, held_a)
+    other.release()  # model-b free now
+    assert ask(engine, autocommit, cid, reserved=reserved).model == "model-b"
+    assert not reserved.held and server_states(redis_client, pool)[0].in_use == 0
+    # Its server stays busy past the affinity wait: the reserved slot answers.
+    busy_b = engine.pool._try(server_states(redis_client, pool)[1])
+    reserved = engine.reserve(lambda: False)
+    try:
+        assert reserved.server == pool[0]
+        started = time.monotonic()
+        assert ask(engine, autocommit, cid, reserved=reserved).model == "model-a"
+        assert 0.25 < time.monotonic() - started < 2
+    finally:
+        busy_b.release()
+    assert [state.in_use for state in server_states(redis_client, pool)] == [0, 0]
+    # Every server cooling down: nothing to reserve, the message is claimed and meets the cooldown.
+    for server in pool:
+        engine.pool.failed(server, "connection")
+    assert engine.reserve(lambda: False) is None
 
 
 def test_the_pool_setting_refuses_what_it_cannot_use() -> None:

@@ -14,6 +14,7 @@ from .base import (
     Reply,
     ReplyEngine,
     ReplyRequest,
+    Reserved,
     TransientEngineError,
     Turn,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Reply",
     "ReplyEngine",
     "ReplyRequest",
+    "Reserved",
     "TodoTools",
     "TransientEngineError",
     "Turn",

@@ -126,6 +126,14 @@ class ReplyRequest:
     # tool step after text): live clients start the reply again.
     on_restart: Callable[[], None] | None = None
     cancellation: Cancellation = field(default_factory=Cancellation)
+    # What the engine reserved for this request before its message was claimed (ReplyEngine.reserve).
+    reserved: Reserved | None = None
+
+
+class Reserved(Protocol):
+    """Room on a model server held for the next request (a model server's slot)."""
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -140,4 +148,10 @@ class Reply:
 
 
 class ReplyEngine(Protocol):
+    def reserve(self, stopping: Callable[[], bool]) -> Reserved | None:
+        """Room for one request, taken before a message is claimed, so that a message starts only
+        when the engine can take it (None: nothing to reserve). TransientEngineError: no room came
+        in time, or `stopping()` said this worker is stopping."""
+        ...
+
     def reply(self, request: ReplyRequest) -> Reply: ...

@@ -5,7 +5,7 @@ add?"."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .base import Reply, ReplyRequest, Turn
@@ -68,6 +68,9 @@ class BuiltinEngine:
     def __init__(self, delay_ms: int = 0, stream_delay_ms: int = 0) -> None:
         self._delay = delay_ms / 1000
         self._stream_delay = stream_delay_ms / 1000
+
+    def reserve(self, stopping: Callable[[], bool]) -> None:
+        return None  # it answers in this process: every worker has room
 
     def reply(self, request: ReplyRequest) -> Reply:
         cancellation = request.cancellation

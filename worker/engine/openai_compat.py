@@ -35,7 +35,7 @@ from .. import metrics
 from . import context
 from .base import Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
 from .openai_wire import BACKOFF_CAP, Answer, add_usage, error_text, hang_up, read_json, read_stream, retry_after
-from .pool import Pool
+from .pool import Pool, Slot
 from .tools import TodoTools
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -116,6 +116,9 @@ class OpenAICompatibleEngine:
         # Each server's context window, asked once per process: a property of the server.
         self._reported_context: dict[str, int | None] = {}
 
+    def reserve(self, stopping: Callable[[], bool]) -> Slot | None:
+        return self.pool.reserve(stopping)
+
     def reply(self, request: ReplyRequest) -> Reply:
         # Counted and fitted for the server the conversation is likely to get (its last one, else
         # the first): a server with a smaller window answers "does not fit", and less is sent.
@@ -185,7 +188,8 @@ class OpenAICompatibleEngine:
             if attempt and request.on_restart is not None:
                 request.on_restart()  # what the failed request streamed is not the reply
             deltas = _Deltas(request.on_delta)
-            with self.pool.slot(request.conversation_id, cancellation, frozenset(failed_on)) as slot:
+            with self.pool.slot(request.conversation_id, cancellation, frozenset(failed_on),
+                                reserved=request.reserved if isinstance(request.reserved, Slot) else None) as slot:
                 if slot is None:
                     return Answer(content="", tool_calls=[], finish="cancelled"), None
                 try:

@@ -8,12 +8,18 @@ it every third of LLM_SLOT_TTL_SECONDS while the request runs, so a dead worker'
 again within that. Redis's own clock scores them (TIME, inside the scripts): workers' clocks may
 disagree.
 
+A worker reserves a slot before it claims a message (`reserve`): while every slot is busy the
+messages stay queued — no conversation leased, cancellable at once — and the worker that gets the
+next free slot claims by fair share, so the scheduler, not the race for the slot, decides which
+message it goes to.
+
 Which server: the one that answered the conversation's last turn, while it is ready and has a
 free slot within LLM_AFFINITY_WAIT_SECONDS (its prompt cache holds the conversation: the next
-turn's prefill is skipped); otherwise the least busy ready server of the primary group; the
-fallback group only when no primary server can answer. A failure (no connection, a 5xx, a
-timeout) puts the server in a cooldown every worker sees, doubled with each failure in a row; when
-it is over, one request (holding the probe key) tries the server, and its success makes it ready.
+turn's prefill is skipped; the reserved slot is then given back); otherwise the least busy ready
+server of the primary group; the fallback group only when no primary server can answer. A
+failure (no connection, a 5xx, a timeout) puts the server in a cooldown every worker sees, doubled
+with each failure in a row; when it is over, one request (holding the probe key) tries the
+server, and its success makes it ready.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -91,6 +97,10 @@ class NoServer(TransientEngineError):
 class Slot:
     """A slot held on `server` until released; renewed in the background while held."""
 
+    @property
+    def held(self) -> bool:
+        return not self._released.is_set()
+
     def __init__(self, pool: Pool, server: ModelServer, token: str, probe: bool) -> None:
         self.pool, self.server, self.token, self.probe = pool, server, token, probe
         self._released = threading.Event()
@@ -145,18 +155,72 @@ class Pool:
             return None
         return next((server for server in self.servers if key is not None and server.key == key.decode()), None)
 
+    def reserve(self, stopping: Callable[[], bool]) -> Slot | None:
+        """A slot on the least busy ready server, taken before a message is claimed, waiting up to
+        LLM_SLOT_WAIT_SECONDS for one to be free. None when no server is ready (each cooling down):
+        the message is claimed all the same and its request meets the cooldown, so a pool that is
+        down fails its messages readably instead of holding them queued. NoServer when the wait ran
+        out or this worker began stopping (`stopping()`): the message was never claimed."""
+        started = time.monotonic()
+        deadline = started + self.settings.slot_wait_seconds
+        while True:
+            candidates, _soonest = self._candidates(self._states(), frozenset())
+            if not candidates:
+                return None
+            for state in candidates:
+                slot = self._try(state)
+                if slot is not None:
+                    metrics.LLM_SLOT_WAIT.labels(state.server.key).observe(time.monotonic() - started)
+                    return slot
+            if time.monotonic() >= deadline:
+                raise NoServer(f"every model server's slots stayed busy for {self.settings.slot_wait_seconds:g} s")
+            if stopping():
+                raise NoServer("this worker is stopping")
+            time.sleep(POLL_SECONDS)
+
     @contextmanager
     def slot(self, conversation_id: uuid.UUID | str, cancellation: Cancellation,
-             avoid: frozenset[str] = frozenset()) -> Iterator[Slot | None]:
+             avoid: frozenset[str] = frozenset(), reserved: Slot | None = None) -> Iterator[Slot | None]:
         """A slot on the best server for the conversation (None: cancelled while waiting), given
         back when the block ends. `avoid`: servers this request already failed on, used only when
-        nothing else can answer. NoServer when none had a free slot within LLM_SLOT_WAIT_SECONDS."""
-        taken = self._take(conversation_id, cancellation, avoid)
+        nothing else can answer. `reserved`: the slot `reserve` took, used unless the conversation's
+        last server has one within the affinity wait. NoServer when none had a free slot within
+        LLM_SLOT_WAIT_SECONDS."""
+        if reserved is not None and reserved.held and reserved.server.key not in avoid:
+            taken = self._keep_or_move(conversation_id, cancellation, reserved)
+        else:
+            taken = self._take(conversation_id, cancellation, avoid)
         try:
             yield taken
         finally:
             if taken is not None:
                 taken.release()
+
+    def _keep_or_move(self, conversation_id: uuid.UUID | str, cancellation: Cancellation,
+                      reserved: Slot) -> Slot | None:
+        """The reserved slot, or one on the conversation's last server if that is ready and has a
+        slot free within LLM_AFFINITY_WAIT_SECONDS (its prompt cache holds the conversation)."""
+        preferred = self.preferred(conversation_id)
+        if preferred is None or preferred == reserved.server:
+            return reserved
+        started = time.monotonic()
+        while True:
+            (state,) = self._states([preferred])
+            slot = self._try(state) if state.cooling_for == 0 else None
+            if slot is not None:
+                reserved.release()
+                metrics.LLM_SLOT_WAIT.labels(preferred.key).observe(time.monotonic() - started)
+                return slot
+            if time.monotonic() - started >= self.settings.affinity_wait_seconds:
+                return reserved
+            if cancellation.wait(POLL_SECONDS):
+                return None
+
+    def _states(self, servers: list[ModelServer] | None = None) -> list[ServerState]:
+        try:
+            return server_states(self.redis, servers or self.servers)
+        except RedisError as error:
+            raise NoServer(f"the model servers' slots cannot be read: {error}") from error
 
     def _take(self, conversation_id: uuid.UUID | str, cancellation: Cancellation, avoid: frozenset[str]) -> Slot | None:
         started = time.monotonic()
@@ -164,10 +228,7 @@ class Pool:
         preferred = self.preferred(conversation_id)
         faithful_until = started + self.settings.affinity_wait_seconds
         while True:
-            try:
-                states = server_states(self.redis, self.servers)
-            except RedisError as error:
-                raise NoServer(f"the model servers' slots cannot be read: {error}") from error
+            states = self._states()
             candidates, soonest = self._candidates(states, avoid)
             mine = [state for state in candidates if state.server == preferred]
             if mine:  # its last server first; only it while the conversation may still wait for it
