@@ -20,7 +20,7 @@ from models import Status, backoff, messaging
 from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PING, REQUEST_ID_HEADER, SWEEP
 
 from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
-from .engine import PermanentEngineError, ReplyRequest, Reserved, TodoTools, TransientEngineError
+from .engine import PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
 from .runtime import Runtime, runtime
 
 log = structlog.get_logger(__name__)
@@ -175,18 +175,25 @@ def _generate(rt: Runtime, reserved: Reserved | None) -> Done:
             metrics.RETRIES.inc()
             return _give_back(rt, claimed, failed=False, error="the worker generating it was stopped; trying again",
                               retry_in=0.0)
-        for kind, tokens in (reply.usage or {}).items():
-            metrics.TOKENS.labels(rt.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
-        committed = claims.commit_reply(rt, lease, question, reply)
-        if committed is None:
-            log.warning("reply_discarded", reason="lease_lost")
-            return Done(Outcome.LEASE_LOST, lease, question, claimed.failed)
-        outcome = COMMITTED_AS.get(committed.status, Outcome.SUPERSEDED)
-        log.info(outcome.value, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
-                 finish=reply.finish, context=reply.context, usage=reply.usage,
-                 generation_ms=round((time.perf_counter() - started) * 1000, 1))
-        return Done(outcome, lease, question, claimed.failed, committed=committed)
+        return _store(rt, claimed, reply, time.perf_counter() - started)
     return _give_back(rt, claimed, failed=True, error=error or "unknown")
+
+
+def _store(rt: Runtime, claimed: claims.Claim, reply: Reply, took_seconds: float) -> Done:
+    """Commit the reply, and say what the question became (answered, or cancelled meanwhile with
+    this text as its reply; nothing stored if the lease was lost or a regenerate superseded it)."""
+    lease, question = claimed.lease, claimed.question
+    assert lease is not None and question is not None
+    for kind, tokens in (reply.usage or {}).items():
+        metrics.TOKENS.labels(rt.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
+    committed = claims.commit_reply(rt, lease, question, reply)
+    if committed is None:
+        log.warning("reply_discarded", reason="lease_lost")
+        return Done(Outcome.LEASE_LOST, lease, question, claimed.failed)
+    outcome = COMMITTED_AS.get(committed.status, Outcome.SUPERSEDED)
+    log.info(outcome.value, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
+             finish=reply.finish, context=reply.context, usage=reply.usage, generation_ms=round(took_seconds * 1000, 1))
+    return Done(outcome, lease, question, claimed.failed, committed=committed)
 
 
 def _give_back(rt: Runtime, claimed: claims.Claim, *, failed: bool, error: str,
