@@ -4,6 +4,7 @@ its own, then for each row runs bench/load.py's load and the no-op baseline at t
 concurrency; then measures reply latency at history lengths 10, 1,000 and 10,000.
 
     .venv/bin/python bench/matrix.py [--users 16] [--messages 15]     # about 3 minutes
+    .venv/bin/python bench/matrix.py --history-only                   # the history lengths alone
 
 Not a test: it prints figures (see BENCHMARKS.md for a run and how to read it).
 """
@@ -116,10 +117,17 @@ def history_latencies(deployment: Deployment, database_url: str, lengths: tuple[
     return {length: statistics.median(values) for length, values in timings.items()}
 
 
+def report_history(deployment: Deployment, database_url: str) -> None:
+    lengths = history_latencies(deployment, database_url, (10, 1000, 10000))
+    print("reply latency by history length: " + ", ".join(f"{n}: {ms:.1f} ms" for n, ms in lengths.items())
+          + f" (10,000 / 10 = {lengths[10000] / lengths[10]:.2f}x)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--messages", type=int, default=15)
+    parser.add_argument("--history-only", action="store_true", help="only the reply latency by history length")
     args = parser.parse_args()
     base = devstack.environment()
     database_url = create_database(base["DATABASE_URL"], "chatq_bench")
@@ -129,9 +137,12 @@ def main() -> None:
            "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
            "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": ""}
     rows = []
-    for webs, workers in [(1, 1), (1, 2), (1, 4), (3, 2)]:
+    for webs, workers in [(1, 2)] if args.history_only else [(1, 1), (1, 2), (1, 4), (3, 2)]:
         deployment = Deployment(env, webs, workers)
         try:
+            if args.history_only:
+                report_history(deployment, database_url)
+                continue
             baseline = run_baseline(redis_url, args.users, args.messages)
             load = run_load(deployment.url, SECRET, args.users, args.messages, deployment.metrics)
             print(describe(f"[{webs} web, {workers} workers] baseline", baseline), flush=True)
@@ -141,12 +152,11 @@ def main() -> None:
                 light = run_load(deployment.url, SECRET, 1, 40)
                 print(f"light load (1 user, 40 messages): post->reply p50 "
                       f"{statistics.median(light.reply_ms):.1f} ms", flush=True)
-                lengths = history_latencies(deployment, database_url, (10, 1000, 10000))
-                print("reply latency by history length: " + ", ".join(
-                    f"{n}: {ms:.1f} ms" for n, ms in lengths.items())
-                    + f" (10,000 / 10 = {lengths[10000] / lengths[10]:.2f}x)", flush=True)
+                report_history(deployment, database_url)
         finally:
             deployment.stop()
+    if args.history_only:
+        return
     print("\n| web nodes (x2 processes) | workers (x2 processes) | messages/s | no-op jobs/s | ratio | "
           "reply p50 / p99 ms | SQL round trips / message | CPU ms / message (no-op) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
