@@ -12,7 +12,9 @@ checkout with ENGINE=openai, streaming, LLM_SERVERS naming the two proxies. Then
    time to first token (POST sent -> the client's first `delta`) at turns 10..20, mean and p50,
    with the pool's routing (a conversation goes back to its last server) and with random routing
    (the bench deletes both conversations' remembered servers before each turn, so an idle pool
-   picks either), --rounds alternated rounds;
+   picks either), --rounds alternated rounds; with, from llama-server's own `timings` in each
+   answer's last chunk, the prompt tokens it evaluated, those it took from its cache, and its
+   prefill time — what affinity can save at most;
 2. what the queue costs the first token (the same turns): POST sent -> the model server receives
    the request, and the model's first token leaves the server -> the client's first `delta`;
 3. failover: 4 users, each in a conversation of their own, post one message after another for
@@ -57,6 +59,7 @@ class TimingProxy:
 
         self.arrivals: list[float] = []
         self.first_tokens: list[float] = []
+        self.timings: list[dict[str, Any]] = []  # llama-server's, from each streamed answer's last chunk
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,6 +93,8 @@ class TimingProxy:
                         if not noted and b'"content":"' in line and b'"content":""' not in line:
                             proxy.first_tokens.append(time.monotonic())
                             noted = True
+                        if b'"timings"' in line:
+                            proxy.timings.append(json.loads(line.removeprefix(b"data: "))["timings"])
                         raw = line + b"\n"
                         self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
                         self.wfile.flush()
@@ -116,6 +121,14 @@ class TimingProxy:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+def _prefill(figures: list[tuple[float, float, float, dict[str, Any]]]) -> str:
+    """What llama-server says it did before the first token: tokens evaluated, from its cache."""
+    timings = [f[3] for f in figures]
+    return (f"prompt tokens evaluated mean {statistics.mean(t['prompt_n'] for t in timings):.0f}, from the cache "
+            f"{statistics.mean(t.get('cache_n', 0) for t in timings):.0f}, prefill "
+            f"{statistics.mean(t['prompt_ms'] for t in timings):.1f} ms")
+
+
 def busy_slots(port: int) -> int:
     import requests
 
@@ -127,9 +140,9 @@ def busy_slots(port: int) -> int:
 
 
 def conversation(api: Any, redis_client: Any, proxies: list[TimingProxy], turns: int,
-                 sticky: bool) -> list[tuple[float, float, float]]:
+                 sticky: bool) -> list[tuple[float, float, float, dict[str, Any]]]:
     """Per turn: (time to first token at the client, POST -> the server has the request, the
-    model's first token -> the client's first delta), in seconds."""
+    model's first token -> the client's first delta), in seconds, and llama-server's timings."""
     from tests.support import EventStream
 
     cid = api.post("/api/v1/conversations", json={}).json()["id"]
@@ -156,7 +169,7 @@ def conversation(api: Any, redis_client: Any, proxies: list[TimingProxy], turns:
             served = next(proxy for proxy, mark in zip(proxies, marks, strict=True) if len(proxy.arrivals) > mark)
             arrived, token = served.arrivals[-1], served.first_tokens[-1]
             assert first_delta is not None
-            figures.append((first_delta - sent, arrived - sent, first_delta - token))
+            figures.append((first_delta - sent, arrived - sent, first_delta - token, served.timings[-1]))
     finally:
         stream.close()
     return figures
@@ -248,7 +261,7 @@ def main() -> None:
     try:
         api = Api(web.url)
         api.ask("warm up")
-        by_routing: dict[str, list[tuple[float, float, float]]] = {"pool": [], "random": []}
+        by_routing: dict[str, list[tuple[float, float, float, dict[str, Any]]]] = {"pool": [], "random": []}
         for _round in range(args.rounds):
             for routing in ("pool", "random"):
                 figures = conversation(api, redis_client, proxies, args.turns, sticky=routing == "pool")
@@ -256,12 +269,14 @@ def main() -> None:
                 by_routing[routing] += late
                 print(f"  {routing:6s} routing: time to first token at turns 10-{args.turns} mean "
                       f"{statistics.mean(f[0] for f in late) * 1000:.0f} ms, p50 "
-                      f"{statistics.median(f[0] for f in late) * 1000:.0f} ms")
+                      f"{statistics.median(f[0] for f in late) * 1000:.0f} ms; {_prefill(late)}")
         for name, measure in (("mean", statistics.mean), ("p50", statistics.median)):
             pool_ttft = measure(f[0] for f in by_routing["pool"])
             random_ttft = measure(f[0] for f in by_routing["random"])
             print(f"prefix affinity: time to first token at turns 10-{args.turns} ({name}), pool "
                   f"{pool_ttft * 1000:.0f} ms / random {random_ttft * 1000:.0f} ms = {pool_ttft / random_ttft:.2f}x")
+        for routing, figures in by_routing.items():
+            print(f"prefill at turns 10-{args.turns}, {routing} routing: {_prefill(figures)}")
         every = by_routing["pool"] + by_routing["random"]
         for name, index in (("POST sent -> the model server has the request", 1),
                             ("the model's first token leaves the server -> the client's first delta", 2)):
