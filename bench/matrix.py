@@ -81,14 +81,14 @@ def seed_history(database_url: str, user: str, length: int) -> str:
         connection.execute(
             """
             WITH q AS (
-              INSERT INTO messages (id, conversation_id, seq, role, content, status, attempts)
-              SELECT gen_random_uuid(), %(c)s, s, 'user', 'add history item ' || s, 'answered', 1
+              INSERT INTO messages (id, conversation_id, user_id, seq, role, content, status, attempts)
+              SELECT gen_random_uuid(), %(c)s, %(u)s, s, 'user', 'add history item ' || s, 'answered', 1
               FROM generate_series(1, %(n)s, 2) AS s RETURNING id, seq)
-            INSERT INTO messages (id, conversation_id, seq, role, content, reply_to_id, tool_calls, attempts)
-            SELECT gen_random_uuid(), %(c)s, q.seq + 1, 'assistant', 'Added it.', q.id, %(calls)s::json, 0
+            INSERT INTO messages (id, conversation_id, user_id, seq, role, content, reply_to_id, tool_calls, attempts)
+            SELECT gen_random_uuid(), %(c)s, %(u)s, q.seq + 1, 'assistant', 'Added it.', q.id, %(calls)s::json, 0
             FROM q WHERE q.seq + 1 <= %(n)s
             """,
-            {"c": conversation_id, "n": length, "calls": TOOL_CALLS},
+            {"c": conversation_id, "u": user, "n": length, "calls": TOOL_CALLS},
         )
     return conversation_id
 
