@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,9 +32,6 @@ def _fresh_runtime(**_kwargs: object) -> None:
     # The main process tells its children of a shutdown with SIGUSR2, whose default is to end the
     # process: every child takes it as "stopping" from the start, whether or not it ever runs a job.
     shutdown.listen_for_stopping()
-    # What the child inherited (Celery, SQLAlchemy, the modules) lives as long as it does: keep the
-    # garbage collector's full collections from walking it on every long history (BENCHMARKS.md).
-    gc.freeze()
 
 
 def ring(hint: uuid.UUID | None = None, request_id: str | None = None, countdown: float | None = None) -> None:
