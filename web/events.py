@@ -177,7 +177,7 @@ def conversation_events(conversation_id: str) -> Response:
         nonlocal cursor
         sent: Sent = {}
         deltas = delta_channel(cid)
-        with wakeups().waiting(conversation_channel(cid), deltas, keep=True) as waiter:
+        with wakeups().streaming(conversation_channel(cid), deltas) as waiter:
             use_wait_pool()
             yield f"retry: {RECONNECT_MS}\n\n"
             now = time.monotonic()

@@ -31,8 +31,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
 Wake = Callable[[dict[str, Any]], bool]
+W = TypeVar("W", bound="Waiter")
 # How long a request waits for Redis to confirm its subscription (a round trip, normally well under
 # a millisecond) before it goes on anyway and relies on its re-checks.
 CONFIRM_SECONDS = 1.0
@@ -51,33 +52,53 @@ INBOX_LIMIT = 1000
 
 
 class Waiter:
-    """One waiting request: an event to sleep on and, for a stream, the notifications themselves."""
+    """One waiting request: an event it sleeps on, set by notifications of its channels."""
 
-    def __init__(self, wake: Wake | None, keep: bool) -> None:
+    parses = True  # whether `notify` needs the notification's JSON (`_deliver` parses it once for all)
+
+    def __init__(self) -> None:
         self.event = threading.Event()
-        self.wake = wake
-        self.keep = keep
-        # Made at the first notification kept: most waits never get one, and an empty deque
-        # costs ~0.6 KiB (BENCHMARKS.md, memory per wait).
-        self.inbox: deque[tuple[str, str]] | None = None
         # Redis confirmed every channel of this waiter: from then on no notification passes it by
         # while the listener stays connected.
         self.subscribed = False
-        # The notification that last woke it (not kept for streams, which take their inbox).
-        self.woken_by: dict[str, Any] = {}
 
     def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
-        if self.keep:
-            if self.inbox is None:
-                self.inbox = deque(maxlen=INBOX_LIMIT)
-            self.inbox.append((channel, data))
-            self.event.set()
-        elif self.wake is None or self.wake(payload or {}):
+        raise NotImplementedError
+
+
+class LongPoll(Waiter):
+    """A long-poll: woken by the first notification `wake` accepts (any, when None)."""
+
+    def __init__(self, wake: Wake | None) -> None:
+        super().__init__()
+        self.wake = wake
+        self.woken_by: dict[str, Any] = {}  # the notification that woke it
+
+    def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
+        if self.wake is None or self.wake(payload or {}):
             self.woken_by = payload or {}
             self.event.set()
 
+
+class Inbox(Waiter):
+    """An event stream: every notification kept, as sent, for `take()`."""
+
+    parses = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Made at the first notification: most waits never get one, and an empty deque costs
+        # ~0.6 KiB (BENCHMARKS.md, memory per wait).
+        self.inbox: deque[tuple[str, str]] | None = None
+
+    def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
+        if self.inbox is None:
+            self.inbox = deque(maxlen=INBOX_LIMIT)
+        self.inbox.append((channel, data))
+        self.event.set()
+
     def take(self) -> list[tuple[str, str]]:
-        """The notifications kept since the last call (streams only)."""
+        """The notifications kept since the last call."""
         taken = []
         while self.inbox:
             taken.append(self.inbox.popleft())
@@ -197,7 +218,7 @@ class Wakeups:
         if not waiters:
             return
         payload = None
-        if any(not waiter.keep for waiter in waiters):
+        if any(waiter.parses for waiter in waiters):
             try:
                 payload = json.loads(data)
             except (TypeError, ValueError):
@@ -205,14 +226,19 @@ class Wakeups:
         for waiter in waiters:
             waiter.notify(channel, data, payload)
 
+    def waiting(self, *channels: str, wake: Wake | None = None) -> AbstractContextManager[LongPoll]:
+        """A long-poll woken when one of `channels` gets a notification that `wake` accepts."""
+        return self._waiting(LongPoll(wake), channels)
+
+    def streaming(self, *channels: str) -> AbstractContextManager[Inbox]:
+        """An event stream's inbox of every notification of `channels`."""
+        return self._waiting(Inbox(), channels)
+
     @contextmanager
-    def waiting(self, *channels: str, wake: Wake | None = None, keep: bool = False) -> Iterator[Waiter]:
-        """A waiter whose event is set when one of `channels` gets a notification that `wake`
-        accepts (every one, when None); with `keep`, the notifications are kept for `take()`.
-        On entering, this process is subscribed to the channels, or notifications are down and the
-        waiter relies on its re-checks (`healthy` says which)."""
+    def _waiting(self, waiter: W, channels: tuple[str, ...]) -> Iterator[W]:
+        """On entering, this process is subscribed to the channels, or notifications are down and
+        the waiter relies on its re-checks (`subscribed` says which)."""
         self._ensure_listener()
-        waiter = Waiter(wake, keep)
         pending = [self._register(channel, waiter) for channel in channels]
         deadline = time.monotonic() + CONFIRM_SECONDS
         waiter.subscribed = all(confirmed is not None and confirmed.wait(max(0.0, deadline - time.monotonic()))
