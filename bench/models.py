@@ -238,7 +238,7 @@ def main() -> None:
     for port in ports:
         wait_until(lambda port=port: _up(requests, port), timeout=60, what="llama-server")
     proxies = [TimingProxy(f"http://127.0.0.1:{port}") for port in ports]
-    pool = [{"url": proxy.url + "/v1", "model": f"smollm2-{name}", "slots": 2}
+    pool = [{"url": proxy.url + "/v1", "model": f"smollm2-{name}", "slots": 2, "pin_slots": True}
             for proxy, name in zip(proxies, "ab", strict=True)]
     env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
            "REDIS_URL": redis_url, "AUTH_SECRET": TEST_SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",

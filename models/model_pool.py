@@ -34,6 +34,11 @@ class ModelServer(BaseModel):
     slots: int = Field(ge=1, le=10_000)
     group: Group = "primary"
     api_key: str = ""
+    # llama.cpp's server: each request names the slot chatq holds (`id_slot`), so a conversation's
+    # turns land in the slot that has its prompt cached (else llama.cpp picks one by similarity of
+    # prompt, and conversations that share a long system prompt take each other's). `slots` must
+    # then be its --parallel.
+    pin_slots: bool = False
 
     @property
     def key(self) -> str:
@@ -54,7 +59,7 @@ SINGLE_SERVER_SLOTS = 64  # LLM_BASE_URL alone: a pool of one, as many requests 
 
 
 def parse_servers(raw: str) -> list[ModelServer]:
-    """LLM_SERVERS: a JSON list of {"url", "model", "slots", "group"?, "api_key"?}; a ValueError
+    """LLM_SERVERS: a JSON list of {"url", "model", "slots", "group"?, "api_key"?, "pin_slots"?}; a ValueError
     names what is wrong."""
     try:
         servers = _SERVERS.validate_json(raw)
@@ -78,6 +83,11 @@ def slots_key(server: ModelServer) -> str:
     return f"chatq:llm:{server.key}:slots"
 
 
+def slot_uses_key(server: ModelServer) -> str:
+    """A hash: slot index -> when it was last taken (ms, Redis's clock), to reuse the oldest."""
+    return f"chatq:llm:{server.key}:slot-uses"
+
+
 def health_key(server: ModelServer) -> str:
     """A hash: consecutive failures, and until when (s, Redis's clock) the server is cooling down."""
     return f"chatq:llm:{server.key}:health"
@@ -89,7 +99,8 @@ def probe_key(server: ModelServer) -> str:
 
 
 def affinity_key(conversation_id: uuid.UUID | str) -> str:
-    """Which server answered the conversation last: its next turn goes there (a warm prompt cache)."""
+    """Which server (and which of its slots, "<key>:<index>") answered the conversation last: its
+    next turn goes there (a warm prompt cache)."""
     return f"chatq:llm:affinity:{conversation_id}"
 
 

@@ -165,8 +165,8 @@ def test_two_servers_as_one_pool_keep_each_conversation_on_its_server_and_lose_n
     are up, and with one killed mid-reply every message is still answered, by the other."""
     other_port = free_port()
     other = start_llama(real.server, other_port)
-    pool = [{"url": f"http://127.0.0.1:{real.port}/v1", "model": "smollm2-a", "slots": 1},
-            {"url": f"http://127.0.0.1:{other_port}/v1", "model": "smollm2-b", "slots": 1}]
+    pool = [{"url": f"http://127.0.0.1:{real.port}/v1", "model": "smollm2-a", "slots": 1, "pin_slots": True},
+            {"url": f"http://127.0.0.1:{other_port}/v1", "model": "smollm2-b", "slots": 1, "pin_slots": True}]
     real.stack.worker.stop()
     real.stack.worker = Worker("llama-worker-pool", {**real.env, "LLM_SERVERS": json.dumps(pool),
                                                      "LLM_AFFINITY_WAIT_SECONDS": "30"},

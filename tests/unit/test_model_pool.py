@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from models import Settings
-from models.model_pool import ModelServer, server_states, slots_key
+from models.model_pool import ModelServer, server_states, slot_uses_key, slots_key
 from tests.fake_llm import FakeModelServer
 from tests.support import free_port
 
@@ -56,6 +56,12 @@ def ask(engine, autocommit, conversation_id: uuid.UUID | None = None, text: str 
                            history=History(history or []), tools=TodoTools(autocommit, user, uuid.uuid4()),
                            reserved=reserved)
     return engine.reply(request)
+
+
+def take_as(engine, server: ModelServer, token: str, lease_ms: int, index: int = -1) -> int:
+    """A slot taken as another worker would (the pool's own script), never renewed: its index."""
+    return engine.pool.scripts.take(keys=[slots_key(server), slot_uses_key(server)],
+                                    args=[server.slots, lease_ms, token, index])
 
 
 def entry(server: FakeModelServer, model: str, slots: int = 4, group: str = "primary") -> dict[str, Any]:
@@ -183,12 +189,12 @@ def test_a_slot_whose_worker_died_is_free_again_when_its_lease_runs_out(
     engine, pool = engine_of(unit_settings, redis_client, [entry(a, "model-a", slots=1)],
                              LLM_SLOT_TTL_SECONDS="0.6")
     # A worker took the only slot and died: nobody renews it.
-    assert engine.pool.scripts.take(keys=[slots_key(pool[0])], args=[1, 600, "dead-worker"]) == 1
+    assert take_as(engine, pool[0], "dead-worker", lease_ms=600) == 0  # slot 0
     assert server_states(redis_client, pool)[0].in_use == 1
     started = time.monotonic()
     assert ask(engine, autocommit).content == "OK"
     assert 0.4 < time.monotonic() - started < 3  # it waited for the lease, not for ever
-    assert redis_client.zscore(slots_key(pool[0]), "dead-worker") is None
+    assert redis_client.zscore(slots_key(pool[0]), "0:dead-worker") is None
 
 
 def test_a_request_waiting_for_a_slot_gives_up_in_time_and_its_message_goes_back(
@@ -198,13 +204,13 @@ def test_a_request_waiting_for_a_slot_gives_up_in_time_and_its_message_goes_back
     a = servers[0]
     engine, pool = engine_of(unit_settings, redis_client, [entry(a, "model-a", slots=1)],
                              LLM_SLOT_WAIT_SECONDS="0.5", LLM_SLOT_TTL_SECONDS="30")
-    assert engine.pool.scripts.take(keys=[slots_key(pool[0])], args=[1, 30_000, "busy"]) == 1
+    assert take_as(engine, pool[0], "busy", lease_ms=30_000) == 0
     try:
         with pytest.raises(TransientEngineError, match="no model server had a free slot"):
             ask(engine, autocommit)
         assert a.requests == []
     finally:
-        redis_client.zrem(slots_key(pool[0]), "busy")
+        redis_client.zrem(slots_key(pool[0]), "0:busy")
 
 
 def test_a_slot_is_reserved_before_the_claim_and_given_up_for_the_conversations_own_server(
@@ -252,6 +258,37 @@ def test_a_slot_is_reserved_before_the_claim_and_given_up_for_the_conversations_
     for server in pool:
         engine.pool.failed(server, "connection")
     assert engine.reserve(lambda: False) is None
+
+
+def test_a_server_that_pins_slots_gets_each_conversation_back_in_its_own_slot(
+        unit_settings, redis_client, autocommit, servers) -> None:
+    a, plain, _ = servers
+    engine, pool = engine_of(unit_settings, redis_client, [{**entry(a, "model-a", slots=2), "pin_slots": True}],
+                             LLM_AFFINITY_WAIT_SECONDS="0.4")
+    first, second = uuid.uuid4(), uuid.uuid4()
+    for _turn in range(3):  # taking turns, as two conversations on one server do
+        ask(engine, autocommit, first)
+        ask(engine, autocommit, second)
+    slots = [request["body"]["id_slot"] for request in a.requests]
+    assert slots[0::2] == [slots[0]] * 3 and slots[1::2] == [1 - slots[0]] * 3  # each its own, the other free
+    # Its slot busy: the conversation waits for it (the server's other slot is free) ...
+    a.reset()
+    mine = slots[0]
+    held = take_as(engine, pool[0], "elsewhere", lease_ms=300, index=mine)
+    assert held == mine
+    started = time.monotonic()
+    ask(engine, autocommit, first)
+    assert a.requests[-1]["body"]["id_slot"] == mine and time.monotonic() - started >= 0.2
+    # ... for no longer than the affinity wait, then any slot will do.
+    assert take_as(engine, pool[0], "elsewhere-longer", lease_ms=5_000, index=mine) == mine
+    started = time.monotonic()
+    ask(engine, autocommit, first)
+    assert a.requests[-1]["body"]["id_slot"] == 1 - mine and 0.35 < time.monotonic() - started < 2
+    redis_client.zrem(slots_key(pool[0]), f"{mine}:elsewhere-longer")
+    # A server that does not pin slots is never sent llama.cpp's id_slot.
+    unpinned, _ = engine_of(unit_settings, redis_client, [entry(plain, "model-plain", slots=2)])
+    ask(unpinned, autocommit)
+    assert "id_slot" not in plain.requests[-1]["body"]
 
 
 def test_the_pool_setting_refuses_what_it_cannot_use() -> None:

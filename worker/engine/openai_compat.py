@@ -122,7 +122,8 @@ class OpenAICompatibleEngine:
     def reply(self, request: ReplyRequest) -> Reply:
         # Counted and fitted for the server the conversation is likely to get (its last one, else
         # the first): a server with a smaller window answers "does not fit", and less is sent.
-        likely = self.pool.preferred(request.conversation_id) or self.pool.servers[0]
+        place = self.pool.preferred(request.conversation_id)
+        likely = place.server if place is not None else self.pool.servers[0]
         room = self._context_tokens(likely) - self.config.max_tokens
         fixed_texts = (self.config.system_prompt, request.content, json.dumps(TOOLS))
         count = context.ServerTokenizer(likely.url, _headers(likely), timeout=5)
@@ -193,14 +194,14 @@ class OpenAICompatibleEngine:
                 if slot is None:
                     return Answer(content="", tool_calls=[], finish="cancelled"), None
                 try:
-                    answer = self._request(slot.server, messages, deltas, cancellation)
+                    answer = self._request(slot, messages, deltas, cancellation)
                 except _Retryable as error:
                     last = error
                     failed_on.add(slot.server.key)
                     if error.kind is not None:
                         self.pool.failed(slot.server, error.kind)
                 else:
-                    self.pool.answered(slot.server, request.conversation_id)
+                    self.pool.answered(slot, request.conversation_id)
                     return answer, slot.server
             # The slot is given back before any pause. Failed before its first token, the request
             # goes at once to a server it has not failed on, if the pool has one.
@@ -212,10 +213,13 @@ class OpenAICompatibleEngine:
         assert last is not None
         raise TransientEngineError(str(last))
 
-    def _request(self, server: ModelServer, messages: list[dict[str, Any]], deltas: _Deltas,
+    def _request(self, slot: Slot, messages: list[dict[str, Any]], deltas: _Deltas,
                  cancellation: Cancellation) -> Answer:
+        server = slot.server
         body: dict[str, Any] = {"model": server.model, "messages": messages, "tools": TOOLS,
                                 "stream": self.config.stream, "max_tokens": self.config.max_tokens}
+        if server.pin_slots:
+            body["id_slot"] = slot.index
         if self.config.stream:
             body["stream_options"] = {"include_usage": True}  # the token counts, in the last chunk
         url = server.url.rstrip("/") + "/chat/completions"

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 import structlog
@@ -44,6 +45,7 @@ from models.model_pool import (
     health_key,
     probe_key,
     server_states,
+    slot_uses_key,
     slots_key,
 )
 
@@ -54,13 +56,37 @@ log = structlog.get_logger(__name__)
 POLL_SECONDS = 0.05  # how often a request waiting for a slot looks again
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
-# KEYS: the server's slots. ARGV: its slots, the lease (ms), the token. 1: taken.
+# KEYS: the server's slots, its slots' last uses. ARGV: its slots, the lease (ms), the token, the
+# slot wanted (-1: any). A held slot is the member "<index>:<token>". Returns the index taken, or -1
+# (no slot free, or not the one wanted). "Any" is the free slot used longest ago: on a server whose
+# slots keep prompt caches (llama.cpp's), that is the cache least likely to be wanted back.
 _TAKE = _NOW_MS + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+local slots = tonumber(ARGV[1])
+local held = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #held >= slots then return -1 end
+local taken = {}
+for _, member in ipairs(held) do
+  local index = tonumber(string.match(member, '^(%d+):'))
+  if index then taken[index] = true end
+end
+local index = tonumber(ARGV[4])
+if index >= 0 then
+  if taken[index] or index >= slots then return -1 end
+else
+  local oldest = nil
+  for candidate = 0, slots - 1 do
+    if not taken[candidate] then
+      local used = tonumber(redis.call('HGET', KEYS[2], candidate) or '0')
+      if oldest == nil or used < oldest then index, oldest = candidate, used end
+    end
+  end
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), index .. ':' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
-return 1
+redis.call('HSET', KEYS[2], index, now)
+redis.call('PEXPIRE', KEYS[2], 3600000)
+return index
 """
 # KEYS: the server's slots. ARGV: the lease (ms), the token. 0: the slot had run out and was taken.
 _RENEW = _NOW_MS + """
@@ -94,15 +120,23 @@ class NoServer(TransientEngineError):
     """No server of the pool could take the request in time: the message goes back to the queue."""
 
 
+class Place(NamedTuple):
+    """Where a conversation's last turn was answered: the server, and which of its slots."""
+
+    server: ModelServer
+    index: int | None
+
+
 class Slot:
-    """A slot held on `server` until released; renewed in the background while held."""
+    """Slot `index` of `server`, held until released; renewed in the background while held."""
 
     @property
     def held(self) -> bool:
         return not self._released.is_set()
 
-    def __init__(self, pool: Pool, server: ModelServer, token: str, probe: bool) -> None:
-        self.pool, self.server, self.token, self.probe = pool, server, token, probe
+    def __init__(self, pool: Pool, server: ModelServer, index: int, token: str, probe: bool) -> None:
+        self.pool, self.server, self.index, self.probe = pool, server, index, probe
+        self.token = f"{index}:{token}"  # its member of the server's sorted set
         self._released = threading.Event()
         self._renewer = threading.Thread(target=self._renew, name=f"slot-{server.key}", daemon=True)
         self._renewer.start()
@@ -133,6 +167,11 @@ class Slot:
             log.warning("llm_slot_release_failed", server=self.server.shown_url, error=str(error))
 
 
+def _wanted(place: Place | None) -> int:
+    """The slot a conversation goes back to: its last one on a server that pins slots, else any."""
+    return place.index if place is not None and place.server.pin_slots and place.index is not None else -1
+
+
 class _Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.take = client.register_script(_TAKE)
@@ -147,13 +186,17 @@ class Pool:
         self.settings = settings
         self.scripts = _Scripts(client)
 
-    def preferred(self, conversation_id: uuid.UUID | str) -> ModelServer | None:
-        """The server that answered the conversation's last turn, if the pool still has it."""
+    def preferred(self, conversation_id: uuid.UUID | str) -> Place | None:
+        """Where the conversation's last turn was answered, if the pool still has that server."""
         try:
-            key = self.redis.get(affinity_key(conversation_id))
+            remembered = self.redis.get(affinity_key(conversation_id))
         except RedisError:
             return None
-        return next((server for server in self.servers if key is not None and server.key == key.decode()), None)
+        if remembered is None:
+            return None
+        key, _, index = remembered.decode().partition(":")
+        server = next((server for server in self.servers if server.key == key), None)
+        return Place(server, int(index) if index.isdigit() else None) if server is not None else None
 
     def reserve(self, stopping: Callable[[], bool]) -> Slot | None:
         """A slot on the least busy ready server, taken before a message is claimed, waiting up to
@@ -200,16 +243,16 @@ class Pool:
                       reserved: Slot) -> Slot | None:
         """The reserved slot, or one on the conversation's last server if that is ready and has a
         slot free within LLM_AFFINITY_WAIT_SECONDS (its prompt cache holds the conversation)."""
-        preferred = self.preferred(conversation_id)
-        if preferred is None or preferred == reserved.server:
+        place = self.preferred(conversation_id)
+        if place is None or (place.server == reserved.server and _wanted(place) in (-1, reserved.index)):
             return reserved
         started = time.monotonic()
         while True:
-            (state,) = self._states([preferred])
-            slot = self._try(state) if state.cooling_for == 0 else None
+            (state,) = self._states([place.server])
+            slot = self._try(state, _wanted(place)) if state.cooling_for == 0 else None
             if slot is not None:
                 reserved.release()
-                metrics.LLM_SLOT_WAIT.labels(preferred.key).observe(time.monotonic() - started)
+                metrics.LLM_SLOT_WAIT.labels(place.server.key).observe(time.monotonic() - started)
                 return slot
             if time.monotonic() - started >= self.settings.affinity_wait_seconds:
                 return reserved
@@ -225,17 +268,17 @@ class Pool:
     def _take(self, conversation_id: uuid.UUID | str, cancellation: Cancellation, avoid: frozenset[str]) -> Slot | None:
         started = time.monotonic()
         deadline = started + self.settings.slot_wait_seconds
-        preferred = self.preferred(conversation_id)
+        place = self.preferred(conversation_id)
         faithful_until = started + self.settings.affinity_wait_seconds
         while True:
             states = self._states()
             candidates, soonest = self._candidates(states, avoid)
-            mine = [state for state in candidates if state.server == preferred]
-            if mine:  # its last server first; only it while the conversation may still wait for it
-                others = [] if time.monotonic() < faithful_until else [s for s in candidates if s.server != preferred]
-                candidates = mine + others
+            mine = [state for state in candidates if place is not None and state.server == place.server]
+            faithful = bool(mine) and time.monotonic() < faithful_until
+            if mine:  # its last server first; only it (its slot) while the conversation may wait for it
+                candidates = mine + ([] if faithful else [s for s in candidates if s.server != mine[0].server])
             for state in candidates:
-                slot = self._try(state)
+                slot = self._try(state, _wanted(place) if faithful and place is not None else -1)
                 if slot is not None:
                     waited = time.monotonic() - started
                     metrics.LLM_SLOT_WAIT.labels(state.server.key).observe(waited)
@@ -263,7 +306,8 @@ class Pool:
         cooling = [state.cooling_for for state in states]
         return [], min(cooling) if cooling else None
 
-    def _try(self, state: ServerState) -> Slot | None:
+    def _try(self, state: ServerState, index: int = -1) -> Slot | None:
+        """Slot `index` of the server (-1: any free one), or None."""
         server = state.server
         probe = state.failures > 0  # its cooldown is over: one request tries it, the others wait
         try:
@@ -271,9 +315,10 @@ class Pool:
                                             ex=max(1, int(self.settings.probe_seconds))):
                 return None
             token = uuid.uuid4().hex
-            if self.scripts.take(keys=[slots_key(server)],
-                                 args=[server.slots, int(self.settings.slot_ttl_seconds * 1000), token]):
-                return Slot(self, server, token, probe)
+            taken = self.scripts.take(keys=[slots_key(server), slot_uses_key(server)],
+                                      args=[server.slots, int(self.settings.slot_ttl_seconds * 1000), token, index])
+            if taken >= 0:
+                return Slot(self, server, taken, token, probe)
             if probe:
                 self.redis.delete(probe_key(server))
         except RedisError as error:
@@ -282,13 +327,14 @@ class Pool:
 
     # What a request's outcome tells every worker ----------------------------------------------
 
-    def answered(self, server: ModelServer, conversation_id: uuid.UUID | str) -> None:
+    def answered(self, slot: Slot, conversation_id: uuid.UUID | str) -> None:
         """The server answered: it is ready (a probe's success ends its cooldown), and the
-        conversation's next turn goes back to it."""
+        conversation's next turn goes back to it, to the same slot where the server pins them."""
+        server = slot.server
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(health_key(server))
-                pipe.set(affinity_key(conversation_id), server.key, ex=AFFINITY_TTL_SECONDS)
+                pipe.set(affinity_key(conversation_id), f"{server.key}:{slot.index}", ex=AFFINITY_TTL_SECONDS)
                 pipe.execute()
         except RedisError as error:
             log.warning("llm_pool_update_failed", server=server.shown_url, error=str(error))
