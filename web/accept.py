@@ -1,6 +1,6 @@
-"""Accepting a user message: one transaction stores it (and its idempotency record, and with
-`on_busy` the cancel of the questions it interrupts); the job is sent only after that transaction
-has committed."""
+"""Accepting a user message: one unit of work stores it (and its idempotency record, and with
+`on_busy` the cancel of the questions it interrupts) — one statement in autocommit when that is
+all it takes, else a transaction; the view sends the job only after it has committed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,14 +254,19 @@ def _settle_busy(session: Session, user: str, conversation_id: str,
 
 def is_one_statement(settings: Settings, idempotency: tuple[str, str] | None, on_busy: str) -> bool:
     """Whether accepting a message is one statement (numbering, storing and counting it in the
-    day): then it needs no transaction around it, and the caller runs it in autocommit. An
-    idempotency key (reserved first), on_busy (the busy questions settled first) or a quota
-    (checked as it is counted) each add statements that must commit together."""
+    day): then it needs no transaction around it. An idempotency key (reserved first), on_busy
+    (the busy questions settled first) or a quota (checked as it is counted) each add statements
+    that must commit together."""
     return idempotency is None and on_busy == "enqueue" and not has_quotas(settings)
 
 
+# Opens the session a unit of work runs in: with True, one that commits each statement by itself
+# (no BEGIN/COMMIT round trips); with False, one transaction, committed when the block ends.
+UnitOfWork = Callable[[bool], AbstractContextManager[Session]]
+
+
 def accept_message(
-    session: Session,
+    unit_of_work: UnitOfWork,
     *,
     user: str,
     content: str,
@@ -273,8 +279,18 @@ def accept_message(
     lifetime: Lifetime = Lifetime(),
     start_rate: Callable[[], float | None] = lambda: None,
 ) -> Accepted:
-    """Store a user message and count it in the user's day. When `is_one_statement` says so,
-    `session` may be in autocommit; otherwise the caller runs this in a transaction."""
+    """Store a user message and count it in the user's day, as a unit of work of its own: one
+    statement in autocommit when `is_one_statement` says it is one, else a transaction. When it
+    returns, what it stored has committed; when it raises, nothing was stored."""
+    with unit_of_work(is_one_statement(settings, idempotency, on_busy)) as session:
+        return _accept(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
+                       idempotency=idempotency, settings=settings, on_busy=on_busy, asked=asked, lifetime=lifetime,
+                       start_rate=start_rate)
+
+
+def _accept(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,
+            idempotency: tuple[str, str] | None, settings: Settings, on_busy: str, asked: Asked,
+            lifetime: Lifetime, start_rate: Callable[[], float | None]) -> Accepted:
     if idempotency is not None:
         stored = _claim_key(session, user, *idempotency)
         if stored is not None:

@@ -20,11 +20,17 @@ def accept(session: Any, user: str, content: str, conversation_id: str | None = 
            settings: Settings = NO_QUOTAS, lane: Lane = Lane.INTERACTIVE, weight: float = 1.0,
            expires_in: int | None = None) -> Accepted:
     idempotency = (key, fingerprint("chat", {"message": content, "conversation_id": conversation_id})) if key else None
-    # Its own transaction, as the view's (a savepoint when the test's session already has one open).
+    return accept_message(lambda _one_statement: own_transaction(session), user=user, content=content,
+                          conversation_id=conversation_id, request_id="unit", idempotency=idempotency,
+                          settings=settings, asked=Asked(lane=lane, weight=weight, expires_in=expires_in))
+
+
+@contextmanager
+def own_transaction(session: Session) -> Iterator[Session]:
+    """A unit of work of its own, as the view's (a savepoint when the test's session already has
+    one open, which the test rolls back)."""
     with session.begin_nested() if session.in_transaction() else session.begin():
-        return accept_message(session, user=user, content=content, conversation_id=conversation_id,
-                              request_id="unit", idempotency=idempotency, settings=settings,
-                              asked=Asked(lane=lane, weight=weight, expires_in=expires_in))
+        yield session
 
 
 class OneConnection:

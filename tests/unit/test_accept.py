@@ -4,6 +4,7 @@ idempotent replays, and nothing stored for another user's conversation."""
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 
 import pytest
 from sqlalchemy import func, select
@@ -47,7 +48,8 @@ def test_another_users_conversation_is_not_found_and_nothing_is_stored(rolled_ba
     # Not even counted: the statement that would have stored it counts only what it stored (here run
     # without a transaction of its own, as the autocommit path runs it).
     with pytest.raises(Problem):
-        accept_message(rolled_back, user="mallory", content="add again", conversation_id=theirs,
+        accept_message(lambda _one_statement: nullcontext(rolled_back), user="mallory", content="add again",
+                       conversation_id=theirs,
                        request_id="unit", idempotency=None, settings=NO_QUOTAS)
     assert rolled_back.scalar(select(DailyUsage.messages).where(DailyUsage.user_id == "mallory")) is None
 

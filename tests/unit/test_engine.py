@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
 
-from tests.unit.test_accept import NO_QUOTAS
+from tests.unit.support import NO_QUOTAS
 from web.accept import accept_message
 
 
@@ -36,7 +37,8 @@ class Conversation:
         """Store the question as web does, answer it as the worker does (the reply itself is kept
         in memory: what the engine reads is the history it is handed)."""
         with Session(self.db) as session:
-            accepted = accept_message(session, user=self.user, content=text, request_id="unit", idempotency=None,
+            accepted = accept_message(lambda _one_statement: nullcontext(session), user=self.user, content=text,
+                                      request_id="unit", idempotency=None,
                                       conversation_id=self.id, settings=NO_QUOTAS)
         self.id, message_id = accepted.body["conversation_id"], accepted.message_id
         tools = self.tools_class(self.db, self.user, message_id)
