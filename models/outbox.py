@@ -17,11 +17,11 @@ from sqlalchemy import TextClause, text
 EVENT_TYPES = ("message.answered", "message.failed", "message.cancelled", "message.expired")
 
 
-def outbox_ctes(source: str, name: str = "outbox") -> str:
-    """CTEs (to follow others, each starting with a comma) that write an event per row of
-    `source` whose user has an endpoint wanting it, and its deliveries."""
+def outbox_ctes(source: str, name: str = "outbox", *, first: bool = False) -> str:
+    """CTEs that write an event per row of `source` whose user has an endpoint wanting it, and its
+    deliveries: to follow other CTEs (starting with a comma), or `first` after a statement's WITH."""
     return f"""
-, {name}_source AS ({source})
+{"" if first else ","} {name}_source AS ({source})
 , {name} AS (
     INSERT INTO webhook_events (id, user_id, type, question_id, reply_id, status, error, created_at)
     SELECT gen_random_uuid(), s.user_id, 'message.' || s.status, s.question_id, s.reply_id, s.status, s.error, now()
@@ -39,7 +39,7 @@ def outbox_ctes(source: str, name: str = "outbox") -> str:
 
 def _statement(source: str) -> TextClause:
     """A statement of the outbox alone, from constant fragments (never data: values are bound)."""
-    return text("".join(("WITH nothing AS (SELECT 1)", outbox_ctes(source), "\nSELECT count(*) FROM outbox")))
+    return text("".join(("WITH", outbox_ctes(source, first=True), "\nSELECT count(*) FROM outbox")))
 
 
 # Questions cancelled by a user (web: the cancel call, on_busy=interrupt), in the cancel's transaction.

@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,6 +265,7 @@ def is_one_statement(settings: Settings, idempotency: tuple[str, str] | None, on
 UnitOfWork = Callable[[bool], AbstractContextManager[Session]]
 
 
+@contextmanager
 def accept_message(
     unit_of_work: UnitOfWork,
     *,
@@ -278,12 +279,13 @@ def accept_message(
     asked: Asked = Asked(),
     lifetime: Lifetime = Lifetime(),
     start_rate: Callable[[], float | None] = lambda: None,
-) -> Accepted:
+) -> Iterator[Accepted]:
     """Store a user message and count it in the user's day, as a unit of work of its own: one
-    statement in autocommit when `is_one_statement` says it is one, else a transaction. When it
-    returns, what it stored has committed; when it raises, nothing was stored."""
+    statement in autocommit when `is_one_statement` says it is one, else a transaction, committed
+    when the block ends (the block asks for what must follow the commit); nothing is stored if it
+    raises."""
     with unit_of_work(is_one_statement(settings, idempotency, on_busy)) as session:
-        return _accept(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
+        yield _accept(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
                        idempotency=idempotency, settings=settings, on_busy=on_busy, asked=asked, lifetime=lifetime,
                        start_rate=start_rate)
 

@@ -32,7 +32,7 @@ from .inputs import json_body, query
 from .problems import Problem
 from .quotas import usage_today
 from .serialize import conversation_json, task_json
-from .services import reader, services, transaction
+from .services import after_commit, reader, services, transaction
 from .shown import conversation_or_404, partials, with_queue_positions
 from .spec import operation
 from .waiting import wait_for
@@ -165,17 +165,17 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
                  "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings,
                  "asked": asked, "lifetime": lifetime, "start_rate": lambda: start_rate(services().redis)}
-    accepted = accept_message(lambda one_statement: transaction(autocommit=one_statement), **arguments)
-    # Committed: now the workers and the waiting clients may hear of it.
-    redis, conversation = services().redis, accepted.body["conversation_id"]
-    stopping = [ident for ident, status in accepted.interrupted if status is Status.CANCELLING]
-    if stopping:
-        request_cancel(redis, stopping)
-    for ident, status in accepted.interrupted:
-        announce(redis, conversation, ident, status.value)
-    if accepted.message_id is not None:
-        send_answer_job(services().producer, accepted.message_id, g.request_id)
-        announce(redis, conversation, accepted.message_id, Status.QUEUED.value)
+    redis = services().redis
+    with accept_message(lambda one_statement: transaction(autocommit=one_statement), **arguments) as accepted:
+        conversation = accepted.body["conversation_id"]
+        stopping = [ident for ident, status in accepted.interrupted if status is Status.CANCELLING]
+        if stopping:
+            after_commit(request_cancel, redis, stopping)
+        for ident, status in accepted.interrupted:
+            after_commit(announce, redis, conversation, ident, status.value)
+        if accepted.message_id is not None:
+            after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
+            after_commit(announce, redis, conversation, accepted.message_id, Status.QUEUED.value)
     structlog.contextvars.bind_contextvars(user=g.user, conversation_id=conversation,
                                            message_id=accepted.body["message"]["id"])
     log.info("message_accepted", replayed=accepted.replayed, interrupted=[str(i) for i, _ in accepted.interrupted])

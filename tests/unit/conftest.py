@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine
@@ -67,3 +68,33 @@ def app(unit_settings: Settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def make_api(app):
+    """Users of the API (tests/support.py's Api), answered by the app in this process."""
+    from tests.support import Api
+
+    from .in_process import BASE_URL, InProcess
+
+    def make(user: str | None = None) -> Api:
+        api = Api(BASE_URL, user)
+        api.http.mount(BASE_URL, InProcess(app))
+        return api
+
+    return make
+
+
+@pytest.fixture
+def api(make_api):
+    """A fresh user, so tests never see each other's data."""
+    return make_api()
+
+
+@pytest.fixture
+def db(unit_settings: Settings) -> Iterator[psycopg.Connection]:
+    """A direct connection to the fast tier's database, for asserting what is stored."""
+    from scripts.devstack import libpq_url
+
+    with psycopg.connect(libpq_url(unit_settings.database_url), autocommit=True) as connection:
+        yield connection

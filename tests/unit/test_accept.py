@@ -47,10 +47,10 @@ def test_another_users_conversation_is_not_found_and_nothing_is_stored(rolled_ba
                               .where(Message.conversation_id == uuid.UUID(theirs))) == 1
     # Not even counted: the statement that would have stored it counts only what it stored (here run
     # without a transaction of its own, as the autocommit path runs it).
-    with pytest.raises(Problem):
-        accept_message(lambda _one_statement: nullcontext(rolled_back), user="mallory", content="add again",
-                       conversation_id=theirs,
-                       request_id="unit", idempotency=None, settings=NO_QUOTAS)
+    with pytest.raises(Problem), accept_message(lambda _one_statement: nullcontext(rolled_back), user="mallory",
+                                                content="add again", conversation_id=theirs, request_id="unit",
+                                                idempotency=None, settings=NO_QUOTAS):
+        pass
     assert rolled_back.scalar(select(DailyUsage.messages).where(DailyUsage.user_id == "mallory")) is None
 
 

@@ -1,4 +1,5 @@
-"""Every error the front answers is problem+json, and a rejected request changes nothing."""
+"""Every error the front answers is problem+json, and a rejected request changes nothing. The app
+answers in this process (tests/unit/in_process.py): each is its own decision, not gunicorn's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import requests
 
 from tests.support import TEST_SECRET, Api, token
+
+from . import in_process
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "request_id"}
 
@@ -44,9 +47,10 @@ def assert_problem(response: requests.Response, status: int) -> dict:
     ids=["missing", "empty", "basic", "malformed", "wrong-secret", "expired", "empty-sub", "long-sub", "nul-sub",
          "surrogate-sub", "control-sub", "no-exp", "too-long-lived"],
 )
-def test_identity_errors_are_401(stack, authorization: str | None) -> None:
+def test_identity_errors_are_401(app, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
-    response = requests.post(stack.url + "/api/v1/chat", json={"message": "hi"}, headers=headers, timeout=10)
+    response = in_process.session(app).post(in_process.BASE_URL + "/api/v1/chat", json={"message": "hi"},
+                                            headers=headers)
     assert_problem(response, 401)
 
 

@@ -8,11 +8,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from models import Base
+from models import Base, Settings
 
 
-def test_the_migrations_build_the_schema_the_models_describe(database_url: str) -> None:
-    engine = create_engine(database_url)
+def test_the_migrations_build_the_schema_the_models_describe(unit_settings: Settings) -> None:
+    engine = create_engine(unit_settings.database_url)
     try:
         with engine.connect() as connection:
             differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
