@@ -260,6 +260,29 @@ def test_a_slot_is_reserved_before_the_claim_and_given_up_for_the_conversations_
     assert engine.reserve(lambda: False) is None
 
 
+def test_two_workers_each_holding_the_others_home_server_swap_without_waiting(
+        unit_settings, redis_client, autocommit, servers) -> None:
+    a, b, _ = servers
+    engine, pool = engine_of(unit_settings, redis_client, [entry(a, "model-a", slots=1), entry(b, "model-b", slots=1)],
+                             LLM_AFFINITY_WAIT_SECONDS="5")
+    home_a, home_b = uuid.uuid4(), uuid.uuid4()
+    redis_client.set(f"chatq:llm:affinity:{home_a}", pool[0].key)
+    redis_client.set(f"chatq:llm:affinity:{home_b}", pool[1].key)
+    first, second = engine.reserve(lambda: False), engine.reserve(lambda: False)
+    on_b, on_a = (first, second) if first.server == pool[1] else (second, first)
+    # The worker holding b's slot claimed home_a's turn, the one holding a's claimed home_b's.
+    answers: dict[uuid.UUID, str] = {}
+    threads = [threading.Thread(target=lambda cid=cid, held=held: answers.update(
+        {cid: ask(engine, autocommit, cid, reserved=held).model})) for cid, held in ((home_a, on_b), (home_b, on_a))]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == {home_a: "model-a", home_b: "model-b"}
+    assert time.monotonic() - started < 2  # neither waited out the affinity wait for the other
+
+
 def test_a_server_that_pins_slots_gets_each_conversation_back_in_its_own_slot(
         unit_settings, redis_client, autocommit, servers) -> None:
     a, plain, _ = servers

@@ -241,23 +241,18 @@ class Pool:
 
     def _keep_or_move(self, conversation_id: uuid.UUID | str, cancellation: Cancellation,
                       reserved: Slot) -> Slot | None:
-        """The reserved slot, or one on the conversation's last server if that is ready and has a
-        slot free within LLM_AFFINITY_WAIT_SECONDS (its prompt cache holds the conversation)."""
+        """The reserved slot, or the conversation's own (its last server's; that very slot where
+        the server pins slots): taken at once if free, and then the reserved one is given back.
+        If it is busy, the reserved slot is given back before waiting for it (up to
+        LLM_AFFINITY_WAIT_SECONDS, then any): a worker holding one server's slot while it waits for
+        another's would hold up the worker waiting the other way round."""
         place = self.preferred(conversation_id)
         if place is None or (place.server == reserved.server and _wanted(place) in (-1, reserved.index)):
             return reserved
-        started = time.monotonic()
-        while True:
-            (state,) = self._states([place.server])
-            slot = self._try(state, _wanted(place)) if state.cooling_for == 0 else None
-            if slot is not None:
-                reserved.release()
-                metrics.LLM_SLOT_WAIT.labels(place.server.key).observe(time.monotonic() - started)
-                return slot
-            if time.monotonic() - started >= self.settings.affinity_wait_seconds:
-                return reserved
-            if cancellation.wait(POLL_SECONDS):
-                return None
+        (state,) = self._states([place.server])
+        slot = self._try(state, _wanted(place)) if state.cooling_for == 0 else None
+        reserved.release()
+        return slot if slot is not None else self._take(conversation_id, cancellation, frozenset())
 
     def _states(self, servers: list[ModelServer] | None = None) -> list[ServerState]:
         try:
