@@ -73,17 +73,9 @@ class QueueDepth:
 @operation("Prometheus metrics of this web node", responses={200: "text/plain"}, authenticated=False)
 def metrics() -> Response:
     registry = CollectorRegistry()
-    registry.register(_Merged(scrape_registry()))
+    registry.register(scrape_registry())  # every process of this node's group, added up
     registry.register(QueueDepth())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-class _Merged:
-    def __init__(self, source) -> None:
-        self.source = source
-
-    def collect(self):
-        yield from self.source.collect()
 
 
 def init_app(app: Flask) -> None:
