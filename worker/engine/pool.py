@@ -15,7 +15,7 @@ message it goes to.
 
 Which server: the one that answered the conversation's last turn, while it is ready and has a
 free slot within LLM_AFFINITY_WAIT_SECONDS (its prompt cache holds the conversation: the next
-turn's prefill is skipped; the reserved slot is then given back); otherwise the least busy ready
+turn's prefill is skipped; a slot reserved elsewhere is given back); otherwise the least busy ready
 server of the primary group; the fallback group only when no primary server can answer. A
 failure (no connection, a 5xx, a timeout) puts the server in a cooldown every worker sees, doubled
 with each failure in a row; when it is over, one request (holding the probe key) tries the
@@ -130,10 +130,6 @@ class Place(NamedTuple):
 class Slot:
     """Slot `index` of `server`, held until released; renewed in the background while held."""
 
-    @property
-    def held(self) -> bool:
-        return not self._released.is_set()
-
     def __init__(self, pool: Pool, server: ModelServer, index: int, token: str, probe: bool) -> None:
         self.pool, self.server, self.index, self.probe = pool, server, index, probe
         self.token = f"{index}:{token}"  # its member of the server's sorted set
@@ -151,6 +147,10 @@ class Slot:
                     return
             except RedisError as error:
                 log.warning("llm_slot_renew_failed", server=self.server.shown_url, error=str(error))
+
+    @property
+    def held(self) -> bool:
+        return not self._released.is_set()
 
     def release(self) -> None:
         if self._released.is_set():
@@ -250,7 +250,9 @@ class Pool:
         if place is None or (place.server == reserved.server and _wanted(place) in (-1, reserved.index)):
             return reserved
         (state,) = self._states([place.server])
-        slot = self._try(state, _wanted(place)) if state.cooling_for == 0 else None
+        if state.cooling_for > 0:
+            return reserved  # its own server cannot answer now: nothing to wait for
+        slot = self._try(state, _wanted(place))
         reserved.release()
         return slot if slot is not None else self._take(conversation_id, cancellation, frozenset())
 
