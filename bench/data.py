@@ -203,13 +203,13 @@ def erase_heavy(database_url: str, url: str, redis_url: str) -> None:
         connection.execute(text("INSERT INTO erasures (id, user_id, user_digest) VALUES (:id, 'heavy', 'bench')"),
                            {"id": erasure})
     settings = Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url})
-    rt = Runtime(settings=settings, sessions=None, db=engine, redis=redis.Redis.from_url(redis_url),  # type: ignore[arg-type]
+    runtime = Runtime(settings=settings, sessions=None, db=engine, redis=redis.Redis.from_url(redis_url),  # type: ignore[arg-type]
                  engine=None)  # type: ignore[arg-type]
     stop, during = threading.Event(), []
     load = threading.Thread(target=lambda: during.extend(post_load(url, 8, 100_000, stop)))
     load.start()
     started = time.perf_counter()
-    erased = forget.erase(rt, erasure, settle_seconds=0)
+    erased = forget.erase(runtime, erasure, settle_seconds=0)
     took = time.perf_counter() - started
     stop.set()
     load.join()

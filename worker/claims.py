@@ -74,11 +74,11 @@ class Claim:
     noop_reason: str | None = None
 
 
-def claim(rt: Runtime) -> Claim:
+def claim(runtime: Runtime) -> Claim:
     """Take the message that should start next, with its conversation's lease."""
-    cap = rt.settings.max_generations_per_user
-    with rt.db.connect() as connection:
-        claimed, content, history = _claimed(_run_claim(connection, cap, rt.settings.lease_seconds))
+    cap = runtime.settings.max_generations_per_user
+    with runtime.db.connect() as connection:
+        claimed, content, history = _claimed(_run_claim(connection, cap, runtime.settings.lease_seconds))
         if claimed is None:
             return Claim(None, None, [], noop_reason="nothing_ready")
         lease = Lease(uuid.UUID(claimed["conversation_id"]), claimed["lease_version"], claimed["last_seq"],
@@ -86,7 +86,7 @@ def claim(rt: Runtime) -> Claim:
         failed: list[uuid.UUID] = []
         question = _question(lease, claimed, content, history)
         while question is not None:
-            reason = _give_up_reason(question, rt)
+            reason = _give_up_reason(question, runtime)
             if reason is None:
                 return Claim(lease, question, failed)
             connection.execute(claim_sql.GIVE_UP, {"question_id": question.id, "error": reason})
@@ -165,15 +165,15 @@ def _question(lease: Lease, claimed: dict[str, Any], content: str | None, histor
     )
 
 
-def _give_up_reason(question: Question, rt: Runtime) -> str | None:
+def _give_up_reason(question: Question, runtime: Runtime) -> str | None:
     tried = question.attempt - 1  # the claim just counted this attempt
-    if tried >= rt.settings.max_attempts:
+    if tried >= runtime.settings.max_attempts:
         cause = f" (the last one: {question.last_error})" if question.last_error else ""
         return f"Not answered after {tried} attempts{cause}; retry the message to try again."
     # Only a message whose earlier attempts failed is given up for its age: one that merely waited
     # its turn (a backlog, the batch lane) is not; how long a message may wait is its expires_in.
-    if tried > 0 and question.waited_seconds > rt.settings.answer_deadline_seconds:
-        return f"Not answered within {int(rt.settings.answer_deadline_seconds)} seconds; retry the message."
+    if tried > 0 and question.waited_seconds > runtime.settings.answer_deadline_seconds:
+        return f"Not answered within {int(runtime.settings.answer_deadline_seconds)} seconds; retry the message."
     return None
 
 
@@ -188,7 +188,7 @@ class Committed:
     message: dict[str, Any] | None = None
 
 
-def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) -> Committed | None:
+def commit_reply(runtime: Runtime, lease: Lease, question: Question, reply: Reply) -> Committed | None:
     """Store the reply and settle the question (answered, or cancelled with the text so far), if
     the lease is still ours, releasing it. None when the lease was lost and the reply discarded."""
     parameters = {
@@ -210,7 +210,7 @@ def commit_reply(rt: Runtime, lease: Lease, question: Question, reply: Reply) ->
         "completion_tokens": (reply.usage or {}).get("completion_tokens", 0),
     }
     try:
-        with rt.db.connect() as connection:
+        with runtime.db.connect() as connection:
             row = connection.execute(claim_sql.COMMIT_REPLY, parameters).one_or_none()
     except IntegrityError:  # unreachable while the fence holds; the constraint is the backstop
         log.error("duplicate_reply_suppressed", message_id=str(question.id))
@@ -262,12 +262,12 @@ class GivenBack(StrEnum):
     LEASE_LOST = "lease_lost"  # someone else holds the conversation now: left to them
 
 
-def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, failed: bool, error: str,
+def finish_unanswered(runtime: Runtime, lease: Lease, question: Question, *, failed: bool, error: str,
                       retry_in: float = 0.0) -> GivenBack:
     """Give the message back: `queued` again, to be tried after `retry_in` seconds, keeping why this
     attempt did not answer (a person reads it while it waits, and in the give-up reason if every
     attempt fails), or `failed` with a readable error. Releases the lease if it is still ours."""
-    with rt.db.connect() as connection:
+    with runtime.db.connect() as connection:
         row = connection.execute(claim_sql.GIVE_BACK, {
             "conversation_id": lease.conversation_id, "version": lease.version,
             "status": "failed" if failed else "queued", "error": error, "question_id": question.id,
@@ -279,7 +279,7 @@ def finish_unanswered(rt: Runtime, lease: Lease, question: Question, *, failed: 
     return GivenBack(row.given_back)
 
 
-def next_pending(rt: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:
+def next_pending(runtime: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:
     """The conversation's earliest unanswered message, marked as enqueued now."""
-    with rt.db.connect() as connection:
+    with runtime.db.connect() as connection:
         return connection.execute(claim_sql.NEXT_PENDING, {"conversation_id": conversation_id}).scalar_one_or_none()

@@ -129,14 +129,14 @@ class Erased:
 _GENERATING = text("SELECT count(*) FROM messages WHERE user_id = :user AND status IN ('processing', 'cancelling')")
 
 
-def erase(rt: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
+def erase(runtime: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
           settle_seconds: float | None = None) -> Erased | None:
     """Carry out an erasure to its end. None when it is done already (or unknown): repeating it
     is harmless. First the user's generations stop: each worker told to stop stores what it wrote
     and ends its question within a second; a dead worker's question ends when its lease runs out.
     The erasure waits for that (at most `settle_seconds`, by default two leases), so that no
     worker writes the user's text into Redis after the erasure went through it."""
-    with rt.db.connect() as connection:
+    with runtime.db.connect() as connection:
         taken = connection.execute(_TAKE, {"id": erasure_id, "lease": ERASURE_LEASE_SECONDS}).first()
         if taken is None or taken.user_id is None:
             return None
@@ -145,8 +145,8 @@ def erase(rt: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
         stopped = [row.id for row in connection.execute(STOP_GENERATIONS, {"user": user})
                    if row.status == "cancelling"]
         if stopped:
-            messaging.request_cancel(rt.redis, stopped)
-        deadline = time.monotonic() + (2 * rt.settings.lease_seconds if settle_seconds is None else settle_seconds)
+            messaging.request_cancel(runtime.redis, stopped)
+        deadline = time.monotonic() + (2 * runtime.settings.lease_seconds if settle_seconds is None else settle_seconds)
         while connection.execute(_GENERATING, {"user": user}).scalar_one() and time.monotonic() < deadline:
             time.sleep(SETTLE_POLL_SECONDS)
         for name, statement in _STEPS:
@@ -155,10 +155,10 @@ def erase(rt: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
             while (row := connection.execute(statement, {"user": user, "batch": batch}).one()).deleted:
                 counts[name] += row.deleted
                 if name == "questions":
-                    _forget_pieces(rt.redis, row.pieces)
+                    _forget_pieces(runtime.redis, row.pieces)
                 connection.execute(_PROGRESS, {"id": erasure_id, "erased": json.dumps(counts),
                                                "lease": ERASURE_LEASE_SECONDS})
-        counts["redis_keys"] += _forget_in_redis(rt.redis, user)
+        counts["redis_keys"] += _forget_in_redis(runtime.redis, user)
         connection.execute(_FINISH, {"id": erasure_id, "erased": json.dumps(counts)})
     log.info("user_erased", erasure_id=str(erasure_id), erased=dict(counts))
     return Erased(user, dict(counts), stopped)

@@ -30,7 +30,7 @@ class Runtime:
 
 
 @functools.cache
-def runtime() -> Runtime:
+def process_runtime() -> Runtime:
     settings = Settings.from_env()
     # A task uses one connection, plus one for its lease heartbeat.
     database = make_engine(settings.database_url, pool_size=2, max_overflow=2, on_round_trip=metrics.count_round_trip)

@@ -38,8 +38,8 @@ class Swept:
     ready: int = 0  # messages that could start now (counted up to BATCH)
 
 
-def sweep(rt: Runtime) -> Swept:
-    with rt.sessions.begin() as session:
+def sweep(runtime: Runtime) -> Swept:
+    with runtime.sessions.begin() as session:
         if not session.scalar(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK))):
             return Swept()
         connection = session.connection()
@@ -48,22 +48,22 @@ def sweep(rt: Runtime) -> Swept:
         expired = [(row.conversation_id, row.id)
                    for row in connection.execute(claim_sql.EXPIRE, {"most": BATCH, "error": EXPIRED_ERROR})]
         promoted = len(connection.execute(claim_sql.PROMOTE_AGED_BATCH, {
-            "most": BATCH, "age": rt.settings.batch_age_seconds}).all())
+            "most": BATCH, "age": runtime.settings.batch_age_seconds}).all())
         session.execute(delete(IdempotentRequest).where(
             IdempotentRequest.created_at < func.now() - IDEMPOTENCY_KEEP))
     # After the commit: what the statements above made ready is counted too.
-    with rt.db.connect() as connection:
+    with runtime.db.connect() as connection:
         ready = connection.execute(claim_sql.READY_COUNT, {"most": BATCH}).scalar_one()
     return Swept(requeued, expired, promoted, ready)
 
 
-def doorbells_missing(rt: Runtime, ready: int, queue: str) -> int:
+def doorbells_missing(runtime: Runtime, ready: int, queue: str) -> int:
     """How many of `ready` messages have no job waiting for them in the broker's queue. A doorbell
     too many is harmless (its claim finds nothing); one too few leaves a message waiting a round."""
     if not ready:
         return 0
     try:
-        waiting = rt.redis.llen(queue)
+        waiting = runtime.redis.llen(queue)
     except RedisError:
         return 0  # the doorbells could not be rung either; the next round tries again
     return max(0, ready - int(waiting))

@@ -20,7 +20,7 @@ from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PIN
 
 from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
 from .engine import PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
-from .runtime import Runtime, runtime
+from .runtime import Runtime, process_runtime
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 @worker_process_init.connect
 def _fresh_runtime(**_kwargs: object) -> None:
     # A pool child must not share the parent's sockets; build its own on first use.
-    runtime.cache_clear()
+    process_runtime.cache_clear()
     # The main process tells its children of a shutdown with SIGUSR2, whose default is to end the
     # process: every child takes it as "stopping" from the start, whether or not it ever runs a job.
     shutdown.listen_for_stopping()
@@ -97,30 +97,30 @@ class Done:
 
 
 def _answer(rung_for: uuid.UUID, request_id: str | None) -> Done:
-    rt = runtime()
+    runtime = process_runtime()
     # Room on a model server first, then the claim: a message starts only when a server can take
     # it. While every slot is busy the messages wait in the queue (no lease held, cancellable, their
     # order by fair share intact), not in workers that claimed them.
     try:
-        reserved = rt.engine.reserve(stopping=lambda: shutdown.STOPPING.due(0))
+        reserved = runtime.engine.reserve(stopping=lambda: shutdown.STOPPING.due(0))
     except TransientEngineError as busy:
         log.info("job_deferred", reason=str(busy))
         metrics.DUPLICATES.labels("no_model_slot").inc()
         ring(rung_for, request_id)
         return Done(Outcome.DEFERRED)
     try:
-        done = _generate(rt, reserved)
+        done = _generate(runtime, reserved)
     finally:
         if reserved is not None:
             reserved.release()  # not used (nothing to claim), or used and given back already
-    _follow_up(rt, done)
+    _follow_up(runtime, done)
     return done
 
 
-def _generate(rt: Runtime, reserved: Reserved | None) -> Done:
+def _generate(runtime: Runtime, reserved: Reserved | None) -> Done:
     """Claim the message that should start next, generate, and store the reply (or give the
     message back). Tells waiting clients only that the question is being answered."""
-    claimed = claims.claim(rt)
+    claimed = claims.claim(runtime)
     lease, question = claimed.lease, claimed.question
     if lease is None or question is None:
         return Done(Outcome.NOTHING_TO_DO, lease, None, claimed.failed)
@@ -131,19 +131,20 @@ def _generate(rt: Runtime, reserved: Reserved | None) -> Done:
         user=question.user,
         attempt=question.attempt,
     )
-    pieces = messaging.PiecePublisher(rt.redis, lease.conversation_id, question.id, question.attempt, question.user)
+    pieces = messaging.PiecePublisher(
+        runtime.redis, lease.conversation_id, question.id, question.attempt, question.user)
     pieces.start()  # and waiting clients hear that the question is being answered
     started = time.perf_counter()
     error: str | None = None
     try:
-        with watch.watching(rt, lease, question) as cancellation, metrics.GENERATION.time():
-            reply = rt.engine.reply(ReplyRequest(
+        with watch.watching(runtime, lease, question) as cancellation, metrics.GENERATION.time():
+            reply = runtime.engine.reply(ReplyRequest(
                 user=question.user,
                 conversation_id=lease.conversation_id,
                 message_id=question.id,
                 content=question.content,
                 history=question.history,
-                tools=TodoTools(rt.db, question.user, question.id),
+                tools=TodoTools(runtime.db, question.user, question.id),
                 on_delta=pieces,
                 on_restart=pieces.restart,
                 cancellation=cancellation,
@@ -154,7 +155,7 @@ def _generate(rt: Runtime, reserved: Reserved | None) -> Done:
             "the generation ran past its time limit"
         log.warning("generation_interrupted", error=cause)
         metrics.RETRIES.inc()
-        return _give_back(rt, claimed, failed=False, error=cause, retry_in=backoff.full_jitter(question.attempt))
+        return _give_back(runtime, claimed, failed=False, error=cause, retry_in=backoff.full_jitter(question.attempt))
     except PermanentEngineError as permanent:
         log.warning("generation_failed", error=str(permanent))
         metrics.FAILURES.labels("permanent").inc()
@@ -169,20 +170,20 @@ def _generate(rt: Runtime, reserved: Reserved | None) -> Done:
     else:
         if cancellation.reason == "shutdown":  # this worker is stopping: another one takes it over now
             metrics.RETRIES.inc()
-            return _give_back(rt, claimed, failed=False, error="the worker generating it was stopped; trying again",
-                              retry_in=0.0)
-        return _store(rt, claimed, reply, time.perf_counter() - started)
-    return _give_back(rt, claimed, failed=True, error=error or "unknown")
+            return _give_back(runtime, claimed, failed=False,
+                              error="the worker generating it was stopped; trying again", retry_in=0.0)
+        return _store(runtime, claimed, reply, time.perf_counter() - started)
+    return _give_back(runtime, claimed, failed=True, error=error or "unknown")
 
 
-def _store(rt: Runtime, claimed: claims.Claim, reply: Reply, took_seconds: float) -> Done:
+def _store(runtime: Runtime, claimed: claims.Claim, reply: Reply, took_seconds: float) -> Done:
     """Commit the reply, and say what the question became (answered, or cancelled meanwhile with
     this text as its reply; nothing stored if the lease was lost or a regenerate superseded it)."""
     lease, question = claimed.lease, claimed.question
     assert lease is not None and question is not None
     for kind, tokens in (reply.usage or {}).items():
-        metrics.TOKENS.labels(rt.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
-    committed = claims.commit_reply(rt, lease, question, reply)
+        metrics.TOKENS.labels(runtime.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
+    committed = claims.commit_reply(runtime, lease, question, reply)
     if committed is None:
         log.warning("reply_discarded", reason="lease_lost")
         return Done(Outcome.LEASE_LOST, lease, question, claimed.failed)
@@ -192,12 +193,12 @@ def _store(rt: Runtime, claimed: claims.Claim, reply: Reply, took_seconds: float
     return Done(outcome, lease, question, claimed.failed, committed=committed)
 
 
-def _give_back(rt: Runtime, claimed: claims.Claim, *, failed: bool, error: str,
+def _give_back(runtime: Runtime, claimed: claims.Claim, *, failed: bool, error: str,
                retry_in: float | None = None) -> Done:
     """Give the question back — queued again (tried after `retry_in`) or failed — and say what
     became of it: the lease may have been lost, or the question cancelled meanwhile."""
     assert claimed.lease is not None and claimed.question is not None
-    given_back = claims.finish_unanswered(rt, claimed.lease, claimed.question, failed=failed, error=error,
+    given_back = claims.finish_unanswered(runtime, claimed.lease, claimed.question, failed=failed, error=error,
                                           retry_in=retry_in or 0.0)
     outcome = GIVEN_BACK_AS[given_back]
     return Done(outcome, claimed.lease, claimed.question, claimed.failed,
@@ -215,12 +216,12 @@ STATUS_AFTER = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEU
                 Outcome.CANCELLED: Status.CANCELLED, Outcome.SUPERSEDED: Status.QUEUED}
 
 
-def _follow_up(rt: Runtime, done: Done) -> None:
+def _follow_up(runtime: Runtime, done: Done) -> None:
     """Count it, tell waiting clients, and ring for the conversation's next question."""
     for failed_id in done.gave_up:
         metrics.FAILURES.labels("gave_up").inc()
         if done.lease is not None:
-            messaging.announce(rt.redis, done.lease.conversation_id, failed_id, Status.FAILED.value)
+            messaging.announce(runtime.redis, done.lease.conversation_id, failed_id, Status.FAILED.value)
     if done.outcome is Outcome.NOTHING_TO_DO:
         if done.lease is None:
             log.info("job_noop", reason="nothing_ready")
@@ -235,22 +236,23 @@ def _follow_up(rt: Runtime, done: Done) -> None:
     else:
         if done.outcome is Outcome.CANCELLED:
             metrics.CANCELLED.inc()
-        messaging.announce(rt.redis, done.lease.conversation_id, done.question.id, STATUS_AFTER[done.outcome].value,
-                           message=done.committed.message if done.committed is not None else None)
+        messaging.announce(
+            runtime.redis, done.lease.conversation_id, done.question.id, STATUS_AFTER[done.outcome].value,
+            message=done.committed.message if done.committed is not None else None)
     if done.committed is not None:
         if done.outcome is Outcome.ANSWERED:
             metrics.REPLY_LATENCY.observe(done.committed.latency_seconds)
         # A user at MAX_GENERATIONS_PER_USER may have messages elsewhere that waited for this slot.
-        if not done.committed.check_next and not rt.settings.max_generations_per_user:
+        if not done.committed.check_next and not runtime.settings.max_generations_per_user:
             return
-    _ring_next(rt, done.lease.conversation_id, done.question, done.retry_in)
+    _ring_next(runtime, done.lease.conversation_id, done.question, done.retry_in)
 
 
-def _ring_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Question, retry_in: float | None) -> None:
+def _ring_next(runtime: Runtime, conversation_id: uuid.UUID, question: claims.Question, retry_in: float | None) -> None:
     """The conversation's next unanswered message waited for our lease (or, for a generation given
     back to the queue, the same message waits out its backoff): ring for it."""
-    following = claims.next_pending(rt, conversation_id)
-    if following is not None or rt.settings.max_generations_per_user:
+    following = claims.next_pending(runtime, conversation_id)
+    if following is not None or runtime.settings.max_generations_per_user:
         ring(following, question.request_id, countdown=retry_in if following == question.id else None)
 
 
@@ -258,18 +260,18 @@ def _ring_next(rt: Runtime, conversation_id: uuid.UUID, question: claims.Questio
 # events: once a second, it would fill Flower's task history (10,000 rows) in under three hours.
 @app.task(name=SWEEP, send_events=False)
 def sweep() -> int:
-    rt = runtime()
-    swept = sweeper.sweep(rt)
+    runtime = process_runtime()
+    swept = sweeper.sweep(runtime)
     for conversation_id, message_id, status in swept.requeued:
-        messaging.announce(rt.redis, conversation_id, message_id, status)
+        messaging.announce(runtime.redis, conversation_id, message_id, status)
     for conversation_id, message_id in swept.expired:
-        messaging.announce(rt.redis, conversation_id, message_id, Status.EXPIRED.value)
+        messaging.announce(runtime.redis, conversation_id, message_id, Status.EXPIRED.value)
     metrics.REQUEUED.labels("lease_expired").inc(len(swept.requeued))
     metrics.EXPIRED.inc(len(swept.expired))
     metrics.PROMOTED.inc(swept.promoted)
     # A doorbell for each message that could start with no job waiting in the broker for it (Redis
     # lost the job, it was never sent, or its conversation was busy when it came).
-    doorbells = sweeper.doorbells_missing(rt, swept.ready, app.conf.task_default_queue)
+    doorbells = sweeper.doorbells_missing(runtime, swept.ready, app.conf.task_default_queue)
     for _ in range(doorbells):
         ring()
     metrics.REQUEUED.labels("no_job_waiting").inc(doorbells)
@@ -277,7 +279,7 @@ def sweep() -> int:
         log.info("swept", requeued=len(swept.requeued), expired=len(swept.expired), promoted=swept.promoted,
                  doorbells=doorbells)
     # Webhook deliveries due now (new events, retries, and what a lost job left behind).
-    for delivery_id, claim in webhooks.claim_due(rt):
+    for delivery_id, claim in webhooks.claim_due(runtime):
         messaging.send_webhook_job(app, delivery_id, claim)
     return doorbells
 
@@ -289,8 +291,8 @@ def erase_user(self: Task, erasure_id: str) -> str:
     or run twice at once, it deletes nothing twice; given up, the forget round sends it again."""
     structlog.contextvars.bind_contextvars(task_id=self.request.id, erasure_id=erasure_id)
     try:
-        rt = runtime()
-        erased = forget.erase(rt, uuid.UUID(erasure_id))
+        runtime = process_runtime()
+        erased = forget.erase(runtime, uuid.UUID(erasure_id))
         if erased is None:
             return "nothing to do"
         metrics.ERASURES.inc()
@@ -305,11 +307,11 @@ def erase_user(self: Task, erasure_id: str) -> str:
 def forget_round() -> int:
     """Retention (conversations idle past their lifetime), in bounded batches up to a round's
     worth, and the erasures no worker is carrying out sent again. Not retried: beat runs it again."""
-    rt = runtime()
+    runtime = process_runtime()
     deleted = 0
-    with rt.db.connect() as connection:
+    with runtime.db.connect() as connection:
         for _ in range(forget.RETENTION_ROUNDS):
-            batch = forget.expire_conversations(connection, rt.settings.retention_days)
+            batch = forget.expire_conversations(connection, runtime.settings.retention_days)
             deleted += batch
             if batch < forget.RETENTION_BATCH:
                 break
@@ -327,7 +329,7 @@ def forget_round() -> int:
 def deliver_webhook(delivery_id: str, claim: str) -> str:
     structlog.contextvars.bind_contextvars(task_id=deliver_webhook.request.id, delivery_id=delivery_id)
     try:
-        return webhooks.deliver(runtime(), delivery_id, claim)
+        return webhooks.deliver(process_runtime(), delivery_id, claim)
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -336,6 +338,6 @@ def deliver_webhook(delivery_id: str, claim: str) -> str:
 def ping(reply_to: str) -> None:
     """Answer on a Redis list: operators' and the benchmark's check of the bare queue round trip
     (broker -> worker -> Redis), with no Postgres and no engine."""
-    client = runtime().redis
+    client = process_runtime().redis
     client.lpush(reply_to, "pong")
     client.expire(reply_to, 60)

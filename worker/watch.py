@@ -37,13 +37,13 @@ QUIET_START_SECONDS = 0.25
 
 
 @contextmanager
-def watching(rt: Runtime, lease: Lease, question: Question) -> Iterator[Cancellation]:
+def watching(runtime: Runtime, lease: Lease, question: Question) -> Iterator[Cancellation]:
     """While a generation runs: renew its lease every third of its length (a slow but live
     generation keeps it; a dead worker stops renewing and its lease runs out), and stop it when
     its question is cancelled — told at once by Redis (cancel_channel), confirmed in Postgres,
     which every renewal also reads in case the notification was lost — or when this worker has
     been stopping for longer than WORKER_SHUTDOWN_GRACE_SECONDS (worker/shutdown.py)."""
-    watcher = Watcher(rt, lease, question)
+    watcher = Watcher(runtime, lease, question)
     # A daemon thread, not joined: it may sit in a one-second read of Redis when the generation
     # ends, and must not add that to every reply. It checks `stop` before every write, and a
     # renewal of a lease already released does nothing (claim_sql.RENEW).
@@ -61,16 +61,16 @@ class Watcher:
     """One generation's watch: `run` in its own thread until `stop` is set, the question is
     stopped (then `cancellation` is cancelled), the lease is lost or the worker is stopping."""
 
-    def __init__(self, rt: Runtime, lease: Lease, question: Question) -> None:
-        self.rt, self.lease, self.question = rt, lease, question
+    def __init__(self, runtime: Runtime, lease: Lease, question: Question) -> None:
+        self.runtime, self.lease, self.question = runtime, lease, question
         self.cancellation = Cancellation()
         self.stop = threading.Event()
-        self.renew_at = time.monotonic() + rt.settings.lease_seconds / 3
+        self.renew_at = time.monotonic() + runtime.settings.lease_seconds / 3
 
     def run(self) -> None:
         if self.stop.wait(QUIET_START_SECONDS):
             return
-        pubsub = _subscribe(self.rt, self.question.id)
+        pubsub = _subscribe(self.runtime, self.question.id)
         try:
             # A cancel committed before the subscription was published to nobody: Postgres is
             # read once right after it, then on every notification.
@@ -80,7 +80,7 @@ class Watcher:
                     told = _told(pubsub) if pubsub is not None else not self.stop.wait(CANCEL_CHECK_SECONDS)
                 if self.stop.is_set():
                     return
-                if STOPPING.due(self.rt.settings.worker_shutdown_grace_seconds):
+                if STOPPING.due(self.runtime.settings.worker_shutdown_grace_seconds):
                     log.warning("generation_given_back", reason="worker_stopping")
                     self.cancellation.cancel(reason="shutdown")
                     return
@@ -102,10 +102,10 @@ class Watcher:
         stop the generation: the next one may work). _LOST when the lease is no longer ours."""
         try:
             if time.monotonic() >= self.renew_at:
-                self.renew_at = time.monotonic() + self.rt.settings.lease_seconds / 3
-                return _renew(self.rt, self.lease, self.question)
+                self.renew_at = time.monotonic() + self.runtime.settings.lease_seconds / 3
+                return _renew(self.runtime, self.lease, self.question)
             if told:
-                with self.rt.db.connect() as connection:
+                with self.runtime.db.connect() as connection:
                     return connection.execute(claim_sql.QUESTION_STATUS,
                                               {"question_id": self.question.id}).scalar_one_or_none()
         except Exception as error:
@@ -113,17 +113,17 @@ class Watcher:
         return None
 
 
-def _renew(rt: Runtime, lease: Lease, question: Question) -> object:
-    with rt.db.connect() as connection:
+def _renew(runtime: Runtime, lease: Lease, question: Question) -> object:
+    with runtime.db.connect() as connection:
         row = connection.execute(claim_sql.RENEW, {
             "conversation_id": lease.conversation_id, "version": lease.version,
-            "lease": rt.settings.lease_seconds, "question_id": question.id}).first()
+            "lease": runtime.settings.lease_seconds, "question_id": question.id}).first()
     return _LOST if row is None else row.status
 
 
-def _subscribe(rt: Runtime, question_id: uuid.UUID) -> PubSub | None:
+def _subscribe(runtime: Runtime, question_id: uuid.UUID) -> PubSub | None:
     try:
-        pubsub = rt.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = runtime.redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(cancel_channel(question_id))
     except RedisError as error:
         log.warning("cancel_subscribe_failed", error=str(error))

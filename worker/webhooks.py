@@ -62,10 +62,10 @@ SELECT d.id, d.attempts, d.created_at, e.id AS endpoint_id, e.url, e.secret, e.f
 """)
 
 
-def claim_due(rt: Runtime) -> list[tuple[str, str]]:
+def claim_due(runtime: Runtime) -> list[tuple[str, str]]:
     """(delivery id, claim) of every delivery due now, claimed for one try."""
-    lease = rt.settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS
-    with rt.db.connect() as connection:
+    lease = runtime.settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS
+    with runtime.db.connect() as connection:
         return [(str(row.id), str(row.claim)) for row in connection.execute(CLAIM_DUE, {"lease": lease})]
 
 
@@ -95,11 +95,11 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _payload(rt: Runtime, row: Any) -> dict[str, Any]:
+def _payload(runtime: Runtime, row: Any) -> dict[str, Any]:
     """The event as sent, built once: the question as it was when the event happened."""
     if row.payload is not None:
         return row.payload
-    with Session(rt.db) as session:
+    with Session(runtime.db) as session:
         question = session.get(Message, row.question_id)
         reply = session.get(Message, row.reply_id) if row.reply_id is not None else None
         if question is None:
@@ -113,7 +113,7 @@ def _payload(rt: Runtime, row: Any) -> dict[str, Any]:
             data = message_json(question, reply)
     payload = {"type": row.type, "id": str(row.event_id),
                "created_at": row.event_at.isoformat().replace("+00:00", "Z"), "data": data}
-    with rt.db.connect() as connection:  # the first build wins: every retry sends the same bytes
+    with runtime.db.connect() as connection:  # the first build wins: every retry sends the same bytes
         stored = connection.execute(text(
             "UPDATE webhook_events SET payload = coalesce(payload, CAST(:payload AS json)) WHERE id = :id "
             "RETURNING payload"), {"payload": json.dumps(payload), "id": row.event_id}).scalar_one()
@@ -159,27 +159,27 @@ def _post(settings: Settings, url: str, headers: dict[str, str], body: bytes) ->
                    kept.decode(errors="replace")[:BODY_KEPT])
 
 
-def deliver(rt: Runtime, delivery_id: str, claim: str) -> str:
+def deliver(runtime: Runtime, delivery_id: str, claim: str) -> str:
     """One try of one delivery (the job's body). Returns what happened, for the job's result."""
-    with rt.db.connect() as connection:
+    with runtime.db.connect() as connection:
         row = connection.execute(LOAD, {"id": delivery_id, "claim": claim}).one_or_none()
     if row is None:
         return "not_ours"  # delivered meanwhile, or claimed again by a later sweep
-    body = json.dumps(_payload(rt, row), separators=(",", ":")).encode()
+    body = json.dumps(_payload(runtime, row), separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {"Content-Type": "application/json", "User-Agent": "chatq-webhooks",
                "webhook-id": str(row.event_id), "webhook-timestamp": str(timestamp),
                "webhook-signature": sign(row.secret, str(row.event_id), timestamp, body)}
-    attempt = _post(rt.settings, row.url, headers, body)
-    _record(rt, row, claim, attempt)
+    attempt = _post(runtime.settings, row.url, headers, body)
+    _record(runtime, row, claim, attempt)
     log.info("webhook_attempt", delivery_id=delivery_id, event_id=str(row.event_id), status_code=attempt.status_code,
              error=attempt.error, duration_ms=attempt.duration_ms)
     return "delivered" if attempt.delivered else "failed"
 
 
-def _record(rt: Runtime, row: Any, claim: str, attempt: Attempt) -> None:
-    settings = rt.settings
-    with rt.sessions.begin() as session:
+def _record(runtime: Runtime, row: Any, claim: str, attempt: Attempt) -> None:
+    settings = runtime.settings
+    with runtime.sessions.begin() as session:
         session.execute(text(
             "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, duration_ms, error, response_body) "
             "VALUES (:id, now(), :status, :ms, :error, :body)"),

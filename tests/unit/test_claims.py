@@ -21,29 +21,29 @@ from .support import NO_QUOTAS, OneConnection, accept, hide_the_queue_of_other_t
 
 
 @pytest.fixture
-def rt(rolled_back) -> Runtime:
+def runtime(rolled_back) -> Runtime:
     hide_the_queue_of_other_tests(rolled_back)
     return Runtime(settings=NO_QUOTAS, sessions=None, db=OneConnection(rolled_back),  # type: ignore[arg-type]
                    redis=None, engine=None)  # type: ignore[arg-type]
 
 
-def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(rolled_back, rt: Runtime) -> None:
+def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(rolled_back, runtime: Runtime) -> None:
     accepted = accept(rolled_back, "alice", "Add task: buy milk")
     message_id = uuid.UUID(accepted.body["message"]["id"])
 
-    claimed = claims.claim(rt)
+    claimed = claims.claim(runtime)
     assert claimed.lease is not None and claimed.question is not None and claimed.question.id == message_id
     assert rolled_back.scalar(select(Message.status).where(Message.id == message_id)) is Status.PROCESSING
     # The conversation is leased and nothing else waits: a second claim (another worker, a
     # duplicate job) gets nothing.
-    assert claims.claim(rt).lease is None
+    assert claims.claim(runtime).lease is None
 
     reply = Reply(content="Added “buy milk” to your list.",
                   tool_calls=[{"name": "add_task", "arguments": {"title": "buy milk"},
                                "result": {"task": {"id": str(uuid.uuid4()), "title": "buy milk", "done": False}}}],
                   usage={"prompt_tokens": 120, "completion_tokens": 9},
                   context={"messages_sent": 1, "messages_total": 1})
-    committed = claims.commit_reply(rt, claimed.lease, claimed.question, reply)
+    committed = claims.commit_reply(runtime, claimed.lease, claimed.question, reply)
     assert committed is not None and committed.status == "answered" and committed.seq == 2
 
     rolled_back.expire_all()
@@ -56,23 +56,24 @@ def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(ro
     assert shown_message_with_reply(rolled_back.connection(), "mallory", message_id) is None
     assert committed.message["status"] == "answered" and committed.message["reply"]["content"] == reply.content
     # The same reply committed again (a redelivered job that got this far) stores nothing more.
-    again = claims.commit_reply(rt, claimed.lease, claimed.question, reply)
+    again = claims.commit_reply(runtime, claimed.lease, claimed.question, reply)
     assert again is not None and again.seq is None and again.message is None
     assert rolled_back.scalar(select(func.count()).where(Message.reply_to_id == message_id)) == 1
 
 
 @pytest.mark.parametrize("written", ["Added “buy", ""], ids=["with-text", "without-text"])
-def test_a_stopped_generation_is_final_only_once_its_text_is_stored(rolled_back, rt: Runtime, written: str) -> None:
+def test_a_stopped_generation_is_final_only_once_its_text_is_stored(
+        rolled_back, runtime: Runtime, written: str) -> None:
     with rolled_back.begin_nested():
         rolled_back.add(WebhookEndpoint(user_id="alice", url="https://example.com/hook",
                                         events=["message.cancelled"], secret="whsec_test"))
     accepted = accept(rolled_back, "alice", "Add task: buy milk")
     message_id = uuid.UUID(accepted.body["message"]["id"])
-    claimed = claims.claim(rt)
+    claimed = claims.claim(runtime)
     assert claimed.lease is not None and claimed.question is not None
     # The cancel (web/control.py) makes a generated question cancelling; the worker settles it.
     rolled_back.execute(update(Message).where(Message.id == message_id).values(status=Status.CANCELLING))
-    committed = claims.commit_reply(rt, claimed.lease, claimed.question,
+    committed = claims.commit_reply(runtime, claimed.lease, claimed.question,
                                     Reply(content=written, tool_calls=[], finish="stop"))
     assert committed is not None and committed.status == "cancelled"
     rolled_back.expire_all()
@@ -86,15 +87,15 @@ def test_a_stopped_generation_is_final_only_once_its_text_is_stored(rolled_back,
     assert event.type == "message.cancelled" and (event.reply_id is not None) == bool(written)
 
 
-def test_a_stopped_generation_given_back_or_whose_worker_died_ends_cancelled(rolled_back, rt: Runtime) -> None:
+def test_a_stopped_generation_given_back_or_whose_worker_died_ends_cancelled(rolled_back, runtime: Runtime) -> None:
     for ending in ("given_back", "worker_died"):
         accept(rolled_back, "bob", f"Add task: {ending}")
-        claimed = claims.claim(rt)
+        claimed = claims.claim(runtime)
         assert claimed.lease is not None and claimed.question is not None
         question = claimed.question.id
         rolled_back.execute(update(Message).where(Message.id == question).values(status=Status.CANCELLING))
         if ending == "given_back":  # e.g. the model server failed just then
-            assert claims.finish_unanswered(rt, claimed.lease, claimed.question, failed=False,
+            assert claims.finish_unanswered(runtime, claimed.lease, claimed.question, failed=False,
                                             error="timeout") is claims.GivenBack.CANCELLED
         else:
             rolled_back.execute(text("UPDATE conversations SET lease_expires_at = now() - interval '1 second' "

@@ -21,7 +21,7 @@ from worker.runtime import Runtime
 from .support import NO_QUOTAS, OneConnection, accept, hide_the_queue_of_other_tests
 
 
-def runtime(session: Session, **settings: object) -> Runtime:
+def runtime_for(session: Session, **settings: object) -> Runtime:
     hide_the_queue_of_other_tests(session)
     return Runtime(settings=NO_QUOTAS.model_copy(update=settings), sessions=None,  # type: ignore[arg-type]
                    db=OneConnection(session), redis=None, engine=None)  # type: ignore[arg-type]
@@ -39,71 +39,72 @@ def post_in_new_conversations(session: Session, user: str, conversations: int, e
     return ids
 
 
-def start_next(rt: Runtime) -> claims.Claim:
-    return claims.claim(rt)
+def start_next(runtime: Runtime) -> claims.Claim:
+    return claims.claim(runtime)
 
 
-def starters(rt: Runtime, count: int) -> list[str]:
+def starters(runtime: Runtime, count: int) -> list[str]:
     """Whose messages the next `count` claims start (each holding its conversation: none ends)."""
     started = []
     for _ in range(count):
-        claimed = start_next(rt)
+        claimed = start_next(runtime)
         assert claimed.question is not None, f"only {len(started)} messages could start"
         started.append(claimed.question.user)
     return started
 
 
-def answer(rt: Runtime, claimed: claims.Claim) -> None:
+def answer(runtime: Runtime, claimed: claims.Claim) -> None:
     assert claimed.lease is not None and claimed.question is not None
-    assert claims.commit_reply(rt, claimed.lease, claimed.question, Reply(content="done", tool_calls=[])) is not None
+    reply = Reply(content="done", tool_calls=[])
+    assert claims.commit_reply(runtime, claimed.lease, claimed.question, reply) is not None
 
 
 def test_a_light_users_message_starts_next_to_a_heavy_users_backlog(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     post_in_new_conversations(rolled_back, "heavy", 30, each=3)
     light = accept(rolled_back, "light", "show my tasks").body["message"]["id"]
     # FIFO would start it after the 30 conversations' first messages (and, as they finish, their
     # seconds and thirds); fair share starts it among the very first.
-    first = [start_next(rt).question for _ in range(3)]
+    first = [start_next(runtime).question for _ in range(3)]
     assert str(light) in [str(question.id) for question in first if question is not None]
 
 
 def test_a_user_alone_starts_as_many_as_there_are_claims(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     post_in_new_conversations(rolled_back, "alone", 5)
-    assert starters(rt, 5) == ["alone"] * 5
-    assert start_next(rt).lease is None  # each conversation is being answered; nothing else waits
+    assert starters(runtime, 5) == ["alone"] * 5
+    assert start_next(runtime).lease is None  # each conversation is being answered; nothing else waits
 
 
 def test_starts_follow_the_users_weights(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     post_in_new_conversations(rolled_back, "pro", 40, weight=4.0)
     post_in_new_conversations(rolled_back, "free", 40, weight=1.0)
-    shares = Counter(starters(rt, 25))
+    shares = Counter(starters(runtime, 25))
     assert 3.5 <= shares["pro"] / shares["free"] <= 4.5, shares
 
 
 def test_a_conversation_is_answered_in_order_and_one_at_a_time(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     ids = post_in_new_conversations(rolled_back, "sequential", 1, each=3)
-    first = start_next(rt)
+    first = start_next(runtime)
     assert first.question is not None and str(first.question.id) == ids[0]
-    assert start_next(rt).lease is None  # the second waits for the first's reply
-    answer(rt, first)
-    second = start_next(rt)
+    assert start_next(runtime).lease is None  # the second waits for the first's reply
+    answer(runtime, first)
+    second = start_next(runtime)
     assert second.question is not None and str(second.question.id) == ids[1]
 
 
 def test_batch_work_starts_only_when_no_interactive_message_can(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     post_in_new_conversations(rolled_back, "nightly", 3, lane=Lane.BATCH)
     post_in_new_conversations(rolled_back, "person", 2)
-    assert starters(rt, 2) == ["person", "person"]
-    assert starters(rt, 3) == ["nightly"] * 3
+    assert starters(runtime, 2) == ["person", "person"]
+    assert starters(runtime, 3) == ["nightly"] * 3
 
 
 def test_batch_work_that_waited_long_enough_competes_with_interactive_work(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     waited = post_in_new_conversations(rolled_back, "nightly", 1, lane=Lane.BATCH)[0]
     post_in_new_conversations(rolled_back, "person", 20)
     rolled_back.execute(update(Message).where(Message.id == uuid.UUID(waited))
@@ -112,20 +113,20 @@ def test_batch_work_that_waited_long_enough_competes_with_interactive_work(rolle
     assert [str(row.id) for row in promoted] == [waited]
     # It joined the interactive lane as a new arrival of its user: among the first two to start,
     # not after the twenty interactive messages that were there before it.
-    assert "nightly" in starters(rt, 2)
+    assert "nightly" in starters(runtime, 2)
 
 
 def test_a_user_at_their_generation_cap_waits_while_others_start(rolled_back) -> None:
-    rt = runtime(rolled_back, max_generations_per_user=1)
+    runtime = runtime_for(rolled_back, max_generations_per_user=1)
     post_in_new_conversations(rolled_back, "busy", 3)
-    assert starters(rt, 1) == ["busy"]
-    assert start_next(rt).lease is None  # busy's other two wait for its one generation
+    assert starters(runtime, 1) == ["busy"]
+    assert start_next(runtime).lease is None  # busy's other two wait for its one generation
     post_in_new_conversations(rolled_back, "other", 1)
-    assert starters(rt, 1) == ["other"]
+    assert starters(runtime, 1) == ["other"]
 
 
 def test_an_expired_message_never_starts_and_its_conversation_moves_on(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     with rolled_back.begin_nested():
         rolled_back.add(WebhookEndpoint(user_id="hurried", url="https://example.com/hook", events=["message.expired"],
                                         secret="whsec_test"))
@@ -135,7 +136,7 @@ def test_an_expired_message_never_starts_and_its_conversation_moves_on(rolled_ba
     # Its 30 seconds pass (now() is the transaction's start: move the expiry instead).
     rolled_back.execute(update(Message).where(Message.id == uuid.UUID(first.body["message"]["id"]))
                         .values(expires_at=func.now() - text("interval '1 second'")))
-    assert start_next(rt).lease is None  # an expired message is never claimed ...
+    assert start_next(runtime).lease is None  # an expired message is never claimed ...
     expired = rolled_back.execute(claim_sql.EXPIRE, {"most": 10, "error": "expired"}).all()
     assert [str(row.id) for row in expired] == [first.body["message"]["id"]]
     assert rolled_back.scalar(select(Message.status).where(
@@ -143,25 +144,25 @@ def test_an_expired_message_never_starts_and_its_conversation_moves_on(rolled_ba
     # Its webhook event is written by the statement that expired it.
     assert rolled_back.scalars(select(WebhookEvent.type).where(
         WebhookEvent.question_id == uuid.UUID(first.body["message"]["id"]))).all() == ["message.expired"]
-    started = start_next(rt)  # ... and the next one in its conversation starts
+    started = start_next(runtime)  # ... and the next one in its conversation starts
     assert started.question is not None and str(started.question.id) == second.body["message"]["id"]
 
 
 def test_a_lease_that_ran_out_is_taken_away_and_its_question_queued_again(rolled_back) -> None:
-    rt = runtime(rolled_back)
+    runtime = runtime_for(rolled_back)
     accept(rolled_back, "crashy", "add buy milk")
-    dead = start_next(rt)
+    dead = start_next(runtime)
     assert dead.lease is not None and dead.question is not None
     rolled_back.execute(text("UPDATE conversations SET lease_expires_at = now() - interval '1 second' "
                              "WHERE id = :id"), {"id": dead.lease.conversation_id})
     requeued = rolled_back.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": 10}).all()
     assert [row.id for row in requeued] == [dead.question.id]
-    again = start_next(rt)
+    again = start_next(runtime)
     assert again.question is not None and again.question.id == dead.question.id
     assert again.question.attempt == dead.question.attempt + 1
     # The presumed-dead worker was only slow: its reply is discarded, the new one is stored.
-    assert claims.commit_reply(rt, dead.lease, dead.question, Reply(content="late", tool_calls=[])) is None
-    answer(rt, again)
+    assert claims.commit_reply(runtime, dead.lease, dead.question, Reply(content="late", tool_calls=[])) is None
+    answer(runtime, again)
 
 
 def test_a_user_with_too_many_messages_waiting_is_refused_and_nothing_is_stored(rolled_back) -> None:

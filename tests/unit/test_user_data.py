@@ -257,12 +257,12 @@ def test_an_erasure_leaves_nothing_of_the_user_anywhere_and_the_others_intact(
         assert connection.execute(text("SELECT status::text FROM messages WHERE id = :id"),
                                   {"id": mine["message"]["id"]}).scalar_one() == "cancelling"
 
-    rt = Runtime(settings=unit_settings, sessions=None, db=engine.execution_options(isolation_level="AUTOCOMMIT"),  # type: ignore[arg-type]
+    runtime = Runtime(settings=unit_settings, sessions=None, db=engine.execution_options(isolation_level="AUTOCOMMIT"),  # type: ignore[arg-type]
                  redis=redis_client, engine=None)  # type: ignore[arg-type]
     # A batch a row: every loop runs more than once. No worker generates here: nothing to wait for.
-    erased = forget.erase(rt, uuid.UUID(erasure_id), batch=1, settle_seconds=0)
+    erased = forget.erase(runtime, uuid.UUID(erasure_id), batch=1, settle_seconds=0)
     assert erased is not None and erased.stopped == []  # the DELETE had stopped it
-    assert forget.erase(rt, uuid.UUID(erasure_id)) is None  # repeating it is harmless
+    assert forget.erase(runtime, uuid.UUID(erasure_id)) is None  # repeating it is harmless
 
     assert traces_of(engine, redis_client, gone, ids) == []
     status = client.get(f"/api/v1/erasures/{erasure_id}", headers=auth(gone)).get_json()
