@@ -5,46 +5,87 @@ commits the change it reports — the reply's commit (worker/claim_sql.py), a gi
 (web) — with one `webhook_deliveries` row per endpoint of the user that wants it. So there is no
 event without its committed change, and no committed change without its event; delivery jobs read
 the outbox afterwards (worker/webhooks.py), and the sweeper sends what is due.
-
-The SQL is a fragment both sides share: its source is a query that yields the columns
-(user_id, question_id, reply_id, status, error) of the changes to report.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import TextClause, text
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    CTE,
+    Select,
+    String,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+)
+
+from .entities import Conversation, Message, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 EVENT_TYPES = ("message.answered", "message.failed", "message.cancelled", "message.expired")
 
-
-def outbox_ctes(source: str, name: str = "outbox", *, first: bool = False) -> str:
-    """CTEs that write an event per row of `source` whose user has an endpoint wanting it, and its
-    deliveries: to follow other CTEs (starting with a comma), or `first` after a statement's WITH."""
-    return f"""
-{"" if first else ","} {name}_source AS ({source})
-, {name} AS (
-    INSERT INTO webhook_events (id, user_id, type, question_id, reply_id, status, error, created_at)
-    SELECT gen_random_uuid(), s.user_id, 'message.' || s.status, s.question_id, s.reply_id, s.status, s.error, now()
-      FROM {name}_source AS s
-     WHERE EXISTS (SELECT 1 FROM webhook_endpoints AS e
-                    WHERE e.user_id = s.user_id AND e.disabled_at IS NULL AND 'message.' || s.status = ANY(e.events))
- RETURNING id, user_id, type
-), {name}_deliveries AS (
-    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at)
-    SELECT gen_random_uuid(), ev.id, e.id, 'pending', 0, now(), now()
-      FROM {name} AS ev JOIN webhook_endpoints AS e
-        ON e.user_id = ev.user_id AND e.disabled_at IS NULL AND ev.type = ANY(e.events)
-)"""
+_endpoints = WebhookEndpoint.__table__
+_events = WebhookEvent.__table__
+_deliveries = WebhookDelivery.__table__
 
 
-def _statement(source: str) -> TextClause:
-    """A statement of the outbox alone, from constant fragments (never data: values are bound)."""
-    return text("".join(("WITH", outbox_ctes(source, first=True), "\nSELECT count(*) FROM outbox")))
+def change(user_id: Any, question_id: Any, status: Any, *, reply_id: Any = None, error: Any = None) -> tuple[Any, ...]:
+    """The columns of one change to report, for a select that `events_of` takes (no reply, no
+    error: typed NULLs, which a CTE must hand on with their type)."""
+    return (user_id.label("user_id"), question_id.label("question_id"),
+            (reply_id if reply_id is not None else cast(null(), _events.c.reply_id.type)).label("reply_id"),
+            cast(status, String).label("status"),
+            (error if error is not None else cast(null(), Text)).label("error"))
 
 
-# Questions cancelled by a user (web: the cancel call, on_busy=interrupt), in the cancel's transaction.
-CANCELLED = _statement("""
-    SELECT c.user_id, m.id AS question_id, NULL::uuid AS reply_id, 'cancelled'::text AS status, NULL::text AS error
-      FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
-     WHERE m.id = ANY(:question_ids)
-""")
+class Outbox(NamedTuple):
+    events: CTE  # the events written: id, user_id, type
+    deliveries: CTE
+
+
+def events_of(changes: Select[Any], name: str = "outbox") -> Outbox:
+    """The CTEs that write an event per change (a select of `change(...)`) whose user has an
+    endpoint wanting it, and one delivery per such endpoint: added to the statement that commits
+    the changes (`.add_cte(*events_of(...))`)."""
+    source = changes.cte(f"{name}_source")
+    event_type = literal("message.", String) + source.c.status
+    wanted = exists().where(_endpoints.c.user_id == source.c.user_id, _endpoints.c.disabled_at.is_(None),
+                            event_type == any_(_endpoints.c.events))
+    written = (
+        insert(_events)
+        .from_select(["id", "user_id", "type", "question_id", "reply_id", "status", "error", "created_at"],
+                     select(func.gen_random_uuid(), source.c.user_id, event_type, source.c.question_id,
+                            source.c.reply_id, source.c.status, source.c.error, func.now()).where(wanted))
+        .returning(_events.c.id, _events.c.user_id, _events.c.type)
+        .cte(name)
+    )
+    to_each_endpoint = and_(_endpoints.c.user_id == written.c.user_id, _endpoints.c.disabled_at.is_(None),
+                            written.c.type == any_(_endpoints.c.events))
+    delivered = (
+        insert(_deliveries)
+        .from_select(["id", "event_id", "endpoint_id", "state", "attempts", "next_attempt_at", "created_at"],
+                     select(func.gen_random_uuid(), written.c.id, _endpoints.c.id, literal("pending"), literal(0),
+                            func.now(), func.now()).select_from(written.join(_endpoints, to_each_endpoint)))
+        .cte(f"{name}_deliveries")
+    )
+    return Outbox(written, delivered)
+
+
+_messages = Message.__table__
+_conversations = Conversation.__table__
+
+# Questions cancelled by a user (web: the cancel call, on_busy=interrupt), in the cancel's
+# transaction: how many events it wrote.
+_cancelled = events_of(
+    select(*change(_conversations.c.user_id, _messages.c.id, literal("cancelled")))
+    .select_from(_messages.join(_conversations, _conversations.c.id == _messages.c.conversation_id))
+    .where(_messages.c.id.in_(bindparam("question_ids", expanding=True))))
+CANCELLED = select(func.count()).select_from(_cancelled.events).add_cte(_cancelled.deliveries)

@@ -12,14 +12,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Date, Float, Row, SmallInteger, bindparam, cast, exists, func, insert, literal, select, update
+from sqlalchemy import Float, Row, SmallInteger, bindparam, cast, exists, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import (
     UNFINISHED,
     Conversation,
-    DailyUsage,
     IdempotentRequest,
     Lane,
     Message,
@@ -31,6 +30,7 @@ from models import (
 from models.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
 from models.representation import message_json
 from models.scheduling import queue_position, retry_after_seconds
+from models.usage import add_to_today
 
 from .problems import Problem
 from .quotas import charge_message, has_quotas
@@ -125,16 +125,7 @@ def _numbered_insert(numbered: Any, *, counted: bool = False) -> Any:
     statement = select(*(stored.c[name] for name in QUESTION_SHOWN), ahead_of(stored))
     if not counted:
         return statement
-    daily = DailyUsage.__table__
-    count = (
-        pg_insert(daily)
-        .from_select(["user_id", "day", "messages"],
-                     select(bindparam("user"), cast(func.timezone("UTC", func.now()), Date), literal(1))
-                     .select_from(numbered))
-        .on_conflict_do_update(index_elements=[daily.c.user_id, daily.c.day], set_={"messages": daily.c.messages + 1})
-        .cte("counted")
-    )
-    return statement.add_cte(count)
+    return statement.add_cte(add_to_today(bindparam("user"), source=numbered, messages=literal(1)).cte("counted"))
 
 
 # Built once (building them per request cost a tenth of the web process's CPU); values are bound.

@@ -12,24 +12,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Integer, bindparam, literal, or_, select
 from sqlalchemy.orm import Session
 
 from models import DailyUsage, Settings
+from models.usage import TODAY, add_to_today, daily_usage
 
 from .problems import Problem
 
-# Days are UTC days, as the worker's count of tokens (claim_sql.COMMIT_REPLY) has them.
-TODAY = text("(now() AT TIME ZONE 'UTC')::date")
-
 # Count one message for the user today, unless that would pass the limit (:limit 0: no limit).
 # Returns today's counts after it, or nothing when the quota was already used up.
-_CHARGE = text("""
-INSERT INTO daily_usage AS u (user_id, day, messages) VALUES (:user, (now() AT TIME ZONE 'UTC')::date, 1)
-ON CONFLICT (user_id, day) DO UPDATE SET messages = u.messages + 1
- WHERE :limit = 0 OR u.messages < :limit
-RETURNING u.messages, u.prompt_tokens + u.completion_tokens AS tokens
-""")
+_CHARGE = add_to_today(
+    bindparam("user"), messages=literal(1),
+    unless_at=or_(bindparam("limit", type_=Integer) == 0, daily_usage.c.messages < bindparam("limit", type_=Integer)),
+).returning(daily_usage.c.messages, (daily_usage.c.prompt_tokens + daily_usage.c.completion_tokens).label("tokens"))
 
 
 def _reset() -> tuple[datetime, int]:

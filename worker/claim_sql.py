@@ -1,96 +1,191 @@
 """The SQL of claiming and answering, each step one statement (one round trip, atomic on its own,
-run in autocommit). Kept together so the locking order is visible: the conversation row first,
-then message rows — the same order the web front takes when it numbers a new message."""
+run in autocommit), built from named pieces. Kept together so the locking order is visible: the
+conversation row first, then message rows — the same order the web front takes when it numbers a
+new message. Values are bound (`bindparam`); only statuses are written into the SQL (`_status_in`).
 
-from sqlalchemy import TextClause, text
+A bound value is never named like a column of a table a statement updates: SQLAlchemy takes an
+execution parameter named like a column as one more value to SET, even in an UPDATE inside a CTE
+(tests/unit/test_claims.py checks every statement here)."""
 
-from models.outbox import outbox_ctes
+from __future__ import annotations
 
+from typing import Any
 
-def _statement(*parts: str) -> TextClause:
-    """A statement built from the constant fragments below (never from data: values are bound)."""
-    return text("".join(parts))
-
-
-# What a claimed conversation's earliest unanswered message and its history look like, as rows of
-# (seq, role, content, tool_calls, claim): first the claim (seq 0, which no message has: the
-# question's content, and in `claim` a json object of the lease and the question's details), then
-# one row per message of the history. Rows rather than one aggregated json value, which Postgres
-# must build and the worker decode whole, while rows stream out as stored; the claim's details
-# travel in one column so that the history's rows stay narrow. They come in no promised order: the
-# worker sorts them by seq, cheaper in Python on nearly sorted ints than ORDER BY in Postgres. Tool
-# calls come as their json text, decoded only when an engine reads them. (Figures: BENCHMARKS.md.)
-# Appended to a statement that defines the CTE `claimed` (id, user_id, lease_version, last_seq).
-# The question is taken only while it is still `queued`: a cancel or an expiry committed since the
-# statement began leaves it alone (and the claim then holds a lease with nothing picked).
-_PICK = """
-, question AS (
-    SELECT m.id FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
-     WHERE m.status IN ('queued', 'processing')
-     ORDER BY m.seq LIMIT 1
-), picked AS (
-    UPDATE messages AS m SET status = 'processing', attempts = m.attempts + 1, not_before = NULL, updated_at = now()
-      FROM question WHERE m.id = question.id AND m.status = 'queued'
- RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag,
-           extract(epoch FROM now() - m.created_at)::float8 AS age
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    ColumnElement,
+    Float,
+    Select,
+    Text,
+    bindparam,
+    case,
+    cast,
+    extract,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
 )
-SELECT 0 AS seq, 'user' AS role, picked.content, NULL::text AS tool_calls,
-       json_build_object(
-           'conversation_id', claimed.id, 'user_id', claimed.user_id, 'lease_version', claimed.lease_version,
-           'last_seq', claimed.last_seq, 'question_id', picked.id, 'seq', picked.seq, 'attempts', picked.attempts,
-           'request_id', picked.request_id, 'age', picked.age, 'last_error', picked.error, 'lane', picked.lane,
-           'weight', (SELECT s.weight FROM user_shares AS s WHERE s.user_id = claimed.user_id AND s.lane = picked.lane),
-           'pending', (SELECT count(*) FROM messages AS p
-                        WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing'))
-       ) AS claim
-  FROM claimed LEFT JOIN picked ON true
-UNION ALL
-SELECT h.seq, h.role::text, h.content, h.tool_calls::text, NULL
-  FROM claimed JOIN picked ON true JOIN messages AS h ON h.conversation_id = claimed.id
- WHERE (h.seq < picked.seq OR h.role = 'assistant') AND NOT h.superseded
-"""
+from sqlalchemy.dialects.postgresql import JSON
 
-# The scheduler (docs/scheduler.md): the queued messages that may start now, in the order
-# they should — interactive before batch, then by virtual start time (each user's messages tagged
-# 1/weight apart from their user's last: next_fair_tag(), migration 0006), so that every user with
-# waiting work gets an equal share of starts (weighted by tier), however many conversations they
-# have waiting. A message may start when it is its conversation's earliest unanswered one, its
-# conversation has no live lease, its backoff is over and it has not expired. The walk follows
-# ix_messages_ready and stops at the first such message: it passes over only messages of busy
-# conversations (at most the running generations' conversations' backlogs), not the queue.
-_READY = """
-    SELECT c.id FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
-     WHERE m.status = 'queued'
-       AND (m.not_before IS NULL OR m.not_before <= now())
-       AND (m.expires_at IS NULL OR m.expires_at > now())
-       AND (c.lease_expires_at IS NULL OR c.lease_expires_at < now())
-       AND NOT EXISTS (SELECT 1 FROM messages AS e
-                        WHERE e.conversation_id = m.conversation_id AND e.status IN ('queued', 'processing')
-                          AND e.seq < m.seq)
-"""
-# MAX_GENERATIONS_PER_USER: a user already generating that many is passed over (an index count
-# of their running messages; two claims at the same instant may each see one slot left).
-_UNDER_USER_CAP = """
-       AND (SELECT count(*) FROM messages AS r WHERE r.user_id = m.user_id AND r.status = 'processing')
-           < :max_generations
-"""
-_FAIR_ORDER = """
-     ORDER BY m.lane, m.fair_tag
-"""
+from models import GENERATING, PENDING, Conversation, Finish, Message, Role, Status, UserShare
+from models.outbox import change, events_of
+from models.usage import add_to_today
+
+conversations = Conversation.__table__
+messages = Message.__table__
+shares = UserShare.__table__
+
+STATUS = messages.c.status.type
+# A question that a worker generates for, or did (`cancelled`: a web node of the release before
+# wrote it for a question being generated, during a rolling deploy; it is taken like `cancelling`).
+STILL_GENERATED = (*GENERATING, Status.CANCELLED)
 
 
-def _claim_fairest(capped: bool) -> TextClause:
-    """Take the lease of the conversation of the message that should start next (skipping
-    conversations another claim is taking at this instant) and that message, with its history."""
-    return _statement("WITH candidate AS (", _READY, _UNDER_USER_CAP if capped else "", _FAIR_ORDER, """
-     LIMIT 1
-       FOR UPDATE OF c SKIP LOCKED
-), claimed AS (
-    UPDATE conversations AS c
-       SET lease_version = c.lease_version + 1, lease_expires_at = now() + make_interval(secs => :lease)
-      FROM candidate WHERE c.id = candidate.id
- RETURNING c.id, c.user_id, c.lease_version, c.last_seq
-)""", _PICK)
+def _status_in(column: ColumnElement[Any], *statuses: Status) -> ColumnElement[bool]:
+    """`status IN ('queued', ...)` with the statuses written in the SQL, not bound: Postgres uses a
+    partial index (ix_messages_pending, ix_messages_ready ...) only where the query's text implies
+    the index's predicate."""
+    return column.in_([literal(status, STATUS, literal_execute=True) for status in statuses])
+
+
+def _status(status: Status | ColumnElement[Any]) -> ColumnElement[Any]:
+    """A status to write, cast: inside a CASE, Postgres would take it for text."""
+    return cast(status if isinstance(status, ColumnElement) else literal(status, STATUS), STATUS)
+
+
+def _seconds(name: str) -> ColumnElement[Any]:
+    """An interval of the bound number of seconds `name`."""
+    return func.make_interval(0, 0, 0, 0, 0, 0, cast(bindparam(name), Float))
+
+
+def _age(table: Any) -> ColumnElement[float]:
+    return cast(extract("epoch", func.now() - table.c.created_at), Float)
+
+
+def _reply(column: str, type_: Any = None) -> ColumnElement[Any]:
+    """The reply's value for `column`, bound as `reply_<column>` (see BOUND_NAMES_NOT_COLUMNS)."""
+    return bindparam(f"reply_{column}", type_=type_ if type_ is not None else messages.c[column].type)
+
+
+def _our_lease(table: Any = conversations) -> ColumnElement[bool]:
+    """The conversation's lease is still the one we hold: our fencing token is current."""
+    return (table.c.id == bindparam("conversation")) & (table.c.lease_version == bindparam("version"))
+
+
+# ---- The question and its history ---------------------------------------------------------------
+
+
+def _question_with_history(claimed: CTE) -> Select[Any]:
+    """What a claimed conversation's earliest unanswered message and its history look like, as rows
+    of (seq, role, content, tool_calls, claim): first the claim (seq 0, which no message has: the
+    question's content, and in `claim` a json object of the lease and the question's details), then
+    one row per message of the history. Rows rather than one aggregated json value, which Postgres
+    must build and the worker decode whole, while rows stream out as stored; the claim's details
+    travel in one column so that the history's rows stay narrow. They come in no promised order:
+    the worker sorts them by seq, cheaper in Python on nearly sorted ints than ORDER BY in
+    Postgres. Tool calls come as their json text, decoded only when an engine reads them.
+    `claimed` is a CTE of (id, user_id, lease_version, last_seq). The question is taken only while
+    it is still `queued`: a cancel or an expiry committed since the statement began leaves it alone
+    (and the claim then holds a lease with nothing picked)."""
+    m = messages.alias("m")
+    earliest = (
+        select(m.c.id).join_from(m, claimed, m.c.conversation_id == claimed.c.id)
+        .where(_status_in(m.c.status, *PENDING)).order_by(m.c.seq).limit(1)
+        .cte("question")
+    )
+    picked = (
+        update(m).where(m.c.id == earliest.c.id, _status_in(m.c.status, Status.QUEUED))
+        .values(status=Status.PROCESSING, attempts=m.c.attempts + 1, not_before=None, updated_at=func.now())
+        .returning(m.c.id, m.c.seq, m.c.content, m.c.attempts, m.c.request_id, m.c.error, m.c.lane, m.c.fair_tag,
+                   _age(m).label("age"))
+        .cte("picked")
+    )
+    weight = select(shares.c.weight).where(shares.c.user_id == claimed.c.user_id, shares.c.lane == picked.c.lane)
+    p = messages.alias("p")
+    pending = select(func.count()).where(p.c.conversation_id == claimed.c.id, _status_in(p.c.status, *PENDING))
+    details = {
+        "conversation_id": claimed.c.id, "user_id": claimed.c.user_id, "lease_version": claimed.c.lease_version,
+        "last_seq": claimed.c.last_seq, "question_id": picked.c.id, "seq": picked.c.seq,
+        "attempts": picked.c.attempts, "request_id": picked.c.request_id, "age": picked.c.age,
+        "last_error": picked.c.error, "lane": picked.c.lane, "weight": weight.scalar_subquery(),
+        "pending": pending.scalar_subquery(),
+    }
+    the_claim = select(
+        literal(0).label("seq"), literal(Role.USER.value).label("role"), picked.c.content,
+        cast(null(), Text).label("tool_calls"),
+        func.json_build_object(*(part for key, value in details.items() for part in (literal(key), value)))
+        .label("claim"),
+    ).select_from(claimed.outerjoin(picked, true()))
+    h = messages.alias("h")
+    history = (
+        select(h.c.seq, cast(h.c.role, Text), h.c.content, cast(h.c.tool_calls, Text), null())
+        .select_from(claimed.join(picked, true()).join(h, h.c.conversation_id == claimed.c.id))
+        .where(or_(h.c.seq < picked.c.seq, h.c.role == literal(Role.ASSISTANT, h.c.role.type, literal_execute=True)),
+               ~h.c.superseded)
+    )
+    return union_all(the_claim, history)
+
+
+# ---- The scheduler ------------------------------------------------------------------------------
+
+
+def _ready(capped: bool) -> tuple[Select[Any], Any, Any]:
+    """The scheduler (docs/scheduler.md): the conversations of queued messages that may start now,
+    with the message and conversation aliases the order and the lock name. A message may start
+    when it is its conversation's earliest unanswered one, its conversation has no live lease, its
+    backoff is over and it has not expired. `capped` (MAX_GENERATIONS_PER_USER): a user already
+    generating that many is passed over (an index count of their running messages; two claims at
+    the same instant may each see one slot left: worker/claims.py makes capped claims take turns)."""
+    m, c, e = messages.alias("m"), conversations.alias("c"), messages.alias("e")
+    earlier_unanswered = (
+        select(literal(1))
+        .where(e.c.conversation_id == m.c.conversation_id, _status_in(e.c.status, *PENDING), e.c.seq < m.c.seq)
+        .exists()
+    )
+    ready = (
+        select(c.c.id).join_from(m, c, c.c.id == m.c.conversation_id)
+        .where(_status_in(m.c.status, Status.QUEUED),
+               or_(m.c.not_before.is_(None), m.c.not_before <= func.now()),
+               or_(m.c.expires_at.is_(None), m.c.expires_at > func.now()),
+               or_(c.c.lease_expires_at.is_(None), c.c.lease_expires_at < func.now()),
+               ~earlier_unanswered)
+    )
+    if capped:
+        r = messages.alias("r")
+        running = select(func.count()).where(r.c.user_id == m.c.user_id, _status_in(r.c.status, Status.PROCESSING))
+        ready = ready.where(running.scalar_subquery() < bindparam("max_generations"))
+    return ready, m, c
+
+
+def _claim_fairest(capped: bool) -> Select[Any]:
+    """Take the lease of the conversation of the message that should start next, and that message
+    with its history. The order: interactive before batch, then by virtual start time (each user's
+    messages tagged 1/weight apart from their user's last: next_fair_tag(), migration 0006), so
+    that every user with waiting work gets an equal share of starts (weighted by tier), however
+    many conversations they have waiting. The walk follows ix_messages_ready and stops at the first
+    ready message: it passes over only messages of busy conversations (at most the running
+    generations' conversations' backlogs), not the queue; conversations another claim is taking
+    at this instant are skipped."""
+    ready, m, c = _ready(capped)
+    candidate = (
+        ready.order_by(m.c.lane, m.c.fair_tag).limit(1).with_for_update(of=c, skip_locked=True)
+        .cte("candidate")
+    )
+    claimed = (
+        update(conversations).where(conversations.c.id == candidate.c.id)
+        .values(lease_version=conversations.c.lease_version + 1, lease_expires_at=func.now() + _seconds("lease"))
+        .returning(conversations.c.id, conversations.c.user_id, conversations.c.lease_version,
+                   conversations.c.last_seq)
+        .cte("claimed")
+    )
+    return _question_with_history(claimed)
 
 
 # Without, and with, a cap on each user's generations at once.
@@ -98,179 +193,247 @@ CLAIM = {capped: _claim_fairest(capped) for capped in (False, True)}
 
 # How many messages could start now (counted up to :most): the sweeper rings that many doorbells,
 # less the jobs already waiting in the broker.
-READY_COUNT = _statement("SELECT count(*) FROM (", _READY, " LIMIT :most) AS ready")
+READY_COUNT = select(func.count()).select_from(_ready(False)[0].limit(bindparam("most")).subquery("ready"))
 
 # The same, for the next message of a conversation whose lease we already hold.
-PICK = _statement("""
-WITH claimed AS (
-    SELECT id, user_id, lease_version, last_seq FROM conversations
-     WHERE id = :conversation_id AND lease_version = :version
+PICK = _question_with_history(
+    select(conversations.c.id, conversations.c.user_id, conversations.c.lease_version, conversations.c.last_seq)
+    .where(_our_lease()).cte("claimed"))
 
-)""", _PICK)
 
-# Store the reply and settle its question — only while our fencing token is current, in one
-# statement. The question's row decides, under its lock: `processing` becomes `answered`; a question
-# the user stopped meanwhile (`cancelling`) becomes `cancelled` with the text written so far stored
-# as its reply, finish "cancelled" (none at all when there is none), and its webhook event;
-# anything else (put back in the queue by a regenerate) stores nothing. A concurrent cancel either
-# commits first (and this sees `cancelling`) or waits for this and finds the question answered:
-# exactly one of the two. (`cancelled` is taken like `cancelling`: a web node of the release
-# before wrote it for a question being generated, during a rolling deploy.) The lease is released
-# in every case, and the tokens the generation used are added to the user's day (daily_usage),
-# stored or not. A second current reply to one question violates uq_messages_current_reply and
-# rolls the statement back whole.
-COMMIT_REPLY = _statement("""
-WITH lease AS (
-    SELECT id, user_id FROM conversations WHERE id = :conversation_id AND lease_version = :version FOR UPDATE
-), used AS (
-    INSERT INTO daily_usage AS u (user_id, day, prompt_tokens, completion_tokens)
-    SELECT lease.user_id, (now() AT TIME ZONE 'UTC')::date, :prompt_tokens, :completion_tokens FROM lease
-     WHERE :prompt_tokens + :completion_tokens > 0
-    ON CONFLICT (user_id, day) DO UPDATE SET prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
-                                             completion_tokens = u.completion_tokens + excluded.completion_tokens
-), question AS (
-    UPDATE messages
-       SET status = CASE WHEN status = 'processing' THEN 'answered' ELSE 'cancelled' END::message_status,
-           error = NULL, updated_at = now()
-     WHERE id = :question_id AND status IN ('processing', 'cancelling', 'cancelled') AND EXISTS (SELECT 1 FROM lease)
- RETURNING status::text AS status, extract(epoch FROM now() - created_at)::float8 AS latency,
-           seq, content, created_at
-), kept AS (
-    SELECT status FROM question WHERE status = 'answered' OR :content <> ''
-), fenced AS (
-    UPDATE conversations
-       SET last_seq = last_seq + (SELECT count(*) FROM kept), lease_expires_at = NULL, updated_at = now()
-     WHERE id = :conversation_id AND lease_version = :version
- RETURNING last_seq
-), reply AS (
-    INSERT INTO messages (id, conversation_id, user_id, seq, role, content, reply_to_id, tool_calls, context_seq,
-                          request_id, attempts, question_content, finish, usage, context, model, created_at,
-                          updated_at)
-    SELECT :reply_id, :conversation_id, lease.user_id, fenced.last_seq, 'assistant', :content, :question_id,
-           CAST(:tool_calls AS json), :context_seq, :request_id, 0, :question_content,
-           CAST(CASE kept.status WHEN 'cancelled' THEN 'cancelled' ELSE :finish END AS reply_finish),
-           CAST(:usage AS json), CAST(:context AS json), :model, now(), now()
-      FROM lease, fenced, kept
- RETURNING seq, created_at
-)""", outbox_ctes("""
-    SELECT lease.user_id, CAST(:question_id AS uuid) AS question_id,
-           CASE WHEN EXISTS (SELECT 1 FROM kept) THEN CAST(:reply_id AS uuid) END AS reply_id,
-           question.status, NULL::text AS error
-      FROM lease, question
-"""), """
-SELECT question.status, question.latency, reply.seq,
-       question.seq AS question_seq, question.content AS question_content, question.created_at AS question_created_at,
-       reply.created_at AS reply_created_at
-  FROM lease LEFT JOIN question ON true LEFT JOIN reply ON true
-""")
+# ---- Settling a question ------------------------------------------------------------------------
 
-# Give a message up (too many attempts, too old): failed, with a reason a person can read, and its
-# webhook event.
-GIVE_UP = _statement("""
-WITH given_up AS (
-    UPDATE messages SET status = 'failed', error = :error, updated_at = now() WHERE id = :question_id
- RETURNING id, conversation_id
-)""", outbox_ctes("""
-    SELECT c.user_id, g.id AS question_id, NULL::uuid AS reply_id, 'failed'::text AS status,
-           CAST(:error AS text) AS error
-      FROM given_up AS g JOIN conversations AS c ON c.id = g.conversation_id
-"""), """
-SELECT count(*) FROM given_up
-""")
 
-# Give the question back (queued again, to be tried after its backoff, or failed with an error) and
-# release the lease, if ours. It keeps its place in the queue (its tag). A question the user stopped
-# meanwhile (`cancelling`) becomes `cancelled` — nothing was written that is worth keeping — with
-# its webhook event; one put back by a regenerate is left as it is.
-GIVE_BACK = _statement("""
-WITH fenced AS (
-    UPDATE conversations SET lease_expires_at = NULL
-     WHERE id = :conversation_id AND lease_version = :version RETURNING id, user_id
-), given_back AS (
-    UPDATE messages
-       SET status = CASE WHEN status = 'processing' THEN CAST(:status AS message_status) ELSE 'cancelled' END,
-           error = CASE WHEN status = 'processing' THEN :error END, enqueued_at = now(),
-           not_before = now() + make_interval(secs => :retry_in), updated_at = now()
-     WHERE id = :question_id AND status IN ('processing', 'cancelling', 'cancelled') AND EXISTS (SELECT 1 FROM fenced)
-    RETURNING id, status::text AS status
-)""", outbox_ctes("""
-    SELECT fenced.user_id, given_back.id AS question_id, NULL::uuid AS reply_id, given_back.status,
-           CASE WHEN given_back.status = 'failed' THEN CAST(:error AS text) END AS error
-      FROM fenced, given_back WHERE given_back.status IN ('failed', 'cancelled')
-"""), """
-SELECT fenced.id, given_back.status AS given_back FROM fenced LEFT JOIN given_back ON true
-""")
+def _commit_reply() -> Select[Any]:
+    """Store the reply and settle its question — only while our fencing token is current, in one
+    statement. The question's row decides, under its lock: `processing` becomes `answered`; a
+    question the user stopped meanwhile (`cancelling`) becomes `cancelled` with the text written so
+    far stored as its reply, finish "cancelled" (none at all when there is none), and its webhook
+    event; anything else (put back in the queue by a regenerate) stores nothing. A concurrent cancel
+    either commits first (and this sees `cancelling`) or waits for this and finds the question
+    answered: exactly one of the two. The lease is released in every case, and the tokens the
+    generation used are added to the user's day, stored or not. A second current reply to one
+    question violates uq_messages_current_reply and rolls the statement back whole."""
+    lease = select(conversations.c.id, conversations.c.user_id).where(_our_lease()).with_for_update().cte("lease")
+    prompt, completion = bindparam("prompt_tokens", type_=BigInteger), bindparam("completion_tokens", type_=BigInteger)
+    tokens_used = add_to_today(lease.c.user_id, source=lease, when=prompt + completion > 0,
+                               prompt_tokens=prompt, completion_tokens=completion).cte("used")
+    question_id = bindparam("question_id", type_=messages.c.id.type)
+    content = _reply("content")
+    question = (
+        update(messages)
+        .where(messages.c.id == question_id, _status_in(messages.c.status, *STILL_GENERATED),
+               select(lease.c.id).exists())
+        .values(status=case((messages.c.status == Status.PROCESSING, _status(Status.ANSWERED)),
+                            else_=_status(Status.CANCELLED)),
+                error=None, updated_at=func.now())
+        .returning(messages.c.status, _age(messages).label("latency"), messages.c.seq, messages.c.content,
+                   messages.c.created_at)
+        .cte("question")
+    )
+    # A reply is stored when the question is answered, or cancelled with text written before.
+    kept = select(question.c.status).where(or_(question.c.status == Status.ANSWERED, content != "")).cte("kept")
+    fenced = (
+        update(conversations).where(_our_lease())
+        .values(last_seq=conversations.c.last_seq + select(func.count()).select_from(kept).scalar_subquery(),
+                lease_expires_at=None, updated_at=func.now())
+        .returning(conversations.c.last_seq)
+        .cte("fenced")
+    )
+    finish = messages.c.finish.type
+    reply_id = bindparam("reply_id", type_=messages.c.id.type)
+    written = {
+        "id": reply_id, "conversation_id": bindparam("conversation", type_=messages.c.conversation_id.type),
+        "user_id": lease.c.user_id, "seq": fenced.c.last_seq, "role": literal(Role.ASSISTANT, messages.c.role.type),
+        "content": content, "reply_to_id": question_id,
+        "tool_calls": _reply("tool_calls", JSON(none_as_null=True)), "context_seq": _reply("context_seq"),
+        "request_id": _reply("request_id"), "attempts": literal(0), "question_content": _reply("question_content"),
+        "finish": cast(case((kept.c.status == Status.CANCELLED, literal(Finish.CANCELLED, finish)),
+                            else_=_reply("finish")), finish),
+        "usage": _reply("usage", JSON(none_as_null=True)), "context": _reply("context", JSON(none_as_null=True)),
+        "model": _reply("model"), "created_at": func.now(), "updated_at": func.now(),
+    }
+    stored_with = lease.join(fenced, true()).join(kept, true())
+    reply = (
+        insert(messages).from_select(list(written), select(*written.values()).select_from(stored_with))
+        .returning(messages.c.seq, messages.c.created_at)
+        .cte("reply")
+    )
+    outbox = events_of(
+        select(*change(lease.c.user_id, question_id, question.c.status,
+                       reply_id=case((select(kept.c.status).exists(), reply_id))))
+        .select_from(lease.join(question, true())))
+    return (
+        select(question.c.status, question.c.latency, reply.c.seq, question.c.seq.label("question_seq"),
+               question.c.content.label("question_content"), question.c.created_at.label("question_created_at"),
+               reply.c.created_at.label("reply_created_at"))
+        .select_from(lease.outerjoin(question, true()).outerjoin(reply, true()))
+        .add_cte(tokens_used, *outbox)
+    )
 
-RELEASE = text("""
-UPDATE conversations SET lease_expires_at = NULL WHERE id = :conversation_id AND lease_version = :version
-""")
+
+COMMIT_REPLY = _commit_reply()
+
+
+def _give_up() -> Select[Any]:
+    """Give a message up (too many attempts, too old): failed, with a reason a person can read, and
+    its webhook event."""
+    error = bindparam("reason", type_=Text)
+    given_up = (
+        update(messages).where(messages.c.id == bindparam("question_id"))
+        .values(status=Status.FAILED, error=error, updated_at=func.now())
+        .returning(messages.c.id, messages.c.conversation_id)
+        .cte("given_up")
+    )
+    outbox = events_of(
+        select(*change(conversations.c.user_id, given_up.c.id, literal(Status.FAILED.value), error=error))
+        .join_from(given_up, conversations, conversations.c.id == given_up.c.conversation_id))
+    return select(func.count()).select_from(given_up).add_cte(*outbox)
+
+
+GIVE_UP = _give_up()
+
+
+def _give_back() -> Select[Any]:
+    """Give the question back (queued again, to be tried after its backoff, or failed with an
+    error) and release the lease, if ours. It keeps its place in the queue (its tag). A question
+    the user stopped meanwhile (`cancelling`) becomes `cancelled` — nothing was written that is
+    worth keeping — with its webhook event; one put back by a regenerate is left as it is."""
+    fenced = (
+        update(conversations).where(_our_lease()).values(lease_expires_at=None)
+        .returning(conversations.c.id, conversations.c.user_id)
+        .cte("fenced")
+    )
+    error = bindparam("reason", type_=Text)
+    still_processing = messages.c.status == Status.PROCESSING
+    given_back = (
+        update(messages)
+        .where(messages.c.id == bindparam("question_id"), _status_in(messages.c.status, *STILL_GENERATED),
+               select(fenced.c.id).exists())
+        .values(status=case((still_processing, _status(bindparam("given_back_as", type_=STATUS))),
+                            else_=_status(Status.CANCELLED)),
+                error=case((still_processing, error)), enqueued_at=func.now(),
+                not_before=func.now() + _seconds("retry_in"), updated_at=func.now())
+        .returning(messages.c.id, messages.c.status)
+        .cte("given_back")
+    )
+    outbox = events_of(
+        select(*change(fenced.c.user_id, given_back.c.id, given_back.c.status,
+                       error=case((given_back.c.status == Status.FAILED, error))))
+        .select_from(fenced.join(given_back, true()))
+        .where(_status_in(given_back.c.status, Status.FAILED, Status.CANCELLED)))
+    return (
+        select(fenced.c.id, given_back.c.status.label("given_back"))
+        .select_from(fenced.outerjoin(given_back, true()))
+        .add_cte(*outbox)
+    )
+
+
+GIVE_BACK = _give_back()
+
+RELEASE = update(conversations).where(_our_lease()).values(lease_expires_at=None)
 
 # Renew a lease still held (a released one stays released: a renewal racing the commit must not
 # hold the conversation up), and read whether the question was cancelled meanwhile.
-RENEW = text("""
-UPDATE conversations SET lease_expires_at = now() + make_interval(secs => :lease)
- WHERE id = :conversation_id AND lease_version = :version AND lease_expires_at IS NOT NULL
-RETURNING (SELECT status::text FROM messages WHERE id = :question_id) AS status
-""")
+_QUESTION_STATUS = select(messages.c.status).where(messages.c.id == bindparam("question_id"))
+RENEW = (
+    update(conversations).where(_our_lease(), conversations.c.lease_expires_at.is_not(None))
+    .values(lease_expires_at=func.now() + _seconds("lease"))
+    .returning(_QUESTION_STATUS.scalar_subquery().label("status"))
+)
 
 # Whether the question is still wanted (a cancel notification is only a hint: Postgres decides).
-QUESTION_STATUS = text("SELECT status::text FROM messages WHERE id = :question_id")
+QUESTION_STATUS = _QUESTION_STATUS
 
-# After a reply: the conversation's earliest unanswered message, marked as enqueued now.
-NEXT_PENDING = text("""
-UPDATE messages SET enqueued_at = now()
- WHERE id = (SELECT id FROM messages WHERE conversation_id = :conversation_id AND status IN ('queued', 'processing')
-              ORDER BY seq LIMIT 1)
-RETURNING id
-""")
 
-# The sweeper's. Leases that ran out: their workers are presumed dead. Each is taken away (the
-# fencing token moves on, so a worker that was only slow cannot commit), and its question is queued
-# again with its place in the queue (the next claim counts another attempt) — or, if the user had
-# stopped it, `cancelled` (what was written died with the worker), with its webhook event.
-REVOKE_EXPIRED_LEASES = _statement("""
-WITH expired AS (
-    UPDATE conversations AS c SET lease_version = c.lease_version + 1, lease_expires_at = NULL
-     WHERE c.id IN (SELECT id FROM conversations WHERE lease_expires_at < now()
-                     ORDER BY lease_expires_at LIMIT :most FOR UPDATE SKIP LOCKED)
- RETURNING c.id, c.user_id
-), settled AS (
-    UPDATE messages AS m
-       SET status = CASE WHEN m.status = 'processing' THEN 'queued' ELSE 'cancelled' END::message_status,
-           updated_at = now()
-      FROM expired WHERE m.conversation_id = expired.id AND m.status IN ('processing', 'cancelling')
-    RETURNING m.id, m.conversation_id, m.status::text AS status, expired.user_id
-)""", outbox_ctes("""
-    SELECT s.user_id, s.id AS question_id, NULL::uuid AS reply_id, s.status, NULL::text AS error
-      FROM settled AS s WHERE s.status = 'cancelled'
-"""), """
-SELECT id, conversation_id, status FROM settled
-""")
+def _next_pending() -> Any:
+    """After a reply: the conversation's earliest unanswered message, marked as enqueued now."""
+    m = messages.alias("m")
+    earliest = (
+        select(m.c.id).where(m.c.conversation_id == bindparam("conversation"), _status_in(m.c.status, *PENDING))
+        .order_by(m.c.seq).limit(1)
+    )
+    return (
+        update(messages).where(messages.c.id == earliest.scalar_subquery()).values(enqueued_at=func.now())
+        .returning(messages.c.id)
+    )
 
-# Messages not started before their `expires_in` ran out: `expired`, never generated, with their
-# webhook events; their conversations move on to the next message.
-EXPIRE = _statement("""
-WITH expired AS (
-    UPDATE messages AS m SET status = 'expired', error = :error, updated_at = now()
-     WHERE m.id IN (SELECT id FROM messages WHERE status = 'queued' AND expires_at <= now()
-                     ORDER BY expires_at LIMIT :most FOR UPDATE SKIP LOCKED)
- RETURNING m.id, m.conversation_id, m.user_id
-)""", outbox_ctes("""
-    SELECT e.user_id, e.id AS question_id, NULL::uuid AS reply_id, 'expired'::text AS status,
-           CAST(:error AS text) AS error
-      FROM expired AS e
-"""), """
-SELECT id, conversation_id FROM expired
-""")
 
-# Batch messages that have waited BATCH_AGE_SECONDS join the interactive lane, each as a new
-# arrival of its user there: never starved for good, never ahead of users already waiting.
-PROMOTE_AGED_BATCH = text("""
-UPDATE messages AS m
-   SET lane = 0, fair_tag = next_fair_tag(m.user_id, CAST(0 AS smallint), coalesce(
-           (SELECT s.weight FROM user_shares AS s WHERE s.user_id = m.user_id AND s.lane = 1), 1.0))
- WHERE m.id IN (SELECT id FROM messages WHERE status = 'queued' AND lane = 1
-                   AND created_at < now() - make_interval(secs => :age)
-                 ORDER BY created_at LIMIT :most FOR UPDATE SKIP LOCKED)
-RETURNING m.id
-""")
+NEXT_PENDING = _next_pending()
+
+
+# ---- The sweeper's ------------------------------------------------------------------------------
+
+
+def _revoke_expired_leases() -> Select[Any]:
+    """Leases that ran out: their workers are presumed dead. Each is taken away (the fencing token
+    moves on, so a worker that was only slow cannot commit), and its question is queued again with
+    its place in the queue (the next claim counts another attempt) — or, if the user had stopped
+    it, `cancelled` (what was written died with the worker), with its webhook event."""
+    c = conversations.alias("c")
+    run_out = (
+        select(conversations.c.id).where(conversations.c.lease_expires_at < func.now())
+        .order_by(conversations.c.lease_expires_at).limit(bindparam("most")).with_for_update(skip_locked=True)
+    )
+    expired = (
+        update(c).where(c.c.id.in_(run_out)).values(lease_version=c.c.lease_version + 1, lease_expires_at=None)
+        .returning(c.c.id, c.c.user_id)
+        .cte("expired")
+    )
+    m = messages.alias("m")
+    settled = (
+        update(m).where(m.c.conversation_id == expired.c.id, _status_in(m.c.status, *GENERATING))
+        .values(status=case((m.c.status == Status.PROCESSING, _status(Status.QUEUED)), else_=_status(Status.CANCELLED)),
+                updated_at=func.now())
+        .returning(m.c.id, m.c.conversation_id, m.c.status, expired.c.user_id)
+        .cte("settled")
+    )
+    outbox = events_of(select(*change(settled.c.user_id, settled.c.id, settled.c.status))
+                       .where(_status_in(settled.c.status, Status.CANCELLED)))
+    return select(settled.c.id, settled.c.conversation_id, settled.c.status).add_cte(*outbox)
+
+
+REVOKE_EXPIRED_LEASES = _revoke_expired_leases()
+
+
+def _expire() -> Select[Any]:
+    """Messages not started before their `expires_in` ran out: `expired`, never generated, with
+    their webhook events; their conversations move on to the next message."""
+    m = messages.alias("m")
+    run_out = (
+        select(messages.c.id).where(_status_in(messages.c.status, Status.QUEUED), messages.c.expires_at <= func.now())
+        .order_by(messages.c.expires_at).limit(bindparam("most")).with_for_update(skip_locked=True)
+    )
+    error = bindparam("reason", type_=Text)
+    expired = (
+        update(m).where(m.c.id.in_(run_out)).values(status=Status.EXPIRED, error=error, updated_at=func.now())
+        .returning(m.c.id, m.c.conversation_id, m.c.user_id)
+        .cte("expired")
+    )
+    outbox = events_of(select(*change(expired.c.user_id, expired.c.id, literal(Status.EXPIRED.value), error=error)))
+    return select(expired.c.id, expired.c.conversation_id).add_cte(*outbox)
+
+
+EXPIRE = _expire()
+
+
+def _promote_aged_batch() -> Any:
+    """Batch messages that have waited BATCH_AGE_SECONDS join the interactive lane, each as a new
+    arrival of its user there: never starved for good, never ahead of users already waiting."""
+    m = messages.alias("m")
+    aged = (
+        select(messages.c.id)
+        .where(_status_in(messages.c.status, Status.QUEUED), messages.c.lane == 1,
+               messages.c.created_at < func.now() - _seconds("age"))
+        .order_by(messages.c.created_at).limit(bindparam("most")).with_for_update(skip_locked=True)
+    )
+    batch_weight = select(shares.c.weight).where(shares.c.user_id == m.c.user_id, shares.c.lane == 1)
+    return (
+        update(m).where(m.c.id.in_(aged))
+        .values(lane=0, fair_tag=func.next_fair_tag(m.c.user_id, literal(0, m.c.lane.type),
+                                                    func.coalesce(batch_weight.scalar_subquery(), 1.0)))
+        .returning(m.c.id)
+    )
+
+
+PROMOTE_AGED_BATCH = _promote_aged_batch()

@@ -19,7 +19,6 @@ three round trips to Postgres — the claim (with the history), the engine's too
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
@@ -89,13 +88,13 @@ def claim(runtime: Runtime) -> Claim:
             reason = _give_up_reason(question, runtime)
             if reason is None:
                 return Claim(lease, question, failed)
-            connection.execute(claim_sql.GIVE_UP, {"question_id": question.id, "error": reason})
+            connection.execute(claim_sql.GIVE_UP, {"question_id": question.id, "reason": reason})
             failed.append(question.id)
             claimed, content, history = _claimed(connection.execute(
-                claim_sql.PICK, {"conversation_id": lease.conversation_id, "version": lease.version}))
+                claim_sql.PICK, {"conversation": lease.conversation_id, "version": lease.version}))
             question = _question(lease, claimed, content, history) if claimed is not None else None
         connection.execute(claim_sql.RELEASE,
-                           {"conversation_id": lease.conversation_id, "version": lease.version})
+                           {"conversation": lease.conversation_id, "version": lease.version})
         return Claim(lease, None, failed)
 
 
@@ -127,9 +126,9 @@ _SEQ = itemgetter(0)
 
 
 def _claimed(result: CursorResult[Any]) -> tuple[dict[str, Any] | None, str | None, History]:
-    """From the rows of CLAIM or PICK (see claim_sql._PICK for their shape: seq, role, content,
-    tool_calls, claim): the claim's details as the statement wrote them (None: nothing claimed), the
-    question's text, and the history in seq order."""
+    """From the rows of CLAIM or PICK (claim_sql._question_with_history says their shape: seq, role,
+    content, tool_calls, claim): the claim's details as the statement wrote them (None: nothing
+    claimed), the question's text, and the history in seq order."""
     # The driver's own tuples: SQLAlchemy's Row objects cost a third of fetching a 10,000-message
     # history, and these rows are read by position anyway.
     try:
@@ -179,7 +178,8 @@ def _give_up_reason(question: Question, runtime: Runtime) -> str | None:
 
 @dataclass(frozen=True)
 class Committed:
-    status: str  # what the question is now: "answered", "cancelled", or anything else (a regenerate put it back)
+    # What the question is now: answered, cancelled, or None (a regenerate put it back meanwhile).
+    status: Status | None
     seq: int | None  # the reply's, None when none was stored
     latency_seconds: float  # from the question's acceptance to this commit
     check_next: bool  # another message may be waiting in this conversation
@@ -192,20 +192,20 @@ def commit_reply(runtime: Runtime, lease: Lease, question: Question, reply: Repl
     """Store the reply and settle the question (answered, or cancelled with the text so far), if
     the lease is still ours, releasing it. None when the lease was lost and the reply discarded."""
     parameters = {
-        "conversation_id": lease.conversation_id,
+        "conversation": lease.conversation_id,
         "version": lease.version,
         "reply_id": uuid.uuid4(),
         "question_id": question.id,
         # PostgreSQL text cannot hold NUL, which a model may produce: drop it.
-        "content": _without_nul(reply.content),
-        "tool_calls": json.dumps(_without_nul(reply.tool_calls)),
-        "context_seq": question.history[-1].seq if question.history else 0,
-        "request_id": question.request_id,
-        "question_content": _without_nul(question.content),
-        "finish": reply.finish,
-        "usage": json.dumps(reply.usage) if reply.usage is not None else None,
-        "context": json.dumps(reply.context) if reply.context is not None else None,
-        "model": reply.model,
+        "reply_content": _without_nul(reply.content),
+        "reply_tool_calls": _without_nul(reply.tool_calls),
+        "reply_context_seq": question.history[-1].seq if question.history else 0,
+        "reply_request_id": question.request_id,
+        "reply_question_content": _without_nul(question.content),
+        "reply_finish": reply.finish,
+        "reply_usage": reply.usage,
+        "reply_context": reply.context,
+        "reply_model": reply.model,
         "prompt_tokens": (reply.usage or {}).get("prompt_tokens", 0),
         "completion_tokens": (reply.usage or {}).get("completion_tokens", 0),
     }
@@ -217,9 +217,9 @@ def commit_reply(runtime: Runtime, lease: Lease, question: Question, reply: Repl
         return None
     if row is None:
         return None
-    if row.status != "answered" or row.seq is None:
+    if row.status is not Status.ANSWERED or row.seq is None:
         # Cancelled (an interrupting message may be waiting) or put back: look for what is next.
-        return Committed(row.status or "changed", row.seq, row.latency or 0.0, check_next=True)
+        return Committed(row.status, row.seq, row.latency or 0.0, check_next=True)
     # The reply took seq last_seq + 1 unless messages were numbered since the claim: then one may
     # wait for us. (A message numbered after this commit finds the lease free on its own.)
     arrived_since_claim = row.seq - 1 > lease.last_seq
@@ -235,8 +235,8 @@ def _answered_message(lease: Lease, question: Question, reply: Reply, parameters
                     content=row.question_content, created_at=row.question_created_at, error=None,
                     status=Status.ANSWERED, attempts=question.attempt)
     answer = Message(id=parameters["reply_id"], conversation_id=lease.conversation_id, seq=row.seq,
-                     role=Role.ASSISTANT, content=parameters["content"], created_at=row.reply_created_at,
-                     error=None, reply_to_id=question.id, tool_calls=json.loads(parameters["tool_calls"]),
+                     role=Role.ASSISTANT, content=parameters["reply_content"], created_at=row.reply_created_at,
+                     error=None, reply_to_id=question.id, tool_calls=parameters["reply_tool_calls"],
                      finish=Finish(reply.finish), usage=reply.usage, context=reply.context, model=reply.model,
                      superseded=False)
     return message_json(asked, answer)
@@ -269,8 +269,8 @@ def finish_unanswered(runtime: Runtime, lease: Lease, question: Question, *, fai
     attempt fails), or `failed` with a readable error. Releases the lease if it is still ours."""
     with runtime.db.connect() as connection:
         row = connection.execute(claim_sql.GIVE_BACK, {
-            "conversation_id": lease.conversation_id, "version": lease.version,
-            "status": "failed" if failed else "queued", "error": error, "question_id": question.id,
+            "conversation": lease.conversation_id, "version": lease.version,
+            "given_back_as": Status.FAILED if failed else Status.QUEUED, "reason": error, "question_id": question.id,
             "retry_in": retry_in}).one_or_none()
     if row is None:
         return GivenBack.LEASE_LOST
@@ -282,4 +282,4 @@ def finish_unanswered(runtime: Runtime, lease: Lease, question: Question, *, fai
 def next_pending(runtime: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:
     """The conversation's earliest unanswered message, marked as enqueued now."""
     with runtime.db.connect() as connection:
-        return connection.execute(claim_sql.NEXT_PENDING, {"conversation_id": conversation_id}).scalar_one_or_none()
+        return connection.execute(claim_sql.NEXT_PENDING, {"conversation": conversation_id}).scalar_one_or_none()

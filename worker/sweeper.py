@@ -46,7 +46,7 @@ def sweep(runtime: Runtime) -> Swept:
         requeued = [(row.conversation_id, row.id, row.status)
                     for row in connection.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": BATCH})]
         expired = [(row.conversation_id, row.id)
-                   for row in connection.execute(claim_sql.EXPIRE, {"most": BATCH, "error": EXPIRED_ERROR})]
+                   for row in connection.execute(claim_sql.EXPIRE, {"most": BATCH, "reason": EXPIRED_ERROR})]
         promoted = len(connection.execute(claim_sql.PROMOTE_AGED_BATCH, {
             "most": BATCH, "age": runtime.settings.batch_age_seconds}).all())
         session.execute(delete(IdempotentRequest).where(

@@ -206,7 +206,7 @@ def _give_back(runtime: Runtime, claimed: claims.Claim, *, failed: bool, error: 
 
 
 # What the question became at the reply's commit (claim_sql.COMMIT_REPLY), and when given back.
-COMMITTED_AS = {Status.ANSWERED.value: Outcome.ANSWERED, Status.CANCELLED.value: Outcome.CANCELLED}
+COMMITTED_AS = {Status.ANSWERED: Outcome.ANSWERED, Status.CANCELLED: Outcome.CANCELLED}
 GIVEN_BACK_AS = {claims.GivenBack.QUEUED: Outcome.REQUEUED, claims.GivenBack.FAILED: Outcome.FAILED,
                  claims.GivenBack.CANCELLED: Outcome.CANCELLED, claims.GivenBack.SUPERSEDED: Outcome.SUPERSEDED,
                  claims.GivenBack.LEASE_LOST: Outcome.LEASE_LOST}

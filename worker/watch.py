@@ -116,7 +116,7 @@ class Watcher:
 def _renew(runtime: Runtime, lease: Lease, question: Question) -> object:
     with runtime.db.connect() as connection:
         row = connection.execute(claim_sql.RENEW, {
-            "conversation_id": lease.conversation_id, "version": lease.version,
+            "conversation": lease.conversation_id, "version": lease.version,
             "lease": runtime.settings.lease_seconds, "question_id": question.id}).first()
     return _LOST if row is None else row.status
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Executable, func, select, text, update
+from sqlalchemy.dialects import postgresql
 
 from models import Message, Status, WebhookEndpoint, WebhookEvent
 from models.queries import owned_message_with_reply, shown_message_with_reply
@@ -103,3 +104,22 @@ def test_a_stopped_generation_given_back_or_whose_worker_died_ends_cancelled(rol
             settled = rolled_back.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": 10}).all()
             assert [(row.id, row.status) for row in settled] == [(question, "cancelled")]
         assert rolled_back.scalar(select(Message.status).where(Message.id == question)) is Status.CANCELLED
+
+
+
+def _statements() -> dict[str, Executable]:
+    found = {name: value for name, value in vars(claim_sql).items() if name.isupper() and isinstance(value, Executable)}
+    found.update({f"CLAIM[{capped}]": statement for capped, statement in claim_sql.CLAIM.items()})
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(_statements()))
+def test_the_workers_statements_take_each_parameter_as_the_value_it_binds(name: str) -> None:
+    # SQLAlchemy takes an execution parameter named like a column as one more value to SET, even in
+    # an UPDATE inside a CTE (the reply's `content` once overwrote its question's): executed with
+    # its own parameters, each statement must compile to the same SQL as without them.
+    statement = _statements()[name]
+    alone = statement.compile(dialect=postgresql.dialect())
+    assert alone.params, "the statement binds values"
+    executed = statement.compile(dialect=postgresql.dialect(), column_keys=sorted(alone.params))
+    assert str(executed) == str(alone)

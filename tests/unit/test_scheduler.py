@@ -137,7 +137,7 @@ def test_an_expired_message_never_starts_and_its_conversation_moves_on(rolled_ba
     rolled_back.execute(update(Message).where(Message.id == uuid.UUID(first.body["message"]["id"]))
                         .values(expires_at=func.now() - text("interval '1 second'")))
     assert start_next(runtime).lease is None  # an expired message is never claimed ...
-    expired = rolled_back.execute(claim_sql.EXPIRE, {"most": 10, "error": "expired"}).all()
+    expired = rolled_back.execute(claim_sql.EXPIRE, {"most": 10, "reason": "expired"}).all()
     assert [str(row.id) for row in expired] == [first.body["message"]["id"]]
     assert rolled_back.scalar(select(Message.status).where(
         Message.id == uuid.UUID(first.body["message"]["id"]))) is Status.EXPIRED
