@@ -6,13 +6,13 @@ them while every other request is served at once (docs/api.md, "Writing a client
 client costs). The Flask code is the same code that runs under any worker: gunicorn
 monkey-patches the standard library when the worker starts, psycopg 3 cooperates with gevent by
 itself, and redis-py and kombu use the patched sockets. What bounds a process is admission
-(MAX_WAITS, MAX_WAITS_PER_USER, web/waiting.py), not a thread pool.
+(MAX_WAITS, MAX_WAITS_PER_USER, web/waiting/admission.py), not a thread pool.
 """
 
 import resource
 
 from models import Settings
-from models.metrics_support import prepare_multiprocess_dir
+from models.process.metrics_support import prepare_multiprocess_dir
 
 # Metrics from every worker process are added up at /metrics (prometheus-client multiprocess mode);
 # this must happen before the app, and so prometheus-client, is imported.

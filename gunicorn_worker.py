@@ -79,7 +79,7 @@ class Worker(GeventWorker):
     def handle_exit(self, sig, frame):
         """SIGTERM (a deploy): stop accepting, and answer every waiting request now — a long-poll
         with what it has, a stream by ending — so that none is cut off at graceful_timeout; their
-        clients ask again on a node that is not leaving (web/wakeups.py `drain`). Idle keep-alive
+        clients ask again on a node that is not leaving (web/waiting/wakeups.py `drain`). Idle keep-alive
         connections (a load balancer's pool) are closed at once too: otherwise each would hold the
         process until graceful_timeout. A balancer drops a pooled connection its upstream closed."""
         super().handle_exit(sig, frame)

@@ -1,8 +1,11 @@
-"""What web and worker share: configuration, the tables, sessions and the queries both sides run."""
+"""What web and worker share, by folder: tables/ (the tables and statuses), sql/ (sessions and the
+statements both sides run), coordination/ (what they tell each other through Redis), process/
+(settings, connections, logs, metrics), policy/ (backoff, webhook address checks), and
+representation.py (how a message is shown). The names most code needs are importable from here."""
 
-from .base import Base
-from .config import ConfigError, Settings
-from .entities import (
+from .process.config import ConfigError, Settings
+from .tables.base import Base
+from .tables.entities import (
     FINAL,
     GENERATING,
     PENDING,

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from .entities import GENERATING, Message, Role, Status
-from .messaging import WrittenSoFar
+from .coordination.messaging import WrittenSoFar
+from .tables.entities import GENERATING, Message, Role, Status
 
 
 def _rfc3339(value: datetime) -> str:

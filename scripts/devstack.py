@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.config import embedded_database_url, embedded_redis_url
+from models.process.config import embedded_database_url, embedded_redis_url
 from scripts.embedded import (
     DATA,
     ROOT,

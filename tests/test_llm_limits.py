@@ -16,7 +16,7 @@ import pytest
 import redis
 import requests
 
-from models.model_pool import SINGLE_SERVER_SLOTS, ModelServer, slots_key
+from models.coordination.model_pool import SINGLE_SERVER_SLOTS, ModelServer, slots_key
 from tests.fake_llm import CONTEXT_TOKENS, FakeModelServer
 from tests.support import Api, EventStream, Web, wait_until
 

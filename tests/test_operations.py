@@ -8,7 +8,7 @@ import socket
 import pytest
 import requests
 
-from models import metrics_support
+from models.process import metrics_support
 from tests.support import Api, Web, Worker, free_port
 
 

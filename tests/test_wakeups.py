@@ -1,5 +1,5 @@
 """A long-poll is woken by the notification of its answer, not by its periodic re-check; and a web
-process listens only to the channels its own requests wait on (web/wakeups.py)."""
+process listens only to the channels its own requests wait on (web/waiting/wakeups.py)."""
 
 from __future__ import annotations
 

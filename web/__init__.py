@@ -7,14 +7,13 @@ from typing import Any
 from flask import Flask, Response, request
 
 from models import Settings
-from models.logs import configure_logging
+from models.process.logs import configure_logging
 
 from . import (
     api,
     auth,
     cli,
     control,
-    events,
     limits,
     metrics,
     openapi,
@@ -26,9 +25,9 @@ from . import (
     security,
     services,
     user_data,
-    waiting,
     webhooks,
 )
+from .waiting import admission, stream
 
 MAX_BODY_BYTES = 64 * 1024  # the contract's limit on a request body (413 past it)
 
@@ -51,7 +50,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     configure_logging()
 
     services.init_app(app, settings, on_round_trip=metrics.count_round_trip)
-    waiting.init_app(app, settings)
+    admission.init_app(app, settings)
     auth.init_app(app, settings)
     limits.init_app(app, settings)
     request_id.init_app(app)
@@ -65,7 +64,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(control.bp)
-    app.register_blueprint(events.bp)
+    app.register_blueprint(stream.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(user_data.bp)
     app.register_blueprint(openapi.bp)

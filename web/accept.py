@@ -25,12 +25,12 @@ from models import (
     Role,
     Settings,
     Status,
-    outbox,
 )
-from models.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
+from models.coordination.scheduling import queue_position, retry_after_seconds
 from models.representation import message_json
-from models.scheduling import queue_position, retry_after_seconds
-from models.usage import add_to_today
+from models.sql import outbox
+from models.sql.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
+from models.sql.usage import add_to_today
 
 from .problems import Problem
 from .quotas import charge_message, has_quotas

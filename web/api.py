@@ -14,16 +14,16 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, select, tuple_, update
 
 from models import FINAL, UNFINISHED, Conversation, Lane, Status, Task
-from models.messaging import announce, request_cancel, send_answer_job
-from models.queries import (
+from models.coordination.messaging import announce, request_cancel, send_answer_job
+from models.coordination.scheduling import start_rate
+from models.coordination.signals import conversation_channel, message_channel
+from models.representation import message_json
+from models.sql.queries import (
     owned_messages_after,
     parse_uuid,
     replies_to,
     shown_message_with_reply,
 )
-from models.representation import message_json
-from models.scheduling import start_rate
-from models.signals import conversation_channel, message_channel
 
 from . import schemas
 from .accept import Asked, Lifetime, accept_message, fingerprint
@@ -35,7 +35,7 @@ from .serialize import conversation_json, task_json
 from .services import after_commit, reader, services, transaction
 from .shown import conversation_or_404, partials, with_queue_positions
 from .spec import operation
-from .waiting import wait_for
+from .waiting.longpoll import wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 log = structlog.get_logger(__name__)

@@ -11,10 +11,11 @@ from flask import Blueprint, Response, g, jsonify
 from sqlalchemy import Float, case, cast, func, select, update
 from sqlalchemy.orm import Session
 
-from models import FINAL, GENERATING, PENDING, Conversation, Message, Role, Status, outbox
-from models.messaging import announce, read_partials, request_cancel, send_answer_job
-from models.queries import owned_message_with_reply, reply_versions
+from models import FINAL, GENERATING, PENDING, Conversation, Message, Role, Status
+from models.coordination.messaging import announce, read_partials, request_cancel, send_answer_job
 from models.representation import message_json, version_json
+from models.sql import outbox
+from models.sql.queries import owned_message_with_reply, reply_versions
 
 from . import schemas
 from .accept import POLL_URL

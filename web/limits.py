@@ -2,7 +2,7 @@
 
 Every method of the API belongs to a budget: RATE_LIMIT is the writes' (POST, PUT, PATCH, DELETE),
 READ_RATE_LIMIT the reads' (GET, HEAD and OPTIONS; long-polls and event streams included; how many
-may wait at once is web/waiting.py's admission). Each is a limits string such as "120/minute" or
+may wait at once is admitted by web/waiting/admission.py). Each is a limits string such as "120/minute" or
 "10/second;300/hour"; empty turns it off. Over a limit: 429 problem+json whose Retry-After is
 when the limit's window lets the next request through. No other answer carries the limiter's
 headers: a Retry-After on a pending message is the contract's poll interval, and a client that
@@ -20,7 +20,7 @@ from flask import Flask, Response, g, request
 from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 
 from models import Settings
-from models.connections import limiter_storage
+from models.process.connections import limiter_storage
 
 from .auth import authenticate
 from .problems import Problem, problem_response

@@ -11,9 +11,9 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from models import Message, Status
-from models.metrics_support import scrape_registry
-from models.round_trips import counter_for
-from models.scheduling import busiest_users
+from models.coordination.scheduling import busiest_users
+from models.process.metrics_support import scrape_registry
+from models.sql.round_trips import counter_for
 
 from .services import services
 from .spec import operation

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from models.model_pool import ModelServer, server_states
+from models.coordination.model_pool import ModelServer, server_states
 
 from .schemas import Alive, Health
 from .services import reader, services

@@ -16,7 +16,7 @@ from sqlalchemy import Integer, bindparam, literal, or_, select
 from sqlalchemy.orm import Session
 
 from models import DailyUsage, Settings
-from models.usage import TODAY, add_to_today, daily_usage
+from models.sql.usage import TODAY, add_to_today, daily_usage
 
 from .problems import Problem
 

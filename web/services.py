@@ -16,11 +16,12 @@ from celery import Celery
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Settings, broker
-from models.connections import broker_options, broker_url, redis_client
-from models.db import make_engine, make_sessionmaker
+from models import Settings
+from models.coordination import broker
+from models.process.connections import broker_options, broker_url, redis_client
+from models.sql.db import make_engine, make_sessionmaker
 
-from .wakeups import Wakeups
+from .waiting.wakeups import Wakeups
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def make_producer(settings: Settings) -> Celery:
         # committed and the sweeper enqueues it once Redis is back.
         broker_transport_options={"socket_connect_timeout": 1, "socket_timeout": 2, **broker_options(settings)},
     )
-    if not settings.redis_sentinels:  # one client per channel (models/broker.py); under Sentinel, kombu's own
+    # One client per channel (models/coordination/broker.py); under Sentinel, kombu's own.
+    if not settings.redis_sentinels:
         producer.conf.broker_transport = broker.TRANSPORT
     return producer
 
@@ -72,7 +74,7 @@ def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None
 
     # The notification listener blocks on its reads for as long as nothing happens: no socket
     # timeout, and no health-check PINGs, which redis-py would send from the reading thread; TCP
-    # keep-alive finds a connection that died silently (web/wakeups.py).
+    # keep-alive finds a connection that died silently (web/waiting/wakeups.py).
     app.extensions["chatq.wakeups"] = Wakeups(redis_client(settings, socket_timeout=None, health_check_interval=0))
     # gunicorn.conf.py calls this when the process is told to stop (SIGTERM).
     app.extensions["chatq.drain"] = app.extensions["chatq.wakeups"].drain

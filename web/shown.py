@@ -1,6 +1,6 @@
 """What the views show of the signed-in user's conversations and messages beyond their rows: the
 conversation or its 404, the text a generation has written so far, and a queued question's place in
-the queue. Shared by the API's views (web/api.py) and the event stream (web/events.py)."""
+the queue. Shared by the API's views (web/api.py) and the event stream (web/waiting/stream.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from flask import g
 from sqlalchemy.orm import Session
 
 from models import GENERATING, Conversation, Message, Status
-from models.messaging import WrittenSoFar, read_partials
-from models.queries import ShownQuestion, owned_conversation, queue_positions
-from models.scheduling import queue_position, start_rate
+from models.coordination.messaging import WrittenSoFar, read_partials
+from models.coordination.scheduling import queue_position, start_rate
+from models.sql.queries import ShownQuestion, owned_conversation, queue_positions
 
 from .problems import Problem
 from .services import reader, services

@@ -21,10 +21,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import Conversation, DailyUsage, Erasure, Message, Role, Task, WebhookEndpoint
-from models.erasure import STOP_GENERATIONS, user_digest
-from models.messaging import announce, request_cancel, send_erasure_job
-from models.queries import QUESTION_SHOWN, REPLY_SHOWN, ShownReply, parse_uuid
+from models.coordination.messaging import announce, request_cancel, send_erasure_job
 from models.representation import message_out, version_out
+from models.sql.erasure import STOP_GENERATIONS, user_digest
+from models.sql.queries import QUESTION_SHOWN, REPLY_SHOWN, ShownReply, parse_uuid
 
 from . import schemas
 from .auth import authenticate
@@ -33,7 +33,7 @@ from .problems import Problem
 from .serialize import conversation_json, task_json
 from .services import after_commit, reader, services, transaction
 from .spec import operation
-from .waiting import exports
+from .waiting.admission import exports
 from .webhooks import endpoint_json
 
 bp = Blueprint("user_data", __name__, url_prefix="/api/v1")

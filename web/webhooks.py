@@ -1,6 +1,6 @@
 """The webhook endpoints a user registers (contract: "Webhooks"): create (the signing secret shown
 once), list, delete, each endpoint's deliveries with every try, and re-sending one. Delivery
-itself is the worker's (worker/webhooks.py); what is sent, the outbox's (models/outbox.py)."""
+itself is the worker's (worker/webhooks.py); what is sent, the outbox's (models/sql/outbox.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from flask import Blueprint, g
 from sqlalchemy import delete, func, select, update
 
 from models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from models.addresses import url_problem
-from models.queries import parse_uuid
+from models.policy.addresses import url_problem
 from models.representation import dump
+from models.sql.queries import parse_uuid
 
 from . import schemas
 from .auth import authenticate

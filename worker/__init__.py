@@ -1,6 +1,6 @@
 """chatq's worker: `celery -A worker worker` answers messages, `celery -A worker beat` sweeps."""
 
-from models.metrics_support import prepare_multiprocess_dir
+from models.process.metrics_support import prepare_multiprocess_dir
 
 # Celery imports the tasks — and so prometheus-client — before any of its start-up signals, and
 # prometheus-client picks its multiprocess mode when first imported: the directory where the pool's

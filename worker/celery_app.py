@@ -10,10 +10,10 @@ import structlog
 from celery import Celery, bootsteps, signals
 
 from models import Settings
-from models.connections import BROKER_TRANSPORT_OPTIONS, broker_options, broker_url
-from models.jobs import DELIVER_WEBHOOK, FORGET, SWEEP, WEBHOOK_QUEUE
-from models.logs import configure_logging
-from models.metrics_support import scrape_registry
+from models.coordination.jobs import DELIVER_WEBHOOK, FORGET, SWEEP, WEBHOOK_QUEUE
+from models.process.connections import BROKER_TRANSPORT_OPTIONS, broker_options, broker_url
+from models.process.logs import configure_logging
+from models.process.metrics_support import scrape_registry
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -46,7 +46,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         # Webhook deliveries wait on other people's servers: workers of their own run them
         # (`celery -A worker worker -Q webhooks`), and the default workers never see them (the job
-        # is sent to that queue by models/messaging.py; this route says the same to anyone else).
+        # is sent to that queue by models/coordination/messaging.py; this route says the same to anyone else).
         task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         # The sweeper puts back what Redis lost or a dead worker dropped (see worker/sweeper.py).
         # ... and the forget round deletes what retention says is due (worker/forget.py).

@@ -35,8 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSON
 
 from models import GENERATING, PENDING, Conversation, Finish, Message, Role, Status, UserShare
-from models.outbox import change, events_of
-from models.usage import add_to_today
+from models.sql.outbox import change, events_of
+from models.sql.usage import add_to_today
 
 conversations = Conversation.__table__
 messages = Message.__table__

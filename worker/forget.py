@@ -52,11 +52,11 @@ from models import (
     UserShare,
     WebhookEndpoint,
     WebhookEvent,
-    messaging,
 )
-from models.erasure import STOP_GENERATIONS
-from models.scheduling import recent_user_starts_keys
-from models.signals import pieces_key
+from models.coordination import messaging
+from models.coordination.scheduling import recent_user_starts_keys
+from models.coordination.signals import pieces_key
+from models.sql.erasure import STOP_GENERATIONS
 
 from .runtime import Runtime
 

@@ -11,8 +11,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Settings
-from models.connections import redis_client
-from models.db import make_engine, make_sessionmaker
+from models.process.connections import redis_client
+from models.sql.db import make_engine, make_sessionmaker
 
 from . import metrics
 from .engine import ReplyEngine, make_reply_engine

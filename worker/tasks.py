@@ -15,8 +15,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
-from models import Status, backoff, messaging
-from models.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PING, REQUEST_ID_HEADER, SWEEP
+from models import Status
+from models.coordination import messaging
+from models.coordination.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PING, REQUEST_ID_HEADER, SWEEP
+from models.policy import backoff
 
 from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
 from .engine import PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
@@ -50,7 +52,7 @@ TRANSIENT_INFRASTRUCTURE = (OperationalError, RedisConnectionError, RedisTimeout
     name=ANSWER_MESSAGE,
     bind=True,
     autoretry_for=TRANSIENT_INFRASTRUCTURE,
-    retry_backoff=backoff.BASE_SECONDS,  # Celery's own full-jitter backoff, with models/backoff.py's numbers
+    retry_backoff=backoff.BASE_SECONDS,  # Celery's own full-jitter backoff, with models/policy/backoff.py's numbers
     retry_backoff_max=backoff.CAP_SECONDS,
     retry_jitter=True,
     max_retries=8,
@@ -324,7 +326,7 @@ def forget_round() -> int:
     return deleted
 
 
-# On the `webhooks` queue (models/messaging.py sends it there): only `-Q webhooks` workers run it.
+# On the `webhooks` queue (models/coordination/messaging.py sends it there): only `-Q webhooks` workers run it.
 @app.task(name=DELIVER_WEBHOOK, acks_late=True)
 def deliver_webhook(delivery_id: str, claim: str) -> str:
     structlog.contextvars.bind_contextvars(task_id=deliver_webhook.request.id, delivery_id=delivery_id)

@@ -14,7 +14,7 @@ from redis.client import PubSub
 from redis.exceptions import RedisError
 
 from models import Status
-from models.signals import cancel_channel
+from models.coordination.signals import cancel_channel
 
 from . import claim_sql
 from .claims import Lease, Question

@@ -1,4 +1,4 @@
-"""Delivering webhook events from the outbox (models/outbox.py), on a queue of their own.
+"""Delivering webhook events from the outbox (models/sql/outbox.py), on a queue of their own.
 
 The sweeper claims what is due (`claim_due`: a fresh claim token and a short lease on each
 delivery) and sends one job per delivery to the `webhooks` queue, which only `celery -A worker
@@ -9,7 +9,7 @@ leaves its delivery to come due again when the lease ends. Each try:
   retry sends the same bytes under the same `webhook-id`;
 - signs it as Standard Webhooks says (`webhook-id`, `webhook-timestamp`, `webhook-signature`:
   HMAC-SHA256 with the endpoint's `whsec_` secret);
-- resolves the host and connects to an address it checked (models/addresses.py), follows no
+- resolves the host and connects to an address it checked (models/policy/addresses.py), follows no
   redirect, gives up after WEBHOOK_TIMEOUT_SECONDS, keeps 1,000 characters of the answer;
 - on failure, schedules the next try: the delay doubles from WEBHOOK_BACKOFF_BASE_SECONDS up to
   WEBHOOK_BACKOFF_CAP_SECONDS, with "equal jitter" (half of it random: tries spread out, and every
@@ -35,7 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models import Message, Settings, Status
-from models.addresses import refused, resolve
+from models.policy.addresses import refused, resolve
 from models.representation import message_json
 
 from .runtime import Runtime

@@ -1,4 +1,4 @@
-"""Where a webhook may go (models/addresses.py), and the delivery's own check of the address it
+"""Where a webhook may go (models/policy/addresses.py), and the delivery's own check of the address it
 connects to (worker/webhooks.py): a name that resolves to loopback at delivery time is refused."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from models import Settings
-from models.addresses import refused, url_problem
+from models.policy.addresses import refused, url_problem
 from worker.webhooks import _post, backoff
 
 STRICT = Settings.from_env({"DATABASE_URL": "postgresql+psycopg://x/y", "REDIS_URL": "redis://x"})

@@ -129,9 +129,9 @@ def sending_calls(path: Path) -> list[str]:
 
 def test_only_models_sends_answer_jobs_and_announces_changes() -> None:
     """web and worker both send answer jobs and announce changes; the contract between them (job
-    name, arguments, headers; channels and payloads) lives in models/messaging.py alone."""
+    name, arguments, headers; channels and payloads) lives in models/coordination/messaging.py alone."""
     assert [finding for path in sources("web", "worker") for finding in sending_calls(path)] == []
-    assert sending_calls(ROOT / "models" / "messaging.py")  # and the check sees them where they are
+    assert sending_calls(ROOT / "models" / "coordination" / "messaging.py")  # and the check sees them where they are
 
 
 AFTER_COMMIT_ONLY = {"send_answer_job", "announce", "request_cancel"}

@@ -1,4 +1,4 @@
-"""web's producer publishes through one Redis client per kombu channel (models/broker.py): an
+"""web's producer publishes through one Redis client per kombu channel (models/coordination/broker.py): an
 override of kombu's `Channel.conn_or_acquire`. Against the fast tier's real Redis, this fails when
 a kombu upgrade stops sending publishes through that method (each would build a client again) or
 changes what the jobs look like on the broker."""
@@ -10,9 +10,10 @@ import uuid
 
 import redis
 
-from models import Settings, broker
-from models.jobs import ANSWER_MESSAGE
-from models.messaging import send_answer_job
+from models import Settings
+from models.coordination import broker
+from models.coordination.jobs import ANSWER_MESSAGE
+from models.coordination.messaging import send_answer_job
 from web.services import make_producer
 
 

@@ -12,8 +12,8 @@ from sqlalchemy import Executable, func, select, text, update
 from sqlalchemy.dialects import postgresql
 
 from models import Message, Status, WebhookEndpoint, WebhookEvent
-from models.queries import owned_message_with_reply, shown_message_with_reply
 from models.representation import message_json
+from models.sql.queries import owned_message_with_reply, shown_message_with_reply
 from worker import claim_sql, claims
 from worker.engine import Reply
 from worker.runtime import Runtime

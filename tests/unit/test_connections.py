@@ -1,4 +1,4 @@
-"""Where Redis is (models/connections.py): REDIS_URL alone, or the master that REDIS_SENTINELS
+"""Where Redis is (models/process/connections.py): REDIS_URL alone, or the master that REDIS_SENTINELS
 name — the broker, the limiter and every client derive theirs from the same settings."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from models import ConfigError, Settings
-from models.connections import broker_options, broker_url, limiter_storage
+from models.process.connections import broker_options, broker_url, limiter_storage
 
 BASE = {"DATABASE_URL": "postgresql+psycopg://x/y", "REDIS_URL": "redis://:s%40cret@10.0.0.9:6379/3"}
 SENTINELS = {**BASE, "REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26380", "REDIS_SENTINEL_MASTER": "chatq"}

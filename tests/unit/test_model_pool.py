@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from models import Settings
-from models.model_pool import ModelServer, server_states, slot_uses_key, slots_key
+from models.coordination.model_pool import ModelServer, server_states, slot_uses_key, slots_key
 from tests.fake_llm import FakeModelServer
 from tests.support import free_port
 
@@ -315,7 +315,7 @@ def test_a_server_that_pins_slots_gets_each_conversation_back_in_its_own_slot(
 
 
 def test_the_pool_setting_refuses_what_it_cannot_use() -> None:
-    from models.config import ConfigError
+    from models.process.config import ConfigError
 
     for bad, says in (("[]", "at least one"), ('[{"url": "ftp://x", "model": "m", "slots": 1}]', "url"),
                       ('[{"url": "http://x/v1", "model": "m", "slots": 0}]', "slots"),

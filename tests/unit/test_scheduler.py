@@ -187,7 +187,7 @@ def test_the_202_says_as_many_are_ahead_as_a_read_of_the_message_does(rolled_bac
     """The count in the accepting statement is of the stored message alone (it once counted pairs of
     every queued message with every message of the table: wrong figures, and a scan of the whole
     table under each POST)."""
-    from models.queries import queue_positions
+    from models.sql.queries import queue_positions
 
     hide_the_queue_of_other_tests(rolled_back)
     for number in range(3):
@@ -208,7 +208,7 @@ def test_no_count_of_the_queue_scans_more_than_the_queued_messages() -> None:
     index) and nothing else: SQLAlchemy adds the outer table to a nested FROM unless told not to."""
     from sqlalchemy.dialects import postgresql
 
-    from models import queries
+    from models.sql import queries
     from web import accept as accepting
 
     statements = [queries._QUEUE_POSITIONS, queries._FIRST_IN_QUEUE,

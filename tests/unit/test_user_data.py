@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session
 
 from models import Conversation, Message, Status
-from models.scheduling import recent_user_starts_keys
+from models.coordination.scheduling import recent_user_starts_keys
 from tests.support import token
 from worker import forget
 from worker.runtime import Runtime

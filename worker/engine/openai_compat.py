@@ -28,8 +28,8 @@ from typing import Any
 
 import requests
 
-from models import backoff
-from models.model_pool import ModelServer
+from models.coordination.model_pool import ModelServer
+from models.policy import backoff
 
 from .. import metrics
 from . import context

@@ -37,7 +37,7 @@ import redis
 import structlog
 from redis.exceptions import RedisError
 
-from models.model_pool import (
+from models.coordination.model_pool import (
     AFFINITY_TTL_SECONDS,
     ModelServer,
     ServerState,

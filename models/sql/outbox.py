@@ -28,7 +28,7 @@ from sqlalchemy import (
     select,
 )
 
-from .entities import Conversation, Message, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from ..tables.entities import Conversation, Message, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 EVENT_TYPES = ("message.answered", "message.failed", "message.cancelled", "message.expired")
 

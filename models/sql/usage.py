@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Date, FromClause, cast, func, select
 from sqlalchemy.dialects.postgresql import Insert, insert
 
-from .entities import DailyUsage
+from ..tables.entities import DailyUsage
 
 daily_usage = DailyUsage.__table__
 

@@ -69,8 +69,9 @@ PENDING = (Status.QUEUED, Status.PROCESSING)
 UNFINISHED = (*PENDING, Status.CANCELLING)
 # A worker is generating its reply: it has text so far (a cancelling one, until it is stored).
 GENERATING = (Status.PROCESSING, Status.CANCELLING)
-# The same, as raw SQL writes it: the claim's and the sweeper's statements and the partial index
-# they use (ix_messages_pending) must say exactly this, or Postgres cannot use the index.
+# PENDING as the partial indexes' predicate writes it: the claim's and the sweeper's statements
+# write the statuses into their SQL the same way (worker/claim_sql.py `_status_in`), or Postgres
+# cannot use the index.
 PENDING_SQL = "status IN (" + ", ".join(f"'{status.value}'" for status in PENDING) + ")"
 
 
@@ -257,7 +258,7 @@ class WebhookEndpoint(Base):
 
 class WebhookEvent(Base):
     """The outbox: an event row is written in the transaction that commits the change it reports
-    (models/outbox.py). Its payload is built once, at the first delivery, from rows that never
+    (models/sql/outbox.py). Its payload is built once, at the first delivery, from rows that never
     change after (the reply it names, the question's id and seq) and the status it reports."""
 
     __tablename__ = "webhook_events"

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..coordination.model_pool import SINGLE_SERVER_SLOTS, ModelServer, parse_servers
 from .connections import sentinel_addresses
-from .model_pool import SINGLE_SERVER_SLOTS, ModelServer, parse_servers
 
 
 def embedded_database_url(port: int) -> str:
@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # reply may add (sent as max_tokens): the history sent is what fits between the two.
     llm_context_tokens: int = 0
     llm_max_tokens: int = 1024
-    # A pool of model servers (models/model_pool.py; docs/models.md): a JSON list of {"url",
+    # A pool of model servers (models/coordination/model_pool.py; docs/models.md): a JSON list of {"url",
     # "model", "slots", "group"?, "api_key"?}. Empty: LLM_BASE_URL + LLM_MODEL are a pool of one.
     llm_servers: str = ""
     # A slot held on a server lives this long unless its worker renews it (a dead worker's slot is

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from .connections import POSTGRES_CONNECT_ARGS
+from ..process.connections import POSTGRES_CONNECT_ARGS
 
 
 def make_engine(
@@ -36,7 +36,7 @@ def make_engine(
         # Recycling retires connections a server-side idle timeout may have cut.
         pool_recycle=1800,
         pool_timeout=pool_timeout,
-        connect_args=POSTGRES_CONNECT_ARGS,  # a silent server is noticed in seconds (models/connections.py)
+        connect_args=POSTGRES_CONNECT_ARGS,  # a silent server is noticed in seconds (models/process/connections.py)
         # An error's text must not carry what users wrote (it ends up in logs): no bound values.
         hide_parameters=True,
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),

@@ -19,8 +19,8 @@
   away within an attempt (a model request retried): the client clears it, and pieces start at 0;
 - a `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS`, so proxies keep the stream open.
 
-Like a long-poll, the stream is a waiting request (web/waiting.py: admitted, no database connection
-held while it sleeps on its channels in web/wakeups.py) and re-reads Postgres when woken. It
+Like a long-poll, the stream is a waiting request (admission.py: admitted, no database connection
+held while it sleeps on its channels in wakeups.py) and re-reads Postgres when woken. It
 ends after `STREAM_SECONDS`; EventSource reconnects with Last-Event-ID by itself.
 """
 
@@ -36,18 +36,20 @@ from flask import Blueprint, Response, g, request, stream_with_context
 from sqlalchemy import select
 
 from models import UNFINISHED, Message
-from models.messaging import read_pieces
-from models.queries import messages_after, parse_uuid, replies_to
+from models.coordination.messaging import read_pieces
+from models.coordination.signals import conversation_channel, delta_channel
 from models.representation import message_json
-from models.signals import conversation_channel, delta_channel
+from models.sql.queries import messages_after, parse_uuid, replies_to
 
-from .auth import authenticate
-from .problems import Problem
-from .schemas import EventsQuery
-from .services import reader, release_db, services, use_wait_pool
-from .shown import conversation_or_404, partials, with_queue_positions
-from .spec import operation
-from .waiting import admission, recheck_after, wakeups
+from ..auth import authenticate
+from ..problems import Problem
+from ..schemas import EventsQuery
+from ..services import reader, release_db, services, use_wait_pool
+from ..shown import conversation_or_404, partials, with_queue_positions
+from ..spec import operation
+from .admission import admission
+from .longpoll import recheck_after
+from .wakeups import wakeups
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 log = structlog.get_logger(__name__)

@@ -19,7 +19,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 # What Celery's `broker_transport` names for this transport.
-TRANSPORT = "models.broker:Transport"
+TRANSPORT = "models.coordination.broker:Transport"
 
 
 class Channel(kombu_redis.Channel):

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import redis
 import structlog
+from flask import current_app
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -287,3 +288,8 @@ class Wakeups:
                 pubsub.unsubscribe(channel)
             except (RedisError, OSError) as error:  # the listener notices too, and reconnects
                 log.warning("wakeups_unsubscribe_failed", error=str(error))
+
+
+def wakeups() -> Wakeups:
+    """This process's one listener (made by web/services.py at start)."""
+    return current_app.extensions["chatq.wakeups"]

@@ -21,7 +21,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from .entities import FINAL, Status
+from ..tables.entities import FINAL, Status
 from .jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, REQUEST_ID_HEADER, WEBHOOK_QUEUE
 from .scheduling import record_start
 from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key

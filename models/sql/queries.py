@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, func, literal, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
-from .entities import Conversation, Message, Status
+from ..tables.entities import Conversation, Message, Status
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:

@@ -8,7 +8,7 @@ import hmac
 
 from sqlalchemy import text
 
-from .config import Settings
+from ..process.config import Settings
 
 # Questions still waiting or generated: cancelled (queued) or told to stop (processing), so that no
 # worker starts or goes on generating for a user being erased. The web runs it before it answers
