@@ -19,7 +19,17 @@ import redis
 
 from scripts.devstack import create_database, libpq_url
 from tests.fake_llm import FakeModelServer
-from tests.support import ARTIFACTS, STREAM, TEST_SECRET, Api, Beat, Process, Web, Worker, database_name, redis_database
+from tests.support import (
+    ARTIFACTS,
+    STREAM,
+    TEST_SECRET,
+    Api,
+    Process,
+    Stack,
+    database_name,
+    isolated_env,
+    redis_database,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -59,51 +69,6 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
-
-
-def isolated_env(stack_env: dict[str, str], name: str, **settings: str) -> dict[str, str]:
-    """An environment of its own beside the session's stack: a fresh database `chatq_<name>`, built
-    by Alembic, and a flushed Redis database (tests/support.py's REDIS_DATABASES[name])."""
-    redis_url = redis_database(stack_env["REDIS_URL"], name)
-    redis.Redis.from_url(redis_url).flushdb()
-    return {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], database_name(name)),
-            "REDIS_URL": redis_url, **settings}
-
-
-class Stack:
-    """One web node, one worker and the sweeper (beat), restartable; `prefix` names their logs."""
-
-    def __init__(self, env: dict[str, str], prefix: str = "") -> None:
-        self.env = env
-        self.prefix = f"{prefix}-" if prefix else ""
-        self.web = Web(f"{self.prefix}web", env)
-        self.worker = Worker(f"{self.prefix}worker", env)
-        self.beat = Beat(f"{self.prefix}beat", env)
-
-    def start(self) -> Stack:
-        self.web.start()
-        self.worker.start()
-        self.beat.start()
-        return self
-
-    def stop(self) -> None:
-        for process in (self.web, self.worker, self.beat):
-            process.stop()
-
-    def restart(self) -> None:
-        """Every process stopped and started again, as after a deploy; same port for clients."""
-        self.stop()
-        port = self.web.port
-        self.web = Web(f"{self.prefix}web", self.env)
-        self.web.port = port
-        self.web.env["PORT"] = str(port)
-        self.worker = Worker(f"{self.prefix}worker", self.env)
-        self.beat = Beat(f"{self.prefix}beat", self.env)
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return self.web.url
 
 
 @pytest.fixture(scope="session")

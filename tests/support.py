@@ -1,5 +1,6 @@
-"""Real processes for tests: gunicorn and Celery workers on the test database, and an HTTP client
-that speaks the API as a user would."""
+"""Real processes for tests: gunicorn and Celery workers on the test database, the stacks made of
+them (`Stack`, `isolated_env` for a stack with a database and Redis database of its own), and an
+HTTP client that speaks the API as a user would."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 import jwt
 import redis
 import requests
+
+from scripts.devstack import create_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -307,3 +310,48 @@ def sign_in(page: Any, name: str) -> None:
     page.fill("#user-name", name)
     page.click("#sign-in-form button[type=submit]")
     page.wait_for_selector("#app:not([hidden])")
+
+
+def isolated_env(stack_env: dict[str, str], name: str, **settings: str) -> dict[str, str]:
+    """An environment of its own beside the session's stack: a fresh database `chatq_<name>`, built
+    by Alembic, and a flushed Redis database (tests/support.py's REDIS_DATABASES[name])."""
+    redis_url = redis_database(stack_env["REDIS_URL"], name)
+    redis.Redis.from_url(redis_url).flushdb()
+    return {**stack_env, "DATABASE_URL": create_database(os.environ["DATABASE_URL"], database_name(name)),
+            "REDIS_URL": redis_url, **settings}
+
+
+class Stack:
+    """One web node, one worker and the sweeper (beat), restartable; `prefix` names their logs."""
+
+    def __init__(self, env: dict[str, str], prefix: str = "") -> None:
+        self.env = env
+        self.prefix = f"{prefix}-" if prefix else ""
+        self.web = Web(f"{self.prefix}web", env)
+        self.worker = Worker(f"{self.prefix}worker", env)
+        self.beat = Beat(f"{self.prefix}beat", env)
+
+    def start(self) -> Stack:
+        self.web.start()
+        self.worker.start()
+        self.beat.start()
+        return self
+
+    def stop(self) -> None:
+        for process in (self.web, self.worker, self.beat):
+            process.stop()
+
+    def restart(self) -> None:
+        """Every process stopped and started again, as after a deploy; same port for clients."""
+        self.stop()
+        port = self.web.port
+        self.web = Web(f"{self.prefix}web", self.env)
+        self.web.port = port
+        self.web.env["PORT"] = str(port)
+        self.worker = Worker(f"{self.prefix}worker", self.env)
+        self.beat = Beat(f"{self.prefix}beat", self.env)
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return self.web.url

@@ -20,8 +20,19 @@ import pytest
 import requests
 
 from scripts.devstack import libpq_url
-from tests.conftest import Stack, isolated_env
-from tests.support import ARTIFACTS, Api, BackgroundPoll, EventStream, Web, Worker, sample, sign_in, wait_until
+from tests.support import (
+    ARTIFACTS,
+    Api,
+    BackgroundPoll,
+    EventStream,
+    Stack,
+    Web,
+    Worker,
+    isolated_env,
+    sample,
+    sign_in,
+    wait_until,
+)
 from worker.engine.builtin import FALLBACK, HELP
 
 STREAM_DELAY_MS = 120  # FALLBACK (26 words) streams for about 3 s

@@ -20,8 +20,7 @@ import pytest
 import requests
 
 from scripts.devstack import libpq_url
-from tests.conftest import Stack, isolated_env
-from tests.support import Api, Web, sample, sign_in, token, wait_until
+from tests.support import Api, Stack, Web, isolated_env, sample, sign_in, token, wait_until
 
 DELAY_MS = 100
 

@@ -20,8 +20,7 @@ import pytest
 import requests
 
 from scripts import llama
-from tests.conftest import Stack, isolated_env
-from tests.support import Api, EventStream, Process, Worker, free_port, wait_until
+from tests.support import Api, EventStream, Process, Stack, Worker, free_port, isolated_env, wait_until
 
 pytestmark = pytest.mark.llama
 CONTEXT = 2048

@@ -21,9 +21,8 @@ import requests
 
 from scripts.cluster import nginx_binary, render_nginx_conf
 from scripts.devstack import libpq_url
-from tests.conftest import isolated_env
 from tests.faults.audit import audit, wait_terminal
-from tests.support import ARTIFACTS, Api, Beat, Process, Web, Worker, free_port, wait_until
+from tests.support import ARTIFACTS, Api, Beat, Process, Web, Worker, free_port, isolated_env, wait_until
 
 pytestmark = pytest.mark.cluster
 USERS = 20

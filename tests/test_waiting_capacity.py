@@ -12,8 +12,7 @@ import uuid
 import pytest
 import requests
 
-from tests.conftest import Stack
-from tests.support import Api, Web, token, wait_until
+from tests.support import Api, Stack, Web, token, wait_until
 
 USERS = 60
 WAITS_PER_USER = 5  # the per-user cap below: every user holds as many as allowed

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import redis
 
-from tests.conftest import Stack
-from tests.support import Api, BackgroundPoll, Web, Worker, subscribers, wait_until
+from tests.support import Api, BackgroundPoll, Stack, Web, Worker, subscribers, wait_until
 
 
 def test_a_long_poll_is_woken_by_the_answer_and_subscribes_only_while_it_waits(stack: Stack, stack_env) -> None:

@@ -17,8 +17,7 @@ import psutil
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import Stack, isolated_env
-from tests.support import ARTIFACTS, Api, Web, Worker, free_port, wait_until
+from tests.support import ARTIFACTS, Api, Stack, Web, Worker, free_port, isolated_env, wait_until
 
 
 class WebhooksWorker(Worker):

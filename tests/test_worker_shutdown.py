@@ -14,8 +14,7 @@ import psycopg
 import pytest
 
 from scripts.devstack import libpq_url
-from tests.conftest import Stack, isolated_env
-from tests.support import ARTIFACTS, Api, Worker, wait_until
+from tests.support import ARTIFACTS, Api, Stack, Worker, isolated_env, wait_until
 from worker.engine.builtin import FALLBACK
 
 LEASE = 40
