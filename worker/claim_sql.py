@@ -9,7 +9,7 @@ execution parameter named like a column as one more value to SET, even in an UPD
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     CTE,
@@ -66,11 +66,12 @@ def _seconds(name: str) -> ColumnElement[Any]:
 
 
 def _age(table: Any) -> ColumnElement[float]:
+    """Seconds since the row was created."""
     return cast(extract("epoch", func.now() - table.c.created_at), Float)
 
 
 def _reply(column: str, type_: Any = None) -> ColumnElement[Any]:
-    """The reply's value for `column`, bound as `reply_<column>` (see BOUND_NAMES_NOT_COLUMNS)."""
+    """The reply's value for `column`, bound as `reply_<column>`: never a column's name (see above)."""
     return bindparam(f"reply_{column}", type_=type_ if type_ is not None else messages.c[column].type)
 
 
@@ -136,9 +137,15 @@ def _question_with_history(claimed: CTE) -> Select[Any]:
 # ---- The scheduler ------------------------------------------------------------------------------
 
 
-def _ready(capped: bool) -> tuple[Select[Any], Any, Any]:
-    """The scheduler (docs/scheduler.md): the conversations of queued messages that may start now,
-    with the message and conversation aliases the order and the lock name. A message may start
+class _Ready(NamedTuple):
+    query: Select[Any]  # the conversations of the ready messages
+    message: Any  # the aliases it reads them through: what the claim orders by and locks
+    conversation: Any
+
+
+def _ready(capped: bool) -> _Ready:
+    """The scheduler (docs/scheduler.md): the conversations of queued messages that may start now.
+    A message may start
     when it is its conversation's earliest unanswered one, its conversation has no live lease, its
     backoff is over and it has not expired. `capped` (MAX_GENERATIONS_PER_USER): a user already
     generating that many is passed over (an index count of their running messages; two claims at
@@ -161,7 +168,7 @@ def _ready(capped: bool) -> tuple[Select[Any], Any, Any]:
         r = messages.alias("r")
         running = select(func.count()).where(r.c.user_id == m.c.user_id, _status_in(r.c.status, Status.PROCESSING))
         ready = ready.where(running.scalar_subquery() < bindparam("max_generations"))
-    return ready, m, c
+    return _Ready(ready, m, c)
 
 
 def _claim_fairest(capped: bool) -> Select[Any]:
@@ -193,7 +200,7 @@ CLAIM = {capped: _claim_fairest(capped) for capped in (False, True)}
 
 # How many messages could start now (counted up to :most): the sweeper rings that many doorbells,
 # less the jobs already waiting in the broker.
-READY_COUNT = select(func.count()).select_from(_ready(False)[0].limit(bindparam("most")).subquery("ready"))
+READY_COUNT = select(func.count()).select_from(_ready(False).query.limit(bindparam("most")).subquery("ready"))
 
 # The same, for the next message of a conversation whose lease we already hold.
 PICK = _question_with_history(
