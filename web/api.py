@@ -268,7 +268,7 @@ def list_messages(conversation_id: str) -> dict[str, Any]:
     else:
         # Whose the conversation is, and what is new in it, in one statement at every read.
         page = wait_for(conversation_channel(ident), lambda: _messages_after(ident, params.after, params.limit),
-                        params.wait, wake=lambda change: change.get("status") != "processing")
+                        params.wait, wake=lambda change: change.get("status") != Status.PROCESSING)
     with_queue_positions(page["items"])
     return page
 

@@ -20,7 +20,7 @@ from sqlalchemy import Text, Uuid, and_, bindparam, cast, func, literal_column, 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import Conversation, DailyUsage, Erasure, Message, Role, Task, WebhookEndpoint
+from models import Conversation, DailyUsage, Erasure, Message, Role, Status, Task, WebhookEndpoint
 from models.coordination.messaging import announce, request_cancel, send_erasure_job
 from models.representation import message_out, version_out
 from models.sql.erasure import STOP_GENERATIONS, user_digest
@@ -288,7 +288,7 @@ def erase_me() -> Response:
                        literal_column("xmax = 0").label("started"))).one()
         # Generations in flight stop first: queued questions are cancelled, generated ones told to stop.
         stopped = session.execute(STOP_GENERATIONS, {"user": g.user}).all()
-        after_commit(request_cancel, redis, [row.id for row in stopped if row.status == "cancelling"])
+        after_commit(request_cancel, redis, [row.id for row in stopped if row.status is Status.CANCELLING])
         for row in stopped:
             after_commit(announce, redis, row.conversation_id, row.id, row.status)
         if erasure.started:

@@ -1,7 +1,7 @@
 """The SQL of claiming and answering, each step one statement (one round trip, atomic on its own,
 run in autocommit), built from named pieces. Kept together so the locking order is visible: the
 conversation row first, then message rows — the same order the web front takes when it numbers a
-new message. Values are bound (`bindparam`); only statuses are written into the SQL (`_status_in`).
+new message. Values are bound (`bindparam`); only statuses are written into the SQL (`status_in`).
 
 A bound value is never named like a column of a table a statement updates: SQLAlchemy takes an
 execution parameter named like a column as one more value to SET, even in an UPDATE inside a CTE
@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSON
 from models import GENERATING, PENDING, Conversation, Finish, Message, Role, Status, UserShare
 from models.sql.outbox import change, events_of
 from models.sql.usage import add_to_today
+from models.tables.entities import status_cast, status_in
 
 conversations = Conversation.__table__
 messages = Message.__table__
@@ -48,16 +49,8 @@ STATUS = messages.c.status.type
 STILL_GENERATED = (*GENERATING, Status.CANCELLED)
 
 
-def _status_in(column: ColumnElement[Any], *statuses: Status) -> ColumnElement[bool]:
-    """`status IN ('queued', ...)` with the statuses written in the SQL, not bound: Postgres uses a
-    partial index (ix_messages_pending, ix_messages_ready ...) only where the query's text implies
-    the index's predicate."""
-    return column.in_([literal(status, STATUS, literal_execute=True) for status in statuses])
-
-
 def _status(status: Status | ColumnElement[Any]) -> ColumnElement[Any]:
-    """A status to write, cast: inside a CASE, Postgres would take it for text."""
-    return cast(status if isinstance(status, ColumnElement) else literal(status, STATUS), STATUS)
+    return status_cast(status, STATUS)
 
 
 def _seconds(name: str) -> ColumnElement[Any]:
@@ -98,11 +91,11 @@ def _question_with_history(claimed: CTE) -> Select[Any]:
     m = messages.alias("m")
     earliest = (
         select(m.c.id).join_from(m, claimed, m.c.conversation_id == claimed.c.id)
-        .where(_status_in(m.c.status, *PENDING)).order_by(m.c.seq).limit(1)
+        .where(status_in(m.c.status, *PENDING)).order_by(m.c.seq).limit(1)
         .cte("question")
     )
     picked = (
-        update(m).where(m.c.id == earliest.c.id, _status_in(m.c.status, Status.QUEUED))
+        update(m).where(m.c.id == earliest.c.id, status_in(m.c.status, Status.QUEUED))
         .values(status=Status.PROCESSING, attempts=m.c.attempts + 1, not_before=None, updated_at=func.now())
         .returning(m.c.id, m.c.seq, m.c.content, m.c.attempts, m.c.request_id, m.c.error, m.c.lane, m.c.fair_tag,
                    _age(m).label("age"))
@@ -110,7 +103,7 @@ def _question_with_history(claimed: CTE) -> Select[Any]:
     )
     weight = select(shares.c.weight).where(shares.c.user_id == claimed.c.user_id, shares.c.lane == picked.c.lane)
     p = messages.alias("p")
-    pending = select(func.count()).where(p.c.conversation_id == claimed.c.id, _status_in(p.c.status, *PENDING))
+    pending = select(func.count()).where(p.c.conversation_id == claimed.c.id, status_in(p.c.status, *PENDING))
     details = {
         "conversation_id": claimed.c.id, "user_id": claimed.c.user_id, "lease_version": claimed.c.lease_version,
         "last_seq": claimed.c.last_seq, "question_id": picked.c.id, "seq": picked.c.seq,
@@ -153,12 +146,12 @@ def _ready(capped: bool) -> _Ready:
     m, c, e = messages.alias("m"), conversations.alias("c"), messages.alias("e")
     earlier_unanswered = (
         select(literal(1))
-        .where(e.c.conversation_id == m.c.conversation_id, _status_in(e.c.status, *PENDING), e.c.seq < m.c.seq)
+        .where(e.c.conversation_id == m.c.conversation_id, status_in(e.c.status, *PENDING), e.c.seq < m.c.seq)
         .exists()
     )
     ready = (
         select(c.c.id).join_from(m, c, c.c.id == m.c.conversation_id)
-        .where(_status_in(m.c.status, Status.QUEUED),
+        .where(status_in(m.c.status, Status.QUEUED),
                or_(m.c.not_before.is_(None), m.c.not_before <= func.now()),
                or_(m.c.expires_at.is_(None), m.c.expires_at > func.now()),
                or_(c.c.lease_expires_at.is_(None), c.c.lease_expires_at < func.now()),
@@ -166,7 +159,7 @@ def _ready(capped: bool) -> _Ready:
     )
     if capped:
         r = messages.alias("r")
-        running = select(func.count()).where(r.c.user_id == m.c.user_id, _status_in(r.c.status, Status.PROCESSING))
+        running = select(func.count()).where(r.c.user_id == m.c.user_id, status_in(r.c.status, Status.PROCESSING))
         ready = ready.where(running.scalar_subquery() < bindparam("max_generations"))
     return _Ready(ready, m, c)
 
@@ -229,7 +222,7 @@ def _commit_reply() -> Select[Any]:
     content = _reply("content")
     question = (
         update(messages)
-        .where(messages.c.id == question_id, _status_in(messages.c.status, *STILL_GENERATED),
+        .where(messages.c.id == question_id, status_in(messages.c.status, *STILL_GENERATED),
                select(lease.c.id).exists())
         .values(status=case((messages.c.status == Status.PROCESSING, _status(Status.ANSWERED)),
                             else_=_status(Status.CANCELLED)),
@@ -315,7 +308,7 @@ def _give_back() -> Select[Any]:
     still_processing = messages.c.status == Status.PROCESSING
     given_back = (
         update(messages)
-        .where(messages.c.id == bindparam("question_id"), _status_in(messages.c.status, *STILL_GENERATED),
+        .where(messages.c.id == bindparam("question_id"), status_in(messages.c.status, *STILL_GENERATED),
                select(fenced.c.id).exists())
         .values(status=case((still_processing, _status(bindparam("given_back_as", type_=STATUS))),
                             else_=_status(Status.CANCELLED)),
@@ -328,7 +321,7 @@ def _give_back() -> Select[Any]:
         select(*change(fenced.c.user_id, given_back.c.id, given_back.c.status,
                        error=case((given_back.c.status == Status.FAILED, error))))
         .select_from(fenced.join(given_back, true()))
-        .where(_status_in(given_back.c.status, Status.FAILED, Status.CANCELLED)))
+        .where(status_in(given_back.c.status, Status.FAILED, Status.CANCELLED)))
     return (
         select(fenced.c.id, given_back.c.status.label("given_back"))
         .select_from(fenced.outerjoin(given_back, true()))
@@ -357,7 +350,7 @@ def _next_pending() -> Any:
     """After a reply: the conversation's earliest unanswered message, marked as enqueued now."""
     m = messages.alias("m")
     earliest = (
-        select(m.c.id).where(m.c.conversation_id == bindparam("conversation"), _status_in(m.c.status, *PENDING))
+        select(m.c.id).where(m.c.conversation_id == bindparam("conversation"), status_in(m.c.status, *PENDING))
         .order_by(m.c.seq).limit(1)
     )
     return (
@@ -389,14 +382,14 @@ def _revoke_expired_leases() -> Select[Any]:
     )
     m = messages.alias("m")
     settled = (
-        update(m).where(m.c.conversation_id == expired.c.id, _status_in(m.c.status, *GENERATING))
+        update(m).where(m.c.conversation_id == expired.c.id, status_in(m.c.status, *GENERATING))
         .values(status=case((m.c.status == Status.PROCESSING, _status(Status.QUEUED)), else_=_status(Status.CANCELLED)),
                 updated_at=func.now())
         .returning(m.c.id, m.c.conversation_id, m.c.status, expired.c.user_id)
         .cte("settled")
     )
     outbox = events_of(select(*change(settled.c.user_id, settled.c.id, settled.c.status))
-                       .where(_status_in(settled.c.status, Status.CANCELLED)))
+                       .where(status_in(settled.c.status, Status.CANCELLED)))
     return select(settled.c.id, settled.c.conversation_id, settled.c.status).add_cte(*outbox)
 
 
@@ -408,7 +401,7 @@ def _expire() -> Select[Any]:
     their webhook events; their conversations move on to the next message."""
     m = messages.alias("m")
     run_out = (
-        select(messages.c.id).where(_status_in(messages.c.status, Status.QUEUED), messages.c.expires_at <= func.now())
+        select(messages.c.id).where(status_in(messages.c.status, Status.QUEUED), messages.c.expires_at <= func.now())
         .order_by(messages.c.expires_at).limit(bindparam("most")).with_for_update(skip_locked=True)
     )
     error = bindparam("reason", type_=Text)
@@ -430,7 +423,7 @@ def _promote_aged_batch() -> Any:
     m = messages.alias("m")
     aged = (
         select(messages.c.id)
-        .where(_status_in(messages.c.status, Status.QUEUED), messages.c.lane == 1,
+        .where(status_in(messages.c.status, Status.QUEUED), messages.c.lane == 1,
                messages.c.created_at < func.now() - _seconds("age"))
         .order_by(messages.c.created_at).limit(bindparam("most")).with_for_update(skip_locked=True)
     )

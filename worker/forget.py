@@ -48,6 +48,7 @@ from models import (
     IdempotentRequest,
     Message,
     Role,
+    Status,
     Task,
     UserShare,
     WebhookEndpoint,
@@ -143,7 +144,7 @@ def erase(runtime: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
         user: str = taken.user_id
         counts = Counter(taken.erased or {})
         stopped = [row.id for row in connection.execute(STOP_GENERATIONS, {"user": user})
-                   if row.status == "cancelling"]
+                   if row.status is Status.CANCELLING]
         if stopped:
             messaging.request_cancel(runtime.redis, stopped)
         deadline = time.monotonic() + (2 * runtime.settings.lease_seconds if settle_seconds is None else settle_seconds)

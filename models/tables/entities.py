@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    ColumnElement,
     Computed,
     Date,
     DateTime,
@@ -22,6 +23,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    cast,
+    literal,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, TSVECTOR
@@ -73,6 +76,19 @@ GENERATING = (Status.PROCESSING, Status.CANCELLING)
 # write the statuses into their SQL the same way (worker/claim_sql.py `_status_in`), or Postgres
 # cannot use the index.
 PENDING_SQL = "status IN (" + ", ".join(f"'{status.value}'" for status in PENDING) + ")"
+
+
+def status_in(column: ColumnElement[Any], *statuses: Status) -> ColumnElement[bool]:
+    """`status IN ('queued', ...)` with the statuses written into the SQL, not bound: Postgres uses
+    a partial index (ix_messages_pending, ix_messages_ready ...) only where the query's text implies
+    the index's predicate."""
+    return column.in_([literal(status, column.type, literal_execute=True) for status in statuses])
+
+
+def status_cast(status: Status | ColumnElement[Any], type_: Any) -> ColumnElement[Any]:
+    """A status to write, cast to the column's enum type: inside a CASE, Postgres would take it for
+    text."""
+    return cast(status if isinstance(status, ColumnElement) else literal(status, type_), type_)
 
 
 class Conversation(Base):

@@ -28,6 +28,7 @@ from typing import Any
 
 import requests
 
+from models import Finish
 from models.coordination.model_pool import ModelServer
 from models.policy import backoff
 
@@ -159,7 +160,7 @@ class OpenAICompatibleEngine:
             answer, server = self._complete(messages, request, cancellation)
             model = server.model if server is not None else model
             usage = add_usage(usage, answer.usage)
-            if not answer.tool_calls or answer.finish == "cancelled":
+            if not answer.tool_calls or answer.finish == Finish.CANCELLED:
                 return Reply(content=answer.content, tool_calls=list(request.tools.calls), finish=answer.finish,
                              usage=usage, context=sent, model=model)
             messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
