@@ -1,8 +1,8 @@
 """kombu's Redis transport, publishing through one Redis client per channel.
 
 kombu builds a new `redis.Redis` client for every message it publishes (`Channel.conn_or_acquire`),
-and building one costs ~0.1 ms of CPU (it copies redis-py's table of response callbacks): on the
-web tier that was a tenth of what sending an answer job costs (BENCHMARKS.md, "Waiting clients").
+and building one copies redis-py's table of response callbacks — on the web tier, a part of every
+answer job sent worth keeping (BENCHMARKS.md, "Waiting clients", has the figure).
 The client only wraps the channel's connection pool, which does the actual sharing, so one client
 per channel sends exactly the same commands over the same connections.
 

@@ -24,7 +24,7 @@ def make_engine(
     begin and commit ("begin", "commit"), each a round trip to Postgres: the benchmark counts them.
     `autocommit`: every connection of the pool is in autocommit for good, for an engine that only
     reads or writes single statements (cheaper than switching a connection in and out of it at each
-    checkout with `execution_options`, which costs ~0.1 ms of CPU per checkout)."""
+    checkout with `execution_options`: BENCHMARKS.md, "Waiting clients")."""
     engine = create_engine(
         database_url,
         pool_size=pool_size,
