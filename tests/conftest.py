@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -157,6 +159,27 @@ def pytest_collection_modifyitems(items) -> None:
     """The fast in-process tier first (a broken phrase of the assistant fails in seconds), then the
     tests against real processes, each group in its usual order."""
     items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/unit/") else 1)
+
+
+def pytest_configure(config) -> None:
+    """This pytest process and every process a test starts (gunicorn, Celery and its pool, beat,
+    `make run`'s honcho) keep their temporary files in a folder of the run's own — pytest's
+    temporary paths, multiprocessing's `pymp-*` folders, beat's schedule, prometheus-client's
+    folders — which goes when pytest ends, with what a process killed by SIGKILL could not remove
+    itself. Set before the test modules are imported: some make their metrics folder at import."""
+    folder = Path(tempfile.mkdtemp(prefix=f"chatq-tests-{STREAM or 'main'}-"))
+    config.stash[_TEMPORARY] = folder
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # this process too: gettempdir() reads TMPDIR again
+
+
+def pytest_unconfigure(config) -> None:
+    folder = config.stash.get(_TEMPORARY, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_TEMPORARY = pytest.StashKey[Path]()
 
 
 def pytest_sessionstart(session) -> None:
