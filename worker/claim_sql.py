@@ -68,9 +68,9 @@ def _reply(column: str, type_: Any = None) -> ColumnElement[Any]:
     return bindparam(f"reply_{column}", type_=type_ if type_ is not None else messages.c[column].type)
 
 
-def _our_lease(table: Any = conversations) -> ColumnElement[bool]:
+def _our_lease() -> ColumnElement[bool]:
     """The conversation's lease is still the one we hold: our fencing token is current."""
-    return (table.c.id == bindparam("conversation")) & (table.c.lease_version == bindparam("version"))
+    return (conversations.c.id == bindparam("conversation")) & (conversations.c.lease_version == bindparam("version"))
 
 
 # ---- The question and its history ---------------------------------------------------------------

@@ -51,11 +51,11 @@ class Outbox(NamedTuple):
     deliveries: CTE
 
 
-def events_of(changes: Select[Any], name: str = "outbox") -> Outbox:
+def events_of(changes: Select[Any]) -> Outbox:
     """The CTEs that write an event per change (a select of `change(...)`) whose user has an
     endpoint wanting it, and one delivery per such endpoint: added to the statement that commits
     the changes (`.add_cte(*events_of(...))`)."""
-    source = changes.cte(f"{name}_source")
+    source = changes.cte("outbox_source")
     event_type = literal("message.", String) + source.c.status
     wanted = exists().where(_endpoints.c.user_id == source.c.user_id, _endpoints.c.disabled_at.is_(None),
                             event_type == any_(_endpoints.c.events))
@@ -65,7 +65,7 @@ def events_of(changes: Select[Any], name: str = "outbox") -> Outbox:
                      select(func.gen_random_uuid(), source.c.user_id, event_type, source.c.question_id,
                             source.c.reply_id, source.c.status, source.c.error, func.now()).where(wanted))
         .returning(_events.c.id, _events.c.user_id, _events.c.type)
-        .cte(name)
+        .cte("outbox")
     )
     to_each_endpoint = and_(_endpoints.c.user_id == written.c.user_id, _endpoints.c.disabled_at.is_(None),
                             written.c.type == any_(_endpoints.c.events))
@@ -74,7 +74,7 @@ def events_of(changes: Select[Any], name: str = "outbox") -> Outbox:
         .from_select(["id", "event_id", "endpoint_id", "state", "attempts", "next_attempt_at", "created_at"],
                      select(func.gen_random_uuid(), written.c.id, _endpoints.c.id, literal("pending"), literal(0),
                             func.now(), func.now()).select_from(written.join(_endpoints, to_each_endpoint)))
-        .cte(f"{name}_deliveries")
+        .cte("outbox_deliveries")
     )
     return Outbox(written, delivered)
 

@@ -73,8 +73,8 @@ UNFINISHED = (*PENDING, Status.CANCELLING)
 # A worker is generating its reply: it has text so far (a cancelling one, until it is stored).
 GENERATING = (Status.PROCESSING, Status.CANCELLING)
 # PENDING as the partial indexes' predicate writes it: the claim's and the sweeper's statements
-# write the statuses into their SQL the same way (worker/claim_sql.py `_status_in`), or Postgres
-# cannot use the index.
+# write the statuses into their SQL the same way (`status_in` below), or Postgres cannot use the
+# index.
 PENDING_SQL = "status IN (" + ", ".join(f"'{status.value}'" for status in PENDING) + ")"
 
 
