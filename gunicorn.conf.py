@@ -43,6 +43,10 @@ graceful_timeout = 30
 keepalive = 75
 accesslog = "-"
 logger_class = "gunicorn_worker.AccessLogger"
+# No gunicornc control socket: every master on a host would bind the same default path
+# (~/.gunicorn/gunicorn.ctl), so with several web processes per host (`make cluster`, the tests) it
+# would answer for whichever started last. Processes are managed by signals (TERM, QUIT, HUP).
+control_socket_disable = True
 
 
 def child_exit(server, worker):
