@@ -27,8 +27,8 @@ if _hard == resource.RLIM_INFINITY or _soft < _hard:
 
 bind = f"{settings.bind_host}:{settings.port}"
 workers = settings.web_concurrency
-# The gevent worker with a deadline on client sockets and a drain on SIGTERM, and gunicorn's logger
-# with a cheaper access line: gunicorn_worker.py (this file holds settings only).
+# The gevent worker with a deadline on client sockets and a drain on SIGTERM: gunicorn_worker.py
+# (this file holds settings only).
 worker_class = "gunicorn_worker.Worker"
 # Simultaneous connections per process: the waits admission lets in, and room for everything else
 # (posts, reads, health checks) beside them; past it gunicorn stops accepting until one closes.
@@ -42,7 +42,6 @@ graceful_timeout = 30
 # with 502 (nginx does not replay a request it has sent). It also bounds reading a request's head.
 keepalive = 75
 accesslog = "-"
-logger_class = "gunicorn_worker.AccessLogger"
 # No gunicornc control socket: every master on a host would bind the same default path
 # (~/.gunicorn/gunicorn.ctl), so with several web processes per host (`make cluster`, the tests) it
 # would answer for whichever started last. Processes are managed by signals (TERM, QUIT, HUP).

@@ -1,24 +1,23 @@
-"""The classes gunicorn.conf.py names: the gevent worker that chatq's web runs under, and gunicorn's
-logger with a cheaper access line. Imported by gunicorn's master after the config has run (so after
-prometheus-client's multiprocess folder is set), and never by the app: the worker patches the
-standard library (gevent) when it starts, before the app is imported.
+"""The gevent worker gunicorn.conf.py names, that chatq's web runs under. Imported by gunicorn's
+master after the config has run (so after prometheus-client's multiprocess folder is set), and never
+by the app: the worker patches the standard library (gevent) when it starts, before the app is
+imported.
 
-Both lean on gunicorn's internals (`AsyncWorker.handle` past the gevent worker's own, the access
-log's atoms): tests/test_operations.py and tests/test_security.py hold what they must do — the access
-line, byte for byte, in the combined format; a silent client disconnected; every waiting request
-answered at a SIGTERM — and fail when a gunicorn upgrade changes what these classes stand on.
+It leans on gunicorn's internals (`AsyncWorker.handle` past the gevent worker's own, the end of
+`handle_request`): tests/test_operations.py and tests/test_security.py hold what it must do — a
+silent client disconnected; every waiting request answered at a SIGTERM, its connection closed —
+and fail when a gunicorn upgrade changes what it stands on. The access line is gunicorn's own
+logger's (a cheaper copy of its atoms bought nothing measurable: BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import socket
 import weakref
 
 import gevent
-from gunicorn.glogging import Logger
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -107,29 +106,3 @@ class Worker(GeventWorker):
         self.clients.add(wrapped)
         # GeventWorker.handle would make the socket blocking again, without a timeout.
         AsyncWorker.handle(self, listener, wrapped, addr)
-
-
-class AccessLogger(Logger):
-    """gunicorn's logger, whose access line costs a tenth of a cheap request less.
-
-    For every request gunicorn builds, beside the line's own atoms, one atom per request header,
-    response header and environ variable (`{name}i`, `{name}o`, `{name}e`), lower-cased twice: ~40%
-    of what answering `/livez` costs. They are built here only when `access_log_format` names one.
-    """
-
-    def atoms(self, resp, req, environ, request_time):
-        if "}" in self.cfg.access_log_format:
-            return super().atoms(resp, req, environ, request_time)
-        sent = getattr(resp, "sent", None)
-        status = resp.status
-        return {
-            "h": environ.get("REMOTE_ADDR", "-"), "l": "-", "u": self._get_user(environ) or "-", "t": self.now(),
-            "r": f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
-            "s": status.split(None, 1)[0] if isinstance(status, str) else status,
-            "m": environ.get("REQUEST_METHOD"), "U": environ.get("PATH_INFO"), "q": environ.get("QUERY_STRING"),
-            "H": environ.get("SERVER_PROTOCOL"), "b": str(sent) if sent is not None else "-", "B": sent,
-            "f": environ.get("HTTP_REFERER", "-"), "a": environ.get("HTTP_USER_AGENT", "-"),
-            "T": request_time.seconds, "D": request_time.seconds * 1000000 + request_time.microseconds,
-            "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
-            "L": f"{request_time.seconds}.{request_time.microseconds:06d}", "p": f"<{os.getpid()}>",
-        }
