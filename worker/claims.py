@@ -20,7 +20,7 @@ three round trips to Postgres — the claim (with the history), the engine's too
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import itemgetter
 from typing import Any
@@ -66,36 +66,47 @@ class Question:
 
 
 @dataclass(frozen=True)
-class Claim:
-    lease: Lease | None  # None: nothing to do (answered, or another worker holds the conversation)
-    question: Question | None  # None with a lease: nothing left (the lease is released)
-    failed: list[uuid.UUID]  # messages given up on the way (too many attempts, too old)
-    noop_reason: str | None = None
+class Claimed:
+    """A question to answer, under its conversation's lease."""
+
+    lease: Lease
+    question: Question
+    gave_up: list[uuid.UUID]  # the conversation's messages failed for good on the way (too many attempts, too old)
 
 
-def claim(runtime: Runtime) -> Claim:
+@dataclass(frozen=True)
+class NothingClaimed:
+    """No question to answer: none could start (`conversation_id` None), or the conversation
+    claimed had none left — each was given up on the way (`gave_up`) or cancelled meanwhile — and
+    its lease is released."""
+
+    conversation_id: uuid.UUID | None = None
+    gave_up: list[uuid.UUID] = field(default_factory=list)
+
+
+def claim(runtime: Runtime) -> Claimed | NothingClaimed:
     """Take the message that should start next, with its conversation's lease."""
     cap = runtime.settings.max_generations_per_user
     with runtime.db.connect() as connection:
         claimed, content, history = _claimed(_run_claim(connection, cap, runtime.settings.lease_seconds))
         if claimed is None:
-            return Claim(None, None, [], noop_reason="nothing_ready")
+            return NothingClaimed()
         lease = Lease(uuid.UUID(claimed["conversation_id"]), claimed["lease_version"], claimed["last_seq"],
                       max(0, claimed["pending"] - 1))
-        failed: list[uuid.UUID] = []
+        gave_up: list[uuid.UUID] = []
         question = _question(lease, claimed, content, history)
         while question is not None:
             reason = _give_up_reason(question, runtime)
             if reason is None:
-                return Claim(lease, question, failed)
+                return Claimed(lease, question, gave_up)
             connection.execute(claim_sql.GIVE_UP, {"question_id": question.id, "reason": reason})
-            failed.append(question.id)
+            gave_up.append(question.id)
             claimed, content, history = _claimed(connection.execute(
                 claim_sql.PICK, {"conversation": lease.conversation_id, "version": lease.version}))
             question = _question(lease, claimed, content, history) if claimed is not None else None
         connection.execute(claim_sql.RELEASE,
                            {"conversation": lease.conversation_id, "version": lease.version})
-        return Claim(lease, None, failed)
+        return NothingClaimed(lease.conversation_id, gave_up)
 
 
 # "A capped claim is running": the key of a session-level advisory lock (worker/claim_sql.py's

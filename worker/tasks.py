@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import structlog
 from celery import Task
@@ -70,32 +70,76 @@ def answer_message(self: Task, message_id: str) -> str:
     try:
         done = _answer(uuid.UUID(message_id), self.request.get(REQUEST_ID_HEADER))
         # The job's result, as Flower shows it: what became of which message ("answered 1f0c…").
-        return f"{done.outcome.value} {done.question.id}" if done.question is not None else done.outcome.value
+        return f"{done.outcome} {done.claimed.question.id}" if isinstance(done, Settled) else done.outcome
     finally:
         structlog.contextvars.clear_contextvars()
 
 
-class Outcome(StrEnum):
-    NOTHING_TO_DO = "nothing_to_do"  # no message can start now (each is answered, busy, or waiting out a backoff)
-    DEFERRED = "deferred"  # no model server had a free slot in time: the doorbell went back to the queue
-    ANSWERED = "answered"
-    REQUEUED = "requeued"  # a generation given back to the queue, to be tried again after a backoff
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # stopped by the user: the text so far stored as its reply
-    SUPERSEDED = "superseded"  # put back in the queue while generated (a regenerate): nothing stored
-    LEASE_LOST = "lease_lost"  # another worker took the conversation over: it tells the clients
+# ---- What a job did -----------------------------------------------------------------------------
+# One type per outcome, carrying what its follow-up needs and nothing else; `outcome` names it in
+# the logs and in the job's result (Flower).
+
+
+class Deferred:
+    """No model server had a free slot in time: the doorbell went back to the queue."""
+
+    outcome = "deferred"
 
 
 @dataclass(frozen=True)
-class Done:
-    """What a job did, for `_follow_up` to report and to send the conversation on its way."""
+class NothingToDo:
+    """No message could start now: each is answered, its conversation busy, or it waits out a
+    backoff (the claim may have given some up on the way)."""
 
-    outcome: Outcome
-    lease: claims.Lease | None = None
-    question: claims.Question | None = None
-    gave_up: list[uuid.UUID] = field(default_factory=list)  # messages the claim failed for good
-    committed: claims.Committed | None = None
-    retry_in: float | None = None
+    nothing: claims.NothingClaimed
+    outcome: ClassVar[str] = "nothing_to_do"
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What became of the question this job claimed."""
+
+    claimed: claims.Claimed
+    outcome: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class Answered(Settled):
+    committed: claims.Committed
+    outcome: ClassVar[str] = "answered"
+
+
+class Cancelled(Settled):
+    """Stopped by the user: the text written so far stored as its reply (when there was any)."""
+
+    outcome = "cancelled"
+
+
+@dataclass(frozen=True)
+class Requeued(Settled):
+    """Given back to the queue, to be tried again after `retry_in` seconds."""
+
+    retry_in: float
+    outcome: ClassVar[str] = "requeued"
+
+
+class Failed(Settled):
+    outcome = "failed"
+
+
+class Superseded(Settled):
+    """Put back in the queue while generated (a regenerate): nothing stored."""
+
+    outcome = "superseded"
+
+
+class LeaseLost(Settled):
+    """Another worker took the conversation over: nothing stored, and it tells the clients."""
+
+    outcome = "lease_lost"
+
+
+Done = Deferred | NothingToDo | Settled
 
 
 def _answer(rung_for: uuid.UUID, request_id: str | None) -> Done:
@@ -109,9 +153,10 @@ def _answer(rung_for: uuid.UUID, request_id: str | None) -> Done:
         log.info("job_deferred", reason=str(busy))
         metrics.DUPLICATES.labels("no_model_slot").inc()
         ring(rung_for, request_id)
-        return Done(Outcome.DEFERRED)
+        return Deferred()
     try:
-        done = _generate(runtime, reserved)
+        claimed = claims.claim(runtime)
+        done = _generate(runtime, claimed, reserved) if isinstance(claimed, claims.Claimed) else NothingToDo(claimed)
     finally:
         if reserved is not None:
             reserved.release()  # not used (nothing to claim), or used and given back already
@@ -119,13 +164,10 @@ def _answer(rung_for: uuid.UUID, request_id: str | None) -> Done:
     return done
 
 
-def _generate(runtime: Runtime, reserved: Reserved | None) -> Done:
-    """Claim the message that should start next, generate, and store the reply (or give the
-    message back). Tells waiting clients only that the question is being answered."""
-    claimed = claims.claim(runtime)
+def _generate(runtime: Runtime, claimed: claims.Claimed, reserved: Reserved | None) -> Settled:
+    """Generate the claimed question's reply and store it, or give the question back. Tells
+    waiting clients only that the question is being answered."""
     lease, question = claimed.lease, claimed.question
-    if lease is None or question is None:
-        return Done(Outcome.NOTHING_TO_DO, lease, None, claimed.failed)
     structlog.contextvars.bind_contextvars(
         request_id=question.request_id,
         conversation_id=str(lease.conversation_id),
@@ -137,7 +179,6 @@ def _generate(runtime: Runtime, reserved: Reserved | None) -> Done:
         runtime.redis, lease.conversation_id, question.id, question.attempt, question.user)
     pieces.start()  # and waiting clients hear that the question is being answered
     started = time.perf_counter()
-    error: str | None = None
     try:
         with watch.watching(runtime, lease, question) as cancellation, metrics.GENERATION.time():
             reply = runtime.engine.reply(ReplyRequest(
@@ -157,102 +198,115 @@ def _generate(runtime: Runtime, reserved: Reserved | None) -> Done:
             "the generation ran past its time limit"
         log.warning("generation_interrupted", error=cause)
         metrics.RETRIES.inc()
-        return _give_back(runtime, claimed, failed=False, error=cause, retry_in=backoff.full_jitter(question.attempt))
+        return _give_back(runtime, claimed, error=cause, retry_in=backoff.full_jitter(question.attempt))
     except PermanentEngineError as permanent:
         log.warning("generation_failed", error=str(permanent))
         metrics.FAILURES.labels("permanent").inc()
-        error = str(permanent)
+        return _give_back(runtime, claimed, error=str(permanent) or "unknown", failed=True)
     except TRANSIENT_INFRASTRUCTURE:
         raise  # Postgres or Redis trouble: the job is retried; the lease runs out for the sweeper
     except Exception:
         # A bug: fail the message with a reason a person can read instead of retrying it forever.
         log.exception("generation_crashed")
         metrics.FAILURES.labels("crashed").inc()
-        error = "The assistant hit an internal error; retry later."
-    else:
-        if cancellation.reason == "shutdown":  # this worker is stopping: another one takes it over now
-            metrics.RETRIES.inc()
-            return _give_back(runtime, claimed, failed=False,
-                              error="the worker generating it was stopped; trying again", retry_in=0.0)
-        return _store(runtime, claimed, reply, time.perf_counter() - started)
-    return _give_back(runtime, claimed, failed=True, error=error or "unknown")
+        return _give_back(runtime, claimed, error="The assistant hit an internal error; retry later.", failed=True)
+    if cancellation.reason == "shutdown":  # this worker is stopping: another one takes it over now
+        metrics.RETRIES.inc()
+        return _give_back(runtime, claimed, error="the worker generating it was stopped; trying again", retry_in=0.0)
+    return _store(runtime, claimed, reply, time.perf_counter() - started)
 
 
-def _store(runtime: Runtime, claimed: claims.Claim, reply: Reply, took_seconds: float) -> Done:
+def _store(runtime: Runtime, claimed: claims.Claimed, reply: Reply, took_seconds: float) -> Settled:
     """Commit the reply, and say what the question became (answered, or cancelled meanwhile with
     this text as its reply; nothing stored if the lease was lost or a regenerate superseded it)."""
-    lease, question = claimed.lease, claimed.question
-    assert lease is not None and question is not None
     for kind, tokens in (reply.usage or {}).items():
         metrics.TOKENS.labels(runtime.settings.llm_model, kind.removesuffix("_tokens")).inc(tokens)
-    committed = claims.commit_reply(runtime, lease, question, reply)
+    committed = claims.commit_reply(runtime, claimed.lease, claimed.question, reply)
     if committed is None:
         log.warning("reply_discarded", reason="lease_lost")
-        return Done(Outcome.LEASE_LOST, lease, question, claimed.failed)
-    outcome = COMMITTED_AS.get(committed.status, Outcome.SUPERSEDED)
-    log.info(outcome.value, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
+        return LeaseLost(claimed)
+    settled: Settled
+    if committed.status is Status.ANSWERED:
+        settled = Answered(claimed, committed)
+    elif committed.status is Status.CANCELLED:
+        settled = Cancelled(claimed)
+    else:
+        settled = Superseded(claimed)
+    log.info(settled.outcome, reply_seq=committed.seq, tools=[call["name"] for call in reply.tool_calls],
              finish=reply.finish, context=reply.context, usage=reply.usage, generation_ms=round(took_seconds * 1000, 1))
-    return Done(outcome, lease, question, claimed.failed, committed=committed)
+    return settled
 
 
-def _give_back(runtime: Runtime, claimed: claims.Claim, *, failed: bool, error: str,
-               retry_in: float | None = None) -> Done:
+def _give_back(runtime: Runtime, claimed: claims.Claimed, *, error: str, failed: bool = False,
+               retry_in: float = 0.0) -> Settled:
     """Give the question back — queued again (tried after `retry_in`) or failed — and say what
-    became of it: the lease may have been lost, or the question cancelled meanwhile."""
-    assert claimed.lease is not None and claimed.question is not None
+    became of it: the lease may have been lost, or the question cancelled or superseded meanwhile."""
     given_back = claims.finish_unanswered(runtime, claimed.lease, claimed.question, failed=failed, error=error,
-                                          retry_in=retry_in or 0.0)
-    outcome = GIVEN_BACK_AS[given_back]
-    return Done(outcome, claimed.lease, claimed.question, claimed.failed,
-                retry_in=retry_in if outcome is Outcome.REQUEUED else None)
-
-
-# What the question became at the reply's commit (claim_sql.COMMIT_REPLY), and when given back.
-COMMITTED_AS = {Status.ANSWERED: Outcome.ANSWERED, Status.CANCELLED: Outcome.CANCELLED}
-GIVEN_BACK_AS = {claims.GivenBack.QUEUED: Outcome.REQUEUED, claims.GivenBack.FAILED: Outcome.FAILED,
-                 claims.GivenBack.CANCELLED: Outcome.CANCELLED, claims.GivenBack.SUPERSEDED: Outcome.SUPERSEDED,
-                 claims.GivenBack.LEASE_LOST: Outcome.LEASE_LOST}
-
-# The status waiting clients are told of the question once the job is done.
-STATUS_AFTER = {Outcome.ANSWERED: Status.ANSWERED, Outcome.REQUEUED: Status.QUEUED, Outcome.FAILED: Status.FAILED,
-                Outcome.CANCELLED: Status.CANCELLED, Outcome.SUPERSEDED: Status.QUEUED}
+                                          retry_in=retry_in)
+    match given_back:
+        case claims.GivenBack.QUEUED:
+            return Requeued(claimed, retry_in)
+        case claims.GivenBack.FAILED:
+            return Failed(claimed)
+        case claims.GivenBack.CANCELLED:
+            return Cancelled(claimed)
+        case claims.GivenBack.SUPERSEDED:
+            return Superseded(claimed)
+        case claims.GivenBack.LEASE_LOST:
+            return LeaseLost(claimed)
 
 
 def _follow_up(runtime: Runtime, done: Done) -> None:
     """Count it, tell waiting clients, and ring for the conversation's next question."""
-    for failed_id in done.gave_up:
-        metrics.FAILURES.labels("gave_up").inc()
-        if done.lease is not None:
-            messaging.announce(runtime.redis, done.lease.conversation_id, failed_id, Status.FAILED.value)
-    if done.outcome is Outcome.NOTHING_TO_DO:
-        if done.lease is None:
-            log.info("job_noop", reason="nothing_ready")
-            metrics.DUPLICATES.labels("nothing_ready").inc()
-        return
-    assert done.lease is not None and done.question is not None
-    metrics.CLAIMS.inc()
-    metrics.QUEUE_WAIT.labels(done.question.lane.name.lower(), f"{done.question.weight:g}").observe(
-        done.question.waited_seconds)
-    if done.outcome is Outcome.LEASE_LOST:
-        metrics.LEASE_LOST.inc()
-    else:
-        if done.outcome is Outcome.CANCELLED:
-            metrics.CANCELLED.inc()
-        messaging.announce(
-            runtime.redis, done.lease.conversation_id, done.question.id, STATUS_AFTER[done.outcome].value,
-            message=done.committed.message if done.committed is not None else None)
-    if done.committed is not None:
-        if done.outcome is Outcome.ANSWERED:
-            metrics.REPLY_LATENCY.observe(done.committed.latency_seconds)
-        # A user at MAX_GENERATIONS_PER_USER may have messages elsewhere that waited for this slot.
-        if not done.committed.check_next and not runtime.settings.max_generations_per_user:
+    match done:
+        case Deferred():
             return
-    _ring_next(runtime, done.lease.conversation_id, done.question, done.retry_in)
+        case NothingToDo(nothing=nothing):
+            _announce_given_up(runtime, nothing.conversation_id, nothing.gave_up)
+            if nothing.conversation_id is None:
+                log.info("job_noop", reason="nothing_ready")
+                metrics.DUPLICATES.labels("nothing_ready").inc()
+            return
+    lease, question = done.claimed.lease, done.claimed.question
+    _announce_given_up(runtime, lease.conversation_id, done.claimed.gave_up)
+    metrics.CLAIMS.inc()
+    metrics.QUEUE_WAIT.labels(question.lane.name.lower(), f"{question.weight:g}").observe(question.waited_seconds)
+    # What waiting clients are told the question is now (a lost lease: whoever holds it tells them),
+    # and, when answered, the message as just committed (their long-polls answer with it).
+    status: Status | None
+    message: dict[str, Any] | None = None
+    match done:
+        case Answered(committed=committed):
+            metrics.REPLY_LATENCY.observe(committed.latency_seconds)
+            status, message = Status.ANSWERED, committed.message
+        case Cancelled():
+            metrics.CANCELLED.inc()
+            status = Status.CANCELLED
+        case Failed():
+            status = Status.FAILED
+        case Requeued() | Superseded():
+            status = Status.QUEUED
+        case LeaseLost():
+            metrics.LEASE_LOST.inc()
+            status = None
+    if status is not None:
+        messaging.announce(runtime.redis, lease.conversation_id, question.id, status.value, message=message)
+    if isinstance(done, Answered) and not done.committed.check_next and not runtime.settings.max_generations_per_user:
+        return  # nothing else waits in the conversation, nor (without a per-user cap) for this slot
+    _ring_next(runtime, lease.conversation_id, question, done.retry_in if isinstance(done, Requeued) else None)
+
+
+def _announce_given_up(runtime: Runtime, conversation_id: uuid.UUID | None, gave_up: list[uuid.UUID]) -> None:
+    for failed_id in gave_up:
+        metrics.FAILURES.labels("gave_up").inc()
+        if conversation_id is not None:
+            messaging.announce(runtime.redis, conversation_id, failed_id, Status.FAILED.value)
 
 
 def _ring_next(runtime: Runtime, conversation_id: uuid.UUID, question: claims.Question, retry_in: float | None) -> None:
     """The conversation's next unanswered message waited for our lease (or, for a generation given
-    back to the queue, the same message waits out its backoff): ring for it."""
+    back to the queue, the same message waits out its backoff); a user at MAX_GENERATIONS_PER_USER
+    may have messages elsewhere that waited for this slot: ring for it."""
     following = claims.next_pending(runtime, conversation_id)
     if following is not None or runtime.settings.max_generations_per_user:
         ring(following, question.request_id, countdown=retry_in if following == question.id else None)

@@ -33,11 +33,11 @@ def test_a_claimed_question_is_answered_once_and_announced_as_a_read_shows_it(ro
     message_id = uuid.UUID(accepted.body["message"]["id"])
 
     claimed = claims.claim(runtime)
-    assert claimed.lease is not None and claimed.question is not None and claimed.question.id == message_id
+    assert isinstance(claimed, claims.Claimed) and claimed.question.id == message_id
     assert rolled_back.scalar(select(Message.status).where(Message.id == message_id)) is Status.PROCESSING
     # The conversation is leased and nothing else waits: a second claim (another worker, a
     # duplicate job) gets nothing.
-    assert claims.claim(runtime).lease is None
+    assert claims.claim(runtime) == claims.NothingClaimed()
 
     reply = Reply(content="Added “buy milk” to your list.",
                   tool_calls=[{"name": "add_task", "arguments": {"title": "buy milk"},
@@ -71,7 +71,7 @@ def test_a_stopped_generation_is_final_only_once_its_text_is_stored(
     accepted = accept(rolled_back, "alice", "Add task: buy milk")
     message_id = uuid.UUID(accepted.body["message"]["id"])
     claimed = claims.claim(runtime)
-    assert claimed.lease is not None and claimed.question is not None
+    assert isinstance(claimed, claims.Claimed)
     # The cancel (web/control.py) makes a generated question cancelling; the worker settles it.
     rolled_back.execute(update(Message).where(Message.id == message_id).values(status=Status.CANCELLING))
     committed = claims.commit_reply(runtime, claimed.lease, claimed.question,
@@ -92,7 +92,7 @@ def test_a_stopped_generation_given_back_or_whose_worker_died_ends_cancelled(rol
     for ending in ("given_back", "worker_died"):
         accept(rolled_back, "bob", f"Add task: {ending}")
         claimed = claims.claim(runtime)
-        assert claimed.lease is not None and claimed.question is not None
+        assert isinstance(claimed, claims.Claimed)
         question = claimed.question.id
         rolled_back.execute(update(Message).where(Message.id == question).values(status=Status.CANCELLING))
         if ending == "given_back":  # e.g. the model server failed just then
@@ -105,6 +105,28 @@ def test_a_stopped_generation_given_back_or_whose_worker_died_ends_cancelled(rol
             assert [(row.id, row.status) for row in settled] == [(question, "cancelled")]
         assert rolled_back.scalar(select(Message.status).where(Message.id == question)) is Status.CANCELLED
 
+
+
+def test_a_claim_fails_for_good_what_was_tried_too_often_and_takes_the_next(rolled_back, runtime: Runtime) -> None:
+    tried_out = accept(rolled_back, "carol", "Add task: one")
+    conversation = tried_out.body["conversation_id"]
+    next_one = accept(rolled_back, "carol", "Add task: two", conversation)
+    first, second = (uuid.UUID(accepted.body["message"]["id"]) for accepted in (tried_out, next_one))
+    # Every attempt it may have was made: the claim counts one more and gives it up on the way.
+    rolled_back.execute(update(Message).where(Message.id == first).values(attempts=runtime.settings.max_attempts))
+
+    claimed = claims.claim(runtime)
+    assert isinstance(claimed, claims.Claimed)
+    assert (claimed.question.id, claimed.gave_up) == (second, [first])
+    failed = rolled_back.execute(select(Message.status, Message.error).where(Message.id == first)).one()
+    assert failed.status is Status.FAILED and failed.error.startswith("Not answered after 5 attempts")
+
+    # A conversation whose only waiting message is tried out: nothing to answer, its lease let go.
+    alone = accept(rolled_back, "dave", "Add task: three")
+    only = uuid.UUID(alone.body["message"]["id"])
+    rolled_back.execute(update(Message).where(Message.id == only).values(attempts=runtime.settings.max_attempts))
+    assert claims.claim(runtime) == claims.NothingClaimed(uuid.UUID(alone.body["conversation_id"]), [only])
+    assert claims.claim(runtime) == claims.NothingClaimed()  # and nothing else could start
 
 
 def _statements() -> dict[str, Executable]:

@@ -39,8 +39,13 @@ def post_in_new_conversations(session: Session, user: str, conversations: int, e
     return ids
 
 
-def start_next(runtime: Runtime) -> claims.Claim:
-    return claims.claim(runtime)
+def start_next(runtime: Runtime) -> claims.Claimed | None:
+    """The next claim: a question under its conversation's lease, or None when none could start."""
+    claimed = claims.claim(runtime)
+    if isinstance(claimed, claims.Claimed):
+        return claimed
+    assert claimed == claims.NothingClaimed()  # nothing claimed, and nothing given up on the way
+    return None
 
 
 def starters(runtime: Runtime, count: int) -> list[str]:
@@ -48,13 +53,12 @@ def starters(runtime: Runtime, count: int) -> list[str]:
     started = []
     for _ in range(count):
         claimed = start_next(runtime)
-        assert claimed.question is not None, f"only {len(started)} messages could start"
+        assert claimed is not None, f"only {len(started)} messages could start"
         started.append(claimed.question.user)
     return started
 
 
-def answer(runtime: Runtime, claimed: claims.Claim) -> None:
-    assert claimed.lease is not None and claimed.question is not None
+def answer(runtime: Runtime, claimed: claims.Claimed) -> None:
     reply = Reply(content="done", tool_calls=[])
     assert claims.commit_reply(runtime, claimed.lease, claimed.question, reply) is not None
 
@@ -65,15 +69,15 @@ def test_a_light_users_message_starts_next_to_a_heavy_users_backlog(rolled_back)
     light = accept(rolled_back, "light", "show my tasks").body["message"]["id"]
     # FIFO would start it after the 30 conversations' first messages (and, as they finish, their
     # seconds and thirds); fair share starts it among the very first.
-    first = [start_next(runtime).question for _ in range(3)]
-    assert str(light) in [str(question.id) for question in first if question is not None]
+    first = [start_next(runtime) for _ in range(3)]
+    assert str(light) in [str(claimed.question.id) for claimed in first if claimed is not None]
 
 
 def test_a_user_alone_starts_as_many_as_there_are_claims(rolled_back) -> None:
     runtime = runtime_for(rolled_back)
     post_in_new_conversations(rolled_back, "alone", 5)
     assert starters(runtime, 5) == ["alone"] * 5
-    assert start_next(runtime).lease is None  # each conversation is being answered; nothing else waits
+    assert start_next(runtime) is None  # each conversation is being answered; nothing else waits
 
 
 def test_starts_follow_the_users_weights(rolled_back) -> None:
@@ -88,11 +92,11 @@ def test_a_conversation_is_answered_in_order_and_one_at_a_time(rolled_back) -> N
     runtime = runtime_for(rolled_back)
     ids = post_in_new_conversations(rolled_back, "sequential", 1, each=3)
     first = start_next(runtime)
-    assert first.question is not None and str(first.question.id) == ids[0]
-    assert start_next(runtime).lease is None  # the second waits for the first's reply
+    assert first is not None and str(first.question.id) == ids[0]
+    assert start_next(runtime) is None  # the second waits for the first's reply
     answer(runtime, first)
     second = start_next(runtime)
-    assert second.question is not None and str(second.question.id) == ids[1]
+    assert second is not None and str(second.question.id) == ids[1]
 
 
 def test_batch_work_starts_only_when_no_interactive_message_can(rolled_back) -> None:
@@ -120,7 +124,7 @@ def test_a_user_at_their_generation_cap_waits_while_others_start(rolled_back) ->
     runtime = runtime_for(rolled_back, max_generations_per_user=1)
     post_in_new_conversations(rolled_back, "busy", 3)
     assert starters(runtime, 1) == ["busy"]
-    assert start_next(runtime).lease is None  # busy's other two wait for its one generation
+    assert start_next(runtime) is None  # busy's other two wait for its one generation
     post_in_new_conversations(rolled_back, "other", 1)
     assert starters(runtime, 1) == ["other"]
 
@@ -136,7 +140,7 @@ def test_an_expired_message_never_starts_and_its_conversation_moves_on(rolled_ba
     # Its 30 seconds pass (now() is the transaction's start: move the expiry instead).
     rolled_back.execute(update(Message).where(Message.id == uuid.UUID(first.body["message"]["id"]))
                         .values(expires_at=func.now() - text("interval '1 second'")))
-    assert start_next(runtime).lease is None  # an expired message is never claimed ...
+    assert start_next(runtime) is None  # an expired message is never claimed ...
     expired = rolled_back.execute(claim_sql.EXPIRE, {"most": 10, "reason": "expired"}).all()
     assert [str(row.id) for row in expired] == [first.body["message"]["id"]]
     assert rolled_back.scalar(select(Message.status).where(
@@ -145,20 +149,20 @@ def test_an_expired_message_never_starts_and_its_conversation_moves_on(rolled_ba
     assert rolled_back.scalars(select(WebhookEvent.type).where(
         WebhookEvent.question_id == uuid.UUID(first.body["message"]["id"]))).all() == ["message.expired"]
     started = start_next(runtime)  # ... and the next one in its conversation starts
-    assert started.question is not None and str(started.question.id) == second.body["message"]["id"]
+    assert started is not None and str(started.question.id) == second.body["message"]["id"]
 
 
 def test_a_lease_that_ran_out_is_taken_away_and_its_question_queued_again(rolled_back) -> None:
     runtime = runtime_for(rolled_back)
     accept(rolled_back, "crashy", "add buy milk")
     dead = start_next(runtime)
-    assert dead.lease is not None and dead.question is not None
+    assert dead is not None
     rolled_back.execute(text("UPDATE conversations SET lease_expires_at = now() - interval '1 second' "
                              "WHERE id = :id"), {"id": dead.lease.conversation_id})
     requeued = rolled_back.execute(claim_sql.REVOKE_EXPIRED_LEASES, {"most": 10}).all()
     assert [row.id for row in requeued] == [dead.question.id]
     again = start_next(runtime)
-    assert again.question is not None and again.question.id == dead.question.id
+    assert again is not None and again.question.id == dead.question.id
     assert again.question.attempt == dead.question.attempt + 1
     # The presumed-dead worker was only slow: its reply is discarded, the new one is stored.
     assert claims.commit_reply(runtime, dead.lease, dead.question, Reply(content="late", tool_calls=[])) is None
