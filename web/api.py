@@ -213,12 +213,12 @@ def _message_view(ident: uuid.UUID) -> tuple[dict[str, Any], bool]:
 
 
 def _committed_message(ident: uuid.UUID) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    def told(change: dict[str, Any]) -> dict[str, Any] | None:
+    def carried(change: dict[str, Any]) -> dict[str, Any] | None:
         message = change.get("message")
         # Ownership was checked by the wait's first read; the channel is this message's own.
         return message if isinstance(message, dict) and message.get("id") == str(ident) else None
 
-    return told
+    return carried
 
 
 @bp.get("/messages/<message_id>")

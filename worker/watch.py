@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 # What a question being generated reads once a user stopped it (`cancelled`: as a web node of the
 # release before `cancelling` wrote it, during a rolling deploy).
-STOPPED = frozenset({Status.CANCELLING.value, Status.CANCELLED.value})
+STOPPED = frozenset({Status.CANCELLING, Status.CANCELLED})
 # How often a generation's watcher looks for a cancel when Redis cannot tell it (and the longest a
 # cancel may take to stop a generation when Redis is down).
 CANCEL_CHECK_SECONDS = 1.0
@@ -74,17 +74,17 @@ class Watcher:
         try:
             # A cancel committed before the subscription was published to nobody: Postgres is
             # read once right after it, then on every notification.
-            told = True
+            notified = True
             while not self.stop.is_set():
-                if not told:
-                    told = _told(pubsub) if pubsub is not None else not self.stop.wait(CANCEL_CHECK_SECONDS)
+                if not notified:
+                    notified = _notified(pubsub) if pubsub is not None else not self.stop.wait(CANCEL_CHECK_SECONDS)
                 if self.stop.is_set():
                     return
                 if STOPPING.due(self.runtime.settings.worker_shutdown_grace_seconds):
                     log.warning("generation_given_back", reason="worker_stopping")
                     self.cancellation.cancel(reason="shutdown")
                     return
-                status, told = self._check(told), False
+                status, notified = self._check(notified), False
                 if status is _LOST:
                     log.warning("lease_lost", conversation_id=str(self.lease.conversation_id))
                     return
@@ -96,7 +96,7 @@ class Watcher:
             if pubsub is not None:
                 pubsub.close()
 
-    def _check(self, told: bool) -> object:
+    def _check(self, notified: bool) -> object:
         """The question's status, by the lease's renewal when one is due, else by a read when a
         notification came; None when neither was due or the check failed (a failed check must not
         stop the generation: the next one may work). _LOST when the lease is no longer ours."""
@@ -104,7 +104,7 @@ class Watcher:
             if time.monotonic() >= self.renew_at:
                 self.renew_at = time.monotonic() + self.runtime.settings.lease_seconds / 3
                 return _renew(self.runtime, self.lease, self.question)
-            if told:
+            if notified:
                 with self.runtime.db.connect() as connection:
                     return connection.execute(claim_sql.QUESTION_STATUS,
                                               {"question_id": self.question.id}).scalar_one_or_none()
@@ -131,7 +131,7 @@ def _subscribe(runtime: Runtime, question_id: uuid.UUID) -> PubSub | None:
     return pubsub
 
 
-def _told(pubsub: PubSub) -> bool:
+def _notified(pubsub: PubSub) -> bool:
     """Whether a cancel notification came within CANCEL_CHECK_SECONDS (True also when Redis broke:
     then Postgres is asked instead)."""
     try:

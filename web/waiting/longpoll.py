@@ -46,9 +46,9 @@ def wait_for(channel: str, read: Callable[[], tuple[T, bool]], seconds: float, w
             if done or remaining <= 0 or wakeups().draining:
                 return value
             woken = waiter.event.wait(min(remaining, recheck_after()))
-            told = answer(waiter.woken_by) if woken and answer is not None else None
-            if told is not None:
-                return told
+            carried = answer(waiter.woken_by) if woken and answer is not None else None
+            if carried is not None:
+                return carried
             if not woken and time.monotonic() >= deadline and waiter.subscribed and wakeups().healthy:
                 # Nothing was published for this wait, and anything published would have reached
                 # it (a disconnect or reconnect wakes every waiter): what was read is still true.
