@@ -28,8 +28,8 @@ from models import (
 )
 from models.coordination.scheduling import queue_position, retry_after_seconds
 from models.representation import message_json
-from models.sql import outbox
 from models.sql.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
+from models.sql.stopping import STOP_IN_CONVERSATION
 from models.sql.usage import add_to_today
 
 from .problems import Problem
@@ -223,24 +223,18 @@ def _settle_busy(session: Session, user: str, conversation_id: str,
     ).first()
     if not owned:
         raise Problem(404, "No such conversation.")
-    busy = list(session.execute(select(Message.id, Message.status).where(
-        Message.conversation_id == parsed, Message.status.in_(UNFINISHED)).order_by(Message.seq)))
-    if busy and on_busy == "reject":
-        raise Problem(409, f"The conversation is still answering message {busy[0].id}; send this once it is done, "
-                      "or with on_busy \"interrupt\" or \"enqueue\".", slug="conversation-busy",
-                      extensions={"busy_message_id": str(busy[0].id)})
+    if on_busy == "reject":
+        busy = session.scalar(select(Message.id).where(Message.conversation_id == parsed,
+                                                       Message.status.in_(UNFINISHED)).order_by(Message.seq).limit(1))
+        if busy is not None:
+            raise Problem(409, f"The conversation is still answering message {busy}; send this once it is done, "
+                          "or with on_busy \"interrupt\" or \"enqueue\".", slug="conversation-busy",
+                          extensions={"busy_message_id": str(busy)})
+        return []
     # Queued ones are cancelled at once (with their webhook events, in this commit); the one being
     # generated becomes cancelling, and its worker stores what it wrote before the new one starts.
-    queued = [row.id for row in busy if row.status is Status.QUEUED]
-    generating = [row.id for row in busy if row.status is Status.PROCESSING]
-    if queued:
-        session.execute(update(Message).where(Message.id.in_(queued), Message.status == Status.QUEUED)
-                        .values(status=Status.CANCELLED, updated_at=func.now()))
-        session.execute(outbox.CANCELLED, {"question_ids": queued})
-    if generating:
-        session.execute(update(Message).where(Message.id.in_(generating), Message.status == Status.PROCESSING)
-                        .values(status=Status.CANCELLING, updated_at=func.now()))
-    return [*((ident, Status.CANCELLED) for ident in queued), *((ident, Status.CANCELLING) for ident in generating)]
+    stopped = session.execute(STOP_IN_CONVERSATION, {"conversation": parsed})
+    return [(row.id, row.status) for row in stopped]
 
 
 def is_one_statement(settings: Settings, idempotency: tuple[str, str] | None, on_busy: str) -> bool:

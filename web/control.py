@@ -8,14 +8,14 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, jsonify
-from sqlalchemy import Float, case, cast, func, select, update
+from sqlalchemy import Float, cast, func, select, update
 from sqlalchemy.orm import Session
 
-from models import FINAL, GENERATING, PENDING, Conversation, Message, Role, Status
+from models import FINAL, GENERATING, Conversation, Message, Role, Status
 from models.coordination.messaging import announce, read_partials, request_cancel, send_answer_job
 from models.representation import message_json, version_json
-from models.sql import outbox
 from models.sql.queries import owned_message_with_reply, reply_versions
+from models.sql.stopping import STOP_QUESTION
 
 from . import schemas
 from .accept import POLL_URL
@@ -90,25 +90,17 @@ def _question_or_404(session: Session, message_id: str) -> tuple[Message, Messag
 def cancel_message(message_id: str) -> dict[str, Any]:
     with transaction() as session:
         row, reply = _question_or_404(session, message_id)
-        # Not synchronized into `row`: the ORM would take the new status for it in memory even when
-        # Postgres matched nothing (a reply committed between the read above and this UPDATE).
-        was = session.execute(
-            update(Message).where(Message.id == row.id, Message.status.in_(PENDING))
-            .values(status=case((Message.status == Status.QUEUED, cast(Status.CANCELLED, Message.status.type)),
-                                else_=cast(Status.CANCELLING, Message.status.type)),
-                    updated_at=func.now())
-            .returning(Message.status),
-            execution_options={"synchronize_session": False},
-        ).scalar_one_or_none()
+        # Queued: cancelled now, with its webhook event; being generated: cancelling (its worker, wherever
+        # it is, stops and settles it). None when it was neither.
+        stopped = session.execute(STOP_QUESTION, {"question_id": row.id}).first()
+        was = stopped.status if stopped is not None else None
         # The question as it is now: cancelled or cancelling by this statement or another cancel
         # (the same 200), or answered or failed meanwhile (409).
         session.refresh(row)
         if was is None and row.status not in (Status.CANCELLED, Status.CANCELLING):
             raise Problem(409, f"Only a queued or processing message can be cancelled; this one is "
                           f"{row.status.value}.", slug="not-cancellable")
-        if was is Status.CANCELLED:  # never started: final now, with its webhook event in this commit
-            session.execute(outbox.CANCELLED, {"question_ids": [row.id]})
-        elif was is Status.CANCELLING:  # the worker generating it, wherever it is, stops and settles it
+        if was is Status.CANCELLING:
             after_commit(request_cancel, services().redis, [row.id])
         if was is not None:
             after_commit(announce, services().redis, row.conversation_id, row.id, was.value)

@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 from models import Conversation, DailyUsage, Erasure, Message, Role, Status, Task, WebhookEndpoint
 from models.coordination.messaging import announce, request_cancel, send_erasure_job
 from models.representation import message_out, version_out
-from models.sql.erasure import STOP_GENERATIONS, user_digest
+from models.sql.erasure import user_digest
 from models.sql.queries import QUESTION_SHOWN, REPLY_SHOWN, ShownReply, parse_uuid
+from models.sql.stopping import STOP_USERS_QUESTIONS
 
 from . import schemas
 from .auth import authenticate
@@ -287,7 +288,7 @@ def erase_me() -> Response:
             .returning(Erasure.id, Erasure.requested_at, Erasure.finished_at, Erasure.erased,
                        literal_column("xmax = 0").label("started"))).one()
         # Generations in flight stop first: queued questions are cancelled, generated ones told to stop.
-        stopped = session.execute(STOP_GENERATIONS, {"user": g.user}).all()
+        stopped = session.execute(STOP_USERS_QUESTIONS, {"user": g.user}).all()
         after_commit(request_cancel, redis, [row.id for row in stopped if row.status is Status.CANCELLING])
         for row in stopped:
             after_commit(announce, redis, row.conversation_id, row.id, row.status)

@@ -57,7 +57,7 @@ from models import (
 from models.coordination import messaging
 from models.coordination.scheduling import recent_user_starts_keys
 from models.coordination.signals import pieces_key
-from models.sql.erasure import STOP_GENERATIONS
+from models.sql.stopping import STOP_USERS_QUESTIONS
 
 from .runtime import Runtime
 
@@ -143,7 +143,7 @@ def erase(runtime: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
             return None
         user: str = taken.user_id
         counts = Counter(taken.erased or {})
-        stopped = [row.id for row in connection.execute(STOP_GENERATIONS, {"user": user})
+        stopped = [row.id for row in connection.execute(STOP_USERS_QUESTIONS, {"user": user})
                    if row.status is Status.CANCELLING]
         if stopped:
             messaging.request_cancel(runtime.redis, stopped)

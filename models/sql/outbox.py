@@ -18,7 +18,6 @@ from sqlalchemy import (
     Text,
     and_,
     any_,
-    bindparam,
     cast,
     exists,
     func,
@@ -28,7 +27,7 @@ from sqlalchemy import (
     select,
 )
 
-from ..tables.entities import Conversation, Message, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from ..tables.entities import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 EVENT_TYPES = ("message.answered", "message.failed", "message.cancelled", "message.expired")
 
@@ -78,14 +77,3 @@ def events_of(changes: Select[Any]) -> Outbox:
     )
     return Outbox(written, delivered)
 
-
-_messages = Message.__table__
-_conversations = Conversation.__table__
-
-# Questions cancelled by a user (web: the cancel call, on_busy=interrupt), in the cancel's
-# transaction: how many events it wrote.
-_cancelled = events_of(
-    select(*change(_conversations.c.user_id, _messages.c.id, literal("cancelled")))
-    .select_from(_messages.join(_conversations, _conversations.c.id == _messages.c.conversation_id))
-    .where(_messages.c.id.in_(bindparam("question_ids", expanding=True))))
-CANCELLED = select(func.count()).select_from(_cancelled.events).add_cte(_cancelled.deliveries)

@@ -7,13 +7,13 @@ import uuid
 from contextlib import nullcontext
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from models import DailyUsage, Message, Status
+from models import DailyUsage, Message, Status, WebhookEndpoint, WebhookEvent
 from web.accept import accept_message
 from web.problems import Problem
 
-from .support import NO_QUOTAS, accept
+from .support import NO_QUOTAS, accept, own_transaction
 
 
 def test_messages_are_numbered_in_their_conversation(rolled_back) -> None:
@@ -59,3 +59,36 @@ def test_nothing_outlives_the_test(engine, rolled_back) -> None:
     with engine.connect() as other:  # another connection does not see the uncommitted outer transaction
         count = select(func.count()).select_from(Message).where(Message.content == "add outlive nothing")
         assert other.scalar(count) == 0
+
+
+def _send(session, user: str, content: str, conversation_id: str, on_busy: str):
+    with accept_message(lambda _one_statement: own_transaction(session), user=user, content=content,
+                        conversation_id=conversation_id, request_id="unit", idempotency=None, settings=NO_QUOTAS,
+                        on_busy=on_busy) as accepted:
+        return accepted
+
+
+def test_interrupt_stops_the_conversations_questions_by_the_one_rule_and_reject_refuses(rolled_back) -> None:
+    with rolled_back.begin_nested():
+        rolled_back.add(WebhookEndpoint(user_id="erin", url="https://example.com/hook",
+                                        events=["message.cancelled"], secret="whsec_test"))
+    first = accept(rolled_back, "erin", "Add task: one")
+    conversation = first.body["conversation_id"]
+    second = accept(rolled_back, "erin", "Add task: two", conversation)
+    generated, queued = (uuid.UUID(accepted.body["message"]["id"]) for accepted in (first, second))
+    rolled_back.execute(update(Message).where(Message.id == generated).values(status=Status.PROCESSING))
+
+    with pytest.raises(Problem) as refused:
+        _send(rolled_back, "erin", "Add task: not now", conversation, "reject")
+    assert refused.value.status == 409 and refused.value.extensions["busy_message_id"] == str(generated)
+
+    interrupting = _send(rolled_back, "erin", "Add task: instead", conversation, "interrupt")
+    assert sorted(interrupting.interrupted) == sorted([(generated, Status.CANCELLING), (queued, Status.CANCELLED)])
+    statuses = dict(rolled_back.execute(select(Message.id, Message.status).where(
+        Message.conversation_id == uuid.UUID(conversation))).all())
+    assert statuses == {generated: Status.CANCELLING, queued: Status.CANCELLED, interrupting.message_id: Status.QUEUED}
+    # The queued one is final now, its event written by the statement that cancelled it; the one
+    # being generated gets its event when its worker stores what it wrote (worker/claim_sql.py).
+    events = rolled_back.execute(select(WebhookEvent.question_id, WebhookEvent.type)
+                                 .where(WebhookEvent.user_id == "erin")).all()
+    assert [tuple(event) for event in events] == [(queued, "message.cancelled")]
