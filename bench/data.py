@@ -36,7 +36,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 SECRET = "bench-secret-user-data-0123456789abcdefghijk"  # noqa: S105 - a bench database's
-BENCH_REDIS_DB = 5
 HEAVY, SEARCHER = "heavy", "searcher"
 
 
@@ -231,19 +230,15 @@ def main() -> None:
 
     import psutil
     import psycopg
-    import redis
 
+    from bench.environment import bench_environment
     from scripts import devstack
     from scripts.devstack import libpq_url
     from tests.support import Web
 
     base = devstack.environment()
-    database_url = devstack.create_database(base["DATABASE_URL"], "chatq_data")
-    redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
-           "PROMETHEUS_MULTIPROC_DIR": "", "MAX_QUEUED_PER_USER": "0"}
+    env = bench_environment("data", "chatq_data", SECRET, base, MAX_QUEUED_PER_USER="0")
+    database_url, redis_url = env["DATABASE_URL"], env["REDIS_URL"]
     seed(database_url, args.messages, args.users)
     common, rare = common_and_rare(database_url)
 

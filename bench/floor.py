@@ -42,7 +42,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-floor-0123456789abcdefghijklmnopq"  # noqa: S105 - a bench database's
-BENCH_REDIS_DB = 12
 # Each app's steps (see above); chatq is this checkout's app.
 MODES = {"bare": "", "+jwt": "jwt", "+sql": "jwt,sql", "+celery": "jwt,sql,celery", "lean": "jwt,sql,celery,publish",
          "chatq": "chatq"}
@@ -187,18 +186,15 @@ def main() -> None:
     import psycopg
     import redis
 
+    from bench.environment import bench_environment
     from scripts import devstack
 
-    base = devstack.environment()
-    database_url = devstack.create_database(base["DATABASE_URL"], "chatq_floor")
-    redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
+    env = bench_environment("floor", "chatq_floor", SECRET)
+    database_url, redis_url = env["DATABASE_URL"], env["REDIS_URL"]
     with psycopg.connect(devstack.libpq_url(database_url), autocommit=True) as connection:
         connection.execute("CREATE TABLE floor_messages (id uuid PRIMARY KEY, user_id text NOT NULL, "
                            "content text NOT NULL, status text NOT NULL DEFAULT 'queued', "
                            "created_at timestamptz NOT NULL DEFAULT now())")
-    env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
-           "PROMETHEUS_MULTIPROC_DIR": ""}
     figures: dict[str, list[float]] = {mode: [] for mode in MODES}
     try:
         for round_ in range(args.rounds):

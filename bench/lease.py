@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
 
 import psycopg
-import redis
 
+from bench.environment import bench_environment
 from scripts import devstack
 from tests.fake_llm import FakeModelServer
 from tests.support import TEST_SECRET, Api, Beat, Web, Worker, wait_until
@@ -38,12 +38,10 @@ def updates(dsn: str) -> int:
 
 
 def measure(lease: int, messages: int, generation: float, base_env: dict[str, str], model: FakeModelServer) -> dict:
-    database = devstack.create_database(base_env["DATABASE_URL"], f"chatq_bench_lease_{lease}")
-    redis_url = base_env["REDIS_URL"].rsplit("/", 1)[0] + "/9"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**base_env, "DATABASE_URL": database, "REDIS_URL": redis_url, "AUTH_SECRET": TEST_SECRET,
-           "ENGINE": "openai", "LLM_BASE_URL": model.base_url, "LLM_MODEL": "fake", "LEASE_SECONDS": str(lease),
-           "SWEEP_INTERVAL_SECONDS": "1", "RATE_LIMIT": "", "READ_RATE_LIMIT": ""}
+    env = bench_environment("lease", f"chatq_bench_lease_{lease}", TEST_SECRET, base_env, ENGINE="openai",
+                            LLM_BASE_URL=model.base_url, LLM_MODEL="fake", LEASE_SECONDS=str(lease),
+                            SWEEP_INTERVAL_SECONDS="1")
+    database = env["DATABASE_URL"]
     words = max(1, int(generation / 0.25))
     answer = {"content": " ".join(["word"] * words), "chunk_delay": 0.25}
     processes = [Web(f"bench-lease-web-{lease}", env).start(), Worker(f"bench-lease-worker-{lease}", env).start(),

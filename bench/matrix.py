@@ -23,17 +23,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
-import redis
 import requests
 
+from bench.environment import bench_environment
 from bench.load import describe, percentile, run_baseline, run_load, token
 from scripts import devstack
 from scripts.cluster import nginx_binary, render_nginx_conf
-from scripts.devstack import create_database
 from tests.support import ARTIFACTS, Process, Web, Worker, free_port, wait_until
 
 SECRET = "bench-secret-matrix-0123456789abcdefghijklmnop"  # noqa: S105 - a bench database's
-BENCH_REDIS_DB = 13
 TOOL_CALLS = ('[{"name": "add_task", "arguments": {"title": "x"}, "result": {"task": '
               '{"id": "00000000-0000-0000-0000-000000000000", "title": "x", "done": false}}}]')
 
@@ -129,13 +127,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=15)
     parser.add_argument("--history-only", action="store_true", help="only the reply latency by history length")
     args = parser.parse_args()
-    base = devstack.environment()
-    database_url = create_database(base["DATABASE_URL"], "chatq_bench")
-    redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
-           "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": ""}
+    env = bench_environment("matrix", "chatq_bench", SECRET, WEB_CONCURRENCY="2")
+    database_url, redis_url = env["DATABASE_URL"], env["REDIS_URL"]
     rows = []
     for webs, workers in [(1, 2)] if args.history_only else [(1, 1), (1, 2), (1, 4), (3, 2)]:
         deployment = Deployment(env, webs, workers)

@@ -40,7 +40,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
-BENCH_REDIS_DB = 6
 CONTEXT = 4096
 TIMEOUT_S = 20
 
@@ -217,17 +216,13 @@ def main() -> None:
     import redis
     import requests
 
+    from bench.environment import bench_environment
     from scripts import devstack, llama
     from tests.support import TEST_SECRET, Api, Process, Web, Worker, free_port, wait_until
 
     server = llama.find()
     if server is None:
         sys.exit("llama-server is not built: run `python scripts/llama.py build` first")
-    base = devstack.environment()
-    database_url = devstack.create_database(base["DATABASE_URL"], "chatq_models")
-    redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
-    redis_client = redis.Redis.from_url(redis_url)
-    redis_client.flushdb()
     ports = [free_port(), free_port()]
     def argv(port: int) -> list[str]:
         line = server.argv(port, context=2 * CONTEXT)  # two slots of CONTEXT tokens each
@@ -240,11 +235,11 @@ def main() -> None:
     proxies = [TimingProxy(f"http://127.0.0.1:{port}") for port in ports]
     pool = [{"url": proxy.url + "/v1", "model": f"smollm2-{name}", "slots": 2, "pin_slots": True}
             for proxy, name in zip(proxies, "ab", strict=True)]
-    env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "AUTH_SECRET": TEST_SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
-           "PROMETHEUS_MULTIPROC_DIR": "", "ENGINE": "openai", "LLM_SERVERS": json.dumps(pool),
-           "LLM_MAX_TOKENS": "48", "LLM_CONTEXT_TOKENS": str(CONTEXT), "LLM_TIMEOUT_S": str(TIMEOUT_S),
-           "LLM_STREAM": "1"}
+    base = devstack.environment()
+    env = bench_environment("models", "chatq_models", TEST_SECRET, ENGINE="openai", LLM_SERVERS=json.dumps(pool),
+                            LLM_MAX_TOKENS="48", LLM_CONTEXT_TOKENS=str(CONTEXT), LLM_TIMEOUT_S=str(TIMEOUT_S),
+                            LLM_STREAM="1")
+    redis_client = redis.Redis.from_url(env["REDIS_URL"])
     most = dict.fromkeys(ports, 0)
     sampling = threading.Event()
 

@@ -37,16 +37,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
-import redis
 import requests
 
+from bench.environment import bench_environment
 from bench.load import percentile, token
-from scripts import devstack
-from scripts.devstack import create_database
 from tests.support import Web, Worker, wait_until
 
 SECRET = "bench-secret-waits-0123456789abcdefghijklmnop"  # noqa: S105 - a bench database's
-BENCH_REDIS_DB = 12
 WAITS_PER_USER = 5
 
 
@@ -182,15 +179,9 @@ def main() -> None:
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    base = devstack.environment()
-    database_url = create_database(base["DATABASE_URL"], "chatq_bench")
-    redis_url = base["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
     counts = [int(n) for n in args.waits.split(",")]
-    env = {**{k: v for k, v in base.items() if k != "CHATQ_DEV"}, "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "AUTH_SECRET": SECRET, "RATE_LIMIT": "", "READ_RATE_LIMIT": "",
-           "PROMETHEUS_MULTIPROC_DIR": "", "MAX_WAITS": str(max(counts) + 100),
-           "MAX_WAITS_PER_USER": str(WAITS_PER_USER)}
+    env = bench_environment("waits", "chatq_bench", SECRET, MAX_WAITS=str(max(counts) + 100),
+                            MAX_WAITS_PER_USER=str(WAITS_PER_USER))
     worker = Worker("bench-waits-worker", env, concurrency=2).start()
     rows = []
     try:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
 
-import redis
 
+from bench.environment import bench_environment
 from scripts import devstack
 from tests.support import TEST_SECRET, Api, Beat, Web, Worker
 from tests.test_webhooks import Receiver, WebhooksWorker
@@ -61,10 +61,7 @@ def main() -> int:
     arguments = parser.parse_args()
     started: list[str] = []
     base = devstack.environment(started)
-    env = {**base, "DATABASE_URL": devstack.create_database(base["DATABASE_URL"], "chatq_bench_webhooks"),
-           "REDIS_URL": base["REDIS_URL"].rsplit("/", 1)[0] + "/8", "AUTH_SECRET": TEST_SECRET,
-           "RATE_LIMIT": "", "READ_RATE_LIMIT": "", "WEBHOOK_ALLOW_PRIVATE": "1"}
-    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    env = bench_environment("webhooks", "chatq_bench_webhooks", TEST_SECRET, base, WEBHOOK_ALLOW_PRIVATE="1")
     processes = [Web("bench-webhooks-web", env).start(), Worker("bench-webhooks-worker", env).start(),
                  WebhooksWorker("bench-webhooks-deliverer", env).start(), Beat("bench-webhooks-beat", env).start()]
     receiver = Receiver()

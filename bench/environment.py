@@ -1,0 +1,34 @@
+"""Where a bench's processes run: a fresh database of their own beside DATABASE_URL's (or the
+embedded default's), a Redis database of their own, flushed, and nothing in the way of the load —
+no rate limits, no dev mode, no shared metrics folder.
+
+web_cpu.py and fairness.py build theirs by hand inside the checkout they measure, which may be
+older than this module.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+# Each bench's Redis database, chosen here only, so that no two benches share one (web_cpu.py's is
+# 11, fairness.py's 6). The tests' are tests/support.py's: a bench and `make test` against the same
+# Redis server may meet, so run them one at a time.
+REDIS_DATABASES = {"data": 5, "models": 7, "webhooks": 8, "lease": 9, "floor": 10, "waits": 12, "matrix": 13}
+
+
+def bench_environment(bench: str, database: str, secret: str, base: dict[str, str] | None = None,
+                      **settings: str) -> dict[str, str]:
+    """The environment of `bench`'s processes: `database` created anew (schema by Alembic), the
+    bench's Redis database flushed, tokens signed with `secret`, and `settings` on top. `base`: what
+    devstack.environment() returned, when the caller keeps it (to stop the servers it started)."""
+    import redis
+
+    from scripts import devstack
+
+    base = devstack.environment() if base is None else base
+    redis_url = urlunsplit(urlsplit(base["REDIS_URL"])._replace(path=f"/{REDIS_DATABASES[bench]}"))
+    redis.Redis.from_url(redis_url).flushdb()
+    return {**{name: value for name, value in base.items() if name != "CHATQ_DEV"},
+            "DATABASE_URL": devstack.create_database(base["DATABASE_URL"], database), "REDIS_URL": redis_url,
+            "AUTH_SECRET": secret, "RATE_LIMIT": "", "READ_RATE_LIMIT": "", "PROMETHEUS_MULTIPROC_DIR": "",
+            **settings}
