@@ -41,8 +41,8 @@ def make_producer(settings: Settings) -> Celery:
     """A Celery app that only sends: web never imports worker/, it sends jobs by name."""
     producer = Celery("chatq-web", broker=broker_url(settings), set_as_current=False)
     producer.conf.update(
-        # No "task-sent" event: it is a second publish to Redis on every POST (~10% of the web's
-        # CPU per message, BENCHMARKS.md); Flower shows a job from its "received" on.
+        # No "task-sent" event: it is a second publish to Redis on every POST (what it cost:
+        # BENCHMARKS.md, "Waiting clients"); Flower shows a job from its "received" on.
         task_send_sent_event=False,
         broker_connection_timeout=2,
         broker_connection_retry=False,

@@ -199,9 +199,10 @@ def _export_lines(session: Session, user: str, leave: Callable[[], None]) -> Gen
 
 
 # The export's messages and reply versions: what the API shows of them, as light rows (not ORM
-# entities, which cost a third of the export's time), each kind one streamed statement over all of
-# the user's rows (a statement per conversation cost a round trip per FETCH: 2 MB/s). A message row
-# carries the columns of both roles; its current reply's follow it.
+# entities, a large part of the export's time), each kind one streamed statement over all of the
+# user's rows (a statement per conversation cost a round trip per FETCH; BENCHMARKS.md, "A user's
+# data", has the figures). A message row carries the columns of both roles; its current reply's
+# follow it.
 _messages = Message.__table__
 _other = _messages.alias("other")
 _ANY_SHOWN = (*QUESTION_SHOWN, *(name for name in REPLY_SHOWN if name not in QUESTION_SHOWN))

@@ -140,8 +140,8 @@ def _claimed(result: CursorResult[Any]) -> tuple[dict[str, Any] | None, str | No
     """From the rows of CLAIM or PICK (claim_sql._question_with_history says their shape: seq, role,
     content, tool_calls, claim): the claim's details as the statement wrote them (None: nothing
     claimed), the question's text, and the history in seq order."""
-    # The driver's own tuples: SQLAlchemy's Row objects cost a third of fetching a 10,000-message
-    # history, and these rows are read by position anyway.
+    # The driver's own tuples, not SQLAlchemy's Row objects, which a long history pays for once per
+    # message (bench/claim_fetch.py; its figures are in BENCHMARKS.md); the rows' shape is said above.
     try:
         rows = result.cursor.fetchall()
     finally:

@@ -91,8 +91,8 @@ def owned_message_with_reply(session: Session, user: str, message_id: str) -> tu
 
 # The columns the API shows of a question and of a reply (models/representation.py), nothing more,
 # as light rows: the message read of every poll and long-poll is the web tier's hottest read, and
-# through the ORM it cost twice the CPU (an entity per row, 42 columns described and loaded where
-# 22 are shown; BENCHMARKS.md, "Waiting clients"). Immutable SQL constructs and row types.
+# the ORM built an entity per row and described and loaded every column (what it cost:
+# BENCHMARKS.md, "Waiting clients"). Immutable SQL constructs and row types.
 _SHOWN = ("id", "conversation_id", "seq", "role", "content", "created_at", "error")
 QUESTION_SHOWN = (*_SHOWN, "status", "attempts")
 REPLY_SHOWN = (*_SHOWN, "reply_to_id", "tool_calls", "finish", "usage", "context", "superseded", "model")
