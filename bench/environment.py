@@ -3,17 +3,32 @@ embedded default's), a Redis database of their own, flushed, and nothing in the 
 no rate limits, no dev mode, no shared metrics folder.
 
 web_cpu.py and fairness.py build theirs by hand inside the checkout they measure, which may be
-older than this module.
+older than this module; only their TMPDIR comes from here, set before they start it.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from urllib.parse import urlsplit, urlunsplit
 
 # Each bench's Redis database, chosen here only, so that no two benches share one (web_cpu.py's is
 # 11, fairness.py's 6). The tests' are tests/support.py's: a bench and `make test` against the same
 # Redis server may meet, so run them one at a time.
 REDIS_DATABASES = {"data": 5, "models": 7, "webhooks": 8, "lease": 9, "floor": 10, "waits": 12, "matrix": 13}
+
+
+def private_tmpdir(bench: str) -> str:
+    """Point TMPDIR, which every process the bench starts inherits, at a folder of the bench's own,
+    removed when the bench exits: a process it SIGKILLs cannot remove its temporary files
+    (multiprocessing's pymp-* folders), as the tests' run folder does for them (tests/conftest.py)."""
+    folder = tempfile.mkdtemp(prefix=f"chatq-bench-{bench}-")
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = None  # this process too: gettempdir() reads TMPDIR again
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def bench_environment(bench: str, database: str, secret: str, base: dict[str, str] | None = None,
@@ -25,10 +40,11 @@ def bench_environment(bench: str, database: str, secret: str, base: dict[str, st
 
     from scripts import devstack
 
+    tmpdir = private_tmpdir(bench)
     base = devstack.environment() if base is None else base
     redis_url = urlunsplit(urlsplit(base["REDIS_URL"])._replace(path=f"/{REDIS_DATABASES[bench]}"))
     redis.Redis.from_url(redis_url).flushdb()
     return {**{name: value for name, value in base.items() if name != "CHATQ_DEV"},
             "DATABASE_URL": devstack.create_database(base["DATABASE_URL"], database), "REDIS_URL": redis_url,
             "AUTH_SECRET": secret, "RATE_LIMIT": "", "READ_RATE_LIMIT": "", "PROMETHEUS_MULTIPROC_DIR": "",
-            **settings}
+            "TMPDIR": tmpdir, **settings}

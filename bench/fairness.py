@@ -235,6 +235,10 @@ def main() -> None:
         sys.path.insert(0, str(HERE))
         claim_scaling([int(size) for size in args.claim_scaling.split(",")])
         return
+    sys.path.insert(0, str(HERE))
+    from bench.environment import private_tmpdir
+
+    private_tmpdir("fairness")  # the measured processes' temporary files, whichever checkout they are
     roots = ([args.against.resolve()] if args.against else []) + [HERE]
     for round_ in range(args.rounds):
         for root in roots:

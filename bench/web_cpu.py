@@ -85,6 +85,10 @@ def main() -> None:
         os.chdir(args.measure)
         print(f"{measure(args.messages, args.engine_delay_ms):.3f}")
         return
+    sys.path.insert(0, str(HERE))
+    from bench.environment import private_tmpdir
+
+    private_tmpdir("webcpu")  # the measured processes' temporary files, whichever checkout they are
     roots = ([args.against.resolve()] if args.against else []) + [HERE]
     figures: dict[Path, list[float]] = {root: [] for root in roots}
     for round_ in range(args.rounds):
