@@ -45,7 +45,6 @@ W = TypeVar("W", bound="Waiter")
 # How long a request waits for Redis to confirm its subscription (a round trip, normally well under
 # a millisecond) before it goes on anyway and relies on its re-checks.
 CONFIRM_SECONDS = 1.0
-# Idle seconds before the first probe, seconds between probes, probes unanswered before it is dead.
 RECONNECT_SECONDS = (0.2, 5.0)  # first and longest pause between two attempts to reconnect
 # A stream that is not read for a while keeps at most this many undelivered notifications; it
 # re-reads Postgres anyway when woken, so dropping the oldest loses no state, only live text.
@@ -88,8 +87,8 @@ class Inbox(Waiter):
 
     def __init__(self) -> None:
         super().__init__()
-        # Made at the first notification: most waits never get one, and an empty deque costs
-        # ~0.6 KiB (BENCHMARKS.md, memory per wait).
+        # Made at the first notification: most waits never get one, and even an empty deque is a
+        # sizeable part of what a wait costs (BENCHMARKS.md, memory per wait).
         self.inbox: deque[tuple[str, str]] | None = None
 
     def notify(self, channel: str, data: str, payload: dict[str, Any] | None) -> None:
