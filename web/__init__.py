@@ -40,6 +40,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     settings = settings or Settings.from_env()
     app.config.from_mapping(
         AUTH_SECRET=settings.require_auth_secret(),
+        ERASURE_SECRET=settings.require_erasure_secret(),  # checked now: web refuses to start without one
         SERVER_ID=settings.server_id,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         DB_POOL_SIZE=10,

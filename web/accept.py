@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, Row, SmallInteger, bindparam, cast, exists, func, insert, literal, select, update
+from sqlalchemy import Float, Row, SmallInteger, bindparam, cast, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -28,12 +28,14 @@ from models import (
 )
 from models.coordination.scheduling import queue_position, retry_after_seconds
 from models.representation import message_json
+from models.sql.erasure import ERASING
 from models.sql.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
 from models.sql.stopping import STOP_IN_CONVERSATION
 from models.sql.usage import add_to_today
 
 from .problems import Problem
 from .quotas import charge_message, has_quotas
+from .writes import erasure_running
 
 POLL_URL = "/api/v1/messages/{}"
 DEFAULT_TITLE_CHARS = 60
@@ -132,32 +134,31 @@ def _numbered_insert(numbered: Any, *, counted: bool = False) -> Any:
 # Core statements on the tables: with parameters, an ORM insert would mean an ORM bulk insert.
 _conversations = Conversation.__table__.c
 _messages = Message.__table__.c
-# The user has fewer than MAX_QUEUED_PER_USER messages waiting: no cap-th one exists (an index
-# lookup of at most `cap` entries of ix_messages_user_pending, whatever else waits).
-_ROOM_IN_QUEUE = ~exists(
-    select(literal(1)).where(_messages.user_id == bindparam("user"), _messages.status == Status.QUEUED)
-    .offset(bindparam("cap") - 1).limit(1)
-)
+# The user may queue a message (migration 0010): no erasure of theirs runs, and with a cap
+# (MAX_QUEUED_PER_USER > 0) they have fewer than `cap` messages waiting, counted under their queue
+# lock, so that concurrent POSTs take turns and each counts the others' (a cap-th one found in
+# ix_messages_user_pending: at most `cap` entries read, whatever else waits).
+_MAY_QUEUE = func.may_queue(bindparam("user"), bindparam("cap"))
 
 
-def _new_conversation(capped: bool) -> Any:
+def _new_conversation() -> Any:
     row = select(bindparam("conversation_uuid"), bindparam("user"), bindparam("title"), literal(1), literal(0),
                  bindparam("ttl_days", type_=_conversations.ttl_days.type),
                  bindparam("temporary", type_=_conversations.temporary.type))
     return (
         insert(Conversation.__table__)
         .from_select(["id", "user_id", "title", "last_seq", "lease_version", "ttl_days", "temporary"],
-                     row.where(_ROOM_IN_QUEUE) if capped else row)
+                     row.where(_MAY_QUEUE))
         .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
         .cte("numbered")
     )
 
 
-def _next_in_conversation(capped: bool) -> Any:
+def _next_in_conversation() -> Any:
     mine = (_conversations.id == bindparam("conversation_id"), _conversations.user_id == bindparam("user"))
     return (
         update(Conversation.__table__)
-        .where(*mine, *((_ROOM_IN_QUEUE,) if capped else ()))
+        .where(*mine, _MAY_QUEUE)
         .values(last_seq=_conversations.last_seq + 1, updated_at=func.now())
         .returning(_conversations.id.label("cid"), _conversations.last_seq.label("seq"))
         .cte("numbered")
@@ -172,14 +173,19 @@ class _Storing:
     into_existing: Any
 
 
-# (counted in the day, capped) -> the two statements.
-_STORING = {(counted, capped): _Storing(_numbered_insert(_new_conversation(capped), counted=counted),
-                                        _numbered_insert(_next_in_conversation(capped), counted=counted))
-            for counted in (False, True) for capped in (False, True)}
+# counted in the day -> the two statements.
+_STORING = {counted: _Storing(_numbered_insert(_new_conversation(), counted=counted),
+                              _numbered_insert(_next_in_conversation(), counted=counted))
+            for counted in (False, True)}
 
 
 class QueueFull(Exception):
     """The user already has MAX_QUEUED_PER_USER messages waiting: nothing was stored."""
+
+
+def _refused(session: Session, user: str) -> Exception:
+    """Why may_queue() refused: the user's erasure runs, or their queue is full."""
+    return erasure_running() if session.scalar(ERASING, {"user": user}) else QueueFull()
 
 
 def _store(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,
@@ -187,9 +193,8 @@ def _store(session: Session, *, user: str, content: str, conversation_id: str | 
     """Number and insert the message in one statement (`counted`: and count it in the user's day):
     the conversation row's lock (taken by the UPDATE that bumps its `last_seq`, or the INSERT of a
     new conversation) orders concurrent posts. None when the conversation is not the user's;
-    QueueFull when the user has too many messages waiting."""
-    capped = settings.max_queued_per_user > 0
-    storing = _STORING[counted, capped]
+    QueueFull when the user has too many messages waiting, 409 while their erasure runs."""
+    storing = _STORING[counted]
     parameters = {"message_id": uuid.uuid4(), "content": content, "request_id": request_id, "user": user,
                   "lane": asked.lane, "weight": asked.weight, "expires_in": asked.expires_in,
                   "cap": settings.max_queued_per_user}
@@ -202,14 +207,14 @@ def _store(session: Session, *, user: str, content: str, conversation_id: str | 
                                                        "ttl_days": lifetime.ttl_days,
                                                        "temporary": lifetime.temporary}).one_or_none()
         if stored is None:
-            raise QueueFull
+            raise _refused(session, user)
         return stored
     parsed = parse_uuid(conversation_id)
     if parsed is None:
         return None
     stored = connection.execute(storing.into_existing, {**parameters, "conversation_id": parsed}).one_or_none()
-    if stored is None and capped and owned_conversation(session, user, conversation_id) is not None:
-        raise QueueFull
+    if stored is None and owned_conversation(session, user, conversation_id) is not None:
+        raise _refused(session, user)
     return stored
 
 
@@ -279,6 +284,14 @@ def accept_message(
 def _accept(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,
             idempotency: tuple[str, str] | None, settings: Settings, on_busy: str, asked: Asked,
             lifetime: Lifetime, start_rate: Callable[[], float | None]) -> Accepted:
+    # In a transaction, the user's locks first, in the order the storing statement takes them
+    # (may_queue()): taken after the conversation's row lock, they could deadlock with a plain POST,
+    # which takes them before it. Refused only for an erasure here: a full queue is counted again
+    # when storing, after any questions this POST interrupts.
+    if not is_one_statement(settings, idempotency, on_busy) \
+            and not session.scalar(select(_MAY_QUEUE), {"user": user, "cap": settings.max_queued_per_user}) \
+            and session.scalar(ERASING, {"user": user}):
+        raise erasure_running()
     if idempotency is not None:
         stored = _claim_key(session, user, *idempotency)
         if stored is not None:

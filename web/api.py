@@ -33,9 +33,10 @@ from .problems import Problem
 from .quotas import usage_today
 from .serialize import conversation_json, task_json
 from .services import after_commit, reader, services, transaction
-from .shown import conversation_or_404, partials, with_queue_positions
+from .shown import conversation_or_404, partials, refreshed_or_404, with_queue_positions
 from .spec import operation
 from .waiting.longpoll import wait_for
+from .writes import refuse_while_erasing
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 log = structlog.get_logger(__name__)
@@ -56,6 +57,7 @@ def _identify() -> None:
 def create_conversation() -> tuple[dict[str, Any], int]:
     body = json_body(schemas.NewConversation)
     with transaction() as session:
+        refuse_while_erasing(session, g.user)
         row = Conversation(user_id=g.user, title=(body.title or "New conversation").strip(), ttl_days=body.ttl_days,
                            temporary=body.temporary)
         session.add(row)
@@ -120,12 +122,13 @@ def change_conversation(conversation_id: str) -> dict[str, Any]:
         if name in changes and changes[name] is None:
             raise Problem(422, f"{name}: may not be null", slug="invalid-field")
     with transaction() as session:
+        refuse_while_erasing(session, g.user)
         row = conversation_or_404(conversation_id, session)
         # Not its updated_at: that is its last message's arrival, which retention counts from.
         session.execute(update(Conversation).where(Conversation.id == row.id)
                         .values(**changes, updated_at=Conversation.updated_at)
                         .execution_options(synchronize_session="fetch"))
-        session.refresh(row)
+        refreshed_or_404(session, row, "conversation")
     return conversation_json(row)
 
 

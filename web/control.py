@@ -24,7 +24,9 @@ from .inputs import optional_json_body
 from .problems import Problem
 from .quotas import charge_message
 from .services import after_commit, reader, services, transaction
+from .shown import refreshed_or_404
 from .spec import operation
+from .writes import refuse_while_erasing
 
 bp = Blueprint("control", __name__, url_prefix="/api/v1")
 log = structlog.get_logger(__name__)
@@ -39,6 +41,7 @@ def _identify() -> None:
 @operation("Put a failed message back in the queue", responses={202: schemas.Accepted})
 def retry_message(message_id: str) -> Response:
     with transaction() as session:
+        refuse_while_erasing(session, g.user)
         row, _reply = _question_or_404(session, message_id)
         requeued = session.execute(
             update(Message)
@@ -49,7 +52,7 @@ def retry_message(message_id: str) -> Response:
         if requeued is None:
             raise Problem(409, f"Only a failed message can be retried; this one is {row.status.value}.",
                           slug="not-failed")
-        session.refresh(row)
+        refreshed_or_404(session, row, "message")
         _send_again(row)
     return _requeued(row)
 
@@ -96,7 +99,7 @@ def cancel_message(message_id: str) -> dict[str, Any]:
         was = stopped.status if stopped is not None else None
         # The question as it is now: cancelled or cancelling by this statement or another cancel
         # (the same 200), or answered or failed meanwhile (409).
-        session.refresh(row)
+        refreshed_or_404(session, row, "message")
         if was is None and row.status not in (Status.CANCELLED, Status.CANCELLING):
             raise Problem(409, f"Only a queued or processing message can be cancelled; this one is "
                           f"{row.status.value}.", slug="not-cancellable")
@@ -117,12 +120,13 @@ def cancel_message(message_id: str) -> dict[str, Any]:
 def regenerate_message(message_id: str) -> Response:
     body = optional_json_body(schemas.Regenerate)
     with transaction() as session:
+        refuse_while_erasing(session, g.user)
         row, _reply = _question_or_404(session, message_id)
         # The conversation's row first, as every writer takes it: a post or another regenerate waits.
         session.execute(select(Conversation.id).where(Conversation.id == row.conversation_id).with_for_update())
         latest = session.scalar(select(func.max(Message.seq)).where(Message.conversation_id == row.conversation_id,
                                                                     Message.role == Role.USER))
-        session.refresh(row)
+        refreshed_or_404(session, row, "message")
         if row.seq != latest:
             raise Problem(409, "Only the conversation's latest question can be regenerated.", slug="not-latest")
         if row.status not in FINAL:
@@ -135,7 +139,7 @@ def regenerate_message(message_id: str) -> Response:
             status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now(), updated_at=func.now(),
             **_back_in_the_queue(),
             content=body.content if body.content is not None else row.content))
-        session.refresh(row)
+        refreshed_or_404(session, row, "message")
         _send_again(row)
     log.info("message_regenerated", message_id=str(row.id), edited=body.content is not None)
     return _requeued(row)

@@ -31,6 +31,9 @@ WAITS_REFUSED = Counter("chatq_waits_refused_total", "Waiting requests refused a
 EXPORTING = Gauge("chatq_exports_streaming", "Exports this node streams now (each holds a database connection).",
                   multiprocess_mode="livesum")
 EXPORTS_REFUSED = Counter("chatq_exports_refused_total", "Exports refused at admission.", ["reason"])
+SEARCHING = Gauge("chatq_searches_running", "Searches this node runs now (each holds a database connection).",
+                  multiprocess_mode="livesum")
+SEARCHES_REFUSED = Counter("chatq_searches_refused_total", "Searches refused at admission.", ["reason"])
 # Labels take known values only: a client choosing the method (or path) must not be able to grow
 # the metrics without bound (a series per invented method).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

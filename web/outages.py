@@ -6,6 +6,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, request
+from psycopg.errors import QueryCanceled
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -46,6 +47,10 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_down(error: Exception) -> Response:
+        if isinstance(getattr(error, "orig", None), QueryCanceled):  # past WEB_STATEMENT_TIMEOUT_MS
+            log.warning("statement_timeout", error=str(error).splitlines()[0])
+            return problem_response(503, "The request took the database too long; nothing was stored. Retry later.",
+                                    slug="busy", headers={"Retry-After": RETRY_AFTER})
         log.warning("database_unreachable", error=str(error).splitlines()[0])
         return problem_response(503, "The database is unreachable; nothing was stored. Retry later.",
                                 slug="database-unavailable", headers={"Retry-After": RETRY_AFTER})

@@ -58,11 +58,12 @@ def make_producer(settings: Settings) -> Celery:
 
 def init_app(app: Flask, settings: Settings, on_round_trip: Callable[[str], None] | None = None) -> None:
     engine = make_engine(settings.database_url, pool_size=app.config["DB_POOL_SIZE"], max_overflow=5,
-                         on_round_trip=on_round_trip)
+                         on_round_trip=on_round_trip, statement_timeout_ms=settings.web_statement_timeout_ms)
     # A fixed pool: overflow connections are closed when handed back, and with hundreds of waits
     # starting and ending every second that meant a new Postgres connection per few requests.
     waits_engine = make_engine(settings.database_url, pool_size=6, max_overflow=0, pool_timeout=30,
-                               on_round_trip=on_round_trip, autocommit=True)
+                               on_round_trip=on_round_trip, autocommit=True,
+                               statement_timeout_ms=settings.web_statement_timeout_ms)
     app.extensions["chatq"] = Services(
         settings=settings,
         sessions=make_sessionmaker(engine),

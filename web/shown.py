@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flask import g
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
 from models import GENERATING, Conversation, Message, Status
@@ -26,6 +27,15 @@ def conversation_or_404(conversation_id: str, session: Session | None = None) ->
     if row is None:
         raise Problem(404, "No such conversation.")
     return row
+
+
+def refreshed_or_404(session: Session, row: Conversation | Message, what: str) -> None:
+    """Read the row again in this transaction; 404 when a concurrent DELETE (of it, or of its
+    conversation) has taken it meanwhile, as for any id that does not exist."""
+    try:
+        session.refresh(row)
+    except InvalidRequestError:  # "Could not refresh instance": the row is gone
+        raise Problem(404, f"No such {what}.") from None
 
 
 def partials(rows: Sequence[Message | ShownQuestion]) -> dict[uuid.UUID, WrittenSoFar]:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from models import Conversation, DailyUsage, Erasure, Message, Role, Status, Task, WebhookEndpoint
 from models.coordination.messaging import announce, request_cancel, send_erasure_job
 from models.representation import message_out, version_out
-from models.sql.erasure import user_digest
+from models.sql.erasure import LAST_ERASURE_IF_NOTHING_SINCE, LOCK_OUT_WRITES, user_digest
 from models.sql.queries import QUESTION_SHOWN, REPLY_SHOWN, ShownReply, parse_uuid
 from models.sql.stopping import STOP_USERS_QUESTIONS
 
@@ -32,9 +32,9 @@ from .auth import authenticate
 from .inputs import query
 from .problems import Problem
 from .serialize import conversation_json, task_json
-from .services import after_commit, reader, services, transaction
+from .services import after_commit, reader, release_db, services, transaction
 from .spec import operation
-from .waiting.admission import exports
+from .waiting.admission import exports, searches
 from .webhooks import endpoint_json
 
 bp = Blueprint("user_data", __name__, url_prefix="/api/v1")
@@ -122,7 +122,13 @@ def search() -> dict[str, Any]:
                              "limit": params.limit + 1}
     if params.cursor:
         bound.update(_after(params.order, params.cursor))
-    rows = reader().execute(_SEARCHES[params.order, bool(params.cursor)], bound).all()
+    user, gate = g.user, searches()
+    gate.enter(user)  # 503/429 past this node's searches, before a connection is taken
+    try:
+        rows = reader().execute(_SEARCHES[params.order, bool(params.cursor)], bound).all()
+    finally:
+        release_db()  # the connection goes back to the pool before the place is given up
+        gate.leave(user)
     more, rows = len(rows) > params.limit, rows[: params.limit]
     items = []
     for row in rows:
@@ -278,11 +284,19 @@ def _erasure_json(row: Any) -> dict[str, Any]:
 def erase_me() -> Response:
     settings, redis = services().settings, services().redis
     with transaction() as session:
+        # No write of the user's is under way once this lock is held, and every later one sees the
+        # erasure recorded here and is refused until it has finished (models/sql/erasure.py).
+        session.execute(LOCK_OUT_WRITES, {"user": g.user})
+        digest = user_digest(settings, g.user)
+        # A repeat once the erasure has finished, with nothing stored since: its answer, and no
+        # new erasure (each would scan Redis for the user's rate-limit keys).
+        finished = session.execute(LAST_ERASURE_IF_NOTHING_SINCE, {"user": g.user, "digest": digest}).first()
+        if finished is not None:
+            return _erasure_response(finished)
         # One erasure runs per user (uq_erasures_running): a repeated DELETE gets the one under way
         # (the no-op update locks it, so it cannot finish before this transaction has committed).
         # `xmax = 0` is true of a row this statement inserted.
-        inserted = pg_insert(Erasure).values(id=uuid.uuid4(), user_id=g.user,
-                                             user_digest=user_digest(settings, g.user))
+        inserted = pg_insert(Erasure).values(id=uuid.uuid4(), user_id=g.user, user_digest=digest)
         erasure = session.execute(
             inserted.on_conflict_do_update(index_elements=[Erasure.user_id], index_where=Erasure.finished_at.is_(None),
                                            set_={"user_id": inserted.excluded.user_id})
@@ -295,6 +309,10 @@ def erase_me() -> Response:
             after_commit(announce, redis, row.conversation_id, row.id, row.status)
         if erasure.started:
             after_commit(send_erasure_job, services().producer, erasure.id)
+    return _erasure_response(erasure)
+
+
+def _erasure_response(erasure: Any) -> Response:
     response = Response(json.dumps(_erasure_json(erasure)), status=202, mimetype="application/json")
     response.headers["Location"] = f"/api/v1/erasures/{erasure.id}"
     return response

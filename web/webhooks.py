@@ -22,6 +22,7 @@ from .inputs import json_body
 from .problems import Problem
 from .services import reader, services, transaction
 from .spec import operation
+from .writes import refuse_while_erasing
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks")
 MAX_ENDPOINTS = 10  # per user
@@ -60,6 +61,7 @@ def create_webhook() -> tuple[dict[str, Any], int]:
     if problem is not None:
         raise Problem(422, f"url: {problem}", slug="invalid-field")
     with transaction() as session:
+        refuse_while_erasing(session, g.user)
         # Count and insert under the user's lock: concurrent registrations take turns, so the
         # count each sees includes the others' (a plain count-then-insert let 30 at once make 14).
         session.execute(select(func.pg_advisory_xact_lock(ENDPOINTS_LOCK, func.hashtext(g.user))))

@@ -11,7 +11,7 @@ from celery import Celery, bootsteps, signals
 from kombu import Exchange, Queue
 
 from models import Settings
-from models.coordination.jobs import DELIVER_WEBHOOK, FORGET, HOUSEKEEPING_QUEUE, SWEEP, WEBHOOK_QUEUE
+from models.coordination.jobs import DELIVER_WEBHOOK, ERASE_USER, FORGET, HOUSEKEEPING_QUEUE, SWEEP, WEBHOOK_QUEUE
 from models.process.connections import BROKER_TRANSPORT_OPTIONS, broker_options, broker_url
 from models.process.logs import configure_logging
 from models.process.metrics_support import scrape_registry
@@ -48,13 +48,14 @@ def create_celery(settings: Settings) -> Celery:
         # Webhook deliveries wait on other people's servers: workers of their own run them
         # (`celery -A worker worker -Q webhooks`), and the default workers never see them (the job
         # is sent to that queue by models/coordination/messaging.py; this route says the same to anyone else).
-        # Beat's rounds go to the housekeeping queue, which a worker started without -Q consumes
+        # Beat's rounds and erasures go to the housekeeping queue, which a worker started without -Q consumes
         # beside the answer jobs' (task_queues). kombu's Redis consumer pops from its queues in
         # turn, so a round starts at a worker's next free slot; in the answer jobs' queue it waited
         # behind every doorbell already there, and under a backlog a dead worker's lease or an
         # aged batch message waited for the whole backlog to drain.
         task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE},
-                     SWEEP: {"queue": HOUSEKEEPING_QUEUE}, FORGET: {"queue": HOUSEKEEPING_QUEUE}},
+                     SWEEP: {"queue": HOUSEKEEPING_QUEUE}, FORGET: {"queue": HOUSEKEEPING_QUEUE},
+                     ERASE_USER: {"queue": HOUSEKEEPING_QUEUE}},
         task_queues=[_queue(app.conf.task_default_queue), _queue(HOUSEKEEPING_QUEUE)],
         # The sweeper puts back what Redis lost or a dead worker dropped (see worker/sweeper.py).
         # ... and the forget round deletes what retention says is due (worker/forget.py).

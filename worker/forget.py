@@ -30,14 +30,14 @@ from sqlalchemy import (
     Select,
     Table,
     Text,
-    any_,
     bindparam,
     delete,
+    exists,
     func,
     literal,
-    literal_column,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
@@ -55,6 +55,7 @@ from models import (
     WebhookEvent,
 )
 from models.coordination import messaging
+from models.coordination.model_pool import affinity_key
 from models.coordination.scheduling import recent_user_starts_keys
 from models.coordination.signals import pieces_key
 from models.sql.stopping import STOP_USERS_QUESTIONS
@@ -71,36 +72,47 @@ SETTLE_POLL_SECONDS = 0.2
 
 # The user's rows, table by table, in an order the foreign keys allow: events before the messages
 # they name, replies before questions (deleting a question would take its replies uncounted),
-# messages before their conversations. Each statement deletes at most :batch rows (found by their
-# row address, whatever the table's key) and says how many (`deleted`); questions also say which
-# attempts left text in Redis (`pieces`).
-_CTID = literal_column("ctid")
+# messages before their conversations. Each statement deletes at most :batch rows, found by their
+# primary key (never by row address: a row another transaction updates meanwhile gets a new one,
+# and a DELETE by the old address skips it, deletes nothing and looks done), and says how many
+# (`deleted`); questions also say which attempts left text in Redis (`pieces`), conversations
+# which ids they had (`ids`, for the model pool's affinity keys).
 
 
-def _batch_of(table: Table, *where: ColumnElement[bool], pieces: bool = False) -> Select[Any]:
-    doomed = select(_CTID).select_from(table).where(table.c.user_id == bindparam("user"), *where) \
-        .limit(bindparam("batch"))
-    gone = delete(table).where(any_(func.array(doomed.scalar_subquery())) == _CTID) \
-        .returning(table.c.id if pieces else literal(1), *([table.c.attempts] if pieces else [])).cte("gone")
-    counted = select(func.count().label("deleted")).select_from(gone)
-    if pieces:
-        attempt = gone.c.id.cast(Text) + ":" + gone.c.attempts.cast(Text)
-        counted = counted.add_columns(func.coalesce(func.array_agg(attempt), literal([], ARRAY(Text))).label("pieces"))
-    return counted
+def _batch_of(table: Table, *where: ColumnElement[bool], returning: tuple[ColumnElement[Any], ...] = ()
+              ) -> Select[Any]:
+    key = tuple_(*table.primary_key.columns)
+    mine = (table.c.user_id == bindparam("user"), *where)
+    doomed = select(*table.primary_key.columns).where(*mine).limit(bindparam("batch"))
+    gone = delete(table).where(key.in_(doomed)).returning(literal(1).label("one"), *returning).cte("gone")
+    columns = [func.count().label("deleted")]
+    if returning:
+        columns.append(func.coalesce(func.array_agg(gone.c[returning[0].name]), literal([], ARRAY(Text)))
+                       .label(returning[0].name))
+    # Whether the statement found a row of the user at all (it reads the table as it was before its
+    # own DELETE): a step ends with a statement that found none.
+    left = exists(select(literal(1)).select_from(table).where(*mine)).label("left")
+    return select(*columns, left).select_from(gone)
 
 
 _messages = Message.__table__
-_STEPS: tuple[tuple[str, Select[Any]], ...] = (
-    ("webhook_events", _batch_of(WebhookEvent.__table__)),
-    ("replies", _batch_of(_messages, _messages.c.role == Role.ASSISTANT)),
-    ("questions", _batch_of(_messages, _messages.c.role == Role.USER, pieces=True)),
-    ("conversations", _batch_of(Conversation.__table__)),
-    ("tasks", _batch_of(Task.__table__)),
-    ("webhook_endpoints", _batch_of(WebhookEndpoint.__table__)),  # with their deliveries and attempts
-    ("daily_usage", _batch_of(DailyUsage.__table__)),
-    ("idempotency_keys", _batch_of(IdempotentRequest.__table__)),
-    ("scheduler_shares", _batch_of(UserShare.__table__)),
+_conversations = Conversation.__table__
+_attempt = (_messages.c.id.cast(Text) + ":" + _messages.c.attempts.cast(Text)).label("pieces")
+# Every table of models/sql/erasure.py USERS_TABLES (tests/unit/test_user_data.py holds them equal).
+_STEPS: tuple[tuple[str, Table, Select[Any]], ...] = (
+    ("webhook_events", WebhookEvent.__table__, _batch_of(WebhookEvent.__table__)),
+    ("replies", _messages, _batch_of(_messages, _messages.c.role == Role.ASSISTANT)),
+    ("questions", _messages, _batch_of(_messages, _messages.c.role == Role.USER, returning=(_attempt,))),
+    ("conversations", _conversations,
+     _batch_of(_conversations, returning=(_conversations.c.id.cast(Text).label("ids"),))),
+    ("tasks", Task.__table__, _batch_of(Task.__table__)),
+    # with their deliveries and attempts
+    ("webhook_endpoints", WebhookEndpoint.__table__, _batch_of(WebhookEndpoint.__table__)),
+    ("daily_usage", DailyUsage.__table__, _batch_of(DailyUsage.__table__)),
+    ("idempotency_keys", IdempotentRequest.__table__, _batch_of(IdempotentRequest.__table__)),
+    ("scheduler_shares", UserShare.__table__, _batch_of(UserShare.__table__)),
 )
+ERASED_TABLES = {table for _, table, _ in _STEPS}
 
 
 _TAKE = text("""
@@ -150,15 +162,21 @@ def erase(runtime: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
         deadline = time.monotonic() + (2 * runtime.settings.lease_seconds if settle_seconds is None else settle_seconds)
         while connection.execute(_GENERATING, {"user": user}).scalar_one() and time.monotonic() < deadline:
             time.sleep(SETTLE_POLL_SECONDS)
-        for name, statement in _STEPS:
-            # Until a batch finds nothing: a row another transaction updated meanwhile has moved
-            # (a new row address), and is taken by the next batch.
-            while (row := connection.execute(statement, {"user": user, "batch": batch}).one()).deleted:
+        for name, _table, statement in _STEPS:
+            # Until no row of the user is left. New ones cannot appear meanwhile: every write of the
+            # user's data is refused while the erasure runs (user_writable(), migration 0010).
+            while True:
+                row = connection.execute(statement, {"user": user, "batch": batch}).one()
                 counts[name] += row.deleted
                 if name == "questions":
                     _forget_pieces(runtime.redis, row.pieces)
-                connection.execute(_PROGRESS, {"id": erasure_id, "erased": json.dumps(counts),
-                                               "lease": ERASURE_LEASE_SECONDS})
+                elif name == "conversations":
+                    _forget_affinities(runtime.redis, row.ids)
+                if row.deleted:
+                    connection.execute(_PROGRESS, {"id": erasure_id, "erased": json.dumps(counts),
+                                                   "lease": ERASURE_LEASE_SECONDS})
+                if not row.left:
+                    break
         counts["redis_keys"] += _forget_in_redis(runtime.redis, user)
         connection.execute(_FINISH, {"id": erasure_id, "erased": json.dumps(counts)})
     log.info("user_erased", erasure_id=str(erasure_id), erased=dict(counts))
@@ -175,6 +193,17 @@ def _forget_pieces(client: redis.Redis, attempts: Iterable[str]) -> None:
         client.delete(*keys)
     except RedisError as error:  # they expire within PIECES_TTL_SECONDS anyway
         log.warning("pieces_not_forgotten", error=str(error))
+
+
+def _forget_affinities(client: redis.Redis, conversation_ids: Iterable[str]) -> None:
+    """Which model server answered each of these conversations last (the pool's affinity keys)."""
+    keys = [affinity_key(ident) for ident in conversation_ids]
+    if not keys:
+        return
+    try:
+        client.delete(*keys)
+    except RedisError as error:  # they expire within AFFINITY_TTL_SECONDS anyway
+        log.warning("affinities_not_forgotten", error=str(error))
 
 
 def _forget_in_redis(client: redis.Redis, user: str) -> int:

@@ -22,7 +22,14 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from ..tables.entities import FINAL, Status
-from .jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, REQUEST_ID_HEADER, WEBHOOK_QUEUE
+from .jobs import (
+    ANSWER_MESSAGE,
+    DELIVER_WEBHOOK,
+    ERASE_USER,
+    HOUSEKEEPING_QUEUE,
+    REQUEST_ID_HEADER,
+    WEBHOOK_QUEUE,
+)
 from .scheduling import record_start
 from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key
 
@@ -79,7 +86,10 @@ def send_erasure_job(producer: Celery, erasure_id: uuid.UUID) -> None:
     """Carry out a committed erasure. Not sent (Redis away): the forget round finds it unattended
     and sends it again (worker/tasks.py)."""
     try:
-        producer.send_task(ERASE_USER, args=[str(erasure_id)], retry=False, **_PUBLISH_AS_IS)
+        # On the housekeeping queue: it starts at a worker's next free slot, not behind every
+        # answer job already queued (worker/celery_app.py).
+        producer.send_task(ERASE_USER, args=[str(erasure_id)], queue=HOUSEKEEPING_QUEUE, retry=False,
+                           ignore_result=True)
     except (KombuOperationalError, RedisError, OSError) as error:
         log.warning("erasure_enqueue_failed", erasure_id=str(erasure_id), error=str(error))
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     redis_sentinels: str = ""
     redis_sentinel_master: str = ""
     auth_secret: str = ""
+    # Keys the digest an erasure's record keeps of its user (models/sql/erasure.py); AUTH_SECRET
+    # when unset. A deployment that verifies only an identity provider's tokens must set it.
+    erasure_secret: str = ""
     # Tokens from an external identity provider, verified against its JWKS (RS256, EdDSA).
     auth_jwks_url: str = ""
     auth_jwks_ttl_seconds: int = 300
@@ -188,6 +191,14 @@ class Settings(BaseSettings):
     # `max_exports_per_user` of them (429), so exports never take the pool from other requests.
     max_exports: int = Field(default=3, ge=1)
     max_exports_per_user: int = Field(default=1, ge=1)
+    # A search of a long history ranks thousands of messages: at most `max_searches` run in one web
+    # process at once (503 past that), one user's `max_searches_per_user` (429), so searches never
+    # take the pool from the requests of other users.
+    max_searches: int = Field(default=4, ge=1)
+    max_searches_per_user: int = Field(default=2, ge=1)
+    # The longest one statement of a web request may run (ms; 0: no bound): past it Postgres
+    # cancels it and the request answers 503, rather than holding a connection of the pool.
+    web_statement_timeout_ms: int = Field(default=10_000, ge=0)
     # How often beat runs the forget round (retention, and erasures whose worker died).
     forget_interval_seconds: float = Field(default=60.0, gt=0)
 
@@ -314,6 +325,18 @@ class Settings(BaseSettings):
                               "local development")
         raise ConfigError("AUTH_SECRET is a well-known value, shorter than 32 characters or made of too few "
                           "different characters; choose a long random secret (openssl rand -hex 32)")
+
+    def require_erasure_secret(self) -> str:
+        """The key of the erasure records' user digests, or a ConfigError: an unkeyed (or publicly
+        keyed) digest would let anyone with a copy of the database test whether a guessable user
+        id, an email address, was erased."""
+        for secret in (self.erasure_secret, self.auth_secret):
+            if _strong(secret):
+                return secret
+        if self.dev_mode:
+            return self.auth_secret_or_dev
+        raise ConfigError("ERASURE_SECRET is not set and AUTH_SECRET is not a strong secret: erasure records "
+                          "keep a digest of the user keyed with one of them; set ERASURE_SECRET (openssl rand -hex 32)")
 
     def require_flower_auth(self) -> str:
         """FLOWER_BASIC_AUTH ("user:password") when it is one Flower may serve with, "" in dev mode

@@ -19,12 +19,17 @@ def make_engine(
     pool_timeout: float = 5,
     on_round_trip: Callable[[str], None] | None = None,
     autocommit: bool = False,
+    statement_timeout_ms: int = 0,
 ) -> Engine:
     """`on_round_trip(kind)` is called for every statement ("statement"), and every transaction
     begin and commit ("begin", "commit"), each a round trip to Postgres: the benchmark counts them.
     `autocommit`: every connection of the pool is in autocommit for good, for an engine that only
     reads or writes single statements (cheaper than switching a connection in and out of it at each
-    checkout with `execution_options`: BENCHMARKS.md, "Waiting clients")."""
+    checkout with `execution_options`: BENCHMARKS.md, "Waiting clients").
+    `statement_timeout_ms`: Postgres cancels a statement that runs longer (0: never)."""
+    connect_args = dict(POSTGRES_CONNECT_ARGS)
+    if statement_timeout_ms:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     engine = create_engine(
         database_url,
         pool_size=pool_size,
@@ -36,7 +41,7 @@ def make_engine(
         # Recycling retires connections a server-side idle timeout may have cut.
         pool_recycle=1800,
         pool_timeout=pool_timeout,
-        connect_args=POSTGRES_CONNECT_ARGS,  # a silent server is noticed in seconds (models/process/connections.py)
+        connect_args=connect_args,  # a silent server is noticed in seconds (models/process/connections.py)
         # An error's text must not carry what users wrote (it ends up in logs): no bound values.
         hide_parameters=True,
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),

@@ -4,16 +4,23 @@ leaves nothing of the user in any table or Redis key while the other users' data
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
-from models import Conversation, Message, Status
+from models import ConfigError, Conversation, Message, Settings, Status
+from models.coordination.jobs import ERASE_USER, HOUSEKEEPING_QUEUE
+from models.coordination.model_pool import AFFINITY_TTL_SECONDS, affinity_key
 from models.coordination.scheduling import recent_user_starts_keys
+from models.sql.erasure import USERS_TABLES, user_digest
 from tests.support import token
 from worker import forget
 from worker.runtime import Runtime
@@ -189,30 +196,125 @@ def test_retention_deletes_exactly_the_conversations_past_their_lifetime(rolled_
                                    "SELECT id FROM conversations)"), {"user": user}).scalar_one() == 0
 
 
+@pytest.fixture(scope="module")
+def long_history(app, engine: Engine) -> str:
+    """A user with 5,000 long messages: a relevance search of common words ranks them all."""
+    user = someone("heavy")
+    cid = say(app.test_client(), user, "Add task: the first of many")["conversation_id"]
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO messages (id, conversation_id, user_id, seq, role, content, status, attempts) "
+            "SELECT gen_random_uuid(), :cid, :user, 1 + n, 'user', "
+            "       repeat('the quick brown fox jumps over the lazy dog and writes many common words ', 30), "
+            "       'answered', 1 FROM generate_series(1, 5000) AS n"), {"cid": cid, "user": user})
+        connection.execute(text("UPDATE conversations SET last_seq = 5001 WHERE id = :cid"), {"cid": cid})
+    return user
+
+
+_WORDS = "quick brown fox jumps lazy dog writes many common words"
+
+
+def test_searches_flooding_from_one_user_hold_no_more_of_the_pool_than_admitted(
+        unit_settings, engine: Engine, long_history: str) -> None:
+    from web import create_app
+
+    app = create_app(settings=unit_settings.model_copy(update={"max_searches": 2, "max_searches_per_user": 1}))
+    light = someone("light")
+    stop, most = threading.Event(), [0]
+
+    def watching() -> None:  # how many searches Postgres runs at once, seen from outside the app
+        # In autocommit: within a transaction, pg_stat_activity is read once and not again.
+        with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
+            while not stop.is_set():
+                running = connection.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'active' AND query LIKE '%ts_headline%' AND pid <> pg_backend_pid()")).scalar_one()
+                most[0] = max(most[0], running)
+                time.sleep(0.005)
+
+    def searching(_: int) -> tuple[int, str | None]:
+        answer = app.test_client().get("/api/v1/search", query_string={"q": _WORDS, "order": "relevance"},
+                                       headers=auth(long_history))
+        return answer.status_code, answer.headers.get("Retry-After")
+
+    watcher = threading.Thread(target=watching)
+    watcher.start()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        flood = pool.map(searching, range(24))
+        lights = [app.test_client().get("/api/v1/tasks", headers=auth(light)).status_code for _ in range(10)]
+        answers = list(flood)
+    stop.set()
+    watcher.join()
+    assert lights == [200] * 10
+    assert {status for status, _ in answers} <= {200, 429} and (200, None) in answers
+    assert all(int(after) >= 1 for status, after in answers if status == 429)
+    assert 1 <= most[0] <= 1, most[0]  # one user's: max_searches_per_user, whatever the flood
+
+
+def test_a_statement_past_the_web_timeout_is_cancelled_and_answers_503(
+        unit_settings, long_history: str) -> None:
+    from web import create_app
+
+    app = create_app(settings=unit_settings.model_copy(update={"web_statement_timeout_ms": 20}))
+    answer = app.test_client().get("/api/v1/search", query_string={"q": _WORDS, "order": "relevance"},
+                                   headers=auth(long_history))
+    assert answer.status_code == 503 and answer.content_type == "application/problem+json"
+    assert int(answer.headers["Retry-After"]) >= 1
+    assert app.test_client().get("/api/v1/tasks", headers=auth(long_history)).status_code == 200
+
+
 # Erasure ---------------------------------------------------------------------------------------
 
 
-def traces_of(engine: Engine, client: redis.Redis, user: str, ids: set[str]) -> list[str]:
-    """Every row of every table, and every Redis key (and sorted-set member), that names the user or
-    one of their ids — whatever the table: the walk reads them all as JSON."""
+# Celery's queues in the fast tier's Redis, where no worker takes the jobs the views send.
+BROKER_QUEUES = {"celery", HOUSEKEEPING_QUEUE, "webhooks"}
+
+
+def _values(client: redis.Redis, key: bytes) -> str:
+    """Everything a key holds, whatever its type, as text to look for a user's id or words in."""
+    kind = client.type(key)
+    if kind == b"string":
+        held: object = client.get(key)
+    elif kind == b"hash":
+        held = client.hgetall(key)
+    elif kind == b"set":
+        held = client.smembers(key)
+    elif kind == b"zset":
+        held = client.zrange(key, 0, -1)
+    elif kind == b"list":
+        held = client.lrange(key, 0, -1)
+    elif kind == b"stream":
+        held = client.xrange(key)
+    else:
+        held = kind
+    return repr(held)
+
+
+def traces_of(engine: Engine, client: redis.Redis, user: str, ids: set[str], words: tuple[str, ...] = ()
+              ) -> list[str]:
+    """Every row of every table, and every Redis key (its name and all it holds: strings, hashes,
+    sets, sorted sets, lists, streams), that names the user, one of their ids or their words —
+    whatever the table or key: the walk reads them all."""
     found = []
+    needles = [user, *ids, *words]
     with engine.connect() as connection:
         tables = connection.execute(text(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
             "AND table_type = 'BASE TABLE' AND table_name <> 'alembic_version'")).scalars().all()
         assert {"messages", "conversations", "tasks", "webhook_endpoints", "erasures"} <= set(tables)
         for table in tables:
-            needles = [user, *ids]
             hits = connection.execute(text(
                 f"SELECT row_to_json(t)::text FROM {table} AS t "  # noqa: S608 (names from the catalog)
                 "WHERE row_to_json(t)::text LIKE ANY(:patterns)"), {"patterns": [f"%{n}%" for n in needles]}).all()
             found += [f"{table}: {row[0][:120]}" for row in hits]
     for key in client.scan_iter(count=1000):
-        name = key.decode()
-        if user in name or any(ident in name for ident in ids):
+        if key.decode() in BROKER_QUEUES:  # jobs carry ids only; a worker that takes one finds nothing
+            continue
+        name, held = key.decode(), _values(client, key)
+        if any(needle in name for needle in needles):
             found.append(f"redis key {name}")
-        elif client.type(key) == b"zset" and client.zscore(key, user) is not None:
-            found.append(f"redis member of {name}")
+        elif any(needle in held for needle in needles):
+            found.append(f"redis value of {name}: {held[:120]}")
     return found
 
 
@@ -246,6 +348,9 @@ def test_an_erasure_leaves_nothing_of_the_user_anywhere_and_the_others_intact(
                                 "'forget me', false)"), {"u": gone})
     redis_client.xadd(f"chatq:pieces:{mine['message']['id']}:1", {"i": 0, "t": "Added"})
     redis_client.zincrby(recent_user_starts_keys()[-1], 1, gone)
+    # The model pool's record of which server answered the conversation (what ModelPool.answered writes).
+    redis_client.set(affinity_key(mine["conversation_id"]), "llama-a:0", ex=AFFINITY_TTL_SECONDS)
+    assert any("affinity" in trace for trace in traces_of(engine, redis_client, gone, ids))
     assert traces_of(engine, redis_client, gone, ids), "the walk must see the user's data before the erasure"
     assert any("LIMITS" in trace for trace in traces_of(engine, redis_client, gone, set()))
 
@@ -281,3 +386,208 @@ def test_an_erasure_leaves_nothing_of_the_user_anywhere_and_the_others_intact(
     assert again["message"]["seq"] == 1
     listed = client.get("/api/v1/conversations", headers=auth(gone)).get_json()["items"]
     assert [row["id"] for row in listed] == [again["conversation_id"]]
+
+
+def _runtime(unit_settings, engine: Engine) -> Runtime:
+    return Runtime(settings=unit_settings, sessions=None,  # type: ignore[arg-type]
+                   db=engine.execution_options(isolation_level="AUTOCOMMIT"),
+                   redis=redis.Redis.from_url(unit_settings.redis_url), engine=None)  # type: ignore[arg-type]
+
+
+def _stored_rows(engine: Engine, user: str) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {table.name: connection.execute(select(func.count()).select_from(table)
+                                               .where(table.c.user_id == user)).scalar_one()
+                for table in USERS_TABLES}
+
+
+def test_an_erasure_takes_a_row_another_transaction_holds_locked_while_it_runs(
+        client, unit_settings, engine: Engine) -> None:
+    """The erasure deletes by key and goes on until a lookup finds nothing: a row that another
+    transaction updated while the erasure waited for it is deleted all the same (by row address,
+    the DELETE found the row moved, deleted nothing and took that for done)."""
+    user = someone("locked")
+    said = say(client, user, "Add task: keep me around")
+    erasure_id = client.delete("/api/v1/me", headers=auth(user)).get_json()["id"]
+    holder = engine.connect()
+    held = holder.begin()  # what a POST's numbering does: the conversation's row, locked and updated
+    holder.execute(text("UPDATE conversations SET last_seq = last_seq WHERE id = :id"),
+                   {"id": said["conversation_id"]})
+    done: list[Any] = []
+    erasing = threading.Thread(target=lambda: done.append(
+        forget.erase(_runtime(unit_settings, engine), uuid.UUID(erasure_id), settle_seconds=0)))
+    erasing.start()
+    erasing.join(timeout=1.0)
+    assert erasing.is_alive(), "the erasure must be waiting for the locked row"
+    held.commit()
+    holder.close()
+    erasing.join(timeout=30)
+    assert done and done[0] is not None and done[0].counts.get("conversations") == 1
+    assert sum(_stored_rows(engine, user).values()) == 0
+    status = client.get(f"/api/v1/erasures/{erasure_id}", headers=auth(user)).get_json()
+    assert status["status"] == "erased" and status["erased"]["conversations"] == 1
+    assert client.get(f"/api/v1/conversations/{said['conversation_id']}", headers=auth(user)).status_code == 404
+
+
+def test_while_an_erasure_runs_every_write_is_refused_with_409_and_stores_nothing(
+        client, unit_settings, engine: Engine) -> None:
+    user = someone("busy")
+    said = say(client, user, "Add task: water the plants")
+    with engine.begin() as connection:  # answered, so that it could be regenerated
+        connection.execute(text("UPDATE messages SET status = 'answered' WHERE id = :id"),
+                           {"id": said["message"]["id"]})
+    erasure_id = client.delete("/api/v1/me", headers=auth(user)).get_json()["id"]
+    before = _stored_rows(engine, user)
+    writes = [
+        ("post", "/api/v1/chat", {"message": "show my tasks"}, {}),
+        ("post", "/api/v1/chat", {"message": "show my tasks"}, {"Idempotency-Key": "during-erasure"}),
+        ("post", f"/api/v1/conversations/{said['conversation_id']}/messages", {"content": "and this"}, {}),
+        ("post", f"/api/v1/conversations/{said['conversation_id']}/messages",
+         {"content": "now", "on_busy": "interrupt"}, {}),
+        ("post", "/api/v1/conversations", {"title": "new"}, {}),
+        ("post", "/api/v1/webhooks", {"url": "https://8.8.8.8/hook"}, {}),
+        ("post", f"/api/v1/messages/{said['message']['id']}/regenerate", {"content": "Add task: other"}, {}),
+    ]
+    for method, path, body, headers in writes:
+        answer = getattr(client, method)(path, json=body, headers={**auth(user), **headers})
+        assert answer.status_code == 409, (path, answer.get_data(as_text=True))
+        assert answer.content_type == "application/problem+json"
+        assert answer.get_json()["type"].endswith("/erasure-running") and int(answer.headers["Retry-After"]) >= 1
+    assert _stored_rows(engine, user) == before  # nothing of those writes was stored
+    forget.erase(_runtime(unit_settings, engine), uuid.UUID(erasure_id), settle_seconds=0)
+    assert sum(_stored_rows(engine, user).values()) == 0
+    after = say(client, user, "hello again")  # once it has finished, the user starts from nothing
+    assert client.get(after["poll_url"], headers=auth(user)).status_code == 200
+
+
+def test_posts_and_patches_racing_an_erasure_never_outlive_it_and_no_202_is_undone(
+        limited_app, unit_settings, engine: Engine) -> None:
+    """Threads post into the user's conversation and change its ttl_days while DELETE /me is asked
+    and carried out: afterwards nothing of the user is stored, every write that began after the
+    DELETE /me was answered was refused (409) or found the conversation gone (404), and every 202
+    went to a write that began before it."""
+    user = someone("race")
+    said = say(limited_app.test_client(), user, "Add task: race me")
+    cid = said["conversation_id"]
+    stop = threading.Event()
+    asked_at: list[float] = []
+    outcomes: list[tuple[float, int, str]] = []
+
+    def patching() -> None:
+        client = limited_app.test_client()
+        while not stop.is_set():
+            began = time.monotonic()
+            answer = client.patch(f"/api/v1/conversations/{cid}", json={"ttl_days": random.randint(1, 30)},
+                                  headers=auth(user))
+            outcomes.append((began, answer.status_code, "patch"))
+
+    def posting() -> None:
+        client = limited_app.test_client()
+        while not stop.is_set():
+            began = time.monotonic()
+            answer = client.post(f"/api/v1/conversations/{cid}/messages", json={"content": "Add task: one more"},
+                                 headers=auth(user))
+            outcomes.append((began, answer.status_code, "post"))
+
+    threads = [threading.Thread(target=patching) for _ in range(3)] + [threading.Thread(target=posting)
+                                                                        for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    asked = limited_app.test_client().delete("/api/v1/me", headers=auth(user))
+    asked_at.append(time.monotonic())
+    erased = forget.erase(_runtime(unit_settings, engine), uuid.UUID(asked.get_json()["id"]), batch=1,
+                          settle_seconds=0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert erased is not None and erased.counts["conversations"] == 1
+    assert sum(_stored_rows(engine, user).values()) == 0, _stored_rows(engine, user)
+    late = [(status, kind) for began, status, kind in outcomes if began > asked_at[0]]
+    assert late, "the writers must have raced the erasure"
+    assert {status for status, _ in late} <= {404, 409}, late
+    assert all(status in (200, 202, 404, 409) for _, status, _ in outcomes), outcomes  # never a 500
+
+
+def test_a_patch_racing_the_delete_of_its_conversation_answers_404_never_500(client) -> None:
+    user = someone("patch")
+    for _ in range(8):
+        cid = say(client, user, "Add task: delete me")["conversation_id"]
+        statuses: list[int] = []
+
+        def patching(conversation: str = cid, statuses: list[int] = statuses) -> None:
+            own = client.application.test_client()
+            for _ in range(15):
+                statuses.append(own.patch(f"/api/v1/conversations/{conversation}", json={"ttl_days": 3},
+                                          headers=auth(user)).status_code)
+
+        threads = [threading.Thread(target=patching) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.01)
+        assert client.delete(f"/api/v1/conversations/{cid}", headers=auth(user)).status_code == 204
+        for thread in threads:
+            thread.join(timeout=30)
+        assert set(statuses) <= {200, 404} and 404 in statuses, statuses
+
+
+def test_the_queue_cap_holds_exactly_under_concurrent_posts(unit_settings, engine: Engine) -> None:
+    from web import create_app
+
+    capped = create_app(settings=unit_settings.model_copy(update={"max_queued_per_user": 10}))
+    user = someone("cap")
+
+    def post(_: int) -> int:
+        return capped.test_client().post("/api/v1/chat", json={"message": "Add task: one of many"},
+                                         headers=auth(user)).status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(post, range(48)))
+    assert sorted(set(statuses)) == [202, 429] and statuses.count(202) == 10, statuses
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM messages WHERE user_id = :u AND status = 'queued'"),
+                                  {"u": user}).scalar_one() == 10
+
+
+def test_a_repeated_erasure_once_finished_with_nothing_stored_since_starts_nothing(
+        client, unit_settings, engine: Engine) -> None:
+    user = someone("again")
+    say(client, user, "Add task: forget me twice")
+    first = client.delete("/api/v1/me", headers=auth(user)).get_json()
+    forget.erase(_runtime(unit_settings, engine), uuid.UUID(first["id"]), settle_seconds=0)
+    for _ in range(3):
+        again = client.delete("/api/v1/me", headers=auth(user))
+        assert again.status_code == 202
+        assert again.get_json()["id"] == first["id"] and again.get_json()["status"] == "erased"
+    with engine.connect() as connection:
+        digest = connection.execute(text("SELECT user_digest FROM erasures WHERE id = :id"),
+                                    {"id": first["id"]}).scalar_one()
+        assert connection.execute(text("SELECT count(*) FROM erasures WHERE user_digest = :d"),
+                                  {"d": digest}).scalar_one() == 1
+    # Something stored since: a new erasure, which takes it.
+    say(client, user, "Add task: and this")
+    assert client.delete("/api/v1/me", headers=auth(user)).get_json()["id"] != first["id"]
+
+
+def test_erasure_jobs_go_to_the_housekeeping_queue_not_behind_the_answer_jobs() -> None:
+    from worker import app as worker_app
+
+    assert worker_app.amqp.router.route({}, ERASE_USER)["queue"].name == HOUSEKEEPING_QUEUE
+    assert HOUSEKEEPING_QUEUE in {queue.name for queue in worker_app.conf.task_queues}
+
+
+def test_no_erasure_digest_without_a_secret_the_deployment_keeps() -> None:
+    from web import create_app
+
+    only_a_provider = Settings.from_env({"AUTH_JWKS_URL": "https://idp.example/jwks", "AUTH_AUDIENCE": "chatq"})
+    with pytest.raises(ConfigError, match="ERASURE_SECRET"):
+        create_app(settings=only_a_provider)
+    with pytest.raises(ConfigError):
+        user_digest(only_a_provider, "ann@example.com")
+    keyed = only_a_provider.model_copy(update={"erasure_secret": "e" * 16 + "f" * 16 + "0123456789abcdef"})
+    other = keyed.model_copy(update={"erasure_secret": "another-long-random-secret-0123456789"})
+    assert user_digest(keyed, "ann@example.com") != user_digest(other, "ann@example.com")
+
+
+def test_the_erasure_deletes_every_table_that_holds_a_users_rows() -> None:
+    assert set(USERS_TABLES) == forget.ERASED_TABLES

@@ -1,4 +1,4 @@
-"""Admission: how many waiting requests (long-polls, event streams) and streaming exports this
+"""Admission: how many waiting requests (long-polls, event streams), streaming exports and searches this
 process holds, in all and per user. A waiting request costs a parked greenlet, a socket and an
 entry in wakeups.py — no thread, and no database connection while it sleeps — so what bounds how
 many a process holds is this count: past `MAX_WAITS` a new one is answered 503 at once (the load
@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge
 
 from models import Settings
 
-from ..metrics import EXPORTING, EXPORTS_REFUSED, WAITING, WAITS_REFUSED
+from ..metrics import EXPORTING, EXPORTS_REFUSED, SEARCHES_REFUSED, SEARCHING, WAITING, WAITS_REFUSED
 from ..problems import Problem
 
 RETRY_AFTER = "2"  # seconds a refused waiter should pause before asking again
@@ -67,6 +67,9 @@ def init_app(app, settings: Settings) -> None:
     app.extensions["chatq.admission"] = Admission(settings.max_waits, settings.max_waits_per_user)
     app.extensions["chatq.exports"] = Admission(settings.max_exports, settings.max_exports_per_user, kind="exports",
                                                 noun="exports streaming", held=EXPORTING, refused=EXPORTS_REFUSED)
+    app.extensions["chatq.searches"] = Admission(settings.max_searches, settings.max_searches_per_user,
+                                                 kind="searches", noun="searches running", held=SEARCHING,
+                                                 refused=SEARCHES_REFUSED)
 
 
 def admission() -> Admission:
@@ -75,6 +78,10 @@ def admission() -> Admission:
 
 def exports() -> Admission:
     return current_app.extensions["chatq.exports"]
+
+
+def searches() -> Admission:
+    return current_app.extensions["chatq.searches"]
 
 
 @contextmanager
