@@ -56,6 +56,59 @@ def test_sign_in_chat_reload_and_recall(dev_web: Web, browser) -> None:
     assert errors == []
 
 
+_GEOMETRY = """() => {
+    const box = (selector) => { const r = document.querySelector(selector).getBoundingClientRect();
+                                return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; };
+    const list = document.querySelector('#messages');
+    return {width: innerWidth, height: innerHeight,
+            pageHeight: document.documentElement.scrollHeight, pageWidth: document.documentElement.scrollWidth,
+            header: box('.chat-header'), composer: box('.composer'),
+            listScrolls: list.scrollHeight > list.clientHeight,
+            tasksWidth: document.querySelector('.tasks').scrollWidth};
+}"""
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}],
+                         ids=["desktop", "phone"])
+def test_the_layout_holds_one_screen_at_a_time_and_only_the_message_list_scrolls(
+        dev_web: Web, browser, viewport: dict[str, int]) -> None:
+    page = browser.new_page(viewport=viewport)
+    page.goto(dev_web.url + "/")
+    page.wait_for_selector("#sign-in-form")
+    assert not page.is_visible("#app")  # the sign-in screen alone
+    sign_in(page, f"layout-{uuid.uuid4().hex[:8]}")
+    assert not page.is_visible("#sign-in")  # the app alone
+    # Enough to overflow the list, and a task title without spaces, which may not widen anything.
+    page.fill("#message", "Add task: " + "x" * 120)
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant")
+    for number in range(7):
+        page.fill("#message", f"line {number}\n" * 4 + "help")
+        page.press("#message", "Enter")
+        page.locator(".message.assistant").nth(number + 1).wait_for()
+    shape = page.evaluate(_GEOMETRY)
+    assert shape["pageHeight"] <= shape["height"] and shape["pageWidth"] <= shape["width"], shape
+    assert shape["listScrolls"], shape  # the list scrolls, not the page
+    for part in ("header", "composer"):  # both stay on screen
+        assert shape[part]["top"] >= 0 and shape[part]["bottom"] <= shape["height"], (part, shape)
+        assert shape[part]["left"] >= 0 and shape[part]["right"] <= shape["width"], (part, shape)
+    if viewport["width"] < 900:
+        assert page.is_visible("#open-menu")
+        menu = page.locator("#open-menu").bounding_box()
+        assert menu is not None and menu["x"] >= 0 and menu["x"] + menu["width"] <= viewport["width"]
+        page.click("#open-tasks")
+    page.wait_for_selector("#task-list li")
+    tasks = page.evaluate("() => [document.querySelector('.tasks').scrollWidth, "
+                          "document.querySelector('.tasks').clientWidth]")
+    assert tasks[0] <= tasks[1], tasks  # the long title wraps inside the panel
+    if viewport["width"] < 900:
+        page.click("#close-tasks")
+        page.click("#open-menu")
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in-form")
+    assert not page.is_visible("#app")  # nothing of the app drawn under the sign-in screen
+
+
 def test_the_page_sends_security_headers_and_no_inline_script(dev_web: Web) -> None:
     import requests
 
