@@ -235,6 +235,20 @@ def test_regenerate_and_edit_keep_every_version(users) -> None:
     assert Api(on_a.base_url).get(f"/api/v1/messages/{busy}/replies").status_code == 404  # another user
 
 
+def test_an_edited_question_is_answered_from_its_new_words(users) -> None:
+    """An edit regenerates the answer from the edited text, tools included: the task the new words
+    name is added and named in the reply (it used to find the first answer's task and say so)."""
+    on_a, _on_b = users
+    _conversation_id, first = on_a.ask("Add task: walk the dog")
+    assert first["reply"]["content"].startswith("Added “walk the dog”")
+    edited = on_a.post(f"/api/v1/messages/{first['id']}/regenerate", json={"content": "Add task: walk the cat"})
+    assert edited.status_code == 202, edited.text
+    answered = on_a.wait_answered(first["id"])
+    assert answered["reply"]["content"].startswith("Added “walk the cat”"), answered["reply"]["content"]
+    titles = [task["title"] for task in on_a.get("/api/v1/tasks?status=all").json()["items"]]
+    assert sorted(titles) == ["walk the cat", "walk the dog"]
+
+
 def _rebuild(events: list[dict[str, Any]], question_id: str) -> tuple[str, list[int]]:
     """What a client shows of a reply being written, from its events, checking as it goes that
     every piece continues the text it has (no gap, none twice). Returns the text and the attempts

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, jsonify
 from sqlalchemy import Float, cast, func, select, update
 from sqlalchemy.orm import Session
 
-from models import FINAL, GENERATING, Conversation, Message, Role, Status
+from models import FINAL, GENERATING, Conversation, Message, Role, Status, Task
 from models.coordination.messaging import announce, read_partials, request_cancel, send_answer_job
 from models.representation import message_json, version_json
 from models.sql.queries import owned_message_with_reply, reply_versions
@@ -135,6 +135,12 @@ def regenerate_message(message_id: str) -> Response:
         charge_message(session, g.user, services().settings)  # asking again is another message
         session.execute(update(Message).where(Message.reply_to_id == row.id, Message.superseded.is_(False))
                         .values(superseded=True, updated_at=func.now()))
+        # Asking again is a new request to answer: the tasks the earlier answers added keep
+        # existing, but no longer stand for this question's calls, which the todo tools replay
+        # by (question, call) so that a crashed attempt adds nothing twice. Without this, an
+        # edited "Add task: walk the cat" found "walk the dog" under its first call and said so.
+        session.execute(update(Task).where(Task.origin_message_id == row.id)
+                        .values(origin_message_id=None, origin_call=None))
         session.execute(update(Message).where(Message.id == row.id).values(
             status=Status.QUEUED, attempts=0, error=None, enqueued_at=func.now(), updated_at=func.now(),
             **_back_in_the_queue(),
