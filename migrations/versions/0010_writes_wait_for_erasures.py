@@ -28,7 +28,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Advisory-lock namespaces (the key is hashtext of the user): 7362203 "the user's erasure is being
-# recorded" (models/sql/erasure.py ERASURE_LOCK), 7362204 "the user's queue is being counted".
+# recorded" (models/sql/erasure.py LOCK_OUT_WRITES), 7362204 "the user's queue is being counted".
 USER_WRITABLE = """
 CREATE FUNCTION user_writable(who varchar) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$

@@ -34,8 +34,9 @@ def user_digest(settings: Settings, user: str) -> str:
 # first (`user_writable()`, also inside `may_queue()`) and is refused while the erasure runs. A
 # write therefore commits before the erasure is recorded, and is erased with the rest, or is
 # refused: never a 2xx for something the erasure then takes.
-ERASURE_LOCK = 7_362_203  # the advisory-lock namespace (key: hashtext of the user)
-LOCK_OUT_WRITES = text(f"SELECT pg_advisory_xact_lock({ERASURE_LOCK}, hashtext(:user))")
+# 7362203: the advisory-lock namespace "the user's erasure is being recorded" (key: hashtext of
+# the user), the one user_writable() takes shared.
+LOCK_OUT_WRITES = text("SELECT pg_advisory_xact_lock(7362203, hashtext(:user))")
 USER_WRITABLE = text("SELECT user_writable(:user)")
 ERASING = text("SELECT EXISTS (SELECT 1 FROM erasures WHERE user_id = :user AND finished_at IS NULL)")
 
