@@ -373,6 +373,19 @@ def test_the_page_stops_regenerates_switches_versions_edits_and_resumes_after_a_
         page.wait_for_selector("#task-list li >> text=edited in the page")
         page.wait_for_selector(".reply-actions .version-label >> text=3/3", timeout=10000)
         page.screenshot(path=str(shots / "control-edited.png"))
+
+        # Each Stop stops its own question: the third of three, and the first two are answered.
+        answers = page.locator(".message.assistant").count()
+        for words in ("help", "what can you do", "tell me a joke"):
+            page.fill("#message", words)
+            page.press("#message", "Enter")
+        page.wait_for_function("() => document.querySelectorAll('.status.pending .stop').length === 3")
+        page.locator(".status.pending .stop").nth(2).click()
+        page.wait_for_selector(".status.cancelled >> text=Stopped", timeout=10000)
+        page.wait_for_function(f"() => document.querySelectorAll('.message.assistant:not(.draft)').length "
+                               f">= {answers + 2} && !document.querySelector('.status.pending')", timeout=30000)
+        assert page.locator(".message.assistant:not(.draft)").count() == answers + 2
+        assert page.locator(".message.user").last.inner_text().strip() == "tell me a joke"
         assert errors == []
     finally:
         node.stop()

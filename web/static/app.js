@@ -279,7 +279,7 @@ function render() {
       const status = document.createElement("li");
       status.className = "status pending";
       status.textContent = { queued: queuedText(message.queue), processing: "Thinking…" }[message.status] || "Stopping…";
-      if (message.status !== "cancelling") status.append(button("stop", "Stop", stopGenerating));
+      if (message.status !== "cancelling") status.append(button("stop", "Stop", () => stopGenerating(message.id)));
       list.append(status);
       const draft = state.drafts.get(message.id);
       if (!message.reply && draft && draft.text) {
@@ -337,17 +337,14 @@ function editor(message) {
   return form;
 }
 
-// Stop: every question of the conversation still queued or being answered. A reply being written
-// keeps the text written so far.
-async function stopGenerating() {
-  const pending = [...state.items.values()].filter((m) => m.role === "user" && isPending(m));
-  await Promise.all(pending.map(async (message) => {
-    try {
-      remember(await api("POST", `/api/v1/messages/${message.id}/cancel`));
-    } catch (error) {
-      if (error.status !== 409) throw error;  // answered meanwhile: the reply is on its way
-    }
-  }));
+// Stop: the question whose Stop was pressed, and no other. A reply being written keeps the text
+// written so far; the questions after it are answered as they would have been.
+async function stopGenerating(questionId) {
+  try {
+    remember(await api("POST", `/api/v1/messages/${questionId}/cancel`));
+  } catch (error) {
+    if (error.status !== 409) throw error;  // answered meanwhile: the reply is on its way
+  }
   render();
 }
 
