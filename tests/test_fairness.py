@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -242,3 +243,23 @@ def test_the_page_says_where_a_waiting_question_stands(capped, browser) -> None:
     finally:
         page.close()
         node.stop()
+
+
+# Last in the module: it leaves the caps stack's workers a backlog of minutes, stopped with it.
+def test_an_erasure_starts_while_hundreds_of_replies_wait(capped) -> None:
+    """Erasure jobs run from the housekeeping queue, which the workers take from turn about with
+    the answer jobs: DELETE /me is carried out at a worker's next free slot, not after the ~240
+    doorbells already queued (at 0.8 s a reply, two slots: minutes)."""
+    erased = user(capped.url)
+    erased.chat("Add task: forget me soon")
+    with ThreadPoolExecutor(max_workers=8) as pool:  # three waiting messages each, the most one user may
+        backlog = list(pool.map(lambda _: [user(capped.url).chat(f"add task {n}")["message"]["id"] for n in range(3)],
+                                range(80)))
+    assert len(backlog) == 80
+    asked = erased.request("DELETE", "/api/v1/me")
+    assert asked.status_code == 202
+    finished = wait_until(lambda: (body := erased.get(asked.headers["Location"]).json())["status"] == "erased"
+                          and body, timeout=30, what="the erasure to finish")
+    waiting = capped.db.execute("SELECT count(*) FROM messages WHERE status = 'queued'").fetchone()[0]
+    assert finished["erased"]["conversations"] == 1
+    assert waiting >= 150, waiting  # it did not wait for the backlog to drain
