@@ -184,26 +184,26 @@ def erase(runtime: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
 
 
 def _forget_pieces(client: redis.Redis, attempts: Iterable[str]) -> None:
-    """The text generations left in Redis for these questions ("id:attempts"): every attempt's."""
-    keys = [pieces_key(ident, attempt) for ident, _, last in (item.partition(":") for item in attempts)
-            for attempt in range(int(last) + 1)]
-    if not keys:
-        return
-    try:
-        client.delete(*keys)
-    except RedisError as error:  # they expire within PIECES_TTL_SECONDS anyway
-        log.warning("pieces_not_forgotten", error=str(error))
+    """The text generations left in Redis for these questions ("id:attempts"): every attempt's.
+    They expire within PIECES_TTL_SECONDS anyway."""
+    _forget_keys(client, [pieces_key(ident, attempt) for ident, _, last in (item.partition(":") for item in attempts)
+                          for attempt in range(int(last) + 1)], what="pieces")
 
 
 def _forget_affinities(client: redis.Redis, conversation_ids: Iterable[str]) -> None:
-    """Which model server answered each of these conversations last (the pool's affinity keys)."""
-    keys = [affinity_key(ident) for ident in conversation_ids]
+    """Which model server answered each of these conversations last (the pool's affinity keys).
+    They expire within AFFINITY_TTL_SECONDS anyway."""
+    _forget_keys(client, [affinity_key(ident) for ident in conversation_ids], what="affinities")
+
+
+def _forget_keys(client: redis.Redis, keys: list[str], *, what: str) -> None:
+    """Delete keys that expire by themselves: Redis away, they are left to expire."""
     if not keys:
         return
     try:
         client.delete(*keys)
-    except RedisError as error:  # they expire within AFFINITY_TTL_SECONDS anyway
-        log.warning("affinities_not_forgotten", error=str(error))
+    except RedisError as error:
+        log.warning(f"{what}_not_forgotten", error=str(error))
 
 
 def _forget_in_redis(client: redis.Redis, user: str) -> int:
