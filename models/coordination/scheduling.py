@@ -19,6 +19,9 @@ log = structlog.get_logger(__name__)
 
 BUCKET_SECONDS = 10
 WINDOW_BUCKETS = 6  # the rate is taken over the last minute
+# Fewer starts than this in the window are no rate to estimate a wait from (one start after an
+# idle minute said "about 32 s" of a wait that took 4.5).
+MIN_STARTS = 3
 _KEEP_SECONDS = BUCKET_SECONDS * (WINDOW_BUCKETS + 2)
 
 
@@ -34,7 +37,7 @@ def record_start(pipe: redis.client.Pipeline, user: str, now: float | None = Non
 
 def start_rate(client: redis.Redis, now: float | None = None) -> float | None:
     """Generations started per second over the last minute (the current bucket counted for the
-    part of it that has passed); None when none started or Redis cannot say."""
+    part of it that has passed); None when fewer than MIN_STARTS started or Redis cannot say."""
     now = now or time.time()
     current = int(now // BUCKET_SECONDS)
     try:
@@ -43,7 +46,7 @@ def start_rate(client: redis.Redis, now: float | None = None) -> float | None:
         log.warning("start_rate_unread", error=str(error))
         return None
     started = sum(int(count) for count in counts if count is not None)
-    if not started:
+    if started < MIN_STARTS:
         return None
     return started / (WINDOW_BUCKETS * BUCKET_SECONDS + (now - current * BUCKET_SECONDS))
 
@@ -69,15 +72,16 @@ def recent_user_starts_keys(now: float | None = None, *, kept: bool = False) -> 
 
 def queue_position(ahead: int | None, rate: Callable[[], float | None]) -> dict[str, Any] | None:
     """What a queued message says of its wait: how many messages will start before it, and when
-    its own start is expected (None when no recent start gives a rate to estimate from). `rate` is
-    asked only when something is ahead: with nothing ahead, the message starts at the next free
-    slot, and the most common answer costs no Redis round trip."""
+    its own start is expected — it is the (ahead + 1)-th start from now — or None when no recent
+    starts give a rate to estimate from. With nothing ahead it starts at the next free slot, which
+    nothing here can date (it said "about 0 s" of a wait for a whole reply): no estimate, and the
+    most common answer costs no Redis round trip."""
     if ahead is None:
         return None
     if ahead == 0:
-        return {"ahead": 0, "eta_seconds": 0}
+        return {"ahead": 0, "eta_seconds": None}
     per_second = rate()
-    return {"ahead": ahead, "eta_seconds": math.ceil(ahead / per_second) if per_second else None}
+    return {"ahead": ahead, "eta_seconds": math.ceil((ahead + 1) / per_second) if per_second else None}
 
 
 def retry_after_seconds(ahead: int, rate: float | None, *, default: int = 1, cap: int = 3600) -> int:

@@ -231,4 +231,4 @@ def test_a_message_read_as_queued_that_starts_before_its_place_is_counted_is_nex
     shown = [{"id": str(uuid.uuid4()), "status": "queued"}, {"id": str(uuid.uuid4()), "status": "answered"}]
     with app.test_request_context():
         with_queue_positions(shown)
-    assert shown[0]["queue"] == {"ahead": 0, "eta_seconds": 0} and "queue" not in shown[1]
+    assert shown[0]["queue"] == {"ahead": 0, "eta_seconds": None} and "queue" not in shown[1]
