@@ -144,7 +144,8 @@ def run(env: dict[str, str]) -> int:
     subprocess.run([python, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
     port = env["PORT"]
     print(
-        f"\nchatq is starting.\n  API:    http://127.0.0.1:{port}/api/v1  (health: http://127.0.0.1:{port}/health)\n"
+        f"\nchatq is starting.\n  Chat:   http://127.0.0.1:{port}/  (dev mode: sign in with any name)\n"
+        f"  API:    http://127.0.0.1:{port}/api/v1  (health: http://127.0.0.1:{port}/health)\n"
         f"  Flower: http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}  (sign in as {env['FLOWER_BASIC_AUTH']})\n"
         f"  Token:  CHATQ_DEV=1 .venv/bin/flask --app web token alice\n"
         "  Stop:   Ctrl-C (data stays in .data/ for the next run)\n",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ARTIFACTS, Web, sign_in
+from tests.support import ARTIFACTS, Web, sign_in, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -107,6 +107,95 @@ def test_the_layout_holds_one_screen_at_a_time_and_only_the_message_list_scrolls
     page.click("#sign-out")
     page.wait_for_selector("#sign-in-form")
     assert not page.is_visible("#app")  # nothing of the app drawn under the sign-in screen
+
+
+def _token_of(node: Web, name: str) -> str:
+    import requests
+
+    return requests.post(node.url + "/dev/token", json={"user": name}, timeout=10).json()["token"]
+
+
+def test_conversations_and_the_account_are_deleted_from_the_page_and_it_says_what_happened(
+        dev_web: Web, browser) -> None:
+    import requests
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirmations
+    page.goto(dev_web.url + "/")
+    page.click("#sign-in-form button[type=submit]")  # no name: the page says what to do
+    assert page.locator("#sign-in-error").inner_text() == "Type a name to sign in with."
+    name = f"deleter-{uuid.uuid4().hex[:8]}"
+    sign_in(page, name)
+    auth = {"Authorization": f"Bearer {_token_of(dev_web, name)}"}
+
+    # Delete the open conversation.
+    page.fill("#message", "Add task: delete this conversation")
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant")
+    first = page.url.split("#c=")[1]
+    page.click("#delete-conversation")
+    page.wait_for_selector("#notice >> text=The conversation was deleted.")
+    assert page.locator("#conversations li").count() == 0 and page.locator(".message").count() == 0
+    assert requests.get(f"{dev_web.url}/api/v1/conversations/{first}", headers=auth, timeout=10).status_code == 404
+
+    # Deleted elsewhere (the account erased through the API): the next send says so, keeps the text.
+    page.fill("#message", "Add task: soon gone")
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant")
+    erased = requests.delete(f"{dev_web.url}/api/v1/me", headers=auth, timeout=10)
+    assert erased.status_code == 202
+    status_url = dev_web.url + erased.headers["Location"]
+    wait_until(lambda: requests.get(status_url, headers=auth, timeout=10).json()["status"] == "erased",
+               what="the erasure")
+    page.fill("#message", "show my tasks")
+    page.press("#message", "Enter")
+    page.wait_for_selector("#notice >> text=/no longer exists/")
+    assert page.input_value("#message") == "show my tasks" and page.locator(".message").count() == 0
+
+    # Delete the account from the page: signed out, told what happens.
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant")
+    page.click("#delete-me")
+    page.wait_for_selector("#signed-out-notice >> text=/being erased/")
+    assert page.is_visible("#sign-in-form") and not page.is_visible("#app")
+    wait_until(lambda: requests.get(f"{dev_web.url}/api/v1/conversations", headers=auth,
+                                    timeout=10).json()["items"] == [], what="the second erasure")
+    assert errors == []
+
+
+def test_search_marks_the_right_letters_after_emoji_and_closes_when_a_hit_opens(dev_web: Web, browser) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page.goto(dev_web.url + "/")
+    sign_in(page, f"emoji-{uuid.uuid4().hex[:8]}")
+    page.fill("#message", "Add task: bring 😀😀 the 🎉 apricot jam")
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant")
+    page.fill("#search", "apricot")
+    page.press("#search", "Enter")
+    page.wait_for_selector("#search-results .hit")
+    assert set(page.locator("#search-results mark").all_inner_texts()) == {"apricot"}
+    page.locator("#search-results .hit").first.click()
+    page.wait_for_selector(".message.found")
+    assert not page.is_visible("#search-results")
+    with page.expect_download():
+        page.click("#export")
+    page.wait_for_selector("#export-status >> text=Export saved as chatq-export.ndjson.")
+
+
+def test_on_a_phone_the_composer_shows_its_whole_placeholder(dev_web: Web, browser) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(dev_web.url + "/")
+    sign_in(page, f"narrow-{uuid.uuid4().hex[:8]}")
+    fits = page.evaluate("""() => {
+        const box = document.querySelector('#message'), style = getComputedStyle(box);
+        const context = document.createElement('canvas').getContext('2d');
+        context.font = `${style.fontSize} ${style.fontFamily}`;
+        const room = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        return [context.measureText(box.placeholder).width, room];
+    }""")
+    assert fits[0] <= fits[1], fits
 
 
 def test_the_page_sends_security_headers_and_no_inline_script(dev_web: Web) -> None:

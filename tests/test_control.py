@@ -386,6 +386,10 @@ def test_the_page_stops_regenerates_switches_versions_edits_and_resumes_after_a_
                                f">= {answers + 2} && !document.querySelector('.status.pending')", timeout=30000)
         assert page.locator(".message.assistant:not(.draft)").count() == answers + 2
         assert page.locator(".message.user").last.inner_text().strip() == "tell me a joke"
+        # Each answer stands under its question, though all three were stored after the questions.
+        roles = page.evaluate("() => [...document.querySelectorAll('.message')].slice(-5)"
+                              ".map((bubble) => bubble.classList.contains('user') ? 'user' : 'assistant')")
+        assert roles == ["user", "assistant", "user", "assistant", "user"], roles
         assert errors == []
     finally:
         node.stop()

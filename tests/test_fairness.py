@@ -240,6 +240,33 @@ def test_the_page_says_where_a_waiting_question_stands(capped, browser) -> None:
         waiting = page.wait_for_selector(".status.pending >> text=/ahead of you|Next in line/", timeout=5000)
         assert "Stop" in waiting.inner_text()
         page.wait_for_selector(".message.assistant >> text=second", timeout=30000)
+
+        # Three more behind one being answered: the last says 2 ahead, then moves up without a
+        # reload, and says no time where the API has no estimate.
+        page.fill("#message", "Add task: third")
+        page.press("#message", "Enter")
+        page.wait_for_selector(".status.pending >> text=Thinking", timeout=10000)
+        for words in ("Add task: fourth", "Add task: fifth", "Add task: sixth"):
+            page.fill("#message", words)
+            page.press("#message", "Enter")
+        page.wait_for_function("() => document.querySelectorAll('.message.user').length === 6")
+        shown = page.evaluate("""() => new Promise((done) => {
+            const seen = [];
+            const look = () => {
+              const sixth = [...document.querySelectorAll('.message.user')]
+                .find((bubble) => bubble.textContent === 'Add task: sixth');
+              const status = sixth && sixth.nextElementSibling;
+              if (!status || !status.matches('.status.pending')) return done(seen);
+              const last = status.firstChild.textContent;
+              if (seen[seen.length - 1] !== last) seen.push(last);
+              if (seen.length > 20) return done(seen);
+              setTimeout(look, 50);
+            };
+            look();
+        })""")
+        places = [text.split(" · ")[0] for text in shown if "ahead" in text or "Next" in text]
+        assert places == ["2 ahead of you", "1 ahead of you", "Next in line"], shown
+        assert not any("about 0 s" in text for text in shown), shown
     finally:
         page.close()
         node.stop()

@@ -12,6 +12,7 @@ const state = {
   stream: null,       // the AbortController of the conversation's event stream
   sending: null,      // the promise of the last send: sends go in order
   found: null,        // the seq of the message a search hit opened: marked until another conversation
+  queueRead: null,    // a pending re-read of the waiting questions' places (a timer)
 };
 
 // --- API -----------------------------------------------------------------------------------------
@@ -69,6 +70,7 @@ async function signIn(event) {
   $("sign-in-error").textContent = "";
   try {
     if (document.body.dataset.devSignIn === "1") {
+      if (!$("user-name").value.trim()) throw new Error("Type a name to sign in with.");
       const response = await fetch("/dev/token", {
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ user: $("user-name").value.trim() }),
@@ -85,9 +87,12 @@ async function signIn(event) {
   }
 }
 
-function signOut() {
+function signOut(notice = "") {
   localStorage.removeItem("chatq.token");
   state.token = null;
+  if (state.stream) state.stream.abort();
+  $("signed-out-notice").textContent = notice;
+  $("signed-out-notice").hidden = !notice;
   showSignIn();
 }
 
@@ -126,6 +131,7 @@ async function selectConversation(conversationId) {
   state.versions = null;
   state.editing = null;
   state.found = null;
+  notify("");
   history.replaceState(null, "", conversationId ? `#c=${conversationId}` : "#");
   $("conversation-title").textContent = "New conversation";
   render();
@@ -141,8 +147,9 @@ async function selectConversation(conversationId) {
         after = page.last_seq;
       }
     } catch (error) {
-      if (error.status === 404) return selectConversation(null);
-      throw error;
+      if (error.status !== 404) throw error;
+      await selectConversation(null);
+      return notify("That conversation no longer exists (it was deleted, perhaps on another device).");
     }
     render();
     for (const item of state.items.values()) {
@@ -160,11 +167,36 @@ async function selectConversation(conversationId) {
 // Not final yet: a cancelling question's worker is still storing what it wrote.
 const isPending = (message) => ["queued", "processing", "cancelling"].includes(message.status);
 
-// Where a queued question stands, as the API estimates it: "3 ahead of you · about 12 s".
+// Where a queued question stands, as the API estimates it: "3 ahead of you · about 12 s", and no
+// time where the API has no estimate.
 function queuedText(queue) {
   if (!queue) return "Queued…";
   const place = queue.ahead === 0 ? "Next in line" : `${queue.ahead} ahead of you`;
-  return queue.eta_seconds == null ? `${place}…` : `${place} · about ${queue.eta_seconds} s`;
+  return queue.eta_seconds == null ? place : `${place} · about ${queue.eta_seconds} s`;
+}
+
+// While questions of the open conversation wait, their place is read again every few seconds:
+// the long-poll only answers when they are done.
+const QUEUE_REFRESH_MS = 3000;
+async function refreshQueued() {
+  const conversationId = state.conversationId;
+  const queued = [...state.items.values()].filter((m) => m.role === "user" && m.status === "queued").slice(0, 10);
+  for (const question of queued) {
+    try {
+      const message = await api("GET", `/api/v1/messages/${question.id}`);
+      if (state.conversationId !== conversationId) return;
+      remember(message);
+    } catch (error) {
+      if (error.status !== 404) console.error(error);
+    }
+  }
+  if (queued.length) render();
+}
+
+// A question of this conversation started or ended: the ones behind it moved up; read them soon.
+function refreshQueuedSoon() {
+  if (state.queueRead) return;
+  state.queueRead = setTimeout(() => { state.queueRead = null; refreshQueued(); }, 150);
 }
 
 function remember(message) {
@@ -236,10 +268,28 @@ function versionControls(reply) {
   return bar;
 }
 
+// Each reply right under its question, whatever was stored in between: four questions sent at
+// once are answered after all four, and would otherwise read as four questions, then four answers.
+function inConversationOrder() {
+  const bySeq = [...state.items.values()].sort((a, b) => a.seq - b.seq);
+  const replies = new Map(bySeq.filter((m) => m.role === "assistant").map((reply) => [reply.reply_to, reply]));
+  const ordered = [];
+  for (const message of bySeq) {
+    if (message.role === "assistant") {
+      if (!state.items.has(message.reply_to)) ordered.push(message);  // its question is not loaded
+      continue;
+    }
+    ordered.push(message);
+    if (replies.has(message.id)) ordered.push(replies.get(message.id));
+  }
+  return ordered;
+}
+
 function render() {
   const list = $("messages");
   list.replaceChildren();
-  const items = [...state.items.values()].sort((a, b) => a.seq - b.seq);
+  const items = inConversationOrder();
+  $("delete-conversation").hidden = !state.conversationId;
   $("empty").hidden = items.length > 0;
   const latest = latestQuestion();
   const lastIsFinal = latest && !isPending(latest);
@@ -435,8 +485,47 @@ async function deliver(content) {
     waitForReply(accepted.message.id);
   } catch (error) {
     $("message").value = content;
-    alert(`Your message was not sent: ${error.message}`);
+    if (error.status === 404 && state.conversationId) {
+      // Deleted meanwhile (elsewhere, or by an erasure of the account): show what is left.
+      await selectConversation(null);
+      $("message").value = content;
+      notify("That conversation no longer exists (it was deleted, perhaps on another device). "
+             + "Your message was not sent; send it again to start a new conversation.");
+    } else if (error.status === 409) {
+      notify(`Your message was not sent: ${error.message}`);
+    } else {
+      alert(`Your message was not sent: ${error.message}`);
+    }
   }
+}
+
+// A notice above the messages: what happened that the page did not do itself.
+function notify(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
+}
+
+async function deleteConversation() {
+  const conversationId = state.conversationId;
+  if (!conversationId || !confirm("Delete this conversation and all its messages? This cannot be undone.")) return;
+  try {
+    await api("DELETE", `/api/v1/conversations/${conversationId}`);
+  } catch (error) {
+    if (error.status !== 404) return alert(`Could not delete the conversation: ${error.message}`);
+  }
+  await selectConversation(null);
+  notify("The conversation was deleted.");
+}
+
+async function deleteAccount() {
+  if (!confirm("Delete your account? Every conversation, message and task of yours is erased, on every "
+               + "device. This cannot be undone.")) return;
+  try {
+    await api("DELETE", "/api/v1/me");
+  } catch (error) {
+    return alert(`Could not delete your account: ${error.message}`);
+  }
+  signOut("Your account is being erased: every conversation, message and task. Signing in again starts afresh.");
 }
 
 async function retryMessage(messageId) {
@@ -513,6 +602,7 @@ function onEvent(event) {
     }
   } else {
     remember(data);
+    if (data.role === "user" && data.status !== "queued") refreshQueuedSoon();
     const latest = latestQuestion();
     if (data.role === "assistant" && latest && data.reply_to === latest.id) loadVersions();
   }
@@ -555,15 +645,18 @@ async function search(event) {
     const open = document.createElement("button");
     open.className = "hit";
     // The snippet is plain text; the matched words are marked from their offsets, never as HTML.
+    // The API counts characters (code points); a JavaScript string counts UTF-16 units, two for
+    // an emoji: slice the snippet's characters, not the string.
+    const chars = Array.from(hit.snippet);
     let at = 0;
     for (const [start, end] of hit.highlights) {
-      open.append(hit.snippet.slice(at, start));
+      open.append(chars.slice(at, start).join(""));
       const mark = document.createElement("mark");
-      mark.textContent = hit.snippet.slice(start, end);
+      mark.textContent = chars.slice(start, end).join("");
       open.append(mark);
       at = end;
     }
-    open.append(hit.snippet.slice(at));
+    open.append(chars.slice(at).join(""));
     const where = document.createElement("small");
     where.textContent = hit.conversation_title || "Untitled";
     open.append(where);
@@ -575,6 +668,7 @@ async function search(event) {
 
 async function openHit(hit) {
   closePanels();
+  $("search-results").hidden = true;
   await selectConversation(hit.conversation_id);
   state.found = hit.seq;
   render();
@@ -584,12 +678,20 @@ async function openHit(hit) {
 
 // The export is streamed by the API (NDJSON); the page saves it as a file.
 async function exportData() {
+  const status = $("export-status");
+  status.hidden = false;
+  status.textContent = "Preparing your export…";
   const response = await fetch("/api/v1/export", { headers: { Authorization: `Bearer ${state.token}` } });
-  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  if (!response.ok) {
+    const error = new ApiError(response.status, await response.json().catch(() => null));
+    status.textContent = `Export failed: ${error.message}`;
+    throw error;
+  }
   const link = document.createElement("a");
   link.href = URL.createObjectURL(await response.blob());
   link.download = "chatq-export.ndjson";
   link.click();
+  status.textContent = "Export saved as chatq-export.ndjson.";
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
@@ -629,7 +731,9 @@ async function start() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", signIn);
-  $("sign-out").addEventListener("click", signOut);
+  $("sign-out").addEventListener("click", () => signOut());
+  $("delete-me").addEventListener("click", () => deleteAccount().catch((error) => console.error(error)));
+  $("delete-conversation").addEventListener("click", () => deleteConversation().catch((error) => console.error(error)));
   $("new-conversation").addEventListener("click", () => { closePanels(); selectConversation(null); });
   $("search-form").addEventListener("submit", (event) => search(event).catch((error) => console.error(error)));
   $("export").addEventListener("click", () => exportData().catch((error) => console.error(error)));
@@ -647,4 +751,5 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   start().catch((error) => console.error(error));
+  setInterval(() => { if (state.token) refreshQueued(); }, QUEUE_REFRESH_MS);
 });
