@@ -68,6 +68,7 @@ def test_make_run_serves_the_api_the_page_and_flower(stack_env) -> None:
         _, answered = Api(url).ask("Add task: via make run")
         assert "via make run" in answered["reply"]["content"]
         assert f"API:    http://127.0.0.1:{port}/api/v1" in run.log_text()
+        assert f"Chat:   http://127.0.0.1:{port}/" in run.log_text()  # the README says it prints the page
 
         # Dev mode stays on this machine: every socket its processes listen on is on loopback ...
         # (The worker serves its metrics once ready; another stack's worker may have answered above.)
