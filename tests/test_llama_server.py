@@ -139,8 +139,26 @@ def test_the_server_killed_mid_stream_and_started_again(real, user: Api) -> None
         waiting = wait_until(lambda: (m := user.get(f"/api/v1/messages/{message_id}").json())["error"] and m,
                              timeout=60, what="the cause to be kept")
         assert "http://127.0.0.1" in waiting["error"], waiting["error"]  # it names the server
+        # A pool that is down says so: a new question waits in the queue (nothing generates it),
+        # its error naming the server, never `processing` for a slot wait after another.
+        later = user.chat("Are you back?")["message"]["id"]
+        seen, processing_since, longest = [], None, 0.0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            read = user.get(f"/api/v1/messages/{later}").json()
+            now = time.monotonic()
+            seen.append(read["status"])
+            processing_since = (processing_since or now) if read["status"] == "processing" else None
+            longest = max(longest, now - processing_since if processing_since else 0.0)
+            if read["status"] == "queued" and "waiting for one to answer again" in (read["error"] or ""):
+                break
+            time.sleep(0.1)
+        assert read["status"] == "queued" and f"127.0.0.1:{real.port}" in read["error"], (read, seen)
+        assert "every model server is down" in read["error"], read["error"]
+        assert longest < 5, (longest, seen)  # never held `processing` for a slot wait (30 s)
         real.process = start_llama(real.server, real.port)
         answered = user.wait_answered(message_id, timeout=180)
+        assert user.wait_answered(later, timeout=180)["status"] == "answered"
     finally:
         swap_worker(real)
     assert answered["status"] == "answered" and answered["error"] is None

@@ -36,7 +36,7 @@ from .. import metrics
 from . import context
 from .base import Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
 from .openai_wire import BACKOFF_CAP, Answer, add_usage, error_text, hang_up, read_json, read_stream, retry_after
-from .pool import Pool, Slot
+from .pool import NoServer, Pool, Slot
 from .tools import TodoTools
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -190,20 +190,23 @@ class OpenAICompatibleEngine:
             if attempt and request.on_restart is not None:
                 request.on_restart()  # what the failed request streamed is not the reply
             deltas = _Deltas(request.on_delta)
-            with self.pool.slot(request.conversation_id, cancellation, frozenset(failed_on),
-                                reserved=request.reserved if isinstance(request.reserved, Slot) else None) as slot:
-                if slot is None:
-                    return Answer(content="", tool_calls=[], finish="cancelled"), None
-                try:
-                    answer = self._request(slot, messages, deltas, cancellation)
-                except _Retryable as error:
-                    last = error
-                    failed_on.add(slot.server.key)
-                    if error.kind is not None:
-                        self.pool.failed(slot.server, error.kind)
-                else:
-                    self.pool.answered(slot, request.conversation_id)
-                    return answer, slot.server
+            try:
+                with self.pool.slot(request.conversation_id, cancellation, frozenset(failed_on),
+                                    reserved=request.reserved if isinstance(request.reserved, Slot) else None) as slot:
+                    if slot is None:
+                        return Answer(content="", tool_calls=[], finish="cancelled"), None
+                    try:
+                        answer = self._request(slot, messages, deltas, cancellation)
+                    except _Retryable as error:
+                        last = error
+                        failed_on.add(slot.server.key)
+                        if error.kind is not None:
+                            self.pool.failed(slot.server, error.kind)
+                    else:
+                        self.pool.answered(slot, request.conversation_id)
+                        return answer, slot.server
+            except NoServer as unavailable:  # no server to try: the attempt ends, its cause kept
+                raise TransientEngineError(f"{last}; {unavailable}" if last else str(unavailable)) from unavailable
             # The slot is given back before any pause. Failed before its first token, the request
             # goes at once to a server it has not failed on, if the pool has one.
             if deltas.first_at is None and len(failed_on) < len(self.pool.servers):

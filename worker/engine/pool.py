@@ -280,6 +280,13 @@ class Pool:
                     waited = time.monotonic() - started
                     metrics.LLM_SLOT_WAIT.labels(state.server.key).observe(waited)
                     return slot
+            if not candidates and soonest is not None and soonest > self.settings.cooldown_seconds:
+                # Every server is down (each failed more than once in a row): this attempt ends now,
+                # and the message waits in the queue, saying why, for its next attempt, which
+                # probes a server whose cooldown is over. Waiting here held it `processing` for
+                # the whole slot wait, attempt after attempt, with nothing being generated.
+                down = ", ".join(f"{s.server.shown_url} ({s.failures} failures in a row)" for s in states)
+                raise NoServer(f"every model server is down, waiting for one to answer again: {down}")
             now = time.monotonic()
             if now >= deadline:
                 busy = ", ".join(f"{s.server.shown_url} {s.state}" for s in states)
