@@ -34,6 +34,7 @@ import statistics
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -193,13 +194,13 @@ def steady_load(url: str, seconds: float, kill: Any) -> tuple[list[tuple[float, 
             with lock:
                 results.append((sent, time.monotonic() - sent, answered["status"]))
 
-    threads = [threading.Thread(target=user) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds / 2)
-    kill()
-    for thread in threads:
-        thread.join()
+    # A user whose post or wait fails (Api asserts) fails the bench here, not silently in its thread.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        users = [pool.submit(user) for _ in range(4)]
+        time.sleep(seconds / 2)
+        kill()
+        for running in users:
+            running.result()
     return results, killed_at
 
 

@@ -198,9 +198,11 @@ def test_while_every_slot_is_taken_messages_wait_queued_and_a_freed_slot_goes_by
         heavy, light = Api(llm_stack.url), Api(llm_stack.url)
         heavy_ids = [heavy.chat(f"heavy {index}")["message"]["id"] for index in range(3)]
         light_id = light.chat("light 0")["message"]["id"]
-        # The worker's two processes have their doorbells (a claim takes milliseconds) and wait for a
-        # slot with nothing claimed: every message still queued (cancellable at once), none leased.
-        time.sleep(1.5)
+        # The worker's two processes have taken a doorbell each (delivered, not yet acknowledged:
+        # kombu's `unacked` hash) and wait for a slot with nothing claimed: every message still
+        # queued (cancellable at once), none leased.
+        wait_until(lambda: client.hlen("unacked") >= 2, timeout=10, what="the worker's processes to take a job each")
+        time.sleep(0.3)  # what a claim would take, had one been made
         for api, message_id in [*((heavy, i) for i in heavy_ids), (light, light_id)]:
             assert api.get(f"/api/v1/messages/{message_id}").json()["status"] == "queued"
         assert db_llm.execute("SELECT count(*) FROM conversations WHERE lease_expires_at IS NOT NULL "
