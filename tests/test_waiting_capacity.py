@@ -1,5 +1,5 @@
 """A web process holds hundreds of waiting clients and still answers everything else; past its
-limits it refuses new waits at once (shared/CONTRACT.md, "Waiting clients")."""
+limits it refuses new waits at once (docs/api.md, "How many waits a node holds")."""
 
 from __future__ import annotations
 

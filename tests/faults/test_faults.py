@@ -1,4 +1,4 @@
-"""Delivery guarantees under faults (CONTRACT.md, guarantees 2-4): every accepted message is
+"""Delivery guarantees under faults (docs/api.md, "What chatq guarantees", 2-4): every accepted message is
 answered exactly once, in order, whatever dies. Each scenario prints a line of figures."""
 
 from __future__ import annotations
