@@ -66,6 +66,7 @@ def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
         RATE_LIMIT="",
         READ_RATE_LIMIT="",
         SWEEP_INTERVAL_SECONDS="1",
+        FORGET_INTERVAL_SECONDS="2",  # beat's retention round, which a test waits for
         LEASE_SECONDS="10",
         SSE_HEARTBEAT_SECONDS="1",
         PYTHONUNBUFFERED="1",

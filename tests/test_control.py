@@ -12,11 +12,13 @@ import os
 import random
 import signal
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import psycopg
 import pytest
+import redis
 import requests
 
 from scripts.devstack import libpq_url
@@ -247,6 +249,28 @@ def test_an_edited_question_is_answered_from_its_new_words(users) -> None:
     assert answered["reply"]["content"].startswith("Added “walk the cat”"), answered["reply"]["content"]
     titles = [task["title"] for task in on_a.get("/api/v1/tasks?status=all").json()["items"]]
     assert sorted(titles) == ["walk the cat", "walk the dog"]
+
+
+def test_an_erasure_mid_reply_waits_for_the_generation_and_nothing_is_written_after(control, users, db) -> None:
+    """DELETE /me while a worker writes the user's reply: the erasure waits for the generation to
+    stop, so neither the worker's commit nor the text it streams into Redis lands after the erasure
+    went through them (without that wait, the pieces written after it stay for an hour)."""
+    on_a, _on_b = users
+    accepted = on_a.chat("hello")
+    question, conversation = accepted["message"]["id"], accepted["conversation_id"]
+    writing(on_a, question, words=3)
+    asked = on_a.request("DELETE", "/api/v1/me")
+    assert asked.status_code == 202
+    wait_until(lambda: on_a.get(asked.headers["Location"]).json()["status"] == "erased", timeout=30,
+               what="the erasure to finish")
+    time.sleep(2)  # longer than a stopped worker takes to store what it wrote: nothing may come after
+    client = redis.Redis.from_url(control.env["REDIS_URL"])
+    left = [key.decode() for key in client.scan_iter(count=1000)
+            if question in key.decode() or conversation in key.decode()]
+    assert left == []
+    for table in ("messages", "conversations", "tasks", "webhook_events", "daily_usage"):
+        assert db.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s",  # noqa: S608 (names above)
+                          (on_a.user,)).fetchone() == (0,), table
 
 
 def _rebuild(events: list[dict[str, Any]], question_id: str) -> tuple[str, list[int]]:

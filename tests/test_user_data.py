@@ -92,3 +92,14 @@ def test_delete_me_is_carried_out_by_a_worker_and_every_old_id_answers_404(api: 
     assert again.status_code == 202
     wait_until(lambda: api.get(again.headers["Location"]).json()["status"] == "erased", what="the second erasure")
     assert api.ask("Add task: a new start")[1]["seq"] == 1
+
+
+def test_beat_deletes_a_conversation_past_its_lifetime_and_keeps_the_others(api: Api, db) -> None:
+    """Retention as it runs: beat's forget round, not a call of the function."""
+    expiring = api.post("/api/v1/conversations", json={"title": "a day", "ttl_days": 1}).json()["id"]
+    kept = api.post("/api/v1/conversations", json={"title": "for ever"}).json()["id"]
+    db.execute("UPDATE conversations SET updated_at = now() - interval '2 days' WHERE id = ANY(%s)",
+               ([expiring, kept],))
+    wait_until(lambda: api.get(f"/api/v1/conversations/{expiring}").status_code == 404, timeout=30,
+               what="beat's forget round to delete the expired conversation")
+    assert api.get(f"/api/v1/conversations/{kept}").status_code == 200  # no lifetime of its own, none set

@@ -432,6 +432,35 @@ def test_an_erasure_takes_a_row_another_transaction_holds_locked_while_it_runs(
     assert client.get(f"/api/v1/conversations/{said['conversation_id']}", headers=auth(user)).status_code == 404
 
 
+def test_an_erasure_waits_for_a_generation_to_stop_before_it_erases(client, unit_settings, engine: Engine) -> None:
+    """A worker generating the user's reply when DELETE /me comes stores what it wrote (its last
+    pieces in Redis, the question's final status) a moment later: the erasure waits for that, and
+    then erases it too. Without the wait, the worker's last writes came after the erasure."""
+    user = someone("midreply")
+    said = say(client, user, "hello")
+    question = said["message"]["id"]
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE messages SET status = 'processing', attempts = 1 WHERE id = :id"),
+                           {"id": question})
+    erasure_id = client.delete("/api/v1/me", headers=auth(user)).get_json()["id"]
+    pieces = redis.Redis.from_url(unit_settings.redis_url)
+
+    def worker_stopping() -> None:  # what a worker told to stop does within its second
+        time.sleep(0.8)
+        pieces.xadd(f"chatq:pieces:{question}:1", {"i": 7, "t": " last words"})
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE messages SET status = 'cancelled' WHERE id = :id"), {"id": question})
+
+    stopping = threading.Thread(target=worker_stopping)
+    stopping.start()
+    started = time.monotonic()
+    erased = forget.erase(_runtime(unit_settings, engine), uuid.UUID(erasure_id), settle_seconds=10)
+    stopping.join()
+    assert erased is not None and erased.counts.get("questions") == 1
+    assert time.monotonic() - started >= 0.8  # it waited for the worker
+    assert traces_of(engine, pieces, user, {question, said["conversation_id"]}) == []
+
+
 def test_while_an_erasure_runs_every_write_is_refused_with_409_and_stores_nothing(
         client, unit_settings, engine: Engine) -> None:
     user = someone("busy")
