@@ -145,3 +145,10 @@ def test_the_workers_statements_take_each_parameter_as_the_value_it_binds(name: 
     assert alone.params, "the statement binds values"
     executed = statement.compile(dialect=postgresql.dialect(), column_keys=sorted(alone.params))
     assert str(executed) == str(alone)
+
+
+def test_the_checked_in_sql_is_what_the_statements_compile_to() -> None:
+    """worker/claim_sql.sql is the worker's SQL as a reviewer reads it: a change to a statement
+    must come with the file written again (`python -m worker.claim_sql`)."""
+    assert claim_sql.SQL_FILE.read_text(encoding="utf-8") == claim_sql.as_sql(), \
+        "worker/claim_sql.sql is stale: run `python -m worker.claim_sql` and commit the file"
