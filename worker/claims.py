@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from enum import StrEnum
 from operator import itemgetter
 from typing import Any
 
@@ -34,6 +33,7 @@ from models.representation import message_json
 
 from . import claim_sql
 from .engine import History, Reply
+from .outcomes import Cancelled, Failed, LeaseLost, Requeued, Settled, Superseded
 from .runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -263,31 +263,31 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-class GivenBack(StrEnum):
-    """What became of a question a generation gave back."""
-
-    QUEUED = "queued"  # waiting again (after its backoff)
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # the user stopped it meanwhile: now cancelled
-    SUPERSEDED = "superseded"  # put back in the queue by a regenerate meanwhile: left as it is
-    LEASE_LOST = "lease_lost"  # someone else holds the conversation now: left to them
-
-
-def finish_unanswered(runtime: Runtime, lease: Lease, question: Question, *, failed: bool, error: str,
-                      retry_in: float = 0.0) -> GivenBack:
+def finish_unanswered(runtime: Runtime, claimed: Claimed, *, failed: bool, error: str,
+                      retry_in: float = 0.0) -> Settled:
     """Give the message back: `queued` again, to be tried after `retry_in` seconds, keeping why this
     attempt did not answer (a person reads it while it waits, and in the give-up reason if every
-    attempt fails), or `failed` with a readable error. Releases the lease if it is still ours."""
+    attempt fails), or `failed` with a readable error. Releases the lease if it is still ours.
+    What became of it: Requeued or Failed; Cancelled (the user stopped it meanwhile), Superseded (a
+    regenerate put it back meanwhile: left as it is) or LeaseLost (someone else holds the
+    conversation now: left to them)."""
+    lease, question = claimed.lease, claimed.question
     with runtime.db.connect() as connection:
         row = connection.execute(claim_sql.GIVE_BACK, {
             "conversation": lease.conversation_id, "version": lease.version,
             "given_back_as": Status.FAILED if failed else Status.QUEUED, "reason": error, "question_id": question.id,
             "retry_in": retry_in}).one_or_none()
     if row is None:
-        return GivenBack.LEASE_LOST
-    if row.given_back is None:
-        return GivenBack.SUPERSEDED
-    return GivenBack(row.given_back)
+        return LeaseLost(claimed)
+    match row.given_back:
+        case None:
+            return Superseded(claimed)
+        case Status.QUEUED.value:
+            return Requeued(claimed, retry_in)
+        case Status.FAILED.value:
+            return Failed(claimed)
+        case _:
+            return Cancelled(claimed)
 
 
 def next_pending(runtime: Runtime, conversation_id: uuid.UUID) -> uuid.UUID | None:

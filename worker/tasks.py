@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
 from celery import Task
@@ -22,6 +21,7 @@ from models.policy import backoff
 
 from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
 from .engine import PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
+from .outcomes import Answered, Cancelled, Deferred, Done, Failed, LeaseLost, NothingToDo, Requeued, Settled, Superseded
 from .runtime import Runtime, process_runtime
 
 log = structlog.get_logger(__name__)
@@ -75,71 +75,6 @@ def answer_message(self: Task, message_id: str) -> str:
         structlog.contextvars.clear_contextvars()
 
 
-# ---- What a job did -----------------------------------------------------------------------------
-# One type per outcome, carrying what its follow-up needs and nothing else; `outcome` names it in
-# the logs and in the job's result (Flower).
-
-
-class Deferred:
-    """No model server had a free slot in time: the doorbell went back to the queue."""
-
-    outcome = "deferred"
-
-
-@dataclass(frozen=True)
-class NothingToDo:
-    """No message could start now: each is answered, its conversation busy, or it waits out a
-    backoff (the claim may have given some up on the way)."""
-
-    nothing: claims.NothingClaimed
-    outcome: ClassVar[str] = "nothing_to_do"
-
-
-@dataclass(frozen=True)
-class Settled:
-    """What became of the question this job claimed."""
-
-    claimed: claims.Claimed
-    outcome: ClassVar[str]
-
-
-@dataclass(frozen=True)
-class Answered(Settled):
-    committed: claims.Committed
-    outcome: ClassVar[str] = "answered"
-
-
-class Cancelled(Settled):
-    """Stopped by the user: the text written so far stored as its reply (when there was any)."""
-
-    outcome = "cancelled"
-
-
-@dataclass(frozen=True)
-class Requeued(Settled):
-    """Given back to the queue, to be tried again after `retry_in` seconds."""
-
-    retry_in: float
-    outcome: ClassVar[str] = "requeued"
-
-
-class Failed(Settled):
-    outcome = "failed"
-
-
-class Superseded(Settled):
-    """Put back in the queue while generated (a regenerate): nothing stored."""
-
-    outcome = "superseded"
-
-
-class LeaseLost(Settled):
-    """Another worker took the conversation over: nothing stored, and it tells the clients."""
-
-    outcome = "lease_lost"
-
-
-Done = Deferred | NothingToDo | Settled
 
 
 def _answer(rung_for: uuid.UUID, request_id: str | None) -> Done:
@@ -241,19 +176,7 @@ def _give_back(runtime: Runtime, claimed: claims.Claimed, *, error: str, failed:
                retry_in: float = 0.0) -> Settled:
     """Give the question back — queued again (tried after `retry_in`) or failed — and say what
     became of it: the lease may have been lost, or the question cancelled or superseded meanwhile."""
-    given_back = claims.finish_unanswered(runtime, claimed.lease, claimed.question, failed=failed, error=error,
-                                          retry_in=retry_in)
-    match given_back:
-        case claims.GivenBack.QUEUED:
-            return Requeued(claimed, retry_in)
-        case claims.GivenBack.FAILED:
-            return Failed(claimed)
-        case claims.GivenBack.CANCELLED:
-            return Cancelled(claimed)
-        case claims.GivenBack.SUPERSEDED:
-            return Superseded(claimed)
-        case claims.GivenBack.LEASE_LOST:
-            return LeaseLost(claimed)
+    return claims.finish_unanswered(runtime, claimed, failed=failed, error=error, retry_in=retry_in)
 
 
 def _follow_up(runtime: Runtime, done: Done) -> None:

@@ -16,6 +16,7 @@ from models.representation import message_json
 from models.sql.queries import owned_message_with_reply, shown_message_with_reply
 from worker import claim_sql, claims
 from worker.engine import Reply
+from worker.outcomes import Cancelled
 from worker.runtime import Runtime
 
 from .support import NO_QUOTAS, OneConnection, accept, hide_the_queue_of_other_tests
@@ -96,8 +97,7 @@ def test_a_stopped_generation_given_back_or_whose_worker_died_ends_cancelled(rol
         question = claimed.question.id
         rolled_back.execute(update(Message).where(Message.id == question).values(status=Status.CANCELLING))
         if ending == "given_back":  # e.g. the model server failed just then
-            assert claims.finish_unanswered(runtime, claimed.lease, claimed.question, failed=False,
-                                            error="timeout") is claims.GivenBack.CANCELLED
+            assert claims.finish_unanswered(runtime, claimed, failed=False, error="timeout") == Cancelled(claimed)
         else:
             rolled_back.execute(text("UPDATE conversations SET lease_expires_at = now() - interval '1 second' "
                                      "WHERE id = :id"), {"id": claimed.lease.conversation_id})
