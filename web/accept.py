@@ -1,14 +1,14 @@
 """Accepting a user message: one unit of work stores it (and its idempotency record, and with
-`on_busy` the cancel of the questions it interrupts) — one statement in autocommit when that is
-all it takes, else a transaction; the view sends the job only after it has committed."""
+`on_busy` the cancel of the questions it interrupts). The view opens it — one statement in
+autocommit when `is_one_statement` says that is all it takes, else a transaction — and sends the
+job only after it has committed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,34 +251,16 @@ def is_one_statement(settings: Settings, idempotency: tuple[str, str] | None, on
     return idempotency is None and on_busy == "enqueue" and not has_quotas(settings)
 
 
-# Opens the session a unit of work runs in: with True, one that commits each statement by itself
-# (no BEGIN/COMMIT round trips); with False, one transaction, committed when the block ends.
-UnitOfWork = Callable[[bool], AbstractContextManager[Session]]
-
-
-@contextmanager
-def accept_message(
-    unit_of_work: UnitOfWork,
-    *,
-    user: str,
-    content: str,
-    conversation_id: str | None,
-    request_id: str,
-    idempotency: tuple[str, str] | None,
-    settings: Settings,
-    on_busy: str = "enqueue",
-    asked: Asked = Asked(),
-    lifetime: Lifetime = Lifetime(),
-    start_rate: Callable[[], float | None] = lambda: None,
-) -> Iterator[Accepted]:
-    """Store a user message and count it in the user's day, as a unit of work of its own: one
-    statement in autocommit when `is_one_statement` says it is one, else a transaction, committed
-    when the block ends (the block asks for what must follow the commit); nothing is stored if it
-    raises."""
-    with unit_of_work(is_one_statement(settings, idempotency, on_busy)) as session:
-        yield _accept(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
-                       idempotency=idempotency, settings=settings, on_busy=on_busy, asked=asked, lifetime=lifetime,
-                       start_rate=start_rate)
+def accept_message(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,
+                   idempotency: tuple[str, str] | None, settings: Settings, on_busy: str = "enqueue",
+                   asked: Asked = Asked(), lifetime: Lifetime = Lifetime(),
+                   start_rate: Callable[[], float | None] = lambda: None) -> Accepted:
+    """Store a user message and count it in the user's day, in the caller's unit of work: the view
+    opens it with `transaction(autocommit=is_one_statement(...))`, commits it, and only then sends
+    the job. Nothing is stored if it raises."""
+    return _accept(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
+                   idempotency=idempotency, settings=settings, on_busy=on_busy, asked=asked, lifetime=lifetime,
+                   start_rate=start_rate)
 
 
 def _accept(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,

@@ -26,7 +26,7 @@ from models.sql.queries import (
 )
 
 from . import schemas
-from .accept import Asked, Lifetime, accept_message, fingerprint
+from .accept import Asked, Lifetime, accept_message, fingerprint, is_one_statement
 from .auth import authenticate
 from .inputs import json_body, query
 from .problems import Problem
@@ -169,7 +169,10 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
                  "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings,
                  "asked": asked, "lifetime": lifetime, "start_rate": lambda: start_rate(services().redis)}
     redis = services().redis
-    with accept_message(lambda one_statement: transaction(autocommit=one_statement), **arguments) as accepted:
+    # Accepting a plain message is one statement: no transaction around it (no BEGIN/COMMIT round
+    # trips); with a key, on_busy or a quota it is several, committed together.
+    with transaction(autocommit=is_one_statement(settings, idempotency, on_busy)) as session:
+        accepted = accept_message(session, **arguments)
         conversation = accepted.body["conversation_id"]
         stopping = [ident for ident, status in accepted.interrupted if status is Status.CANCELLING]
         if stopping:

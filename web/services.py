@@ -95,7 +95,7 @@ def transaction(*, autocommit: bool = False) -> Iterator[Session]:
     `after_commit` runs once the block (and its commit) succeeded, and not at all if it raised.
     `autocommit`: there is no transaction around the block — each statement commits by itself, with
     no BEGIN/COMMIT round trips — for a block that is a single statement, which is then atomic on
-    its own (web/accept.py `accept_message` asks for it when accepting a message is one)."""
+    its own (the POST of a message asks for it when `web/accept.py` `is_one_statement` says so)."""
     queued: list[Callable[[], None]] = []
     g.after_commit = queued
     try:

@@ -20,10 +20,10 @@ def accept(session: Any, user: str, content: str, conversation_id: str | None = 
            settings: Settings = NO_QUOTAS, lane: Lane = Lane.INTERACTIVE, weight: float = 1.0,
            expires_in: int | None = None) -> Accepted:
     idempotency = (key, fingerprint("chat", {"message": content, "conversation_id": conversation_id})) if key else None
-    with accept_message(lambda _one_statement: own_transaction(session), user=user, content=content,
-                        conversation_id=conversation_id, request_id="unit", idempotency=idempotency,
-                        settings=settings, asked=Asked(lane=lane, weight=weight, expires_in=expires_in)) as accepted:
-        return accepted
+    with own_transaction(session):
+        return accept_message(session, user=user, content=content, conversation_id=conversation_id,
+                              request_id="unit", idempotency=idempotency, settings=settings,
+                              asked=Asked(lane=lane, weight=weight, expires_in=expires_in))
 
 
 @contextmanager

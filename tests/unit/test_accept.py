@@ -4,7 +4,6 @@ idempotent replays, and nothing stored for another user's conversation."""
 from __future__ import annotations
 
 import uuid
-from contextlib import nullcontext
 
 import pytest
 from sqlalchemy import func, select, update
@@ -47,10 +46,9 @@ def test_another_users_conversation_is_not_found_and_nothing_is_stored(rolled_ba
                               .where(Message.conversation_id == uuid.UUID(theirs))) == 1
     # Not even counted: the statement that would have stored it counts only what it stored (here run
     # without a transaction of its own, as the autocommit path runs it).
-    with pytest.raises(Problem), accept_message(lambda _one_statement: nullcontext(rolled_back), user="mallory",
-                                                content="add again", conversation_id=theirs, request_id="unit",
-                                                idempotency=None, settings=NO_QUOTAS):
-        pass
+    with pytest.raises(Problem):
+        accept_message(rolled_back, user="mallory", content="add again", conversation_id=theirs, request_id="unit",
+                       idempotency=None, settings=NO_QUOTAS)
     assert rolled_back.scalar(select(DailyUsage.messages).where(DailyUsage.user_id == "mallory")) is None
 
 
@@ -62,10 +60,9 @@ def test_nothing_outlives_the_test(engine, rolled_back) -> None:
 
 
 def _send(session, user: str, content: str, conversation_id: str, on_busy: str):
-    with accept_message(lambda _one_statement: own_transaction(session), user=user, content=content,
-                        conversation_id=conversation_id, request_id="unit", idempotency=None, settings=NO_QUOTAS,
-                        on_busy=on_busy) as accepted:
-        return accepted
+    with own_transaction(session):
+        return accept_message(session, user=user, content=content, conversation_id=conversation_id,
+                              request_id="unit", idempotency=None, settings=NO_QUOTAS, on_busy=on_busy)
 
 
 def test_interrupt_stops_the_conversations_questions_by_the_one_rule_and_reject_refuses(rolled_back) -> None:

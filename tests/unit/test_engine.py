@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -36,10 +35,9 @@ class Conversation:
     def say(self, text: str) -> str:
         """Store the question as web does, answer it as the worker does (the reply itself is kept
         in memory: what the engine reads is the history it is handed)."""
-        with Session(self.db) as session, accept_message(
-                lambda _one_statement: nullcontext(session), user=self.user, content=text, request_id="unit",
-                idempotency=None, conversation_id=self.id, settings=NO_QUOTAS) as accepted:
-            pass
+        with Session(self.db) as session:
+            accepted = accept_message(session, user=self.user, content=text, request_id="unit", idempotency=None,
+                                      conversation_id=self.id, settings=NO_QUOTAS)
         self.id, message_id = accepted.body["conversation_id"], accepted.message_id
         tools = self.tools_class(self.db, self.user, message_id)
         request = self.request_class(user=self.user, conversation_id=self.id, message_id=message_id, content=text,
