@@ -26,7 +26,7 @@ from models import (
     Settings,
     Status,
 )
-from models.coordination.scheduling import queue_position, retry_after_seconds
+from models.coordination.queue_figures import queue_position, retry_after_seconds
 from models.representation import message_json
 from models.sql.erasure import ERASING
 from models.sql.queries import QUESTION_SHOWN, ahead_of, ahead_of_users_first, owned_conversation, parse_uuid
@@ -75,7 +75,7 @@ def fingerprint(route: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _claim_key(session: Session, user: str, key: str, print_: str) -> IdempotentRequest | None:
+def _reserve_key(session: Session, user: str, key: str, print_: str) -> IdempotentRequest | None:
     """Reserve the key for this transaction, or return the answer already stored under it.
     A concurrent first call holds the row until it commits; Postgres makes us wait for it."""
     reserved = session.execute(
@@ -275,7 +275,7 @@ def _accept(session: Session, *, user: str, content: str, conversation_id: str |
             and session.scalar(ERASING, {"user": user}):
         raise erasure_running()
     if idempotency is not None:
-        stored = _claim_key(session, user, *idempotency)
+        stored = _reserve_key(session, user, *idempotency)
         if stored is not None:
             return Accepted(stored.status_code, stored.body, None, replayed=True)
     interrupted = []

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, tuple_, update
 
 from models import FINAL, UNFINISHED, Conversation, Lane, Status, Task
 from models.coordination.messaging import announce, request_cancel, send_answer_job
-from models.coordination.scheduling import start_rate
+from models.coordination.queue_figures import start_rate
 from models.coordination.signals import conversation_channel, message_channel
 from models.representation import message_json
 from models.sql.queries import (

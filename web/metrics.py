@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from models import Message, Status
-from models.coordination.scheduling import busiest_users
+from models.coordination.queue_figures import busiest_users
 from models.process.metrics_support import scrape_registry
 from models.sql.round_trips import counter_for
 

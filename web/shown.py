@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models import GENERATING, Conversation, Message, Status
 from models.coordination.messaging import WrittenSoFar, read_partials
-from models.coordination.scheduling import queue_position, start_rate
+from models.coordination.queue_figures import queue_position, start_rate
 from models.sql.queries import ShownQuestion, owned_conversation, queue_positions
 
 from .problems import Problem

@@ -56,7 +56,7 @@ from models import (
 )
 from models.coordination import messaging
 from models.coordination.model_pool import affinity_key
-from models.coordination.scheduling import recent_user_starts_keys
+from models.coordination.queue_figures import recent_user_starts_keys
 from models.coordination.signals import pieces_key
 from models.sql.stopping import STOP_USERS_QUESTIONS
 

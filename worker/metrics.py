@@ -20,6 +20,7 @@ LEASE_LOST = Counter("chatq_lease_lost_total", "Replies discarded because their 
 REQUEUED = Counter("chatq_sweeper_requeued_total", "Jobs the sweeper sent: doorbells for messages that "
                    "could start with no job waiting, and generations whose lease ran out.", ["reason"])
 DUPLICATES = Counter("chatq_duplicate_deliveries_total", "Jobs that found nothing to do.", ["reason"])
+DEFERRED = Counter("chatq_jobs_deferred_total", "Jobs put back in the queue before claiming anything.", ["reason"])
 EXPIRED = Counter("chatq_messages_expired_total", "Messages that were not started before their expires_in.")
 PROMOTED = Counter("chatq_batch_promoted_total", "Batch messages that waited long enough to join the "
                    "interactive lane.")
@@ -49,6 +50,7 @@ count_round_trip = counter_for("worker")
 
 # Every labelled series exists from the start, at zero, so dashboards and alerts see them.
 DUPLICATES.labels("nothing_ready")
+DEFERRED.labels("no_model_slot")
 for _reason in ("gave_up", "permanent", "crashed"):
     FAILURES.labels(_reason)
 FORGOTTEN.labels("retention", "conversations")

@@ -86,7 +86,7 @@ def _answer(rung_for: uuid.UUID, request_id: str | None) -> Done:
         reserved = runtime.engine.reserve(stopping=lambda: shutdown.STOPPING.due(0))
     except TransientEngineError as busy:
         log.info("job_deferred", reason=str(busy))
-        metrics.DUPLICATES.labels("no_model_slot").inc()
+        metrics.DEFERRED.labels("no_model_slot").inc()
         ring(rung_for, request_id)
         return Deferred()
     try:

@@ -30,7 +30,7 @@ from .jobs import (
     REQUEST_ID_HEADER,
     WEBHOOK_QUEUE,
 )
-from .scheduling import record_start
+from .queue_figures import record_start
 from .signals import cancel_channel, conversation_channel, delta_channel, message_channel, pieces_key
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from models import ConfigError, Conversation, Message, Settings, Status
 from models.coordination.jobs import ERASE_USER, HOUSEKEEPING_QUEUE
 from models.coordination.model_pool import AFFINITY_TTL_SECONDS, affinity_key
-from models.coordination.scheduling import recent_user_starts_keys
+from models.coordination.queue_figures import recent_user_starts_keys
 from models.sql.erasure import USERS_TABLES, user_digest
 from tests.support import token
 from worker import forget

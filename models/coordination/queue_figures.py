@@ -1,6 +1,6 @@
-"""What the scheduler tells people: the recent start rate (counted in Redis as generations start)
-and, from it, a queued message's estimated wait. Postgres decides who starts next
-(worker/claim_sql.py); these figures only describe it."""
+"""The queue's figures: the recent start rate, counted in Redis as generations start, and from it
+a queued message's estimated wait and a refused POST's Retry-After. Postgres decides who starts
+next (the scheduler is the claim's SQL, worker/claim_sql.py); these figures only describe it."""
 
 from __future__ import annotations
 
