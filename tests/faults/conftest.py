@@ -10,7 +10,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,13 +75,26 @@ class FaultStack:
         return psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.pg_port}/chatq_faults", autocommit=True)
 
 
+def _started_on_a_free_port(start: Callable[[Path, int], bool], folder: Path) -> int:
+    """Start a server on a port the system just called free, and try another when something took it
+    in between: the other test stream starts servers on free ports too (devstack refuses a port a
+    foreign server holds, with SystemExit)."""
+    for _ in range(5):
+        port = free_port()
+        try:
+            start(folder, port)
+        except SystemExit:
+            continue
+        return port
+    raise RuntimeError(f"no free port held for {folder.name} in five tries")
+
+
 @pytest.fixture
 def fault_stack() -> Iterator[FaultStack]:
     folder = Path(tempfile.mkdtemp(prefix="chatq-faults-"))
     folder.chmod(0o755)
-    pg_port, redis_port = free_port(), free_port()
-    devstack.start_postgres(folder / "postgres", pg_port)
-    devstack.start_redis(folder / "redis", redis_port)
+    pg_port = _started_on_a_free_port(devstack.start_postgres, folder / "postgres")
+    redis_port = _started_on_a_free_port(devstack.start_redis, folder / "redis")
     server = f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/chatq"
     env = {key: value for key, value in os.environ.items() if key not in ("CHATQ_DEV", "PROMETHEUS_MULTIPROC_DIR")}
     env.update(FAULT_ENV, DATABASE_URL=create_database(server, "chatq_faults"),
