@@ -14,8 +14,10 @@ from . import (
     auth,
     cli,
     control,
+    keys,
     limits,
     metrics,
+    openai_api,
     openapi,
     ops,
     outages,
@@ -69,6 +71,8 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(user_data.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(keys.bp)
+    app.register_blueprint(openai_api.bp)
 
     @app.after_request
     def _conditional_get(response: Response) -> Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +12,7 @@ import structlog
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import delete, select, tuple_, update
 
-from models import FINAL, UNFINISHED, Conversation, Lane, Status, Task
+from models import UNFINISHED, Conversation, Lane, Status, Task
 from models.coordination.messaging import announce, request_cancel, send_answer_job
 from models.coordination.queue_figures import start_rate
 from models.coordination.signals import conversation_channel, message_channel
@@ -22,7 +21,6 @@ from models.sql.queries import (
     owned_messages_after,
     parse_uuid,
     replies_to,
-    shown_message_with_reply,
 )
 
 from . import schemas
@@ -33,7 +31,14 @@ from .problems import Problem
 from .quotas import usage_today
 from .serialize import conversation_json, task_json
 from .services import after_commit, reader, services, transaction
-from .shown import conversation_or_404, partials, refreshed_or_404, with_queue_positions
+from .shown import (
+    committed_message,
+    conversation_or_404,
+    message_view,
+    partials,
+    refreshed_or_404,
+    with_queue_positions,
+)
 from .spec import operation
 from .waiting.longpoll import wait_for
 from .writes import refuse_while_erasing
@@ -210,23 +215,6 @@ def chat() -> Response:
     return _accepted(body.message, body.conversation_id, "chat", body.model_dump())
 
 
-def _message_view(ident: uuid.UUID) -> tuple[dict[str, Any], bool]:
-    found = shown_message_with_reply(reader().connection(), g.user, ident)
-    if found is None:
-        raise Problem(404, "No such message.")
-    row, reply = found
-    return message_json(row, reply, partials([row]).get(row.id)), row.status in FINAL
-
-
-def _committed_message(ident: uuid.UUID) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    def carried(change: dict[str, Any]) -> dict[str, Any] | None:
-        message = change.get("message")
-        # Ownership was checked by the wait's first read; the channel is this message's own.
-        return message if isinstance(message, dict) and message.get("id") == str(ident) else None
-
-    return carried
-
-
 @bp.get("/messages/<message_id>")
 @operation("Get a message; with wait, return once it is answered or failed", query=schemas.MessageQuery,
            responses={200: schemas.AnyMessage})
@@ -239,10 +227,10 @@ def get_message(message_id: str) -> Response:
         # The channel is named by the canonical id: "ABC…", "{abc…}" and "abc…" are one message.
         # The worker's final notification carries the message as just committed: a woken long-poll
         # answers with it and does not read it again (BENCHMARKS.md, "Waiting clients").
-        body = wait_for(message_channel(ident), lambda: _message_view(ident), params.wait,
-                        answer=_committed_message(ident))
+        body = wait_for(message_channel(ident), lambda: message_view(ident), params.wait,
+                        answer=committed_message(ident))
     else:
-        body, _ = _message_view(ident)
+        body, _ = message_view(ident)
     with_queue_positions([body])
     response = jsonify(body)
     if body.get("status") in UNFINISHED:

@@ -1,19 +1,24 @@
-"""Identity: a bearer JWT. HS256 tokens are signed with AUTH_SECRET; tokens of an external identity
-provider (RS256, EdDSA) are verified against its JWKS (AUTH_JWKS_URL), with optional issuer and
-audience checks. The `sub` claim is the user id."""
+"""Identity: a bearer JWT or API key. HS256 tokens are signed with AUTH_SECRET; tokens of an
+external identity provider (RS256, EdDSA) are verified against its JWKS (AUTH_JWKS_URL), with
+optional issuer and audience checks; the `sub` claim is the user id. An API key (web/keys.py) is
+found by its hash and acts as the user who made it."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from typing import Any
 
 import jwt
 import structlog
 from flask import Flask, current_app, g, request
+from sqlalchemy import text
 
 from models import Settings
 
 from .problems import Problem
+from .services import reader
 
 MAX_USER_ID = 128
 ASYMMETRIC = ("RS256", "EdDSA")
@@ -82,13 +87,16 @@ def _unauthorized(detail: str) -> Problem:
 
 
 def authenticate() -> str:
-    """The user id of this request, or a 401 problem. Called before every /api/ view."""
+    """The user id of this request, or a 401 problem. Called before every /api/ and /v1/ view. The
+    bearer is a JWT or one of the user's API keys (`g.by_key` says which)."""
     if "user" in g:
         return g.user
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("Send 'Authorization: Bearer <token>'.")
+        raise _unauthorized("Send 'Authorization: Bearer <token>' (a JWT, or an API key).")
+    if token.strip().startswith(API_KEY_PREFIX):
+        return _by_key(token.strip())
     try:
         claims = current_app.extensions["chatq.auth"].claims(token.strip())
     except jwt.ExpiredSignatureError:
@@ -106,6 +114,26 @@ def authenticate() -> str:
     g.tier = claims.get("tier")  # the user's weight in the scheduler (Settings.weight_of)
     structlog.contextvars.bind_contextvars(user=subject)
     return subject
+
+
+# An API key: the prefix, then 32 random bytes in base64url. A JWT never starts with it ("eyJ").
+API_KEY_PREFIX = "chatq-"
+_KEY = re.compile(r"^chatq-[A-Za-z0-9_-]{43}$")
+_KEY_OWNER = text("SELECT user_id, tier FROM api_keys WHERE key_hash = :hash")
+
+
+def key_hash(key: str) -> str:
+    """What is stored of a key: a SHA-256 (a key is 256 random bits: no salt or slow hash needed)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _by_key(key: str) -> str:
+    owner = reader().execute(_KEY_OWNER, {"hash": key_hash(key)}).first() if _KEY.match(key) else None
+    if owner is None:
+        raise _unauthorized("The API key is not known (revoked, or never made).")
+    g.user, g.tier, g.by_key = owner.user_id, owner.tier, True
+    structlog.contextvars.bind_contextvars(user=owner.user_id)
+    return owner.user_id
 
 
 def _is_user_id(subject: object) -> bool:

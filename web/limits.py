@@ -38,7 +38,7 @@ def _client_key() -> str:
 
 
 def _is_api() -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith(("/api/", "/v1/"))
 
 
 # Which budget each method of the API spends (a method named in neither would not be limited: the

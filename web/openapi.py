@@ -49,7 +49,7 @@ def _models(operations: list[tuple[str, str, Operation]]) -> list[tuple[type[Bas
     for _path, _method, spec in operations:
         if spec.body:
             wanted[(spec.body, "validation")] = None
-        for answer in spec.responses.values():
+        for answer in [*spec.responses.values(), spec.errors]:
             if isinstance(answer, type) and issubclass(answer, BaseModel):
                 wanted[(answer, "serialization")] = None
     return list(wanted)
@@ -91,14 +91,16 @@ def build_document(app: Flask) -> dict[str, Any]:
             else:
                 entry["responses"][str(status)] = {"description": answer.__name__,
                                                    "content": {"application/json": {"schema": ref(answer)}}}
-        entry["responses"]["default"] = problem
+        entry["responses"]["default"] = problem if spec.errors is None else {
+            "description": "An error in OpenAI's shape", "content": {"application/json": {"schema": ref(spec.errors)}}}
         if spec.authenticated:
             entry["security"] = [{"bearer": []}]
         paths.setdefault(path, {})[method] = entry
     return {
         "openapi": "3.1.0",
         "info": {"title": "chatq", "version": "1", "description": "A worker-queue chat processor with a "
-                 "todo assistant. Every error is application/problem+json."},
+                 "todo assistant. Every error under /api is application/problem+json; under /v1 (the OpenAI-"
+                 "compatible API), OpenAI's error shape."},
         "paths": paths,
         "components": {
             "schemas": definitions.get("$defs", {}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import structlog
-from flask import Flask, Response, current_app, g, json
+from flask import Flask, Response, current_app, g, json, request
 from werkzeug.exceptions import HTTPException
 
 log = structlog.get_logger(__name__)
@@ -28,6 +28,8 @@ class Problem(Exception):
 
 def problem_response(status: int, detail: str, *, slug: str | None = None,
                      headers: dict[str, str] | None = None, extensions: dict[str, str] | None = None) -> Response:
+    if request.path.startswith(OPENAI_PREFIX):
+        return openai_error_response(status, detail, slug=slug, headers=headers)
     phrase = HTTPStatus(status).phrase
     body = {
         "type": PROBLEM_TYPE_BASE + (slug or phrase.lower().replace(" ", "-")),
@@ -39,6 +41,33 @@ def problem_response(status: int, detail: str, *, slug: str | None = None,
     }
     response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
     response.headers.update(headers or {})
+    return response
+
+
+# Under /v1 (the OpenAI-compatible API) every error is in OpenAI's shape, so that the SDKs raise
+# their own exception classes (they go by the status) and read the message.
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+                 415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+# What a retry cannot change: the SDKs retry 408, 409, 429 and 5xx by themselves unless told not to.
+_FINAL = frozenset({"quota-exceeded", "not-cancellable", "not-failed", "not-latest", "not-finished",
+                    "conversation-busy", "too-many-webhooks", "too-many-keys", "idempotency-key-reused",
+                    "not-answered"})
+
+
+def openai_error_response(status: int, detail: str, *, slug: str | None = None, param: str | None = None,
+                          headers: dict[str, str] | None = None) -> Response:
+    """`{"error": {"message", "type", "param", "code"}}` with the status chatq answers with (and a
+    request id, as every answer), `x-should-retry: false` where retrying cannot help."""
+    if param is None and slug in ("invalid-field", "unsupported-field") and ": " in detail:
+        param = detail.split(": ", 1)[0]  # "input: must be ..." names the field
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": detail, "type": kind, "param": param, "code": slug}}
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    retryable = status in (408, 409, 429) or status >= 500
+    response.headers["x-should-retry"] = "false" if slug in _FINAL or not retryable else "true"
     return response
 
 

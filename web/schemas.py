@@ -129,6 +129,10 @@ class NewWebhook(_Body):
                                            min_length=1, max_length=4)
 
 
+class NewKey(_Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+
+
 class DevSignIn(_Body):
     user: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
 
@@ -291,6 +295,20 @@ class WebhookCreated(WebhookOut):
 
 class WebhookList(_Out):
     items: list[WebhookOut]
+
+
+class KeyOut(_Out):
+    id: str
+    name: str
+    created_at: UtcTime
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="chatq-...: send it as 'Authorization: Bearer <key>'; shown only now")
+
+
+class KeyList(_Out):
+    items: list[KeyOut]
 
 
 class AttemptOut(_Out):

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import g
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
-from models import GENERATING, Conversation, Message, Status
+from models import FINAL, GENERATING, Conversation, Message, Status
 from models.coordination.messaging import WrittenSoFar, read_partials
 from models.coordination.queue_figures import queue_position, start_rate
-from models.sql.queries import ShownQuestion, owned_conversation, queue_positions
+from models.representation import message_json
+from models.sql.queries import ShownQuestion, owned_conversation, queue_positions, shown_message_with_reply
 
 from .problems import Problem
 from .services import reader, services
@@ -27,6 +28,27 @@ def conversation_or_404(conversation_id: str, session: Session | None = None) ->
     if row is None:
         raise Problem(404, "No such conversation.")
     return row
+
+
+def message_view(ident: uuid.UUID) -> tuple[dict[str, Any], bool]:
+    """The user's message as the API shows it (with its reply, or the text written so far), and
+    whether its status is final; 404 for another user's or no message."""
+    found = shown_message_with_reply(reader().connection(), g.user, ident)
+    if found is None:
+        raise Problem(404, "No such message.")
+    row, reply = found
+    return message_json(row, reply, partials([row]).get(row.id)), row.status in FINAL
+
+
+def committed_message(ident: uuid.UUID) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """For a long-poll of one message: the message as just committed, when the notification that
+    woke it carries it (the worker's final one does), so that it need not be read again."""
+    def carried(change: dict[str, Any]) -> dict[str, Any] | None:
+        message = change.get("message")
+        # Ownership was checked by the wait's first read; the channel is this message's own.
+        return message if isinstance(message, dict) and message.get("id") == str(ident) else None
+
+    return carried
 
 
 def refreshed_or_404(session: Session, row: Conversation | Message, what: str) -> None:

@@ -27,6 +27,8 @@ class Operation:
     responses: dict[int, Any] = field(default_factory=dict)
     authenticated: bool = True
     headers: dict[str, str] = field(default_factory=dict)  # request headers: name -> description
+    # The shape of its errors: problem+json (None), or a model of another (OpenAI's, under /v1).
+    errors: type[BaseModel] | None = None
 
 
 def operation(summary: str, **details: Any) -> Callable[[F], F]:

@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
 from models import (
+    ApiKey,
     Conversation,
     DailyUsage,
     IdempotentRequest,
@@ -111,6 +112,7 @@ _STEPS: tuple[tuple[str, Table, Select[Any]], ...] = (
     ("daily_usage", DailyUsage.__table__, _batch_of(DailyUsage.__table__)),
     ("idempotency_keys", IdempotentRequest.__table__, _batch_of(IdempotentRequest.__table__)),
     ("scheduler_shares", UserShare.__table__, _batch_of(UserShare.__table__)),
+    ("api_keys", ApiKey.__table__, _batch_of(ApiKey.__table__)),
 )
 ERASED_TABLES = {table for _, table, _ in _STEPS}
 

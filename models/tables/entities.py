@@ -272,6 +272,23 @@ class WebhookEndpoint(Base):
     __table_args__ = (Index("ix_webhook_endpoints_user", "user_id"),)
 
 
+class ApiKey(Base):
+    """A user's API key (`POST /api/v1/keys`): what a server-side app sends instead of a JWT. Only a
+    SHA-256 of the key is kept (the key is 256 random bits, shown once): a copy of the database
+    names no usable key. It acts as its user, with the tier of the token that made it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[user_id]
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    tier: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[created_at]
+
+    __table_args__ = (Index("ix_api_keys_user", "user_id"),)
+
+
 class WebhookEvent(Base):
     """The outbox: an event row is written in the transaction that commits the change it reports
     (models/sql/outbox.py). Its payload is built once, at the first delivery, from rows that never

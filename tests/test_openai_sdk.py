@@ -1,0 +1,125 @@
+"""The OpenAI-compatible API (`/v1`) driven by OpenAI's own Python SDK against real gunicorn, Celery
+and Postgres: API keys made, used and revoked; the models; Chat Completions plain and streamed,
+stored and answered like any message; errors raised as the SDK's own exception classes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from tests.support import Api
+from worker.engine.builtin import HELP
+
+
+def client_for(api: Api, key: str, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.base_url + "/v1", api_key=key, max_retries=0, timeout=60, **options)
+
+
+def make_key(api: Api, name: str = "server") -> str:
+    made = api.post("/api/v1/keys", json={"name": name})
+    assert made.status_code == 201, made.text
+    return made.json()["key"]
+
+
+def question_of(api: Api, completion_id: str) -> dict[str, Any]:
+    """The chatq message a completion answered (its id is chatcmpl-<the question's id>)."""
+    message = api.get(f"/api/v1/messages/{uuid.UUID(completion_id.removeprefix('chatcmpl-'))}")
+    assert message.status_code == 200, message.text
+    return message.json()
+
+
+def test_an_api_key_is_made_shown_once_used_like_a_token_and_revoked(api: Api, make_api) -> None:
+    made = api.post("/api/v1/keys", json={"name": "nightly job"})
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    assert key.startswith("chatq-") and made.json()["name"] == "nightly job"
+    listed = api.get("/api/v1/keys").json()["items"]
+    assert [item["id"] for item in listed] == [made.json()["id"]] and "key" not in listed[0]
+    # The key acts as its user: on /api/ and through the SDK.
+    as_key = requests.get(api.base_url + "/api/v1/conversations", headers={"Authorization": f"Bearer {key}"},
+                          timeout=10)
+    assert as_key.status_code == 200
+    assert [model.id for model in client_for(api, key).models.list()] == ["chatq-assistant"]
+    # A key cannot make another, nor revoke one; another user cannot revoke it either.
+    by_key = requests.post(api.base_url + "/api/v1/keys", json={"name": "copy"},
+                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert by_key.status_code == 403 and by_key.json()["type"].endswith("/key-not-allowed")
+    assert make_api().request("DELETE", f"/api/v1/keys/{made.json()['id']}").status_code == 404
+    assert api.request("DELETE", f"/api/v1/keys/{made.json()['id']}").status_code == 204
+    with pytest.raises(openai.AuthenticationError):
+        client_for(api, key).models.list()
+    assert api.get("/api/v1/keys").json()["items"] == []
+
+
+def test_a_chat_completion_is_stored_queued_and_answered_like_any_message(api: Api) -> None:
+    client = client_for(api, make_key(api))
+    completion = client.chat.completions.create(
+        model="chatq-assistant", messages=[{"role": "user", "content": "Add task: buy oat milk"}])
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason == "stop"
+    assert choice.message.content.startswith("Added “buy oat milk”"), choice.message.content
+    assert completion.object == "chat.completion" and completion.model == "chatq-assistant"
+    assert completion.usage is not None and completion.usage.total_tokens == 0  # the built-in engine counts none
+    # One and the same queue: the question is a chatq message of the user's, answered, its task added.
+    question = question_of(api, completion.id)
+    assert question["status"] == "answered" and question["reply"]["content"] == choice.message.content
+    assert [task["title"] for task in api.tasks()] == ["buy oat milk"]
+    conversation = api.get(f"/api/v1/conversations/{question['conversation_id']}").json()
+    assert conversation["temporary"] is True  # deleted a day after its last message, unless store: true
+
+
+def test_the_calls_earlier_messages_are_the_conversation_the_question_is_answered_from(api: Api) -> None:
+    client = client_for(api, make_key(api))
+    completion = client.chat.completions.create(model="chatq-assistant", store=True, messages=[
+        {"role": "system", "content": "You keep my todo list."},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi! What shall I add?"},
+        {"role": "user", "content": [{"type": "text", "text": "help"}]},
+    ])
+    assert completion.choices[0].message.content == HELP
+    question = question_of(api, completion.id)
+    stored = api.get(f"/api/v1/conversations/{question['conversation_id']}/messages").json()["items"]
+    assert [(m["seq"], m["role"], m["content"]) for m in stored] == [
+        (1, "user", "hello"), (2, "assistant", "Hi! What shall I add?"), (3, "user", "help"), (4, "assistant", HELP)]
+    assert stored[1]["reply_to"] == stored[0]["id"] and stored[3]["reply_to"] == stored[2]["id"]
+    assert api.get(f"/api/v1/conversations/{question['conversation_id']}").json()["temporary"] is False
+
+
+def test_a_streamed_completion_sends_chunks_whose_text_is_the_stored_reply(api: Api) -> None:
+    client = client_for(api, make_key(api))
+    chunks = list(client.chat.completions.create(model="chatq-assistant", stream=True,
+                                                 stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "remind me to call mom"}]))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    assert finishes == ["stop"] and chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert len({chunk.id for chunk in chunks}) == 1
+    assert text == question_of(api, chunks[0].id)["reply"]["content"] and "call mom" in text
+
+
+def test_errors_are_raised_as_the_sdks_own_exception_classes(api: Api) -> None:
+    client = client_for(api, make_key(api))
+    with pytest.raises(openai.AuthenticationError):
+        client_for(api, "chatq-" + "x" * 43).models.list()
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        client.chat.completions.create(model="chatq-assistant", messages=[])
+    assert invalid.value.body["param"] == "messages" and invalid.value.code == "invalid-field"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="chatq-assistant", messages=[{"role": "user", "content": "hi"}],
+                                       tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert refused.value.body["param"] == "tools" and refused.value.code == "unsupported-field"
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model="chatq-assistant",
+                                       messages=[{"role": "user", "content": "hi"}, {"role": "assistant",
+                                                                                     "content": "hello"}])
+    # An error under /v1 is OpenAI's shape, never problem+json, and says whether a retry can help.
+    missing = requests.get(api.base_url + "/v1/responses/nope", headers={"Authorization": "Bearer " + "x"},
+                           timeout=10)
+    assert missing.status_code in (401, 404) and set(missing.json()) == {"error"}
+    assert missing.headers["Content-Type"].startswith("application/json")
+    assert missing.headers["x-should-retry"] == "false"

@@ -1,0 +1,74 @@
+"""The OpenAI-compatible API's bodies: what a call takes (only what chatq reads is declared; every
+other field OpenAI defines is accepted and ignored, docs/openai.md lists them) and what it answers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+
+class _Open(BaseModel):
+    # OpenAI's requests carry many fields chatq has no use for; an app must not have to strip them.
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Open):
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[str, StringConstraints(max_length=8000)] | list[ContentPart] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class ChatCompletionIn(_Open):
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=500)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    store: bool = False
+    n: int = Field(default=1, ge=1, le=1, description="one choice: chatq answers each message once")
+    tools: list[dict[str, Any]] | None = None
+    service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ModelOut(_Out):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(_Out):
+    object: Literal["list"]
+    data: list[ModelOut]
+
+
+class ChatCompletionOut(_Out):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    error: ErrorDetail
