@@ -273,6 +273,24 @@ def test_an_erasure_mid_reply_waits_for_the_generation_and_nothing_is_written_af
                           (on_a.user,)).fetchone() == (0,), table
 
 
+def test_a_streamed_chat_completion_sends_the_reply_as_the_worker_writes_it(control, users) -> None:
+    """Through OpenAI's SDK on the slow-streaming stack: several content chunks arrive before the
+    reply is committed (not the whole text at the end), and together they are the stored reply."""
+    import openai
+
+    on_a, _on_b = users
+    key = on_a.post("/api/v1/keys", json={"name": "stream"}).json()["key"]
+    client = openai.OpenAI(base_url=control.b + "/v1", api_key=key, max_retries=0, timeout=60)
+    arrived, pieces = [], []
+    for chunk in client.chat.completions.create(model="chatq-assistant", stream=True,
+                                                messages=[{"role": "user", "content": "hello"}]):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            arrived.append(time.monotonic())
+    assert "".join(pieces) == FALLBACK
+    assert len(pieces) >= 5 and arrived[-1] - arrived[0] > 1.0, (len(pieces), arrived[-1] - arrived[0])
+
+
 def _rebuild(events: list[dict[str, Any]], question_id: str) -> tuple[str, list[int]]:
     """What a client shows of a reply being written, from its events, checking as it goes that
     every piece continues the text it has (no gap, none twice). Returns the text and the attempts

@@ -25,6 +25,7 @@ def test_the_export_holds_everything_the_api_shows_of_the_user(api: Api, make_ap
     api.wait_answered(second["id"])
     other_conversation, _ = api.ask("remind me to call mom")
     assert api.post("/api/v1/webhooks", json={"url": "https://8.8.8.8/hook"}).status_code == 201
+    made_key = api.post("/api/v1/keys", json={"name": "exported"}).json()
     make_api().ask("Add task: not yours")  # another user's data is never in it
 
     records = export_of(api)
@@ -51,6 +52,7 @@ def test_the_export_holds_everything_the_api_shows_of_the_user(api: Api, make_ap
     assert [hook["url"] for hook in by_kind["webhook_endpoint"]] == ["https://8.8.8.8/hook"]
     assert "secret" not in by_kind["webhook_endpoint"][0] and "whsec_" not in json.dumps(records)
     assert "not yours" not in json.dumps(records)
+    assert [key["name"] for key in by_kind["api_key"]] == ["exported"] and made_key["key"] not in json.dumps(records)
 
 
 def test_a_conversations_lifetime_is_set_on_create_and_changed_by_patch(api: Api) -> None:

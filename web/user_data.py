@@ -20,7 +20,7 @@ from sqlalchemy import Text, Uuid, and_, bindparam, cast, func, literal_column, 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models import Conversation, DailyUsage, Erasure, Message, Role, Status, Task, WebhookEndpoint
+from models import ApiKey, Conversation, DailyUsage, Erasure, Message, Role, Status, Task, WebhookEndpoint
 from models.coordination.messaging import announce, request_cancel, send_erasure_job
 from models.representation import message_out, version_out
 from models.sql.erasure import LAST_ERASURE_IF_NOTHING_SINCE, LOCK_OUT_WRITES, user_digest
@@ -267,6 +267,9 @@ def _records(session: Session, user: str,
     endpoints = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.user_id == user)
                                 .order_by(WebhookEndpoint.created_at))
     yield "webhook_endpoint", (endpoint_json(row) for row in endpoints)  # never their secrets
+    keys = session.scalars(select(ApiKey).where(ApiKey.user_id == user).order_by(ApiKey.created_at, ApiKey.id))
+    yield "api_key", ({"id": str(row.id), "name": row.name, "created_at": row.created_at.isoformat()}
+                      for row in keys)  # never the keys (only their hashes are kept)
 
 
 # Erasure ---------------------------------------------------------------------------------------
