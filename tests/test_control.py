@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -289,6 +290,28 @@ def test_a_streamed_chat_completion_sends_the_reply_as_the_worker_writes_it(cont
             arrived.append(time.monotonic())
     assert "".join(pieces) == FALLBACK
     assert len(pieces) >= 5 and arrived[-1] - arrived[0] > 1.0, (len(pieces), arrived[-1] - arrived[0])
+
+
+def test_responses_cancelled_while_queued_and_while_generated(control, users) -> None:
+    """OpenAI's SDK on the slow-streaming stack: a response queued behind another is cancelled at
+    once, never generated; the one being generated stops and keeps the text written so far."""
+    import openai
+
+    on_a, _on_b = users
+    key = on_a.post("/api/v1/keys", json={"name": "cancels"}).json()["key"]
+    client = openai.OpenAI(base_url=control.a + "/v1", api_key=key, max_retries=0, timeout=60)
+    writing_now = client.responses.create(model="chatq-assistant", input="hello", background=True)
+    waiting = client.responses.create(model="chatq-assistant", input="help", background=True,
+                                      previous_response_id=writing_now.id)
+    assert client.responses.retrieve(waiting.id).status == "queued"
+    assert client.responses.cancel(waiting.id).status == "cancelled"
+    writing(on_a, str(uuid.UUID(writing_now.id.removeprefix("resp_"))), words=3)
+    client.responses.cancel(writing_now.id)
+    stopped = wait_until(lambda: (r := client.responses.retrieve(writing_now.id)).status == "cancelled" and r,
+                         timeout=15, what="the generation to stop")
+    assert stopped.output_text and FALLBACK.startswith(stopped.output_text) and stopped.output_text != FALLBACK
+    never = client.responses.retrieve(waiting.id)
+    assert never.status == "cancelled" and never.output == []
 
 
 def _rebuild(events: list[dict[str, Any]], question_id: str) -> tuple[str, list[int]]:

@@ -4,6 +4,7 @@ stored and answered like any message; errors raised as the SDK's own exception c
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -123,3 +124,42 @@ def test_errors_are_raised_as_the_sdks_own_exception_classes(api: Api) -> None:
     assert missing.status_code in (401, 404) and set(missing.json()) == {"error"}
     assert missing.headers["Content-Type"].startswith("application/json")
     assert missing.headers["x-should-retry"] == "false"
+
+
+def test_a_background_response_is_queued_at_once_and_polled_to_completion(api: Api) -> None:
+    client = client_for(api, make_key(api))
+    started = client.responses.create(model="chatq-assistant", input="Add task: water the ferns", background=True)
+    assert started.status in ("queued", "in_progress", "completed") and started.id.startswith("resp_")
+    response = started
+    for _ in range(200):
+        if response.status in ("completed", "failed", "cancelled", "incomplete"):
+            break
+        time.sleep(0.05)
+        response = client.responses.retrieve(started.id)
+    assert response.status == "completed" and response.output_text.startswith("Added “water the ferns”")
+    # One conversation on both APIs: the response's is a chatq conversation of the user's.
+    conversation = uuid.UUID(response.conversation.id.removeprefix("conv_"))
+    listed = api.get(f"/api/v1/conversations/{conversation}/messages").json()["items"]
+    assert [m["content"] for m in listed] == ["Add task: water the ferns", response.output_text]
+    items = client.responses.input_items.list(started.id)
+    assert [item.content[0].text for item in items.data] == ["Add task: water the ferns"]
+
+
+def test_a_synchronous_chain_through_previous_response_id_is_answered_from_the_history(api: Api) -> None:
+    client = client_for(api, make_key(api))
+    first = client.responses.create(model="chatq-assistant", input="Add task: feed the cat")
+    assert first.status == "completed"
+    second = client.responses.create(model="chatq-assistant", input="what did I just add?",
+                                     previous_response_id=first.id)
+    assert second.status == "completed" and "feed the cat" in second.output_text, second.output_text
+    assert second.conversation.id == first.conversation.id
+    # Continuing from a response that is no longer the latest would fork: refused, naming the field.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="chatq-assistant", input="and?", previous_response_id=first.id)
+    assert refused.value.body["param"] == "previous_response_id"
+    # Deleted: every later call on it answers 404.
+    client.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_" + uuid.uuid4().hex)

@@ -38,7 +38,7 @@ def test_every_route_with_an_id_is_covered(route_table) -> None:
     id cannot escape it. This checks that the table is what we think it is."""
     paths = {path for _, path, _ in route_table}
     assert "/api/v1/messages/<message_id>" in paths and "/api/v1/conversations/<conversation_id>/events" in paths
-    assert all(re.fullmatch(r"<(conversation_id|message_id|webhook_id|delivery_id|erasure_id)>", part)
+    assert all(re.fullmatch(r"<(conversation_id|message_id|webhook_id|delivery_id|erasure_id|key_id|response)>", part)
                for _, path, _ in route_table for part in re.findall(r"<[^>]+>", path))
 
 
@@ -51,19 +51,32 @@ def test_another_users_ids_answer_404_on_every_route(route_table, make_api) -> N
     before = owner.get(f"/api/v1/conversations/{conversation_id}/messages").json()
     deliveries = owner.get(f"/api/v1/webhooks/{webhook.json()['id']}/deliveries").json()["items"]
     erasure = make_api().request("DELETE", "/api/v1/me")  # another user's erasure (of nothing)
+    key = owner.post("/api/v1/keys", json={"name": "mine"}).json()
     ids = {"conversation_id": conversation_id, "message_id": answered["id"], "webhook_id": webhook.json()["id"],
-           "delivery_id": deliveries[0]["id"], "erasure_id": erasure.json()["id"]}
+           "delivery_id": deliveries[0]["id"], "erasure_id": erasure.json()["id"], "key_id": key["id"],
+           "response": "resp_" + uuid.UUID(answered["id"]).hex}
+
+    def made_up(name: str) -> str:
+        return "resp_" + uuid.uuid4().hex if name == "response" else str(uuid.uuid4())
+
+    def said(answer) -> str:  # problem+json under /api/, OpenAI's shape under /v1/
+        body = answer.json()
+        return body["detail"] if "detail" in body else body["error"]["message"]
+
     for method, rule, spec in route_table:
         path = re.sub(r"<([a-z_]+)>", lambda match: ids[match.group(1)], rule)
         body = SAMPLE_BODIES.get(spec.body) if spec.body else None
         theirs = stranger.request(method, path, json=body)
-        missing = stranger.request(method, re.sub(r"<([a-z_]+)>", lambda _: str(uuid.uuid4()), rule), json=body)
+        missing = stranger.request(method, re.sub(r"<([a-z_]+)>", lambda match: made_up(match.group(1)), rule),
+                                   json=body)
         assert theirs.status_code == missing.status_code == 404, (method, rule, theirs.text)
-        assert theirs.json()["detail"] == missing.json()["detail"], (method, rule)
+        assert said(theirs) == said(missing), (method, rule)
     assert owner.get(f"/api/v1/conversations/{conversation_id}/messages").json() == before
     assert owner.get(f"/api/v1/conversations/{conversation_id}").json()["title"] != "mine now"
     assert [t["title"] for t in owner.tasks()] == ["mine"]
     assert [w["id"] for w in owner.get("/api/v1/webhooks").json()["items"]] == [webhook.json()["id"]]
+    assert [k["id"] for k in owner.get("/api/v1/keys").json()["items"]] == [key["id"]]
+    assert owner.get(f"/v1/responses/{ids['response']}").json()["status"] == "completed"
 
 
 @pytest.fixture(scope="module")

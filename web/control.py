@@ -91,6 +91,12 @@ def _question_or_404(session: Session, message_id: str) -> tuple[Message, Messag
            "the text written so far (it reads cancelling until that is stored)",
            responses={200: schemas.UserMessageOut})
 def cancel_message(message_id: str) -> dict[str, Any]:
+    return cancel_question(message_id)
+
+
+def cancel_question(message_id: str) -> dict[str, Any]:
+    """Cancel the user's question (as the view above says) and show it as it is now; also the
+    OpenAI-compatible API's cancel of a response."""
     with transaction() as session:
         row, reply = _question_or_404(session, message_id)
         # Queued: cancelled now, with its webhook event; being generated: cancelling (its worker, wherever

@@ -73,7 +73,7 @@ def _turns(body: ChatCompletionIn) -> tuple[list[tuple[Role, str]], str]:
     return turns, question
 
 
-def _start_conversation(session: Session, user: str, turns: list[tuple[Role, str]], title: str,
+def start_conversation(session: Session, user: str, turns: list[tuple[Role, str]], title: str,
                         temporary: bool) -> uuid.UUID:
     """A conversation holding the turns before the question, numbered 1, 2, 3 …: each user turn
     answered by the assistant turn after it (or never, when none follows)."""
@@ -108,7 +108,7 @@ def _ask(body: ChatCompletionIn) -> dict[str, Any]:
     redis = services().redis
     with transaction() as session:
         refuse_while_erasing(session, g.user)
-        conversation_id = _start_conversation(session, g.user, turns, " ".join(question.split())[:TITLE_CHARS],
+        conversation_id = start_conversation(session, g.user, turns, " ".join(question.split())[:TITLE_CHARS],
                                               temporary=not body.store)
         accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
                                   request_id=g.request_id, idempotency=None, settings=settings, asked=asked,

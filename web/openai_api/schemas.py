@@ -38,6 +38,19 @@ class ChatCompletionIn(_Open):
     service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
 
 
+class ResponseIn(_Open):
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    input: Annotated[str, StringConstraints(min_length=1, max_length=8000)] | list[dict[str, Any]] = Field(
+        min_length=1, max_length=500)
+    background: bool = False
+    stream: bool = False
+    store: bool = True
+    previous_response_id: Annotated[str, StringConstraints(max_length=100)] | None = None
+    conversation: Annotated[str, StringConstraints(max_length=100)] | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -61,6 +74,16 @@ class ChatCompletionOut(_Out):
     model: str
     choices: list[dict[str, Any]]
     usage: dict[str, Any]
+
+
+class ResponseOut(_Out):
+    id: str
+    object: Literal["response", "response.deleted"]
+
+
+class InputItemList(_Out):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
 
 
 class ErrorDetail(BaseModel):

@@ -1,0 +1,243 @@
+"""`/v1/responses`: OpenAI's Responses API over chatq's questions. A response is one question of
+the user's and its reply (`resp_` and the question's id); its conversation is a chatq
+conversation (`conv_` and its id), read and continued on either API. `background: true` answers at
+once, `queued`; without it the call waits for the answer. `previous_response_id` continues that
+response's conversation (when it is the conversation's latest question); `conversation` names one.
+
+Not built yet (docs/openai.md): streaming and resumable events, function tools, `instructions`
+and `metadata` kept with the response, a response that continues from an earlier point of its
+conversation (a copy).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from flask import Response, g, jsonify
+from sqlalchemy import delete, select
+
+from models import FINAL as FINAL_STATUSES
+from models import Conversation, Lane, Message, Role, Status
+from models.coordination.messaging import announce, send_answer_job
+from models.coordination.queue_figures import start_rate
+from models.coordination.signals import message_channel
+from models.sql.queries import parse_uuid
+
+from ..accept import Asked, Lifetime, accept_message
+from ..control import cancel_question
+from ..inputs import json_body
+from ..problems import Problem
+from ..services import after_commit, reader, services, transaction
+from ..shown import committed_message, message_view, with_queue_positions
+from ..spec import operation
+from ..waiting.longpoll import wait_for
+from ..writes import refuse_while_erasing
+from . import bp
+from .chat import TITLE_CHARS, WAIT_SLICE_SECONDS, start_conversation
+from .models import BUILTIN_MODEL
+from .schemas import InputItemList, OpenAIError, ResponseIn, ResponseOut
+
+FINAL = frozenset(status.value for status in FINAL_STATUSES)
+# chatq's statuses as OpenAI's: a question being generated (or stopping) is in progress.
+STATUSES = {"queued": "queued", "processing": "in_progress", "cancelling": "in_progress", "answered": "completed",
+            "failed": "failed", "expired": "failed", "cancelled": "cancelled"}
+
+
+def response_id(question_id: uuid.UUID | str) -> str:
+    return f"resp_{uuid.UUID(str(question_id)).hex}"
+
+
+def _question_id(ident: str, prefix: str = "resp_") -> uuid.UUID:
+    parsed = parse_uuid(ident.removeprefix(prefix)) if ident.startswith(prefix) else None
+    if parsed is None:
+        raise Problem(404, f"No such {'response' if prefix == 'resp_' else 'conversation'}.")
+    return parsed
+
+
+def _epoch(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp).timestamp())
+
+
+def as_response(question: dict[str, Any], *, background: bool = False) -> dict[str, Any]:
+    """A chatq question (as the API shows it) as an OpenAI Response."""
+    reply = question.get("reply") or {}
+    status = STATUSES[question["status"]]
+    if status == "completed" and reply.get("finish") == "length":
+        status = "incomplete"
+    text = reply.get("content") if reply else (question.get("partial") or {}).get("text")
+    output = []
+    if text:
+        output.append({"type": "message", "id": f"msg_{uuid.UUID(reply['id']).hex}" if reply else
+                       f"msg_{uuid.UUID(question['id']).hex}_partial", "role": "assistant",
+                       "status": "completed" if reply else "in_progress",
+                       "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    usage = reply.get("usage") or {}
+    tokens_in, tokens_out = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    failed = question["status"] in ("failed", "expired")
+    body = {
+        "id": response_id(question["id"]), "object": "response", "created_at": _epoch(question["created_at"]),
+        "status": status, "background": background, "model": reply.get("model") or BUILTIN_MODEL,
+        "output": output, "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out,
+                                    "total_tokens": tokens_in + tokens_out,
+                                    "input_tokens_details": {"cached_tokens": 0},
+                                    "output_tokens_details": {"reasoning_tokens": 0}},
+        "error": {"code": "server_error", "message": question.get("error") or question["status"]} if failed else None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "conversation": {"id": f"conv_{uuid.UUID(question['conversation_id']).hex}"},
+        "instructions": None, "metadata": {}, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True,
+        "temperature": None, "top_p": None, "text": {"format": {"type": "text"}}, "store": True,
+    }
+    if question.get("queue") is not None:
+        body["queue"] = question["queue"]  # chatq's: how many start before it, and when it should
+    return body
+
+
+def _input_text(body: ResponseIn) -> list[tuple[Role, str]]:
+    """The input as turns: a string is one user turn; items are messages (text content only)."""
+    if isinstance(body.input, str):
+        return [(Role.USER, body.input)]
+    turns = []
+    for index, item in enumerate(body.input):
+        kind = item.get("type", "message")
+        role = item.get("role")
+        if kind != "message" or role not in ("user", "assistant", "system", "developer"):
+            raise Problem(400, f"input[{index}]: chatq reads message items (user and assistant text) only, "
+                          f"not {kind!r}", slug="unsupported-field")
+        content = item.get("content")
+        if isinstance(content, list):
+            parts = [part.get("text") for part in content if isinstance(part, dict)]
+            if any(part.get("type") not in ("input_text", "output_text", "text") for part in content
+                   if isinstance(part, dict)) or None in parts:
+                raise Problem(400, f"input[{index}].content: chatq reads text parts only", slug="unsupported-field")
+            content = "\n".join(text for text in parts if text is not None)
+        if not isinstance(content, str):
+            raise Problem(422, f"input[{index}].content: must be text or a list of text parts", slug="invalid-field")
+        if role in ("user", "assistant"):
+            turns.append((Role(role), content))
+    return turns
+
+
+def _continued(previous: str | None, conversation: str | dict[str, Any] | None) -> uuid.UUID | None:
+    """The chatq conversation a response continues: its previous response's (which must be that
+    conversation's latest question) or the one named (its id, or `{"id"}`); None for a new one."""
+    if isinstance(conversation, dict):
+        conversation = str(conversation.get("id") or "")
+    if previous is not None and conversation is not None:
+        raise Problem(400, "conversation: give previous_response_id or conversation, not both",
+                      slug="unsupported-field")
+    if conversation is not None:
+        conversation_id = _question_id(conversation, "conv_")
+        if reader().scalar(select(Conversation.id).where(Conversation.id == conversation_id,
+                                                         Conversation.user_id == g.user)) is None:
+            raise Problem(404, "No such conversation.")
+        return conversation_id
+    if previous is None:
+        return None
+    question = reader().execute(select(Message.conversation_id, Message.seq).where(
+        Message.id == _question_id(previous), Message.user_id == g.user, Message.role == Role.USER)).first()
+    if question is None:
+        raise Problem(404, "No such response.")
+    latest = reader().scalar(select(Message.seq).where(Message.conversation_id == question.conversation_id,
+                                                       Message.role == Role.USER).order_by(Message.seq.desc()).limit(1))
+    if latest != question.seq:
+        raise Problem(400, "previous_response_id: continuing from a response that is not its conversation's "
+                      "latest is not supported yet", slug="unsupported-field")
+    return question.conversation_id
+
+
+@bp.post("/responses")
+@operation("OpenAI: create a response — queued like any message; background answers at once",
+           body=ResponseIn, responses={200: ResponseOut}, errors=OpenAIError)
+def create_response() -> Response:
+    body = json_body(ResponseIn)
+    for refused in ("stream", "tools"):
+        if getattr(body, refused):
+            raise Problem(400, f"{refused}: not supported on /v1/responses yet", slug="unsupported-field")
+    turns = _input_text(body)
+    if not turns or turns[-1][0] is not Role.USER or not turns[-1][1].strip():
+        raise Problem(422, "input: the last item must be the user's text (the question to answer)",
+                      slug="invalid-field")
+    if len(turns[-1][1]) > 8000:
+        raise Problem(422, "input: the question may be at most 8000 characters", slug="invalid-field")
+    history, (_role, question) = turns[:-1], turns[-1]
+    conversation_id = _continued(body.previous_response_id, body.conversation)
+    if conversation_id is not None and history:
+        raise Problem(400, "input: a response that continues a conversation takes one user message",
+                      slug="unsupported-field")
+    settings, redis = services().settings, services().redis
+    asked = Asked(lane=Lane.BATCH if body.service_tier == "flex" else Lane.INTERACTIVE,
+                  weight=settings.weight_of(g.tier))
+    with transaction() as session:
+        refuse_while_erasing(session, g.user)
+        if conversation_id is None:
+            conversation_id = start_conversation(session, g.user, history, " ".join(question.split())[:TITLE_CHARS],
+                                                  temporary=not body.store)
+        accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
+                                  request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
+                                  lifetime=Lifetime(), start_rate=lambda: start_rate(redis))
+        after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
+        after_commit(announce, redis, conversation_id, accepted.message_id, Status.QUEUED.value)
+    shown = accepted.body["message"]
+    if not body.background:
+        ident = uuid.UUID(shown["id"])
+        while shown["status"] not in FINAL:
+            shown = wait_for(message_channel(ident), lambda: message_view(ident), WAIT_SLICE_SECONDS,
+                             answer=committed_message(ident))
+    return jsonify(as_response(shown, background=body.background))
+
+
+def _shown(response: str) -> dict[str, Any]:
+    shown = _as_response_or_404(lambda: message_view(_question_id(response))[0])
+    if shown["role"] != "user":
+        raise Problem(404, "No such response.")
+    with_queue_positions([shown])
+    return shown
+
+
+@bp.get("/responses/<response>")
+@operation("OpenAI: a response as it is now", responses={200: ResponseOut}, errors=OpenAIError)
+def get_response(response: str) -> Response:
+    return jsonify(as_response(_shown(response)))
+
+
+@bp.post("/responses/<response>/cancel")
+@operation("OpenAI: cancel a response — queued: never generated; in progress: the text so far kept",
+           responses={200: ResponseOut}, errors=OpenAIError)
+def cancel_response(response: str) -> Response:
+    return jsonify(as_response(_as_response_or_404(lambda: cancel_question(str(_question_id(response))))))
+
+
+def _as_response_or_404(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The question `read` finds, with a 404 in the Responses API's words."""
+    try:
+        return read()
+    except Problem as problem:
+        if problem.status == 404:
+            raise Problem(404, "No such response.") from None
+        raise
+
+
+@bp.delete("/responses/<response>")
+@operation("OpenAI: delete a response (its question and every reply); later calls on it answer 404",
+           responses={200: ResponseOut}, errors=OpenAIError)
+def delete_response(response: str) -> Response:
+    shown = _shown(response)
+    if shown["status"] not in FINAL:
+        cancel_question(shown["id"])  # nothing is generated for it after this
+    with transaction() as session:  # its replies and their events go with it (the foreign keys cascade)
+        session.execute(delete(Message).where(Message.id == uuid.UUID(shown["id"]), Message.user_id == g.user))
+    return jsonify({"id": response, "object": "response.deleted", "deleted": True})
+
+
+@bp.get("/responses/<response>/input_items")
+@operation("OpenAI: the items a response was given", responses={200: InputItemList}, errors=OpenAIError)
+def input_items(response: str) -> Response:
+    shown = _shown(response)
+    item = {"type": "message", "id": f"msg_{uuid.UUID(shown['id']).hex}", "role": "user", "status": "completed",
+            "content": [{"type": "input_text", "text": shown["content"]}]}
+    return jsonify({"object": "list", "data": [item], "first_id": item["id"], "last_id": item["id"],
+                    "has_more": False})
+
