@@ -86,6 +86,9 @@ def test_the_layout_holds_one_screen_at_a_time_and_only_the_message_list_scrolls
         page.fill("#message", f"line {number}\n" * 4 + "help")
         page.press("#message", "Enter")
         page.locator(".message.assistant").nth(number + 1).wait_for()
+    shots = ARTIFACTS / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / f"layout-{viewport['width']}.png"))
     shape = page.evaluate(_GEOMETRY)
     assert shape["pageHeight"] <= shape["height"] and shape["pageWidth"] <= shape["width"], shape
     assert shape["listScrolls"], shape  # the list scrolls, not the page
@@ -107,6 +110,21 @@ def test_the_layout_holds_one_screen_at_a_time_and_only_the_message_list_scrolls
     page.click("#sign-out")
     page.wait_for_selector("#sign-in-form")
     assert not page.is_visible("#app")  # nothing of the app drawn under the sign-in screen
+
+
+def test_an_edited_question_is_answered_from_its_new_words_on_the_page(dev_web: Web, browser) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(dev_web.url + "/")
+    sign_in(page, f"editor-{uuid.uuid4().hex[:8]}")
+    page.fill("#message", "Add task: walk the dog")
+    page.press("#message", "Enter")
+    page.wait_for_selector(".message.assistant >> text=walk the dog")
+    page.click(".question-actions .edit")
+    page.fill(".edit-box", "Add task: walk the cat")
+    page.click(".save-edit")
+    page.wait_for_selector(".message.assistant >> text=Added “walk the cat”", timeout=20000)
+    page.wait_for_selector("#task-list li >> text=walk the cat")
+    assert page.locator("#task-list li").all_inner_texts() == ["walk the dog", "walk the cat"]
 
 
 def _token_of(node: Web, name: str) -> str:
