@@ -9,13 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", ROOT / "SECURITY.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
-LINK = re.compile(r"\]\(([^)\s]+)\)")
+LINK = re.compile(r"\]\(([^)\s]+)\)|src=\"([^\"]+)\"")  # Markdown links, and images in HTML
 
 
 def test_every_relative_link_in_the_docs_stays_inside_the_repository_and_resolves() -> None:
     broken = []
     for page in PAGES:
-        for target in LINK.findall(page.read_text(encoding="utf-8")):
+        for target in (link or image for link, image in LINK.findall(page.read_text(encoding="utf-8"))):
             if re.match(r"^[a-z]+:", target) or target.startswith("#"):
                 continue  # a URL, or a place on the same page
             resolved = (page.parent / target.split("#", 1)[0]).resolve()
