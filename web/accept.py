@@ -258,14 +258,6 @@ def accept_message(session: Session, *, user: str, content: str, conversation_id
     """Store a user message and count it in the user's day, in the caller's unit of work: the view
     opens it with `transaction(autocommit=is_one_statement(...))`, commits it, and only then sends
     the job. Nothing is stored if it raises."""
-    return _accept(session, user=user, content=content, conversation_id=conversation_id, request_id=request_id,
-                   idempotency=idempotency, settings=settings, on_busy=on_busy, asked=asked, lifetime=lifetime,
-                   start_rate=start_rate)
-
-
-def _accept(session: Session, *, user: str, content: str, conversation_id: str | None, request_id: str,
-            idempotency: tuple[str, str] | None, settings: Settings, on_busy: str, asked: Asked,
-            lifetime: Lifetime, start_rate: Callable[[], float | None]) -> Accepted:
     # In a transaction, the user's locks first, in the order the storing statement takes them
     # (may_queue()): taken after the conversation's row lock, they could deadlock with a plain POST,
     # which takes them before it. Refused only for an erasure here: a full queue is counted again

@@ -22,13 +22,13 @@ from models.coordination.messaging import announce, read_partials, send_answer_j
 from models.coordination.queue_figures import start_rate
 from models.coordination.signals import conversation_channel, delta_channel, message_channel
 
-from ..accept import Asked, Lifetime, accept_message
+from ..accept import Asked, accept_message
 from ..inputs import json_body
 from ..problems import Problem
 from ..services import after_commit, release_db, services, transaction, use_wait_pool
 from ..shown import committed_message, message_view
 from ..spec import operation
-from ..waiting.admission import admission
+from ..waiting.admission import admission, admitted
 from ..waiting.longpoll import recheck_after, wait_for
 from ..waiting.wakeups import wakeups
 from ..writes import refuse_while_erasing
@@ -96,23 +96,28 @@ def start_conversation(session: Session, user: str, turns: list[tuple[Role, str]
 
 
 def _ask(body: ChatCompletionIn) -> dict[str, Any]:
-    """Store the call's conversation and question, queue it (the job is sent once it committed);
-    the question as the API shows it."""
-    settings = services().settings
+    """Store the call's conversation and question, queue it; the question as the API shows it."""
     if body.tools:
         raise Problem(400, "tools: function tools are not supported on /v1/chat/completions yet",
                       slug="unsupported-field")
     turns, question = _turns(body)
-    asked = Asked(lane=Lane.BATCH if body.service_tier == "flex" else Lane.INTERACTIVE,
-                  weight=settings.weight_of(g.tier))
-    redis = services().redis
+    return queue_question(turns, question, temporary=not body.store, flex=body.service_tier == "flex")
+
+
+def queue_question(history: list[tuple[Role, str]], question: str, *, conversation_id: uuid.UUID | None = None,
+                   temporary: bool, flex: bool) -> dict[str, Any]:
+    """Store a /v1 call's question — in the conversation it continues, or in a new one holding
+    `history` (`temporary`: deleted a day after its last message) — and queue it like any message
+    (the job is sent once it committed); the question as the API shows it."""
+    settings, redis = services().settings, services().redis
+    asked = Asked(lane=Lane.BATCH if flex else Lane.INTERACTIVE, weight=settings.weight_of(g.tier))
     with transaction() as session:
         refuse_while_erasing(session, g.user)
-        conversation_id = start_conversation(session, g.user, turns, " ".join(question.split())[:TITLE_CHARS],
-                                              temporary=not body.store)
+        if conversation_id is None:
+            conversation_id = start_conversation(session, g.user, history, " ".join(question.split())[:TITLE_CHARS],
+                                                 temporary=temporary)
         accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
                                   request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
-                                  lifetime=Lifetime(temporary=not body.store),
                                   start_rate=lambda: start_rate(redis))
         after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
         after_commit(announce, redis, conversation_id, accepted.message_id, Status.QUEUED.value)
@@ -154,28 +159,42 @@ def _answered(question: dict[str, Any], created: int) -> dict[str, Any]:
 def chat_completions() -> Response:
     body = json_body(ChatCompletionIn)
     created = int(time.time())
-    question = _ask(body)
-    ident = uuid.UUID(question["id"])
     if body.stream:
-        return _streamed(question, created, body.stream_options is not None and body.stream_options.include_usage)
+        return _streamed(body, created)
+    # A waiting request: its place is taken before anything is stored, so that a node (or a user)
+    # at its limit refuses the call (503/429) rather than answer an error for a message it queued.
+    with admitted():
+        return jsonify(_answered(answer_of(_ask(body)), created))
+
+
+def answer_of(question: dict[str, Any]) -> dict[str, Any]:
+    """The question once final, waited for in as many long-polls as it takes; the caller holds the
+    request's place among the waiting (`admitted`)."""
+    ident = uuid.UUID(question["id"])
     while question["status"] not in FINAL:
         question = wait_for(message_channel(ident), lambda: message_view(ident), WAIT_SLICE_SECONDS,
-                            answer=committed_message(ident))
-    return jsonify(_answered(question, created))
+                            answer=committed_message(ident), admit=False)
+    return question
 
 
 def _event(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def _streamed(question: dict[str, Any], created: int, include_usage: bool) -> Response:
+def _streamed(body: ChatCompletionIn, created: int) -> Response:
     """The answer as `chat.completion.chunk` events: each piece as the worker writes it (from the
     conversation's delta channel, the text so far read from Redis), then the finish, then the usage
-    when asked for, then `[DONE]`. A waiting request like an event stream (admitted, no database
-    connection held while it sleeps)."""
-    ident, conversation = uuid.UUID(question["id"]), uuid.UUID(question["conversation_id"])
+    when asked for, then `[DONE]`. A waiting request like an event stream (admitted before the
+    question is stored, no database connection held while it sleeps)."""
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
     user, gate = g.user, admission()
     gate.enter(user)
+    try:
+        question = _ask(body)
+    except BaseException:
+        gate.leave(user)
+        raise
+    ident, conversation = uuid.UUID(question["id"]), uuid.UUID(question["conversation_id"])
     redis = services().redis
 
     def chunk(delta: dict[str, Any], finish: str | None = None, model: str = BUILTIN_MODEL) -> str:

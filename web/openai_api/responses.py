@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -20,23 +21,18 @@ from flask import Response, g, jsonify
 from sqlalchemy import delete, select
 
 from models import FINAL as FINAL_STATUSES
-from models import Conversation, Lane, Message, Role, Status
-from models.coordination.messaging import announce, send_answer_job
-from models.coordination.queue_figures import start_rate
-from models.coordination.signals import message_channel
+from models import Conversation, Message, Role
 from models.sql.queries import parse_uuid
 
-from ..accept import Asked, Lifetime, accept_message
 from ..control import cancel_question
 from ..inputs import json_body
 from ..problems import Problem
-from ..services import after_commit, reader, services, transaction
-from ..shown import committed_message, message_view, with_queue_positions
+from ..services import reader, transaction
+from ..shown import message_view, with_queue_positions
 from ..spec import operation
-from ..waiting.longpoll import wait_for
-from ..writes import refuse_while_erasing
+from ..waiting.admission import admitted
 from . import bp
-from .chat import TITLE_CHARS, WAIT_SLICE_SECONDS, start_conversation
+from .chat import answer_of, queue_question
 from .models import BUILTIN_MODEL
 from .schemas import InputItemList, OpenAIError, ResponseIn, ResponseOut
 
@@ -167,25 +163,11 @@ def create_response() -> Response:
     if conversation_id is not None and history:
         raise Problem(400, "input: a response that continues a conversation takes one user message",
                       slug="unsupported-field")
-    settings, redis = services().settings, services().redis
-    asked = Asked(lane=Lane.BATCH if body.service_tier == "flex" else Lane.INTERACTIVE,
-                  weight=settings.weight_of(g.tier))
-    with transaction() as session:
-        refuse_while_erasing(session, g.user)
-        if conversation_id is None:
-            conversation_id = start_conversation(session, g.user, history, " ".join(question.split())[:TITLE_CHARS],
-                                                  temporary=not body.store)
-        accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
-                                  request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
-                                  lifetime=Lifetime(), start_rate=lambda: start_rate(redis))
-        after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
-        after_commit(announce, redis, conversation_id, accepted.message_id, Status.QUEUED.value)
-    shown = accepted.body["message"]
-    if not body.background:
-        ident = uuid.UUID(shown["id"])
-        while shown["status"] not in FINAL:
-            shown = wait_for(message_channel(ident), lambda: message_view(ident), WAIT_SLICE_SECONDS,
-                             answer=committed_message(ident))
+    with admitted() if not body.background else nullcontext():  # a waiting request, admitted before it stores
+        shown = queue_question(history, question, conversation_id=conversation_id, temporary=not body.store,
+                               flex=body.service_tier == "flex")
+        if not body.background:
+            shown = answer_of(shown)
     return jsonify(as_response(shown, background=body.background))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from ..services import release_db, services, use_wait_pool
@@ -31,12 +32,13 @@ def recheck_after() -> float:
 
 
 def wait_for(channel: str, read: Callable[[], tuple[T, bool]], seconds: float, wake: Wake | None = None,
-             answer: Callable[[dict[str, Any]], T | None] | None = None) -> T:
+             answer: Callable[[dict[str, Any]], T | None] | None = None, admit: bool = True) -> T:
     """Call `read` (which returns a value and whether it is final) until it is final or `seconds`
     have passed; return the last value read. `wake` picks the notifications worth a read; `answer`
-    turns the notification that woke the wait into the final value when it carries one (no read)."""
+    turns the notification that woke the wait into the final value when it carries one (no read).
+    `admit=False`: the caller already holds this request's place among the waiting (`admitted`)."""
     deadline = time.monotonic() + seconds
-    with admitted(), wakeups().waiting(channel, wake=wake) as waiter:
+    with admitted() if admit else nullcontext(), wakeups().waiting(channel, wake=wake) as waiter:
         use_wait_pool()
         while True:
             waiter.event.clear()
