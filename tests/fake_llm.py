@@ -124,6 +124,9 @@ class FakeModelServer:
                  for call in step.get("tool_calls", [])]
         finish = "tool_calls" if calls else "stop"
         content = step.get("content")
+        prefill = body["messages"][-1] if body["messages"][-1]["role"] == "assistant" else None
+        if prefill and content and content.startswith(prefill["content"] or ""):
+            content = content[len(prefill["content"]):]  # the server continues the assistant's text
         if content and body.get("max_tokens") and len(content.split(" ")) > body["max_tokens"]:
             content, finish = " ".join(content.split(" ")[: body["max_tokens"]]), "length"
         usage = step.get("usage") or {"prompt_tokens": used,

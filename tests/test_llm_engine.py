@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import uuid
 
 import pytest
 
@@ -86,18 +87,40 @@ def test_a_permanent_400_fails_readably_then_retry_answers(user: Api, model: Fak
     assert answered["status"] == "answered" and answered["reply"]["content"] == "Now it fits."
 
 
-def test_a_worker_killed_mid_stream_leaves_exactly_one_reply(llm_stack, user: Api, model: FakeModelServer,
-                                                             db_llm) -> None:
+def test_a_worker_killed_mid_stream_leaves_one_reply_that_continues_the_text_handed_on(
+    llm_stack, user: Api, model: FakeModelServer, db_llm
+) -> None:
+    """The next attempt sends the text the dead one handed on as the start of the assistant's
+    message, which the server continues; so a client that holds that text — a Responses stream read
+    through the takeover — assembles exactly the stored reply: that text, then the rest. (A new
+    answer from the start would contradict what the client holds: the second script below does not
+    begin with the first's words.)"""
+    import openai
+
     model.reset({"content": "this answer streams slowly and never finishes " * 3, "chunk_delay": 0.3},
                 {"content": "The second attempt answers."})
-    message_id = user.chat("tell me something")["message"]["id"]
-    assert model.streaming.wait(20)
+    key = user.post("/api/v1/keys", json={"name": "takeover"}).json()["key"]
+    client = openai.OpenAI(base_url=user.base_url + "/v1", api_key=key, max_retries=0, timeout=90)
+    stream = client.responses.create(model="any", input="tell me something", stream=True, background=True)
+    response_id = next(iter(stream)).response.id
+    read = []
+    for event in stream:
+        read.append(event)
+        if sum(e.type == "response.output_text.delta" for e in read) >= 3:
+            break
     llm_stack.worker.kill(signal.SIGKILL)
     llm_stack.worker = Worker("llm-worker", llm_stack.env).start()
-    answered = user.wait_answered(message_id, timeout=60)
+    read += list(stream)
+    assert [e.sequence_number for e in read] == list(range(1, len(read) + 1))
+    assembled = "".join(e.delta for e in read if e.type == "response.output_text.delta")
+    handed_on = model.requests[-1]["body"]["messages"][-1]
+    assert handed_on["role"] == "assistant" and handed_on["content"].startswith("this answer streams ")
+    message_id = response_id.removeprefix("resp_")
+    answered = user.wait_answered(str(uuid.UUID(message_id)), timeout=60)
     assert answered["status"] == "answered"
-    assert answered["reply"]["content"] == "The second attempt answers."
-    replies = db_llm.execute("SELECT count(*) FROM messages WHERE reply_to_id = %s", (message_id,)).fetchone()[0]
+    assert answered["reply"]["content"] == handed_on["content"] + "The second attempt answers." == assembled
+    replies = db_llm.execute("SELECT count(*) FROM messages WHERE reply_to_id = %s",
+                             (str(uuid.UUID(message_id)),)).fetchone()[0]
     assert replies == 1
 
 

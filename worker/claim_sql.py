@@ -256,7 +256,7 @@ def _commit_reply() -> Select[Any]:
         "finish": cast(case((kept.c.status == Status.CANCELLED, literal(Finish.CANCELLED, finish)),
                             else_=_reply("finish")), finish),
         "usage": _reply("usage", JSON(none_as_null=True)), "context": _reply("context", JSON(none_as_null=True)),
-        "model": _reply("model"), "created_at": func.now(), "updated_at": func.now(),
+        "model": _reply("model"), "pieces": _reply("pieces"), "created_at": func.now(), "updated_at": func.now(),
     }
     stored_with = lease.join(fenced, true()).join(kept, true())
     reply = (

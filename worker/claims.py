@@ -217,6 +217,7 @@ def commit_reply(runtime: Runtime, lease: Lease, question: Question, reply: Repl
         "reply_usage": reply.usage,
         "reply_context": reply.context,
         "reply_model": reply.model,
+        "reply_pieces": reply.pieces,
         "prompt_tokens": (reply.usage or {}).get("prompt_tokens", 0),
         "completion_tokens": (reply.usage or {}).get("completion_tokens", 0),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -112,7 +113,7 @@ def _generate(runtime: Runtime, claimed: claims.Claimed, reserved: Reserved | No
     )
     pieces = messaging.PiecePublisher(
         runtime.redis, lease.conversation_id, question.id, question.attempt, question.user)
-    pieces.start()  # and waiting clients hear that the question is being answered
+    written = pieces.start()  # and waiting clients hear that the question is being answered
     started = time.perf_counter()
     try:
         with watch.watching(runtime, lease, question) as cancellation, metrics.GENERATION.time():
@@ -124,7 +125,7 @@ def _generate(runtime: Runtime, claimed: claims.Claimed, reserved: Reserved | No
                 history=question.history,
                 tools=TodoTools(runtime.db, question.user, question.id),
                 on_delta=pieces,
-                on_restart=pieces.restart,
+                written=written,
                 cancellation=cancellation,
                 reserved=reserved,
             ))
@@ -148,6 +149,7 @@ def _generate(runtime: Runtime, claimed: claims.Claimed, reserved: Reserved | No
     if cancellation.reason == "shutdown":  # this worker is stopping: another one takes it over now
         metrics.RETRIES.inc()
         return _give_back(runtime, claimed, error="the worker generating it was stopped; trying again", retry_in=0.0)
+    reply = dataclasses.replace(reply, pieces=pieces.lengths(reply.content))
     return _store(runtime, claimed, reply, time.perf_counter() - started)
 
 

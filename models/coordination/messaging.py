@@ -133,46 +133,43 @@ def request_cancel(client: redis.Redis, message_ids: Iterable[uuid.UUID | str]) 
 class PiecePublisher:
     """Called with each piece of a reply as an engine generates it: numbers it within its attempt
     (0, 1, 2 ...), appends it to the attempt's stream in Redis (pieces_key) and publishes it for
-    the event streams of the conversation, in one round trip."""
+    the event streams of the conversation, in one round trip. Nothing handed on is taken back: an
+    attempt after a crash starts from the earlier attempt's pieces (`start`), so a client that
+    holds them sees the reply continue, and the committed reply's `pieces` number the same events."""
 
     client: redis.Redis
     conversation_id: uuid.UUID
     message_id: uuid.UUID
     attempt: int
     user: str = ""  # whose generation it is, for the start rate by user
-    sent: int = field(default=0, init=False)
+    texts: list[str] = field(default_factory=list, init=False)  # handed on so far, in order
 
-    def start(self) -> None:
+    def start(self) -> str:
         """The attempt begins: waiting clients hear that the question is `processing`, and, in the
-        same round trip, an earlier generation of the same question and attempt number (before a
-        retry or a regenerate counted attempts from 0 again) leaves no pieces behind, and the start
-        is counted in the start rate that queued messages' waits are estimated from."""
+        same round trip, this attempt's stream starts as a copy of the previous attempt's (an
+        earlier generation of the same attempt number, before a retry or a regenerate counted
+        attempts from 0 again, leaves nothing behind), and the start is counted in the start rate
+        that queued messages' waits are estimated from. Returns the text carried over."""
+        key = pieces_key(self.message_id, self.attempt)
+        self.texts = read_pieces(self.client, self.message_id, self.attempt - 1, 0) if self.attempt > 1 else []
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.delete(pieces_key(self.message_id, self.attempt))
+                pipe.delete(key)
+                for index, text in enumerate(self.texts):
+                    pipe.xadd(key, {"i": index, "t": text})
+                pipe.expire(key, PIECES_TTL_SECONDS)
                 record_start(pipe, self.user)
                 _announce_into(pipe, self.conversation_id, self.message_id, Status.PROCESSING.value)
                 pipe.execute()
         except RedisError as error:
             log.warning("announce_failed", status=Status.PROCESSING.value, error=str(error))
-
-    def restart(self) -> None:
-        """The text streamed so far is not the reply after all (a request retried within the
-        attempt): drop it, tell the streams (a `reset`), and number the next piece 0 again."""
-        if not self.sent:
-            return
-        self.sent = 0
-        payload = json.dumps({"message_id": str(self.message_id), "attempt": self.attempt, "reset": True})
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.delete(pieces_key(self.message_id, self.attempt))
-                pipe.publish(delta_channel(self.conversation_id), payload)
-                pipe.execute()
-        except RedisError as error:
-            log.warning("delta_publish_failed", error=str(error))
+        return "".join(self.texts)
 
     def __call__(self, text: str) -> None:
-        index, self.sent = self.sent, self.sent + 1
+        if not text:
+            return
+        index = len(self.texts)
+        self.texts.append(text)
         key = pieces_key(self.message_id, self.attempt)
         payload = json.dumps({"message_id": str(self.message_id), "attempt": self.attempt, "index": index,
                               "text": text})
@@ -185,6 +182,15 @@ class PiecePublisher:
                 pipe.execute()
         except RedisError as error:
             log.warning("delta_publish_failed", error=str(error))
+
+    def lengths(self, content: str) -> list[int] | None:
+        """The lengths of the pieces `content`, the reply as stored, is made of: those handed on,
+        then the rest in one piece. None when nothing was handed on (one piece: the whole text)."""
+        handed_on = "".join(self.texts)
+        if not self.texts or not content.startswith(handed_on):
+            return None
+        rest = len(content) - len(handed_on)
+        return [len(text) for text in self.texts] + ([rest] if rest else [])
 
 
 @dataclass(frozen=True)
@@ -218,9 +224,16 @@ def read_partials(client: redis.Redis, attempts: dict[uuid.UUID, int]) -> dict[u
 
 
 def read_pieces(client: redis.Redis, message_id: uuid.UUID | str, attempt: int, start: int) -> list[str]:
-    """The pieces of an attempt from index `start` on (an event stream filling a gap)."""
+    """The pieces of an attempt from index `start` on (an event stream filling a gap), up to the
+    first one missing: a Redis that lost the stream mid-attempt holds only its later pieces, which
+    are not numbered from 0 and are not read as if they were."""
     try:
         entries = client.xrange(pieces_key(message_id, attempt))
     except RedisError:
         return []
-    return [fields[b"t"].decode() for _id, fields in entries][start:]
+    texts = []
+    for index, (_id, fields) in enumerate(entries):
+        if int(fields[b"i"]) != index:
+            break
+        texts.append(fields[b"t"].decode())
+    return texts[start:]

@@ -163,6 +163,9 @@ class Message(Base):
     model: Mapped[str | None] = mapped_column(String(200))
     # Assistant messages only, from a model: {"messages_sent", "messages_total"} of the history.
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Assistant messages only: the lengths (in characters) of the pieces it was streamed in, in
+    # order (null: one piece). The Responses API numbers a reply's events from them (migration 0012).
+    pieces: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
     # Assistant messages only: the tools the engine called, and the last seq it was shown. json,
     # not jsonb: read whole with every history, never queried inside (migration 0002 says why).
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)

@@ -586,11 +586,9 @@ function parseEvent(block) {
 
 function onEvent(event) {
   const data = JSON.parse(event.data);
-  if (event.type === "reset") {  // the text so far was thrown away (a retried request): start again
-    state.drafts.delete(data.message_id);
-  } else if (event.type === "delta") {
+  if (event.type === "delta") {
     // The server sends each piece once, in order, after the text so far (a message's `partial`);
-    // a new attempt (after a crash) starts its text again from piece 0.
+    // a new attempt (after a crash) is sent from piece 0 (the text it continues) and replaces the draft.
     const draft = state.drafts.get(data.message_id);
     if (draft && draft.attempt === data.attempt && data.index === draft.pieces) {
       draft.text += data.text;

@@ -10,13 +10,12 @@
   question at or below its cursor first, so it misses no update either;
 - `event: delta` (no id) with `{"message_id", "attempt", "index", "text"}` for each piece of a
   reply a streaming engine is still generating; the final `message` event follows the commit and
-  is the truth (a new attempt after a crash starts its deltas again from index 0). A `processing`
+  is the truth (a new attempt after a crash sends its deltas from index 0: the dead attempt's text,
+  which it continues). A `processing`
   question's `message` event carries `partial` (the text so far, and how many pieces it holds), and
   the stream sends only the pieces after it, in order: however a client joins, mid-reply or on
   another node, it gets every piece exactly once (a gap — a notification lost — is filled from the
   attempt's pieces in Redis);
-- `event: reset` (no id) with `{"message_id", "attempt"}` when the text streamed so far is thrown
-  away within an attempt (a model request retried): the client clears it, and pieces start at 0;
 - a `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS`, so proxies keep the stream open.
 
 Like a long-poll, the stream is a waiting request (admission.py: admitted, no database connection
@@ -120,14 +119,11 @@ def _pieces(data: str, sent: Sent) -> list[str]:
     try:
         piece = json.loads(data)
         message_id, attempt = piece["message_id"], int(piece["attempt"])
-        if piece.get("reset"):  # the text so far was thrown away: the client starts the reply again
-            sent[message_id] = (attempt, 0)
-            return [f"event: reset\ndata: {json.dumps({'message_id': message_id, 'attempt': attempt})}\n\n"]
         index = int(piece["index"])
     except (ValueError, KeyError, TypeError):
         return []
     have_attempt, have = sent.get(message_id, (attempt, 0))
-    if have_attempt != attempt:  # a new attempt starts its text again
+    if have_attempt != attempt:  # a new attempt is sent from its first piece (the text it continues)
         have = 0
     if index < have:
         return []

@@ -119,12 +119,13 @@ class ReplyRequest:
     content: str
     history: History
     tools: TodoTools
-    # Called with each piece of text as a streaming engine produces it (a hint for live clients;
-    # the committed reply is the truth).
+    # Called with each piece of text as a streaming engine produces it. Text handed on is never
+    # taken back (a client of the Responses API may hold it): a request retried mid-stream, a tool
+    # step after text, an attempt after a crash — each continues the text, never starts it again.
     on_delta: Callable[[str], None] | None = None
-    # Called when the text streamed so far is thrown away (a request retried within the attempt, a
-    # tool step after text): live clients start the reply again.
-    on_restart: Callable[[], None] | None = None
+    # The reply's text an earlier attempt already handed on (a worker died mid-reply): the reply
+    # begins with it, and the engine hands on only what follows (`continued`).
+    written: str = ""
     cancellation: Cancellation = field(default_factory=Cancellation)
     # What the engine reserved for this request before its message was claimed (ReplyEngine.reserve).
     reserved: Reserved | None = None
@@ -145,6 +146,17 @@ class Reply:
     usage: dict[str, int] | None = None  # {"prompt_tokens", "completion_tokens"}, as a model reported them
     context: dict[str, int] | None = None  # {"messages_sent", "messages_total"}: how much history was sent
     model: str | None = None  # the model that wrote it (a model server's; None: the built-in engine)
+    pieces: list[int] | None = None  # the lengths of the pieces it was handed on in (the worker sets it)
+
+
+def continued(written: str, text: str) -> str:
+    """The reply of an attempt that regenerated `text` whole after an earlier one handed on
+    `written`: the text itself when it begins with what was handed on (a deterministic engine, as
+    the built-in one is), else what was handed on, a blank line, and the new text — never a reply
+    that contradicts what a client already holds."""
+    if not written or text.startswith(written):
+        return text
+    return f"{written}\n\n{text}"
 
 
 class ReplyEngine(Protocol):

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import Reply, ReplyRequest, Turn
+from .base import Reply, ReplyRequest, Turn, continued
 from .tools import TodoTools
 
 IT = re.compile(r"^(?:it|that|this|that one|this one|the last one|that task|this task)$", re.I)
@@ -76,15 +76,18 @@ class BuiltinEngine:
         cancellation = request.cancellation
         if self._delay and cancellation.wait(self._delay):  # fault tests: a generation slow enough to kill
             return Reply(content="", tool_calls=[], finish="cancelled")
-        content = self._answer(request)
+        # After a crash the tools replay what they did, so the answer comes out the same, and only
+        # what follows the text an earlier attempt handed on is handed on now.
+        content = continued(request.written, self._answer(request))
         tool_calls = list(request.tools.calls)  # run already: a cancel from here on keeps what they did
         if not self._stream_delay:
             return Reply(content=content, tool_calls=tool_calls)
         # Streaming mode: the answer goes out a word at a time, and a cancel stops it between words.
-        words = re.findall(r"\S+\s*|\s+", content)
+        words = re.findall(r"\S+\s*|\s+", content[len(request.written):])
         for count, word in enumerate(words):
             if count and cancellation.wait(self._stream_delay):
-                return Reply(content="".join(words[:count]), tool_calls=tool_calls, finish="cancelled")
+                return Reply(content=request.written + "".join(words[:count]), tool_calls=tool_calls,
+                             finish="cancelled")
             if request.on_delta is not None:
                 request.on_delta(word)
         return Reply(content=content, tool_calls=tool_calls)

@@ -20,6 +20,7 @@ with a readable error and the retry endpoint can requeue it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -151,18 +152,20 @@ class OpenAICompatibleEngine:
         cancellation = request.cancellation
         usage: dict[str, int] | None = None
         model: str | None = None  # the last server's that answered
-        for step in range(self.config.max_steps):
+        # The reply so far: what an earlier attempt handed on, then each step's text (text before a
+        # tool call is handed on as it comes, so it stays part of the reply).
+        said, prefix = "", request.written
+        for _step in range(self.config.max_steps):
             if cancellation.is_set():  # between steps: the tools already run stay run
-                return Reply(content="", tool_calls=list(request.tools.calls), finish="cancelled", usage=usage,
-                             context=sent, model=model)
-            if step and request.on_restart is not None:
-                request.on_restart()  # text before a tool call is not the reply: the page starts again
-            answer, server = self._complete(messages, request, cancellation)
+                return Reply(content=said + prefix, tool_calls=list(request.tools.calls), finish="cancelled",
+                             usage=usage, context=sent, model=model)
+            answer, server = self._complete(messages, request, cancellation, prefix)
             model = server.model if server is not None else model
             usage = add_usage(usage, answer.usage)
             if not answer.tool_calls or answer.finish == Finish.CANCELLED:
-                return Reply(content=answer.content, tool_calls=list(request.tools.calls), finish=answer.finish,
-                             usage=usage, context=sent, model=model)
+                return Reply(content=said + answer.content, tool_calls=list(request.tools.calls),
+                             finish=answer.finish, usage=usage, context=sent, model=model)
+            said, prefix = said + answer.content, ""
             messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
                 {"id": call["id"], "type": "function", "function": {"name": call["name"],
                                                                     "arguments": _as_json(call["arguments"])}}
@@ -181,30 +184,34 @@ class OpenAICompatibleEngine:
 
     # One completion, on the pool, retried --------------------------------------------------------
 
-    def _complete(self, messages: list[dict[str, Any]], request: ReplyRequest,
-                  cancellation: Cancellation) -> tuple[Answer, ModelServer | None]:
-        """The answer, and the server that gave it (None: cancelled before any did)."""
+    def _complete(self, messages: list[dict[str, Any]], request: ReplyRequest, cancellation: Cancellation,
+                  prefix: str = "") -> tuple[Answer, ModelServer | None]:
+        """The answer, and the server that gave it (None: cancelled before any did). `prefix` is
+        text of this answer handed on already: it is sent as the start of the assistant's message,
+        which the server continues (llama.cpp's assistant prefill; vLLM's `continue_final_message`),
+        and the answer's content begins with it. A request that broke off mid-stream is retried the
+        same way, from the text it handed on."""
         last: _Retryable | None = None
         failed_on: set[str] = set()
         for attempt in range(ATTEMPTS):
-            if attempt and request.on_restart is not None:
-                request.on_restart()  # what the failed request streamed is not the reply
             deltas = _Deltas(request.on_delta)
+            asked = [*messages, {"role": "assistant", "content": prefix}] if prefix else messages
             try:
                 with self.pool.slot(request.conversation_id, cancellation, frozenset(failed_on),
                                     reserved=request.reserved if isinstance(request.reserved, Slot) else None) as slot:
                     if slot is None:
-                        return Answer(content="", tool_calls=[], finish="cancelled"), None
+                        return Answer(content=prefix, tool_calls=[], finish="cancelled"), None
                     try:
-                        answer = self._request(slot, messages, deltas, cancellation)
+                        answer = self._request(slot, asked, deltas, cancellation)
                     except _Retryable as error:
                         last = error
                         failed_on.add(slot.server.key)
                         if error.kind is not None:
                             self.pool.failed(slot.server, error.kind)
+                        prefix += deltas.text
                     else:
                         self.pool.answered(slot, request.conversation_id)
-                        return answer, slot.server
+                        return dataclasses.replace(answer, content=prefix + answer.content), slot.server
             except NoServer as unavailable:  # no server to try: the attempt ends, its cause kept
                 raise TransientEngineError(f"{last}; {unavailable}" if last else str(unavailable)) from unavailable
             # The slot is given back before any pause. Failed before its first token, the request
@@ -213,7 +220,7 @@ class OpenAICompatibleEngine:
                 continue
             pause = last.retry_after or backoff.full_jitter(attempt, cap=BACKOFF_CAP)
             if attempt + 1 < ATTEMPTS and cancellation.wait(pause):
-                return Answer(content="", tool_calls=[], finish="cancelled"), None
+                return Answer(content=prefix, tool_calls=[], finish="cancelled"), None
         assert last is not None
         raise TransientEngineError(str(last))
 
@@ -277,10 +284,12 @@ class _Deltas:
         self._on_delta = on_delta
         self.sent_at = time.monotonic()
         self.first_at: float | None = None
+        self.text = ""  # handed on so far: a retry continues from it
 
     def __call__(self, text: str) -> None:
         if self.first_at is None:
             self.first_at = time.monotonic()
+        self.text += text
         if self._on_delta is not None:
             self._on_delta(text)
 
