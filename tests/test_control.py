@@ -314,6 +314,108 @@ def test_responses_cancelled_while_queued_and_while_generated(control, users) ->
     assert never.status == "cancelled" and never.output == []
 
 
+def _sdk(control, api: Api, node: str, name: str):
+    import openai
+
+    key = api.post("/api/v1/keys", json={"name": name}).json()["key"]
+    return openai.OpenAI(base_url=node + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def _read(stream, until=lambda event: False) -> list[tuple[int, str, str | None]]:
+    """(sequence number, type, delta) of each event, up to the stream's end or `until`'s first yes."""
+    read = []
+    for event in stream:
+        read.append((event.sequence_number, event.type, getattr(event, "delta", None)))
+        if until(event):
+            break
+    return read
+
+
+def _text(events: list[tuple[int, str, str | None]]) -> str:
+    return "".join(delta for _number, kind, delta in events if kind == "response.output_text.delta")
+
+
+def _deltas_at_least(count: int):
+    seen = []
+    return lambda event: event.type == "response.output_text.delta" and seen.append(event) is None \
+        and len(seen) >= count
+
+
+def _numbered_from(first: int, events: list[tuple[int, str, str | None]]) -> bool:
+    return [number for number, _kind, _delta in events] == list(range(first, first + len(events)))
+
+
+def test_a_streamed_response_numbers_its_events_and_any_node_resumes_them_after_any_number(control, users) -> None:
+    """OpenAI's SDK: a background response streamed as it is written — events numbered 0, 1, 2 …,
+    in OpenAI's order, the deltas together exactly the stored reply — and then resumed on the other
+    node after several numbers (what the SDK's own `stream(starting_after=)` helper does too):
+    exactly the events after it, the same ones."""
+    on_a, _on_b = users
+    client_a, client_b = _sdk(control, on_a, control.a, "stream-a"), _sdk(control, on_a, control.b, "stream-b")
+    stream = client_a.responses.create(model="chatq-assistant", input="hello", stream=True, background=True)
+    created = next(iter(stream))
+    response_id, events, arrived = created.response.id, [(0, created.type, None)], [time.monotonic()]
+    for event in stream:
+        events.append((event.sequence_number, event.type, getattr(event, "delta", None)))
+        arrived.append(time.monotonic())
+    assert _numbered_from(0, events), events
+    kinds = [kind for _number, kind, _delta in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", *["response.output_text.delta"] * deltas,
+                     "response.output_text.done", "response.content_part.done", "response.output_item.done",
+                     "response.completed"], kinds
+    assert deltas >= 5 and arrived[4 + deltas - 1] - arrived[4] > 1.0  # written as the worker wrote it
+    stored = client_b.responses.retrieve(response_id)
+    assert _text(events) == stored.output_text == FALLBACK and stored.status == "completed"
+    for after in (0, 3, 4 + deltas // 2, len(events) - 2):
+        resumed = _read(client_b.responses.retrieve(response_id, stream=True, starting_after=after))
+        assert resumed == events[after + 1:], after
+    with client_b.responses.stream(response_id=response_id, starting_after=6) as helper:
+        assert [event.sequence_number for event in helper] == list(range(7, len(events)))
+        assert helper.get_final_response().output_text == FALLBACK
+
+
+def test_a_stream_read_in_part_on_a_node_then_sigkilled_is_resumed_on_another(control, users) -> None:
+    on_a, _on_b = users
+    node_c = Web("control-web-c", control.env).start()
+    try:
+        client_c = _sdk(control, on_a, node_c.url, "dies")
+        stream = client_c.responses.create(model="chatq-assistant", input="hello", stream=True, background=True)
+        response_id = next(iter(stream)).response.id
+        first = [(0, "response.created", None), *_read(stream, until=_deltas_at_least(4))]
+        node_c.kill(signal.SIGKILL)
+    finally:
+        node_c.kill(signal.SIGKILL)
+    client_b = _sdk(control, on_a, control.b, "resumes")
+    rest = _read(client_b.responses.retrieve(response_id, stream=True, starting_after=first[-1][0]))
+    assert _numbered_from(0, first + rest) and rest[-1][1] == "response.completed"
+    assert _text(first + rest) == client_b.responses.retrieve(response_id).output_text == FALLBACK
+    assert _text(first) and _text(first) != FALLBACK  # it really was cut mid-reply
+
+
+def test_a_worker_sigkilled_mid_reply_and_the_stream_resumed_after_the_takeover(control, users, db) -> None:
+    """The new attempt continues the text the dead one handed on: the stream open through the
+    takeover, and one resumed from the middle on the other node, both assemble the stored reply."""
+    on_a, _on_b = users
+    client_a, client_b = _sdk(control, on_a, control.a, "takeover-a"), _sdk(control, on_a, control.b, "takeover-b")
+    stream = client_a.responses.create(model="chatq-assistant", input="hello", stream=True, background=True)
+    response_id = next(iter(stream)).response.id
+    before = [(0, "response.created", None), *_read(stream, until=_deltas_at_least(4))]
+    question_id = str(uuid.UUID(response_id.removeprefix("resp_")))
+    attempt = message(on_a, question_id)["partial"]["attempt"]
+    control.stack.worker.kill(signal.SIGKILL)
+    control.stack.worker = Worker("control-worker", control.env).start()
+    after = _read(stream)
+    resumed = _read(client_b.responses.retrieve(response_id, stream=True, starting_after=before[-1][0] - 2))
+    stored = client_b.responses.retrieve(response_id)
+    assert stored.status == "completed" and stored.output_text == FALLBACK
+    assert _numbered_from(0, before + after) and _text(before + after) == FALLBACK
+    assert resumed == (before + after)[before[-1][0] - 1:]
+    # Another attempt wrote the rest: the one the stream was reading died with the worker.
+    assert db.execute("SELECT attempts FROM messages WHERE id = %s", (question_id,)).fetchone()[0] > attempt
+
+
 def _rebuild(events: list[dict[str, Any]], question_id: str) -> tuple[str, list[int]]:
     """What a client shows of a reply being written, from its events, checking as it goes that
     every piece continues the text it has (no gap, none twice). Returns the text and the attempts
@@ -363,7 +465,7 @@ def test_a_stream_joining_mid_reply_on_another_node_gets_the_text_so_far_then_th
         reloaded.close()
 
 
-def test_a_worker_killed_mid_generation_starts_the_text_again_on_the_next_attempt(control, users) -> None:
+def test_a_worker_killed_mid_generation_is_continued_by_the_next_attempt(control, users) -> None:
     on_a, on_b = users
     conversation_id = on_a.post("/api/v1/conversations", json={}).json()["id"]
     stream = EventStream(on_b, f"/api/v1/conversations/{conversation_id}/events")
@@ -377,7 +479,7 @@ def test_a_worker_killed_mid_generation_starts_the_text_again_on_the_next_attemp
         stream.close()
     text, attempts = _rebuild(events, question_id)
     assert attempts[0] == first["attempt"] and attempts[-1] > first["attempt"]
-    assert text == FALLBACK  # the new attempt's text, from its first piece
+    assert text == FALLBACK  # the new attempt sends its text from its first piece: the dead one's, continued
     final = message(on_a, question_id)
     assert final["status"] == "answered" and final["reply"]["content"] == FALLBACK
 

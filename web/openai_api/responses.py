@@ -4,35 +4,45 @@ conversation (`conv_` and its id), read and continued on either API. `background
 once, `queued`; without it the call waits for the answer. `previous_response_id` continues that
 response's conversation (when it is the conversation's latest question); `conversation` names one.
 
-Not built yet (docs/openai.md): streaming and resumable events, function tools, `instructions`
-and `metadata` kept with the response, a response that continues from an earlier point of its
-conversation (a copy).
+`stream: true`, and `GET /v1/responses/{id}?stream=true&starting_after=N`, send the response's
+events (events.py numbers them), live until it ends, on any node, for as long as it is kept.
+
+Not built yet (docs/openai.md): function tools, `instructions` and `metadata` kept with the
+response, a response that continues from an earlier point of its conversation (a copy).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
-from flask import Response, g, jsonify
-from sqlalchemy import delete, select
+from flask import Response, g, jsonify, request, stream_with_context
+from sqlalchemy import and_, bindparam, delete, select
 
 from models import FINAL as FINAL_STATUSES
 from models import Conversation, Message, Role
+from models.coordination.messaging import read_pieces
+from models.coordination.signals import conversation_channel, delta_channel
 from models.sql.queries import parse_uuid
 
 from ..control import cancel_question
 from ..inputs import json_body
 from ..problems import Problem
-from ..services import reader, transaction
+from ..services import reader, release_db, services, transaction, use_wait_pool
 from ..shown import message_view, with_queue_positions
 from ..spec import operation
-from ..waiting.admission import admitted
+from ..waiting.admission import admission, admitted
+from ..waiting.longpoll import recheck_after
+from ..waiting.wakeups import wakeups
 from . import bp
 from .chat import answer_of, queue_question
+from .events import Progress, events_after, response_item_id, split, sse
 from .models import BUILTIN_MODEL
 from .schemas import InputItemList, OpenAIError, ResponseIn, ResponseOut
 
@@ -66,8 +76,7 @@ def as_response(question: dict[str, Any], *, background: bool = False) -> dict[s
     text = reply.get("content") if reply else (question.get("partial") or {}).get("text")
     output = []
     if text:
-        output.append({"type": "message", "id": f"msg_{uuid.UUID(reply['id']).hex}" if reply else
-                       f"msg_{uuid.UUID(question['id']).hex}_partial", "role": "assistant",
+        output.append({"type": "message", "id": response_item_id(response_id(question["id"])), "role": "assistant",
                        "status": "completed" if reply else "in_progress",
                        "content": [{"type": "output_text", "text": text, "annotations": []}]})
     usage = reply.get("usage") or {}
@@ -149,9 +158,8 @@ def _continued(previous: str | None, conversation: str | dict[str, Any] | None) 
            body=ResponseIn, responses={200: ResponseOut}, errors=OpenAIError)
 def create_response() -> Response:
     body = json_body(ResponseIn)
-    for refused in ("stream", "tools"):
-        if getattr(body, refused):
-            raise Problem(400, f"{refused}: not supported on /v1/responses yet", slug="unsupported-field")
+    if body.tools:
+        raise Problem(400, "tools: not supported on /v1/responses yet", slug="unsupported-field")
     turns = _input_text(body)
     if not turns or turns[-1][0] is not Role.USER or not turns[-1][1].strip():
         raise Problem(422, "input: the last item must be the user's text (the question to answer)",
@@ -163,9 +171,14 @@ def create_response() -> Response:
     if conversation_id is not None and history:
         raise Problem(400, "input: a response that continues a conversation takes one user message",
                       slug="unsupported-field")
+    def queued() -> dict[str, Any]:
+        return queue_question(history, question, conversation_id=conversation_id, temporary=not body.store,
+                              flex=body.service_tier == "flex")
+
+    if body.stream:
+        return _event_stream(queued, after=-1, background=body.background)
     with admitted() if not body.background else nullcontext():  # a waiting request, admitted before it stores
-        shown = queue_question(history, question, conversation_id=conversation_id, temporary=not body.store,
-                               flex=body.service_tier == "flex")
+        shown = queued()
         if not body.background:
             shown = answer_of(shown)
     return jsonify(as_response(shown, background=body.background))
@@ -180,9 +193,95 @@ def _shown(response: str) -> dict[str, Any]:
 
 
 @bp.get("/responses/<response>")
-@operation("OpenAI: a response as it is now", responses={200: ResponseOut}, errors=OpenAIError)
+@operation("OpenAI: a response as it is now; with stream=true its events after starting_after, live "
+           "until it ends", responses={200: ResponseOut}, errors=OpenAIError)
 def get_response(response: str) -> Response:
-    return jsonify(as_response(_shown(response)))
+    shown = _shown(response)
+    if request.args.get("stream", "false").lower() not in ("true", "1"):
+        return jsonify(as_response(shown))
+    raw = request.args.get("starting_after", "-1")
+    if not raw.lstrip("-").isdigit() or int(raw) < -1 or len(raw) > 9:
+        raise Problem(400, "starting_after: a sequence number (0, 1, 2 …)", slug="invalid-field")
+    return _event_stream(lambda: shown, after=int(raw), background=True)
+
+
+# The stream's re-read: the question's attempts (a worker claimed it) and its reply's pieces.
+_questions, _replies = Message.__table__, Message.__table__.alias("reply")
+_PROGRESS = (
+    select(_questions.c.attempts, _replies.c.content, _replies.c.pieces)
+    .select_from(_questions.outerjoin(_replies, and_(_replies.c.reply_to_id == _questions.c.id,
+                                                     _replies.c.superseded.is_(False))))
+    .where(_questions.c.id == bindparam("question"), _questions.c.user_id == bindparam("user"))
+)
+GENERATING = frozenset({"processing", "cancelling"})
+
+
+def _progress(ident: uuid.UUID, background: bool) -> tuple[Progress, int]:
+    """The response as it reads now, and its pieces: the stored reply's once final, else the
+    current attempt's in Redis (up to the first missing); and which attempt that is."""
+    shown, final = message_view(ident)
+    row = reader().execute(_PROGRESS, {"question": ident, "user": g.user}).one()
+    if final:
+        pieces = split(row.content or "", row.pieces)
+    elif shown["status"] in GENERATING and row.attempts:
+        pieces = read_pieces(services().redis, ident, row.attempts, 0)
+    else:
+        pieces = []
+    return Progress(as_response(shown, background=background), row.attempts > 0, pieces, final), row.attempts
+
+
+def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, background: bool) -> Response:
+    """The response's events after sequence number `after` as server-sent events, then live until
+    it ends. A waiting request (admitted before `question()` stores anything, no database
+    connection held while it sleeps); the pieces as the worker hands them on come from the
+    conversation's delta channel, and anything missed is read again (Redis, then Postgres)."""
+    user, gate = g.user, admission()
+    gate.enter(user)
+    try:
+        shown = question()
+    except BaseException:
+        gate.leave(user)
+        raise
+    ident, conversation = uuid.UUID(shown["id"]), uuid.UUID(shown["conversation_id"])
+
+    def stream() -> Iterator[str]:
+        sent, recheck = after, 0.0
+        deltas = delta_channel(conversation)
+        progress: Progress | None = None
+        attempt = 0
+        with wakeups().streaming(conversation_channel(conversation), deltas) as inbox:
+            use_wait_pool()
+            while True:
+                if time.monotonic() >= recheck or progress is None:
+                    try:
+                        progress, attempt = _progress(ident, background)
+                    except Problem:  # deleted meanwhile: nothing more to send
+                        return
+                    finally:
+                        release_db()
+                    recheck = time.monotonic() + recheck_after()
+                for event in events_after(progress, sent):
+                    sent = event["sequence_number"]
+                    yield sse(event)
+                if progress.final:
+                    return
+                inbox.event.wait(max(0.0, recheck - time.monotonic()))
+                inbox.event.clear()
+                for channel, data in inbox.take():
+                    piece = json.loads(data)
+                    if piece.get("message_id") != str(ident):
+                        continue
+                    if channel != deltas or piece.get("attempt") != attempt or piece.get("index") != len(
+                            progress.pieces):
+                        recheck = 0.0  # a change of status, another attempt or a missed piece: read again
+                    else:
+                        progress = dataclasses.replace(progress, started=True,
+                                                       pieces=[*progress.pieces, piece["text"]])
+
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(lambda: gate.leave(user))
+    return response
 
 
 @bp.post("/responses/<response>/cancel")
