@@ -163,3 +163,45 @@ def test_a_synchronous_chain_through_previous_response_id_is_answered_from_the_h
         client.responses.retrieve(second.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_" + uuid.uuid4().hex)
+
+
+def test_a_conversation_is_one_and_the_same_on_both_apis(api: Api, make_api) -> None:
+    """Made through the Conversations API with two items, answered through a response that names it,
+    continued on /api/v1, read back as items in either order, added to, pruned and deleted."""
+    client = client_for(api, make_key(api))
+    conversation = client.conversations.create(metadata={"topic": "chores"}, items=[
+        {"type": "message", "role": "user", "content": "hello"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi! I keep lists."}]}])
+    assert conversation.id.startswith("conv_") and conversation.metadata == {"topic": "chores"}
+    answered = client.responses.create(model="chatq-assistant", input="Add task: sweep the porch",
+                                       conversation=conversation.id)
+    assert answered.status == "completed" and answered.conversation.id == conversation.id
+    chatq_id = uuid.UUID(conversation.id.removeprefix("conv_"))
+    asked = api.chat("what did I just add?", str(chatq_id))
+    api.wait_answered(asked["message"]["id"])
+    on_chatq = [m["content"] for m in api.get(f"/api/v1/conversations/{chatq_id}/messages").json()["items"]]
+    items = list(client.conversations.items.list(conversation.id, order="asc", limit=2))  # two pages and more
+    assert [item.content[0].text for item in items] == on_chatq
+    assert on_chatq[:3] == ["hello", "Hi! I keep lists.", "Add task: sweep the porch"]
+    assert "sweep the porch" in on_chatq[-1] and len(on_chatq) == 6
+    assert [item.role for item in items] == ["user", "assistant"] * 3
+    newest = client.conversations.items.list(conversation.id, limit=1).data[0]
+    assert newest.id == items[-1].id and newest.content[0].text == on_chatq[-1]
+    assert client.conversations.items.retrieve(items[3].id, conversation_id=conversation.id).content[0].text == \
+        answered.output_text
+
+    added = client.conversations.items.create(conversation.id, items=[
+        {"type": "message", "role": "user", "content": "a note to self"}])
+    assert [item.content[0].text for item in added.data] == ["a note to self"]
+    client.conversations.items.delete(added.data[0].id, conversation_id=conversation.id)
+    client.conversations.items.delete(items[0].id, conversation_id=conversation.id)  # a question, with its reply
+    left = [m["content"] for m in api.get(f"/api/v1/conversations/{chatq_id}/messages").json()["items"]]
+    assert left == on_chatq[2:]
+    assert client.conversations.update(conversation.id, metadata={"topic": "errands"}).metadata == {"topic": "errands"}
+    assert client.conversations.retrieve(conversation.id).metadata == {"topic": "errands"}
+    with pytest.raises(openai.NotFoundError):  # another user's: as if it did not exist
+        client_for(make_api(), make_key(make_api())).conversations.retrieve(conversation.id)
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.items.retrieve(f"msg_{uuid.uuid4().hex}", conversation_id=conversation.id)
+    assert client.conversations.delete(conversation.id).deleted is True
+    assert api.get(f"/api/v1/conversations/{chatq_id}").status_code == 404

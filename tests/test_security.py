@@ -15,9 +15,12 @@ from models import Settings
 from tests.support import ARTIFACTS, BIN, ROOT, Api, Process, Web, free_port, wait_until
 from web import create_app
 from web import schemas as api_schemas
+from web.openai_api import conversations as openai_conversations
 
 SAMPLE_BODIES = {api_schemas.NewMessage: {"content": "hi"}, api_schemas.NewConversation: {},
-                 api_schemas.NewChat: {"message": "hi"}, api_schemas.ConversationChange: {"title": "mine now"}}
+                 api_schemas.NewChat: {"message": "hi"}, api_schemas.ConversationChange: {"title": "mine now"},
+                 openai_conversations.MetadataIn: {"metadata": {"mine": "now"}},
+                 openai_conversations.ItemsIn: {"items": [{"type": "message", "role": "user", "content": "hi"}]}}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,8 @@ def test_every_route_with_an_id_is_covered(route_table) -> None:
     id cannot escape it. This checks that the table is what we think it is."""
     paths = {path for _, path, _ in route_table}
     assert "/api/v1/messages/<message_id>" in paths and "/api/v1/conversations/<conversation_id>/events" in paths
-    assert all(re.fullmatch(r"<(conversation_id|message_id|webhook_id|delivery_id|erasure_id|key_id|response)>", part)
+    names = "conversation_id|message_id|webhook_id|delivery_id|erasure_id|key_id|response|conversation|item"
+    assert all(re.fullmatch(rf"<({names})>", part)
                for _, path, _ in route_table for part in re.findall(r"<[^>]+>", path))
 
 
@@ -54,10 +58,12 @@ def test_another_users_ids_answer_404_on_every_route(route_table, make_api) -> N
     key = owner.post("/api/v1/keys", json={"name": "mine"}).json()
     ids = {"conversation_id": conversation_id, "message_id": answered["id"], "webhook_id": webhook.json()["id"],
            "delivery_id": deliveries[0]["id"], "erasure_id": erasure.json()["id"], "key_id": key["id"],
-           "response": "resp_" + uuid.UUID(answered["id"]).hex}
+           "response": "resp_" + uuid.UUID(answered["id"]).hex,
+           "conversation": "conv_" + uuid.UUID(conversation_id).hex, "item": "msg_" + uuid.UUID(answered["id"]).hex}
+    prefixes = {"response": "resp_", "conversation": "conv_", "item": "msg_"}
 
     def made_up(name: str) -> str:
-        return "resp_" + uuid.uuid4().hex if name == "response" else str(uuid.uuid4())
+        return prefixes[name] + uuid.uuid4().hex if name in prefixes else str(uuid.uuid4())
 
     def said(answer) -> str:  # problem+json under /api/, OpenAI's shape under /v1/
         body = answer.json()

@@ -247,7 +247,9 @@ def _records(session: Session, user: str,
     """The records, kind by kind."""
     conversations = session.scalars(select(Conversation).where(Conversation.user_id == user)
                                     .order_by(Conversation.created_at, Conversation.id), execution_options=streamed)
-    yield "conversation", (conversation_json(row) for row in conversations)
+    # With what an app attached through /v1/conversations, when it did.
+    yield "conversation", ({**conversation_json(row), **({"metadata": row.app_metadata} if row.app_metadata else {})}
+                           for row in conversations)
     connection = session.connection().execution_options(**streamed)
     # Each message as GET /conversations/{cid}/messages lists it (a question's current reply within) ...
     split = len(_ANY_SHOWN)

@@ -107,6 +107,8 @@ class Conversation(Base):
     # if any); a temporary one is kept a day. `updated_at` is its last message's arrival.
     ttl_days: Mapped[int | None] = mapped_column(SmallInteger)
     temporary: Mapped[bool] = mapped_column(nullable=False, server_default=text("false"))
+    # What an app attached through /v1/conversations (up to 16 short key-value pairs); never read.
+    app_metadata: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     created_at: Mapped[created_at]
     updated_at: Mapped[updated_at]
 
@@ -166,6 +168,8 @@ class Message(Base):
     # Assistant messages only: the lengths (in characters) of the pieces it was streamed in, in
     # order (null: one piece). The Responses API numbers a reply's events from them (migration 0012).
     pieces: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    # User messages only: what an app attached to the response that asked it (/v1/responses).
+    app_metadata: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     # Assistant messages only: the tools the engine called, and the last seq it was shown. json,
     # not jsonb: read whole with every history, never queried inside (migration 0002 says why).
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)

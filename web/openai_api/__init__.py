@@ -20,4 +20,4 @@ def _identify() -> None:
     authenticate()
 
 
-from . import chat, models, responses  # noqa: E402,F401  (their routes, on the blueprint above)
+from . import chat, conversations, models, responses  # noqa: E402,F401  (their routes, on the blueprint above)

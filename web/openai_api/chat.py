@@ -74,14 +74,22 @@ def _turns(body: ChatCompletionIn) -> tuple[list[tuple[Role, str]], str]:
 
 
 def start_conversation(session: Session, user: str, turns: list[tuple[Role, str]], title: str,
-                        temporary: bool) -> uuid.UUID:
-    """A conversation holding the turns before the question, numbered 1, 2, 3 …: each user turn
-    answered by the assistant turn after it (or never, when none follows)."""
+                       temporary: bool) -> uuid.UUID:
+    """A conversation holding the turns before the question, numbered 1, 2, 3 …"""
     conversation_id = uuid.uuid4()
     session.execute(insert(Conversation).values(id=conversation_id, user_id=user, title=title, last_seq=len(turns),
                                                 lease_version=0, temporary=temporary))
+    turn_rows(session, conversation_id, user, turns, first_seq=1)
+    return conversation_id
+
+
+def turn_rows(session: Session, conversation_id: uuid.UUID, user: str, turns: list[tuple[Role, str]],
+              first_seq: int) -> list[Message]:
+    """Store turns as the conversation's messages `first_seq`, `first_seq` + 1 … (the caller has
+    counted them into its `last_seq`): each user turn answered by the assistant turn after it, or
+    never (`cancelled`: no answer is asked for). Returns them as stored (not in the session)."""
     rows: list[dict[str, Any]] = []
-    for seq, (role, content) in enumerate(turns, start=1):
+    for seq, (role, content) in enumerate(turns, start=first_seq):
         row = {"id": uuid.uuid4(), "conversation_id": conversation_id, "user_id": user, "seq": seq, "role": role,
                "content": content, "attempts": 0, "status": None, "reply_to_id": None}
         if role is Role.USER:
@@ -92,7 +100,7 @@ def start_conversation(session: Session, user: str, turns: list[tuple[Role, str]
         rows.append(row)
     if rows:
         session.execute(insert(Message), rows)
-    return conversation_id
+    return [Message(**row) for row in rows]
 
 
 def _ask(body: ChatCompletionIn) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .items import reply_item_id
+
 # A response's terminal event by its status. OpenAI's stream has no event for a cancelled
 # response: it ends with `response.failed`, whose response reads `cancelled` (docs/openai.md).
 ENDINGS = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed",
@@ -49,7 +51,7 @@ class Progress:
 def events_after(progress: Progress, after: int) -> Iterator[dict[str, Any]]:
     """The events numbered after `after` that `progress` already determines, in order."""
     response, pieces = progress.response, progress.pieces
-    item_id = response_item_id(response["id"])
+    item_id = reply_item_id(response["id"].removeprefix("resp_"))
     text = "".join(pieces)
     known = _known(progress)
     for number in range(after + 1, known):
@@ -99,11 +101,6 @@ def _snapshot(response: dict[str, Any], status: str) -> dict[str, Any]:
     """The response as it read when it was queued or started: nothing written yet."""
     return {**response, "status": status, "output": [], "error": None, "incomplete_details": None,
             "usage": None}
-
-
-def response_item_id(response: str) -> str:
-    """The id of a response's message item, the same before and after its reply is stored."""
-    return "msg_" + response.removeprefix("resp_")
 
 
 def split(text: str, lengths: list[int] | None) -> list[str]:

@@ -29,7 +29,6 @@ from models import FINAL as FINAL_STATUSES
 from models import Conversation, Message, Role
 from models.coordination.messaging import read_pieces
 from models.coordination.signals import conversation_channel, delta_channel
-from models.sql.queries import parse_uuid
 
 from ..control import cancel_question
 from ..inputs import json_body
@@ -42,7 +41,8 @@ from ..waiting.longpoll import recheck_after
 from ..waiting.wakeups import wakeups
 from . import bp
 from .chat import answer_of, queue_question
-from .events import Progress, events_after, response_item_id, split, sse
+from .events import Progress, events_after, split, sse
+from .items import conversation_id, input_turns, parsed, reply_item_id, response_id
 from .models import BUILTIN_MODEL
 from .schemas import InputItemList, OpenAIError, ResponseIn, ResponseOut
 
@@ -50,17 +50,6 @@ FINAL = frozenset(status.value for status in FINAL_STATUSES)
 # chatq's statuses as OpenAI's: a question being generated (or stopping) is in progress.
 STATUSES = {"queued": "queued", "processing": "in_progress", "cancelling": "in_progress", "answered": "completed",
             "failed": "failed", "expired": "failed", "cancelled": "cancelled"}
-
-
-def response_id(question_id: uuid.UUID | str) -> str:
-    return f"resp_{uuid.UUID(str(question_id)).hex}"
-
-
-def _question_id(ident: str, prefix: str = "resp_") -> uuid.UUID:
-    parsed = parse_uuid(ident.removeprefix(prefix)) if ident.startswith(prefix) else None
-    if parsed is None:
-        raise Problem(404, f"No such {'response' if prefix == 'resp_' else 'conversation'}.")
-    return parsed
 
 
 def _epoch(stamp: str) -> int:
@@ -76,7 +65,7 @@ def as_response(question: dict[str, Any], *, background: bool = False) -> dict[s
     text = reply.get("content") if reply else (question.get("partial") or {}).get("text")
     output = []
     if text:
-        output.append({"type": "message", "id": response_item_id(response_id(question["id"])), "role": "assistant",
+        output.append({"type": "message", "id": reply_item_id(question["id"]), "role": "assistant",
                        "status": "completed" if reply else "in_progress",
                        "content": [{"type": "output_text", "text": text, "annotations": []}]})
     usage = reply.get("usage") or {}
@@ -91,38 +80,13 @@ def as_response(question: dict[str, Any], *, background: bool = False) -> dict[s
                                     "output_tokens_details": {"reasoning_tokens": 0}},
         "error": {"code": "server_error", "message": question.get("error") or question["status"]} if failed else None,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "conversation": {"id": f"conv_{uuid.UUID(question['conversation_id']).hex}"},
+        "conversation": {"id": conversation_id(question["conversation_id"])},
         "instructions": None, "metadata": {}, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True,
         "temperature": None, "top_p": None, "text": {"format": {"type": "text"}}, "store": True,
     }
     if question.get("queue") is not None:
         body["queue"] = question["queue"]  # chatq's: how many start before it, and when it should
     return body
-
-
-def _input_text(body: ResponseIn) -> list[tuple[Role, str]]:
-    """The input as turns: a string is one user turn; items are messages (text content only)."""
-    if isinstance(body.input, str):
-        return [(Role.USER, body.input)]
-    turns = []
-    for index, item in enumerate(body.input):
-        kind = item.get("type", "message")
-        role = item.get("role")
-        if kind != "message" or role not in ("user", "assistant", "system", "developer"):
-            raise Problem(400, f"input[{index}]: chatq reads message items (user and assistant text) only, "
-                          f"not {kind!r}", slug="unsupported-field")
-        content = item.get("content")
-        if isinstance(content, list):
-            parts = [part.get("text") for part in content if isinstance(part, dict)]
-            if any(part.get("type") not in ("input_text", "output_text", "text") for part in content
-                   if isinstance(part, dict)) or None in parts:
-                raise Problem(400, f"input[{index}].content: chatq reads text parts only", slug="unsupported-field")
-            content = "\n".join(text for text in parts if text is not None)
-        if not isinstance(content, str):
-            raise Problem(422, f"input[{index}].content: must be text or a list of text parts", slug="invalid-field")
-        if role in ("user", "assistant"):
-            turns.append((Role(role), content))
-    return turns
 
 
 def _continued(previous: str | None, conversation: str | dict[str, Any] | None) -> uuid.UUID | None:
@@ -134,7 +98,7 @@ def _continued(previous: str | None, conversation: str | dict[str, Any] | None) 
         raise Problem(400, "conversation: give previous_response_id or conversation, not both",
                       slug="unsupported-field")
     if conversation is not None:
-        conversation_id = _question_id(conversation, "conv_")
+        conversation_id = parsed(conversation, "conv_", "conversation")
         if reader().scalar(select(Conversation.id).where(Conversation.id == conversation_id,
                                                          Conversation.user_id == g.user)) is None:
             raise Problem(404, "No such conversation.")
@@ -142,7 +106,8 @@ def _continued(previous: str | None, conversation: str | dict[str, Any] | None) 
     if previous is None:
         return None
     question = reader().execute(select(Message.conversation_id, Message.seq).where(
-        Message.id == _question_id(previous), Message.user_id == g.user, Message.role == Role.USER)).first()
+        Message.id == parsed(previous, "resp_", "response"), Message.user_id == g.user,
+        Message.role == Role.USER)).first()
     if question is None:
         raise Problem(404, "No such response.")
     latest = reader().scalar(select(Message.seq).where(Message.conversation_id == question.conversation_id,
@@ -160,7 +125,7 @@ def create_response() -> Response:
     body = json_body(ResponseIn)
     if body.tools:
         raise Problem(400, "tools: not supported on /v1/responses yet", slug="unsupported-field")
-    turns = _input_text(body)
+    turns = input_turns(body.input)
     if not turns or turns[-1][0] is not Role.USER or not turns[-1][1].strip():
         raise Problem(422, "input: the last item must be the user's text (the question to answer)",
                       slug="invalid-field")
@@ -185,7 +150,7 @@ def create_response() -> Response:
 
 
 def _shown(response: str) -> dict[str, Any]:
-    shown = _as_response_or_404(lambda: message_view(_question_id(response))[0])
+    shown = _as_response_or_404(lambda: message_view(parsed(response, "resp_", "response"))[0])
     if shown["role"] != "user":
         raise Problem(404, "No such response.")
     with_queue_positions([shown])
@@ -288,7 +253,8 @@ def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, backgro
 @operation("OpenAI: cancel a response — queued: never generated; in progress: the text so far kept",
            responses={200: ResponseOut}, errors=OpenAIError)
 def cancel_response(response: str) -> Response:
-    return jsonify(as_response(_as_response_or_404(lambda: cancel_question(str(_question_id(response))))))
+    question_id = parsed(response, "resp_", "response")
+    return jsonify(as_response(_as_response_or_404(lambda: cancel_question(str(question_id)))))
 
 
 def _as_response_or_404(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
