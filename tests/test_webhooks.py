@@ -242,3 +242,34 @@ def test_a_cancel_is_pushed_from_the_transaction_that_commits_it(hooks, user: Ap
     assert event["type"] == "message.cancelled" and event["data"]["id"] == message_id
     assert event["data"]["status"] == "cancelled"
 
+
+
+def test_response_events_in_openais_shape_verify_with_the_sdks_unwrap(hooks, user: Api) -> None:
+    """An endpoint that asks for `response.*` events gets OpenAI's event shape (and no message.*
+    ones), which OpenAI's own SDK verifies and parses with the endpoint's secret."""
+    import openai
+
+    receiver = Receiver()
+    try:
+        webhook = register(user, receiver.url, events=["response.completed", "response.cancelled"])
+        key = user.post("/api/v1/keys", json={"name": "hooks"}).json()["key"]
+        client = openai.OpenAI(base_url=hooks.stack.url + "/v1", api_key=key, max_retries=0, timeout=30,
+                               webhook_secret=webhook["secret"])
+        completed = client.responses.create(model="chatq-assistant", input="Add task: call the plumber")
+        hooks.stack.worker.stop()  # the next one stays queued, and is cancelled there
+        try:
+            queued = client.responses.create(model="chatq-assistant", input="help", background=True)
+            assert client.responses.cancel(queued.id).status == "cancelled"
+        finally:
+            hooks.stack.worker = Worker("webhooks-worker", hooks.env).start()
+        wait_until(lambda: len(receiver.calls) >= 2, timeout=20, what="both webhooks")
+        time.sleep(1)  # and nothing more: no message.* event goes to this endpoint
+        events = [client.webhooks.unwrap(call["body"].decode(), call["headers"]) for call in receiver.calls]
+    finally:
+        receiver.close()
+    assert sorted((event.type, event.data.id) for event in events) == sorted(
+        [("response.completed", completed.id), ("response.cancelled", queued.id)])
+    assert all(event.object == "event" and event.id.startswith("evt_") for event in events)
+    with pytest.raises(openai.InvalidWebhookSignatureError):  # a body changed on the way does not verify
+        client.webhooks.unwrap(receiver.calls[0]["body"].decode().replace("resp_", "resp_x"),
+                               receiver.calls[0]["headers"])

@@ -119,14 +119,15 @@ class Regenerate(_Body):
         return _not_blank(value) if value is not None else None
 
 
-WebhookEventType = Literal["message.answered", "message.failed", "message.cancelled", "message.expired"]
+WebhookEventType = Literal["message.answered", "message.failed", "message.cancelled", "message.expired",
+                           "response.completed", "response.failed", "response.cancelled", "response.incomplete"]
 
 
 class NewWebhook(_Body):
     url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     events: list[WebhookEventType] = Field(default=["message.answered", "message.failed", "message.cancelled",
                                                    "message.expired"],
-                                           min_length=1, max_length=4)
+                                           min_length=1, max_length=8)
 
 
 class NewKey(_Body):

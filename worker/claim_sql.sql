@@ -80,15 +80,19 @@ outbox AS
 FROM outbox_source 
 WHERE EXISTS (SELECT * 
 FROM webhook_endpoints 
-WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND ('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events)) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events) OR ('message.'::VARCHAR || outbox_source.status) = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) UNION ALL SELECT gen_random_uuid() AS gen_random_uuid_2, outbox_source.user_id AS user_id, CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END AS anon_4, outbox_source.question_id AS question_id, outbox_source.reply_id AS reply_id, outbox_source.status AS status, outbox_source.error AS error, now() AS now_2 
+FROM outbox_source 
+WHERE EXISTS (SELECT * 
+FROM webhook_endpoints 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = ANY (webhook_endpoints.events) OR CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
 outbox_deliveries AS 
-(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_2, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_4, 0::INTEGER AS anon_5, now() AS now_2, now() AS now_3 
-FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND outbox.type = ANY (webhook_endpoints.events)), 
+(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_3, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_5, 0::INTEGER AS anon_6, now() AS now_3, now() AS now_4 
+FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND (outbox.type = ANY (webhook_endpoints.events) OR outbox.type = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))), 
 fenced AS 
 (UPDATE conversations SET last_seq=(conversations.last_seq + (SELECT count(*) AS count_1 
 FROM kept)), lease_expires_at=NULL::TIMESTAMP WITH TIME ZONE, updated_at=now() WHERE conversations.id = :conversation::UUID AND conversations.lease_version = :version::INTEGER RETURNING conversations.last_seq), 
 reply AS 
-(INSERT INTO messages (id, conversation_id, user_id, seq, role, content, reply_to_id, tool_calls, context_seq, request_id, attempts, question_content, finish, usage, context, model, pieces, created_at, updated_at) SELECT :reply_id::UUID AS anon_6, :conversation::UUID AS anon_7, lease.user_id AS user_id, fenced.last_seq AS last_seq, 'assistant' AS anon_8, :reply_content::VARCHAR AS anon_9, :question_id::UUID AS anon_10, :reply_tool_calls::JSON AS anon_11, :reply_context_seq::INTEGER AS anon_12, :reply_request_id::VARCHAR AS anon_13, 0::INTEGER AS anon_14, :reply_question_content::VARCHAR AS anon_15, CAST(CASE WHEN (kept.status = 'cancelled') THEN 'cancelled' ELSE :reply_finish END AS reply_finish) AS anon_16, :reply_usage::JSON AS anon_17, :reply_context::JSON AS anon_18, :reply_model::VARCHAR AS anon_19, :reply_pieces::INTEGER[] AS anon_20, now() AS now_4, now() AS now_5 
+(INSERT INTO messages (id, conversation_id, user_id, seq, role, content, reply_to_id, tool_calls, context_seq, request_id, attempts, question_content, finish, usage, context, model, pieces, created_at, updated_at) SELECT :reply_id::UUID AS anon_7, :conversation::UUID AS anon_8, lease.user_id AS user_id, fenced.last_seq AS last_seq, 'assistant' AS anon_9, :reply_content::VARCHAR AS anon_10, :question_id::UUID AS anon_11, :reply_tool_calls::JSON AS anon_12, :reply_context_seq::INTEGER AS anon_13, :reply_request_id::VARCHAR AS anon_14, 0::INTEGER AS anon_15, :reply_question_content::VARCHAR AS anon_16, CAST(CASE WHEN (kept.status = 'cancelled') THEN 'cancelled' ELSE :reply_finish END AS reply_finish) AS anon_17, :reply_usage::JSON AS anon_18, :reply_context::JSON AS anon_19, :reply_model::VARCHAR AS anon_20, :reply_pieces::INTEGER[] AS anon_21, now() AS now_5, now() AS now_6 
 FROM lease JOIN fenced ON true JOIN kept ON true RETURNING messages.seq, messages.created_at)
  SELECT question.status, question.latency, reply.seq, question.seq AS question_seq, question.content AS question_content, question.created_at AS question_created_at, reply.created_at AS reply_created_at 
 FROM lease LEFT OUTER JOIN question ON true LEFT OUTER JOIN reply ON true;
@@ -107,10 +111,14 @@ outbox AS
 FROM outbox_source 
 WHERE EXISTS (SELECT * 
 FROM webhook_endpoints 
-WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND ('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events)) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events) OR ('message.'::VARCHAR || outbox_source.status) = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) UNION ALL SELECT gen_random_uuid() AS gen_random_uuid_2, outbox_source.user_id AS user_id, CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END AS anon_2, outbox_source.question_id AS question_id, outbox_source.reply_id AS reply_id, outbox_source.status AS status, outbox_source.error AS error, now() AS now_2 
+FROM outbox_source 
+WHERE EXISTS (SELECT * 
+FROM webhook_endpoints 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = ANY (webhook_endpoints.events) OR CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
 outbox_deliveries AS 
-(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_2, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_2, 0::INTEGER AS anon_3, now() AS now_2, now() AS now_3 
-FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND outbox.type = ANY (webhook_endpoints.events))
+(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_3, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_3, 0::INTEGER AS anon_4, now() AS now_3, now() AS now_4 
+FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND (outbox.type = ANY (webhook_endpoints.events) OR outbox.type = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events)))
  SELECT expired.id, expired.conversation_id 
 FROM expired;
 
@@ -129,10 +137,14 @@ outbox AS
 FROM outbox_source 
 WHERE EXISTS (SELECT * 
 FROM webhook_endpoints 
-WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND ('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events)) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events) OR ('message.'::VARCHAR || outbox_source.status) = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) UNION ALL SELECT gen_random_uuid() AS gen_random_uuid_2, outbox_source.user_id AS user_id, CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END AS anon_2, outbox_source.question_id AS question_id, outbox_source.reply_id AS reply_id, outbox_source.status AS status, outbox_source.error AS error, now() AS now_2 
+FROM outbox_source 
+WHERE EXISTS (SELECT * 
+FROM webhook_endpoints 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = ANY (webhook_endpoints.events) OR CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
 outbox_deliveries AS 
-(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_2, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_2, 0::INTEGER AS anon_3, now() AS now_2, now() AS now_3 
-FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND outbox.type = ANY (webhook_endpoints.events))
+(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_3, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_3, 0::INTEGER AS anon_4, now() AS now_3, now() AS now_4 
+FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND (outbox.type = ANY (webhook_endpoints.events) OR outbox.type = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events)))
  SELECT fenced.id, given_back.status AS given_back 
 FROM fenced LEFT OUTER JOIN given_back ON true;
 
@@ -147,10 +159,14 @@ outbox AS
 FROM outbox_source 
 WHERE EXISTS (SELECT * 
 FROM webhook_endpoints 
-WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND ('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events)) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events) OR ('message.'::VARCHAR || outbox_source.status) = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) UNION ALL SELECT gen_random_uuid() AS gen_random_uuid_2, outbox_source.user_id AS user_id, CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END AS anon_2, outbox_source.question_id AS question_id, outbox_source.reply_id AS reply_id, outbox_source.status AS status, outbox_source.error AS error, now() AS now_2 
+FROM outbox_source 
+WHERE EXISTS (SELECT * 
+FROM webhook_endpoints 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = ANY (webhook_endpoints.events) OR CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
 outbox_deliveries AS 
-(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_2, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_2, 0::INTEGER AS anon_3, now() AS now_2, now() AS now_3 
-FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND outbox.type = ANY (webhook_endpoints.events))
+(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_3, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_3, 0::INTEGER AS anon_4, now() AS now_3, now() AS now_4 
+FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND (outbox.type = ANY (webhook_endpoints.events) OR outbox.type = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events)))
  SELECT count(*) AS count_1 
 FROM given_up;
 
@@ -228,9 +244,13 @@ outbox AS
 FROM outbox_source 
 WHERE EXISTS (SELECT * 
 FROM webhook_endpoints 
-WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND ('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events)) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (('message.'::VARCHAR || outbox_source.status) = ANY (webhook_endpoints.events) OR ('message.'::VARCHAR || outbox_source.status) = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) UNION ALL SELECT gen_random_uuid() AS gen_random_uuid_2, outbox_source.user_id AS user_id, CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END AS anon_2, outbox_source.question_id AS question_id, outbox_source.reply_id AS reply_id, outbox_source.status AS status, outbox_source.error AS error, now() AS now_2 
+FROM outbox_source 
+WHERE EXISTS (SELECT * 
+FROM webhook_endpoints 
+WHERE webhook_endpoints.user_id = outbox_source.user_id AND webhook_endpoints.disabled_at IS NULL AND (CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = ANY (webhook_endpoints.events) OR CASE WHEN (outbox_source.status = 'answered'::VARCHAR) THEN 'response.completed'::VARCHAR WHEN (outbox_source.status = 'expired'::VARCHAR) THEN 'response.failed'::VARCHAR ELSE 'response.'::VARCHAR || outbox_source.status END = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events))) RETURNING webhook_events.id, webhook_events.user_id, webhook_events.type), 
 outbox_deliveries AS 
-(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_2, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_2, 0::INTEGER AS anon_3, now() AS now_2, now() AS now_3 
-FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND outbox.type = ANY (webhook_endpoints.events))
+(INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) SELECT gen_random_uuid() AS gen_random_uuid_3, outbox.id AS id, webhook_endpoints.id AS id_1, 'pending'::VARCHAR AS anon_3, 0::INTEGER AS anon_4, now() AS now_3, now() AS now_4 
+FROM outbox JOIN webhook_endpoints ON webhook_endpoints.user_id = outbox.user_id AND webhook_endpoints.disabled_at IS NULL AND (outbox.type = ANY (webhook_endpoints.events) OR outbox.type = 'response.completed'::VARCHAR AND 'response.incomplete'::VARCHAR = ANY (webhook_endpoints.events)))
  SELECT settled.id, settled.conversation_id, settled.status 
 FROM settled;

@@ -34,7 +34,7 @@ import urllib3
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models import Message, Settings, Status
+from models import Finish, Message, Settings, Status
 from models.policy.addresses import refused, resolve
 from models.representation import message_json
 
@@ -96,9 +96,12 @@ class Attempt:
 
 
 def _payload(runtime: Runtime, row: Any) -> dict[str, Any]:
-    """The event as sent, built once: the question as it was when the event happened."""
+    """The event as sent, built once: the question as it was when the event happened (a
+    `response.*` event: OpenAI's shape, which names the response and carries nothing of it)."""
     if row.payload is not None:
         return row.payload
+    if row.type.startswith("response."):
+        return _stored_once(runtime, row, _openai_payload(runtime, row))
     with Session(runtime.db) as session:
         question = session.get(Message, row.question_id)
         reply = session.get(Message, row.reply_id) if row.reply_id is not None else None
@@ -113,6 +116,23 @@ def _payload(runtime: Runtime, row: Any) -> dict[str, Any]:
             data = message_json(question, reply)
     payload = {"type": row.type, "id": str(row.event_id),
                "created_at": row.event_at.isoformat().replace("+00:00", "Z"), "data": data}
+    return _stored_once(runtime, row, payload)
+
+
+def _openai_payload(runtime: Runtime, row: Any) -> dict[str, Any]:
+    """`{"id", "object": "event", "created_at", "type", "data": {"id"}}`, as OpenAI's SDKs'
+    `webhooks.unwrap()` reads it; an answer cut at its output limit is `response.incomplete`."""
+    kind = row.type
+    if kind == "response.completed" and row.reply_id is not None:
+        with Session(runtime.db) as session:
+            reply = session.get(Message, row.reply_id)
+            if reply is not None and reply.finish is Finish.LENGTH:
+                kind = "response.incomplete"
+    return {"id": f"evt_{row.event_id.hex}", "object": "event", "created_at": int(row.event_at.timestamp()),
+            "type": kind, "data": {"id": f"resp_{row.question_id.hex}"}}
+
+
+def _stored_once(runtime: Runtime, row: Any, payload: dict[str, Any]) -> dict[str, Any]:
     with runtime.db.connect() as connection:  # the first build wins: every retry sends the same bytes
         stored = connection.execute(text(
             "UPDATE webhook_events SET payload = coalesce(payload, CAST(:payload AS json)) WHERE id = :id "

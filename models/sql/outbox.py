@@ -18,18 +18,25 @@ from sqlalchemy import (
     Text,
     and_,
     any_,
+    case,
     cast,
     exists,
     func,
     insert,
     literal,
     null,
+    or_,
     select,
+    union_all,
 )
 
 from ..tables.entities import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 EVENT_TYPES = ("message.answered", "message.failed", "message.cancelled", "message.expired")
+# The same changes in OpenAI's words, for an app on OpenAI's SDKs (docs/openai.md): every question is
+# a response. An answer cut at its output limit is sent as `response.incomplete` (worker/webhooks.py),
+# to an endpoint that wants either of the two.
+RESPONSE_EVENT_TYPES = ("response.completed", "response.failed", "response.cancelled", "response.incomplete")
 
 _endpoints = WebhookEndpoint.__table__
 _events = WebhookEvent.__table__
@@ -55,19 +62,26 @@ def events_of(changes: Select[Any]) -> Outbox:
     endpoint wanting it, and one delivery per such endpoint: added to the statement that commits
     the changes (`.add_cte(*events_of(...))`)."""
     source = changes.cte("outbox_source")
-    event_type = literal("message.", String) + source.c.status
-    wanted = exists().where(_endpoints.c.user_id == source.c.user_id, _endpoints.c.disabled_at.is_(None),
-                            event_type == any_(_endpoints.c.events))
+    message_type = literal("message.", String) + source.c.status
+    response_type = case((source.c.status == "answered", literal("response.completed", String)),
+                         (source.c.status == "expired", literal("response.failed", String)),
+                         else_=literal("response.", String) + source.c.status)
+
+    def for_each_wanted(event_type: Any) -> Select[Any]:
+        wanted = exists().where(_endpoints.c.user_id == source.c.user_id, _endpoints.c.disabled_at.is_(None),
+                                _wants(event_type))
+        return select(func.gen_random_uuid(), source.c.user_id, event_type, source.c.question_id,
+                      source.c.reply_id, source.c.status, source.c.error, func.now()).where(wanted)
+
     written = (
         insert(_events)
         .from_select(["id", "user_id", "type", "question_id", "reply_id", "status", "error", "created_at"],
-                     select(func.gen_random_uuid(), source.c.user_id, event_type, source.c.question_id,
-                            source.c.reply_id, source.c.status, source.c.error, func.now()).where(wanted))
+                     union_all(for_each_wanted(message_type), for_each_wanted(response_type)))
         .returning(_events.c.id, _events.c.user_id, _events.c.type)
         .cte("outbox")
     )
     to_each_endpoint = and_(_endpoints.c.user_id == written.c.user_id, _endpoints.c.disabled_at.is_(None),
-                            written.c.type == any_(_endpoints.c.events))
+                            _wants(written.c.type))
     delivered = (
         insert(_deliveries)
         .from_select(["id", "event_id", "endpoint_id", "state", "attempts", "next_attempt_at", "created_at"],
@@ -76,4 +90,11 @@ def events_of(changes: Select[Any]) -> Outbox:
         .cte("outbox_deliveries")
     )
     return Outbox(written, delivered)
+
+
+def _wants(event_type: Any) -> Any:
+    """An endpoint wants events of this type (one that wants `response.incomplete` gets the
+    `response.completed` ones, which are sent as incomplete when the answer was cut)."""
+    return or_(event_type == any_(_endpoints.c.events),
+               and_(event_type == "response.completed", literal("response.incomplete") == any_(_endpoints.c.events)))
 
