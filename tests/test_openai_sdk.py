@@ -4,6 +4,7 @@ stored and answered like any message; errors raised as the SDK's own exception c
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 import uuid
 from typing import Any
@@ -12,7 +13,7 @@ import openai
 import pytest
 import requests
 
-from tests.support import Api
+from tests.support import Api, wait_until
 from worker.engine.builtin import HELP
 
 
@@ -205,3 +206,34 @@ def test_a_conversation_is_one_and_the_same_on_both_apis(api: Api, make_api) -> 
         client.conversations.items.retrieve(f"msg_{uuid.uuid4().hex}", conversation_id=conversation.id)
     assert client.conversations.delete(conversation.id).deleted is True
     assert api.get(f"/api/v1/conversations/{chatq_id}").status_code == 404
+
+
+def test_creates_retried_with_an_idempotency_key_store_and_answer_once(api: Api) -> None:
+    """What the SDKs do on a 409, 429 or 5xx, done by six clients at once with one key: one
+    question, one answer, one task; a retry says it stored nothing; the key with another body is
+    refused as the SDK's own 422 exception."""
+    client = client_for(api, make_key(api))
+    key = {"Idempotency-Key": f"add-once-{uuid.uuid4().hex}"}
+
+    def create() -> Any:
+        return client.responses.create(model="chatq-assistant", input="Add task: only once", background=True,
+                                       extra_headers=key)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        created = list(pool.map(lambda _: create(), range(6)))
+    assert len({response.id for response in created}) == 1
+    answered = wait_until(lambda: (r := client.responses.retrieve(created[0].id)).status == "completed" and r,
+                          timeout=30, what="the answer")
+    assert answered.output_text.startswith("Added “only once”")
+    assert [task["title"] for task in api.tasks()] == ["only once"]
+    retried = client.responses.with_raw_response.create(model="chatq-assistant", input="Add task: only once",
+                                                        background=True, extra_headers=key)
+    assert retried.headers["Idempotent-Replayed"] == "true" and retried.parse().id == created[0].id
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.responses.create(model="chatq-assistant", input="Add task: twice", background=True, extra_headers=key)
+    completions = [client.chat.completions.create(model="chatq-assistant", extra_headers={"Idempotency-Key": "c-1"},
+                                                  messages=[{"role": "user", "content": "Add task: a third"}])
+                   for _ in range(2)]
+    assert completions[0].id == completions[1].id
+    assert sorted(task["title"] for task in api.tasks()) == ["a third", "only once"]
+    assert len(api.get("/api/v1/conversations").json()["items"]) == 2

@@ -75,7 +75,13 @@ def fingerprint(route: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _reserve_key(session: Session, user: str, key: str, print_: str) -> IdempotentRequest | None:
+def remember_answer(session: Session, user: str, key: str, body: dict[str, Any]) -> None:
+    """Store the answer under the key this transaction reserved (`reserve_key`)."""
+    session.execute(update(IdempotentRequest).where(IdempotentRequest.user_id == user, IdempotentRequest.key == key)
+                    .values(status_code=202, body=body))
+
+
+def reserve_key(session: Session, user: str, key: str, print_: str) -> IdempotentRequest | None:
     """Reserve the key for this transaction, or return the answer already stored under it.
     A concurrent first call holds the row until it commits; Postgres makes us wait for it."""
     reserved = session.execute(
@@ -267,7 +273,7 @@ def accept_message(session: Session, *, user: str, content: str, conversation_id
             and session.scalar(ERASING, {"user": user}):
         raise erasure_running()
     if idempotency is not None:
-        stored = _reserve_key(session, user, *idempotency)
+        stored = reserve_key(session, user, *idempotency)
         if stored is not None:
             return Accepted(stored.status_code, stored.body, None, replayed=True)
     interrupted = []
@@ -294,11 +300,7 @@ def accept_message(session: Session, *, user: str, content: str, conversation_id
         "poll_url": POLL_URL.format(message.id),
     }
     if idempotency is not None:
-        session.execute(
-            update(IdempotentRequest)
-            .where(IdempotentRequest.user_id == user, IdempotentRequest.key == idempotency[0])
-            .values(status_code=202, body=body)
-        )
+        remember_answer(session, user, idempotency[0], body)
     return Accepted(202, body, message.id, interrupted=interrupted)
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 from sqlalchemy import delete, select, tuple_, update
 
 from models import UNFINISHED, Conversation, Lane, Status, Task
@@ -24,9 +24,9 @@ from models.sql.queries import (
 )
 
 from . import schemas
-from .accept import Asked, Lifetime, accept_message, fingerprint, is_one_statement
+from .accept import Asked, Lifetime, accept_message, is_one_statement
 from .auth import authenticate
-from .inputs import json_body, query
+from .inputs import idempotency_of, json_body, query
 from .problems import Problem
 from .quotas import usage_today
 from .serialize import conversation_json, task_json
@@ -163,12 +163,7 @@ def _accepted(content: str, conversation_id: str | None, route: str, payload: di
     for name, default in _FINGERPRINT_DEFAULTS.items():
         if payload.get(name, default) == default:
             payload.pop(name, None)
-    key = request.headers.get("Idempotency-Key")
-    idempotency = None
-    if key is not None:
-        if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
-            raise Problem(422, "Idempotency-Key: must be 1 to 255 printable characters", slug="invalid-field")
-        idempotency = (key, fingerprint(route, payload))
+    idempotency = idempotency_of(route, payload)
     settings = services().settings
     arguments = {"user": g.user, "content": content, "conversation_id": conversation_id,
                  "request_id": g.request_id, "idempotency": idempotency, "on_busy": on_busy, "settings": settings,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
 
+from .accept import fingerprint
 from .problems import Problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,3 +50,13 @@ def optional_json_body(model: type[M]) -> M:
     if not request.content_length and not request.is_json:
         return model()
     return json_body(model)
+
+
+def idempotency_of(route: str, payload: dict[str, Any]) -> tuple[str, str] | None:
+    """The request's Idempotency-Key header and the fingerprint of its call (None: no key)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise Problem(422, "Idempotency-Key: must be 1 to 255 printable characters", slug="invalid-field")
+    return key, fingerprint(route, payload)

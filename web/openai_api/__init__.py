@@ -8,7 +8,7 @@ docs/openai.md says which calls and fields are honoured, accepted and ignored, o
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, g
 
 from ..auth import authenticate
 
@@ -18,6 +18,14 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 @bp.before_request
 def _identify() -> None:
     authenticate()
+
+
+@bp.after_request
+def _say_replayed(response: Response) -> Response:
+    """A create retried with its Idempotency-Key stored nothing: it says so, as /api/v1 does."""
+    if g.get("idempotent_replayed"):
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 from . import chat, conversations, models, responses  # noqa: E402,F401  (their routes, on the blueprint above)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, g, jsonify, stream_with_context
+from flask import Response, g, jsonify, request, stream_with_context
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
@@ -22,8 +22,8 @@ from models.coordination.messaging import announce, read_partials, send_answer_j
 from models.coordination.queue_figures import start_rate
 from models.coordination.signals import conversation_channel, delta_channel, message_channel
 
-from ..accept import Asked, accept_message
-from ..inputs import json_body
+from ..accept import Asked, accept_message, remember_answer, reserve_key
+from ..inputs import idempotency_of, json_body
 from ..problems import Problem
 from ..services import after_commit, release_db, services, transaction, use_wait_pool
 from ..shown import committed_message, message_view
@@ -116,19 +116,30 @@ def queue_question(history: list[tuple[Role, str]], question: str, *, conversati
                    temporary: bool, flex: bool) -> dict[str, Any]:
     """Store a /v1 call's question — in the conversation it continues, or in a new one holding
     `history` (`temporary`: deleted a day after its last message) — and queue it like any message
-    (the job is sent once it committed); the question as the API shows it."""
+    (the job is sent once it committed); the question as the API shows it. With an
+    Idempotency-Key a retry stores nothing and shows the first call's question as it is now."""
     settings, redis = services().settings, services().redis
     asked = Asked(lane=Lane.BATCH if flex else Lane.INTERACTIVE, weight=settings.weight_of(g.tier))
+    idempotency = idempotency_of(request.path, request.get_json(silent=True) or {})
     with transaction() as session:
         refuse_while_erasing(session, g.user)
-        if conversation_id is None:
+        stored = reserve_key(session, g.user, *idempotency) if idempotency is not None else None
+        if stored is not None:  # a retry: the first call's question (reserved before anything is stored)
+            g.idempotent_replayed = True
+            replayed = uuid.UUID(stored.body["message"]["id"])
+        if conversation_id is None and stored is None:
             conversation_id = start_conversation(session, g.user, history, " ".join(question.split())[:TITLE_CHARS],
                                                  temporary=temporary)
-        accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
-                                  request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
-                                  start_rate=lambda: start_rate(redis))
-        after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
-        after_commit(announce, redis, conversation_id, accepted.message_id, Status.QUEUED.value)
+        if stored is None:
+            accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
+                                      request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
+                                      start_rate=lambda: start_rate(redis))
+            if idempotency is not None:
+                remember_answer(session, g.user, idempotency[0], accepted.body)
+            after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)
+            after_commit(announce, redis, conversation_id, accepted.message_id, Status.QUEUED.value)
+    if stored is not None:
+        return message_view(replayed)[0]
     return accepted.body["message"]
 
 
