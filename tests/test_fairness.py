@@ -99,6 +99,44 @@ def test_a_light_users_message_is_answered_before_a_heavy_backlog_drains(fair) -
     drained(fair.db, [api.user for api in heavy])
 
 
+def test_end_users_of_one_key_share_its_part_and_inventing_them_gains_nothing(fair) -> None:
+    """Through OpenAI's SDK with one API key: an end user (`safety_identifier`) with one question
+    is answered next to the generations running, not behind another end user's backlog of 40; and
+    an app naming a new end user for each of 20 questions gets no more starts than another user
+    with 20 plain ones."""
+    import openai
+
+    app = user(fair.url)
+    key = app.post("/api/v1/keys", json={"name": "app"}).json()["key"]
+    client = openai.OpenAI(base_url=fair.url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+    def ask(text: str, end_user: str) -> str:
+        return client.responses.create(model="chatq-assistant", input=text, background=True,
+                                       safety_identifier=end_user).id.removeprefix("resp_")
+
+    in_parallel(*(lambda n=n: [ask(f"add heavy {n}.{k}", "heavy") for k in range(10)] for n in range(4)))
+    light = str(uuid.UUID(ask("show my tasks", "light")))
+    answered = app.wait_answered(light, timeout=60)
+    overtaken = fair.db.execute(
+        "SELECT count(*) FROM messages WHERE role = 'assistant' AND user_id = %s AND reply_to_id <> %s "
+        "AND created_at > %s AND created_at < %s",
+        (app.user, light, answered["created_at"], answered["reply"]["created_at"])).fetchone()[0]
+    waiting = fair.db.execute("SELECT count(*) FROM messages WHERE user_id = %s AND status = 'queued'",
+                              (app.user,)).fetchone()[0]
+    assert overtaken <= 4 and waiting >= 20, (overtaken, waiting)
+    drained(fair.db, [app.user])
+
+    other, since = user(fair.url), fair.db.execute("SELECT now()").fetchone()[0]
+    in_parallel(lambda: [ask(f"add invented {n}", f"invented-{n}") for n in range(20)],
+                lambda: post_backlog(other, 20))
+    drained(fair.db, [app.user, other.user])
+    order = fair.db.execute(
+        "SELECT user_id FROM messages WHERE role = 'assistant' AND user_id = ANY(%s) AND created_at > %s "
+        "ORDER BY created_at, seq", ([app.user, other.user], since)).fetchall()
+    first_half = Counter(row[0] for row in order[:20])
+    assert len(order) == 40 and abs(first_half[app.user] - first_half[other.user]) <= 4, first_half
+
+
 def test_a_user_alone_keeps_every_worker_slot_busy(fair) -> None:
     alone = user(fair.url)
     post_backlog(alone, 12)

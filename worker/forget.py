@@ -46,6 +46,7 @@ from models import (
     ApiKey,
     Conversation,
     DailyUsage,
+    EndUserShare,
     IdempotentRequest,
     Message,
     Role,
@@ -112,6 +113,7 @@ _STEPS: tuple[tuple[str, Table, Select[Any]], ...] = (
     ("daily_usage", DailyUsage.__table__, _batch_of(DailyUsage.__table__)),
     ("idempotency_keys", IdempotentRequest.__table__, _batch_of(IdempotentRequest.__table__)),
     ("scheduler_shares", UserShare.__table__, _batch_of(UserShare.__table__)),
+    ("end_user_shares", EndUserShare.__table__, _batch_of(EndUserShare.__table__)),
     ("api_keys", ApiKey.__table__, _batch_of(ApiKey.__table__)),
 )
 ERASED_TABLES = {table for _, table, _ in _STEPS}

@@ -13,6 +13,7 @@ from ..tables.entities import (
     ApiKey,
     Conversation,
     DailyUsage,
+    EndUserShare,
     Erasure,
     IdempotentRequest,
     Message,
@@ -45,7 +46,8 @@ ERASING = text("SELECT EXISTS (SELECT 1 FROM erasures WHERE user_id = :user AND 
 # Every table that holds rows of a user (by `user_id`): what an erasure deletes (worker/forget.py),
 # and what a repeated DELETE /me looks at before it starts another one.
 USERS_TABLES = tuple(model.__table__ for model in (WebhookEvent, Message, Conversation, Task, WebhookEndpoint,
-                                                   DailyUsage, IdempotentRequest, UserShare, ApiKey))
+                                                   DailyUsage, IdempotentRequest, UserShare, EndUserShare,
+                                                   ApiKey))
 
 # The user's last erasure, when it has finished and nothing of the user has been stored since: a
 # repeated DELETE /me answers with it and starts nothing (a lookup in each table's user index).

@@ -149,6 +149,10 @@ class Message(Base):
     fair_tag: Mapped[float | None] = mapped_column(Float(precision=53))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # User messages from /v1 that name the app's end user (`safety_identifier`), and that end
+    # user's virtual start time within the user (place_for_end_user(), migration 0014).
+    end_user: Mapped[str | None] = mapped_column(String(128))
+    end_user_tag: Mapped[float | None] = mapped_column(Float(precision=53))
     # Assistant messages only: the question it answers. A question has one current reply
     # (uq_messages_current_reply); a regenerate supersedes it and keeps it as an earlier version.
     reply_to_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
@@ -228,6 +232,18 @@ class Task(Base):
         Index("ix_tasks_user_created", "user_id", "created_at"),
         UniqueConstraint("origin_message_id", "origin_call", name="uq_tasks_origin"),
     )
+
+
+class EndUserShare(Base):
+    """An app's end user's share of its user's part of a lane: the last virtual start time handed
+    to one of their messages. Written only by place_for_end_user() (migration 0014)."""
+
+    __tablename__ = "end_user_shares"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    end_user: Mapped[str] = mapped_column(String(128), primary_key=True)
+    lane: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    last_tag: Mapped[float] = mapped_column(Float(precision=53), nullable=False)
 
 
 class UserShare(Base):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, g, jsonify, request, stream_with_context
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from models import Conversation, Lane, Message, Role, Status
@@ -39,6 +39,7 @@ from .schemas import ChatCompletionIn, ChatCompletionOut, ChatMessageIn, OpenAIE
 FINAL = frozenset({Status.ANSWERED.value, Status.FAILED.value, Status.CANCELLED.value, Status.EXPIRED.value})
 WAIT_SLICE_SECONDS = 25.0  # one long-poll's wait; a completion waits as many as its answer takes
 TITLE_CHARS = 60
+PLACE_FOR_END_USER = text("SELECT place_for_end_user(:question, :end_user)")
 
 
 def _text(message: ChatMessageIn, where: str) -> str:
@@ -109,11 +110,12 @@ def _ask(body: ChatCompletionIn) -> dict[str, Any]:
         raise Problem(400, "tools: function tools are not supported on /v1/chat/completions yet",
                       slug="unsupported-field")
     turns, question = _turns(body)
-    return queue_question(turns, question, temporary=not body.store, flex=body.service_tier == "flex")
+    return queue_question(turns, question, temporary=not body.store, flex=body.service_tier == "flex",
+                          end_user=body.safety_identifier or body.user)
 
 
 def queue_question(history: list[tuple[Role, str]], question: str, *, conversation_id: uuid.UUID | None = None,
-                   temporary: bool, flex: bool) -> dict[str, Any]:
+                   temporary: bool, flex: bool, end_user: str | None = None) -> dict[str, Any]:
     """Store a /v1 call's question — in the conversation it continues, or in a new one holding
     `history` (`temporary`: deleted a day after its last message) — and queue it like any message
     (the job is sent once it committed); the question as the API shows it. With an
@@ -134,6 +136,8 @@ def queue_question(history: list[tuple[Role, str]], question: str, *, conversati
             accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
                                       request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
                                       start_rate=lambda: start_rate(redis))
+            if end_user is not None:  # its place among the user's, by its end user's fair share
+                session.execute(PLACE_FOR_END_USER, {"question": accepted.message_id, "end_user": end_user})
             if idempotency is not None:
                 remember_answer(session, g.user, idempotency[0], accepted.body)
             after_commit(send_answer_job, services().producer, accepted.message_id, g.request_id)

@@ -138,7 +138,7 @@ def create_response() -> Response:
                       slug="unsupported-field")
     def queued() -> dict[str, Any]:
         return queue_question(history, question, conversation_id=conversation_id, temporary=not body.store,
-                              flex=body.service_tier == "flex")
+                              flex=body.service_tier == "flex", end_user=body.safety_identifier or body.user)
 
     if body.stream:
         return _event_stream(queued, after=-1, background=body.background)

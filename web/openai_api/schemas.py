@@ -7,6 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+# The app's end user (`safety_identifier`, or the older `user`): within one chatq user, end users
+# share that user's part of the workers fairly (migration 0014).
+EndUser = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
 
 class _Open(BaseModel):
     # OpenAI's requests carry many fields chatq has no use for; an app must not have to strip them.
@@ -36,6 +40,8 @@ class ChatCompletionIn(_Open):
     n: int = Field(default=1, ge=1, le=1, description="one choice: chatq answers each message once")
     tools: list[dict[str, Any]] | None = None
     service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
+    safety_identifier: EndUser | None = None
+    user: EndUser | None = None  # OpenAI's older name for it
 
 
 class ResponseIn(_Open):
@@ -49,6 +55,8 @@ class ResponseIn(_Open):
     conversation: Annotated[str, StringConstraints(max_length=100)] | dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
+    safety_identifier: EndUser | None = None
+    user: EndUser | None = None
 
 
 class _Out(BaseModel):
