@@ -31,7 +31,10 @@ class Out(BaseModel):
 class ToolCall(Out):
     name: str
     arguments: dict[str, Any]
-    result: dict[str, Any]
+    # What chatq's tool answered; none for a call of the app's own tool (`client`: the app runs
+    # it and answers with the next question: docs/openai.md).
+    result: dict[str, Any] | None = None
+    client: bool = False
 
 
 class TokenUsage(Out):

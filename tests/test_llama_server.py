@@ -229,3 +229,30 @@ def test_two_servers_as_one_pool_keep_each_conversation_on_its_server_and_lose_n
     assert all(turns[0] == turns[1] for turns in models.values()), models
     # After b died, a answered every last turn (also the one b was answering).
     assert [turns[2] for turns in models.values()] == ["smollm2-a"] * 3, models
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+# The app's own instructions teach the model its tool, as TOOL_PROMPT teaches chatq's.
+WEATHER_PROMPT = ("You call tools. Example: user: weather in Oslo\nassistant: <tool_call>\n"
+                  '{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
+
+
+def test_the_apps_function_tool_called_by_the_real_model_and_answered(real, user: Api) -> None:
+    """OpenAI's SDK against the real llama.cpp server: the app's tool and instructions reach the
+    model, its call of the tool ends the response as a function_call item, and the app's output
+    continues it through previous_response_id to a stored answer."""
+    import openai
+
+    key = user.post("/api/v1/keys", json={"name": "llama-tools"}).json()["key"]
+    client = openai.OpenAI(base_url=real.stack.url + "/v1", api_key=key, max_retries=0, timeout=120)
+    first = client.responses.create(model="smollm2", input="weather in Paris", tools=[WEATHER],
+                                    instructions=WEATHER_PROMPT)
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert first.status == "completed" and [call.name for call in calls] == ["get_weather"], first.output
+    second = client.responses.create(model="smollm2", previous_response_id=first.id, tools=[WEATHER],
+                                     instructions=WEATHER_PROMPT, input=[
+                                         {"type": "function_call_output", "call_id": calls[0].call_id,
+                                          "output": '{"sky": "sunny", "celsius": 21}'}])
+    assert second.status in ("completed", "incomplete"), second
+    assert second.output, second  # the 135M model's words (or another call) are its own affair

@@ -3,6 +3,7 @@ answers, tool calls, retries, permanent failures, a worker killed mid-stream, st
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -315,3 +316,50 @@ def test_after_a_regenerate_later_turns_are_generated_from_the_current_version_o
         [("user", "what is it, really?")],
         [("user", "what is it, really?"), ("assistant", "Second version."), ("user", "and after that?")],
     ]
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_the_apps_function_tools_end_a_response_and_their_output_continues_it(user: Api, model: FakeModelServer):
+    """OpenAI's SDK: the app's function tool goes to the model server beside chatq's own; the
+    model's call of it ends the response as a function_call item; the app's output, sent with
+    previous_response_id, is the tool's message of the next request, answered. `instructions`
+    are the system prompt, `max_output_tokens` caps the answer (incomplete when it cuts)."""
+    import openai
+
+    key = user.post("/api/v1/keys", json={"name": "tools"}).json()["key"]
+    client = openai.OpenAI(base_url=user.base_url + "/v1", api_key=key, max_retries=0, timeout=60)
+    model.reset({"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]},
+                {"content": "It is sunny in Paris."})
+    first = client.responses.create(model="any", input="What is the weather in Paris?", tools=[WEATHER],
+                                    instructions="You are a weather bot.", metadata={"app": "weather"})
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert first.status == "completed" and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    assert first.instructions == "You are a weather bot." and first.metadata == {"app": "weather"}
+    assert [tool.name for tool in first.tools] == ["get_weather"]
+    sent = model.requests[-1]["body"]
+    assert sent["messages"][0] == {"role": "system", "content": "You are a weather bot."}
+    assert "get_weather" in [tool["function"]["name"] for tool in sent["tools"]]
+    with pytest.raises(openai.BadRequestError):  # an output must answer a call of the previous response
+        client.responses.create(model="any", previous_response_id=first.id, tools=[WEATHER], input=[
+            {"type": "function_call_output", "call_id": "call_elsewhere", "output": "{}"}])
+    events = list(client.responses.retrieve(first.id, stream=True))
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert [event.type for event in events][-3:] == ["response.function_call_arguments.done",
+                                                     "response.output_item.done", "response.completed"]
+
+    second = client.responses.create(model="any", previous_response_id=first.id, tools=[WEATHER], input=[
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "sunny"}'}])
+    assert second.status == "completed" and second.output_text == "It is sunny in Paris."
+    asked = model.requests[-1]["body"]["messages"]
+    assert asked[-2]["tool_calls"][0]["id"] == call.call_id
+    assert asked[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": '{"sky": "sunny"}'}
+    assert client.responses.input_items.list(second.id).data[0].type == "function_call_output"
+
+    model.reset({"content": " ".join(["word"] * 40)})
+    cut = client.responses.create(model="any", input="Say a lot.", max_output_tokens=20)
+    assert model.requests[-1]["body"]["max_tokens"] == 20
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"

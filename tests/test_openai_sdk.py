@@ -237,3 +237,12 @@ def test_creates_retried_with_an_idempotency_key_store_and_answer_once(api: Api)
     assert completions[0].id == completions[1].id
     assert sorted(task["title"] for task in api.tasks()) == ["a third", "only once"]
     assert len(api.get("/api/v1/conversations").json()["items"]) == 2
+
+
+def test_function_tools_are_refused_by_name_with_the_built_in_assistant(api: Api) -> None:
+    client = client_for(api, make_key(api))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="chatq-assistant", input="hi", tools=[
+            {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}])
+    assert refused.value.body["param"] == "tools" and "ENGINE=openai" in refused.value.body["message"]
+    assert api.get("/api/v1/conversations").json()["items"] == []  # nothing stored

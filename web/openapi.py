@@ -50,6 +50,7 @@ def _models(operations: list[tuple[str, str, Operation]]) -> list[tuple[type[Bas
         if spec.body:
             wanted[(spec.body, "validation")] = None
         for answer in [*spec.responses.values(), spec.errors]:
+            answer = answer[0] if isinstance(answer, tuple) else answer
             if isinstance(answer, type) and issubclass(answer, BaseModel):
                 wanted[(answer, "serialization")] = None
     return list(wanted)
@@ -88,6 +89,10 @@ def build_document(app: Flask) -> dict[str, Any]:
                 entry["responses"][str(status)] = {"description": "No content"}
             elif isinstance(answer, str):
                 entry["responses"][str(status)] = {"description": answer, "content": {answer: {"schema": {}}}}
+            elif isinstance(answer, tuple):  # JSON, or (asked for) another media type: an event stream
+                model, media = answer
+                entry["responses"][str(status)] = {"description": f"{model.__name__}, or {media}", "content": {
+                    "application/json": {"schema": ref(model)}, media: {"schema": {}}}}
             else:
                 entry["responses"][str(status)] = {"description": answer.__name__,
                                                    "content": {"application/json": {"schema": ref(answer)}}}

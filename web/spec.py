@@ -23,7 +23,8 @@ class Operation:
     summary: str
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
-    # status -> a response model, or a media type string for non-JSON answers, or None for no body
+    # status -> a response model, or a media type string for non-JSON answers, or (a model, a media
+    # type) for an answer in either (JSON, or an event stream when asked), or None for no body
     responses: dict[int, Any] = field(default_factory=dict)
     authenticated: bool = True
     headers: dict[str, str] = field(default_factory=dict)  # request headers: name -> description

@@ -103,7 +103,7 @@ def _question_with_history(claimed: CTE) -> Select[Any]:
         update(m).where(m.c.id == earliest.c.id, status_in(m.c.status, Status.QUEUED))
         .values(status=Status.PROCESSING, attempts=m.c.attempts + 1, not_before=None, updated_at=func.now())
         .returning(m.c.id, m.c.seq, m.c.content, m.c.attempts, m.c.request_id, m.c.error, m.c.lane, m.c.fair_tag,
-                   _age(m).label("age"))
+                   m.c.tool_calls, m.c.response_options, _age(m).label("age"))
         .cte("picked")
     )
     weight = select(shares.c.weight).where(shares.c.user_id == claimed.c.user_id, shares.c.lane == picked.c.lane)
@@ -115,6 +115,9 @@ def _question_with_history(claimed: CTE) -> Select[Any]:
         "attempts": picked.c.attempts, "request_id": picked.c.request_id, "age": picked.c.age,
         "last_error": picked.c.error, "lane": picked.c.lane, "weight": weight.scalar_subquery(),
         "pending": pending.scalar_subquery(),
+        # A question from /v1/responses: what it asked of the answer, and the outputs of the app's
+        # function calls it carries.
+        "options": picked.c.response_options, "tool_outputs": picked.c.tool_calls,
     }
     the_claim = select(
         literal(0).label("seq"), literal(Role.USER.value).label("role"), picked.c.content,

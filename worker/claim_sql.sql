@@ -17,12 +17,12 @@ FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
 WHERE m.status IN ('queued', 'processing') ORDER BY m.seq 
  LIMIT 1::INTEGER), 
 picked AS 
-(UPDATE messages AS m SET status='processing', attempts=(m.attempts + 1::SMALLINT), not_before=NULL::TIMESTAMP WITH TIME ZONE, updated_at=now() FROM question WHERE m.id = question.id AND m.status IN ('queued') RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag, CAST(EXTRACT(epoch FROM now() - m.created_at) AS FLOAT) AS age)
+(UPDATE messages AS m SET status='processing', attempts=(m.attempts + 1::SMALLINT), not_before=NULL::TIMESTAMP WITH TIME ZONE, updated_at=now() FROM question WHERE m.id = question.id AND m.status IN ('queued') RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag, m.tool_calls, m.response_options, CAST(EXTRACT(epoch FROM now() - m.created_at) AS FLOAT) AS age)
  SELECT 0::INTEGER AS seq, 'user'::VARCHAR AS role, picked.content, CAST(NULL AS TEXT) AS tool_calls, json_build_object('conversation_id'::VARCHAR, claimed.id, 'user_id'::VARCHAR, claimed.user_id, 'lease_version'::VARCHAR, claimed.lease_version, 'last_seq'::VARCHAR, claimed.last_seq, 'question_id'::VARCHAR, picked.id, 'seq'::VARCHAR, picked.seq, 'attempts'::VARCHAR, picked.attempts, 'request_id'::VARCHAR, picked.request_id, 'age'::VARCHAR, picked.age, 'last_error'::VARCHAR, picked.error, 'lane'::VARCHAR, picked.lane, 'weight'::VARCHAR, (SELECT user_shares.weight 
 FROM user_shares 
 WHERE user_shares.user_id = claimed.user_id AND user_shares.lane = picked.lane), 'pending'::VARCHAR, (SELECT count(*) AS count_1 
 FROM messages AS p 
-WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing'))) AS claim 
+WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing')), 'options'::VARCHAR, picked.response_options, 'tool_outputs'::VARCHAR, picked.tool_calls) AS claim 
 FROM claimed LEFT OUTER JOIN picked ON true UNION ALL SELECT h.seq, CAST(h.role AS TEXT) AS role, h.content, CAST(h.tool_calls AS TEXT) AS tool_calls, NULL AS anon_2 
 FROM claimed JOIN picked ON true JOIN messages AS h ON h.conversation_id = claimed.id 
 WHERE (h.seq < picked.seq OR h.role = 'assistant') AND NOT h.superseded;
@@ -45,12 +45,12 @@ FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
 WHERE m.status IN ('queued', 'processing') ORDER BY m.seq 
  LIMIT 1::INTEGER), 
 picked AS 
-(UPDATE messages AS m SET status='processing', attempts=(m.attempts + 1::SMALLINT), not_before=NULL::TIMESTAMP WITH TIME ZONE, updated_at=now() FROM question WHERE m.id = question.id AND m.status IN ('queued') RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag, CAST(EXTRACT(epoch FROM now() - m.created_at) AS FLOAT) AS age)
+(UPDATE messages AS m SET status='processing', attempts=(m.attempts + 1::SMALLINT), not_before=NULL::TIMESTAMP WITH TIME ZONE, updated_at=now() FROM question WHERE m.id = question.id AND m.status IN ('queued') RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag, m.tool_calls, m.response_options, CAST(EXTRACT(epoch FROM now() - m.created_at) AS FLOAT) AS age)
  SELECT 0::INTEGER AS seq, 'user'::VARCHAR AS role, picked.content, CAST(NULL AS TEXT) AS tool_calls, json_build_object('conversation_id'::VARCHAR, claimed.id, 'user_id'::VARCHAR, claimed.user_id, 'lease_version'::VARCHAR, claimed.lease_version, 'last_seq'::VARCHAR, claimed.last_seq, 'question_id'::VARCHAR, picked.id, 'seq'::VARCHAR, picked.seq, 'attempts'::VARCHAR, picked.attempts, 'request_id'::VARCHAR, picked.request_id, 'age'::VARCHAR, picked.age, 'last_error'::VARCHAR, picked.error, 'lane'::VARCHAR, picked.lane, 'weight'::VARCHAR, (SELECT user_shares.weight 
 FROM user_shares 
 WHERE user_shares.user_id = claimed.user_id AND user_shares.lane = picked.lane), 'pending'::VARCHAR, (SELECT count(*) AS count_1 
 FROM messages AS p 
-WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing'))) AS claim 
+WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing')), 'options'::VARCHAR, picked.response_options, 'tool_outputs'::VARCHAR, picked.tool_calls) AS claim 
 FROM claimed LEFT OUTER JOIN picked ON true UNION ALL SELECT h.seq, CAST(h.role AS TEXT) AS role, h.content, CAST(h.tool_calls AS TEXT) AS tool_calls, NULL AS anon_2 
 FROM claimed JOIN picked ON true JOIN messages AS h ON h.conversation_id = claimed.id 
 WHERE (h.seq < picked.seq OR h.role = 'assistant') AND NOT h.superseded;
@@ -187,12 +187,12 @@ FROM messages AS m JOIN claimed ON m.conversation_id = claimed.id
 WHERE m.status IN ('queued', 'processing') ORDER BY m.seq 
  LIMIT 1::INTEGER), 
 picked AS 
-(UPDATE messages AS m SET status='processing', attempts=(m.attempts + 1::SMALLINT), not_before=NULL::TIMESTAMP WITH TIME ZONE, updated_at=now() FROM question WHERE m.id = question.id AND m.status IN ('queued') RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag, CAST(EXTRACT(epoch FROM now() - m.created_at) AS FLOAT) AS age)
+(UPDATE messages AS m SET status='processing', attempts=(m.attempts + 1::SMALLINT), not_before=NULL::TIMESTAMP WITH TIME ZONE, updated_at=now() FROM question WHERE m.id = question.id AND m.status IN ('queued') RETURNING m.id, m.seq, m.content, m.attempts, m.request_id, m.error, m.lane, m.fair_tag, m.tool_calls, m.response_options, CAST(EXTRACT(epoch FROM now() - m.created_at) AS FLOAT) AS age)
  SELECT 0::INTEGER AS seq, 'user'::VARCHAR AS role, picked.content, CAST(NULL AS TEXT) AS tool_calls, json_build_object('conversation_id'::VARCHAR, claimed.id, 'user_id'::VARCHAR, claimed.user_id, 'lease_version'::VARCHAR, claimed.lease_version, 'last_seq'::VARCHAR, claimed.last_seq, 'question_id'::VARCHAR, picked.id, 'seq'::VARCHAR, picked.seq, 'attempts'::VARCHAR, picked.attempts, 'request_id'::VARCHAR, picked.request_id, 'age'::VARCHAR, picked.age, 'last_error'::VARCHAR, picked.error, 'lane'::VARCHAR, picked.lane, 'weight'::VARCHAR, (SELECT user_shares.weight 
 FROM user_shares 
 WHERE user_shares.user_id = claimed.user_id AND user_shares.lane = picked.lane), 'pending'::VARCHAR, (SELECT count(*) AS count_1 
 FROM messages AS p 
-WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing'))) AS claim 
+WHERE p.conversation_id = claimed.id AND p.status IN ('queued', 'processing')), 'options'::VARCHAR, picked.response_options, 'tool_outputs'::VARCHAR, picked.tool_calls) AS claim 
 FROM claimed LEFT OUTER JOIN picked ON true UNION ALL SELECT h.seq, CAST(h.role AS TEXT) AS role, h.content, CAST(h.tool_calls AS TEXT) AS tool_calls, NULL AS anon_1 
 FROM claimed JOIN picked ON true JOIN messages AS h ON h.conversation_id = claimed.id 
 WHERE (h.seq < picked.seq OR h.role = 'assistant') AND NOT h.superseded;

@@ -63,6 +63,8 @@ class Question:
     last_error: str | None = None  # why the previous attempt did not answer, if one did not
     lane: Lane = Lane.INTERACTIVE
     weight: float = 1.0  # its user's, in the scheduler (the token's tier)
+    options: dict[str, Any] | None = None  # what a /v1/responses call asked of the answer
+    tool_outputs: list[dict[str, Any]] | None = None  # the outputs of the app's function calls it answers
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ def _question(lease: Lease, claimed: dict[str, Any], content: str | None, histor
         last_error=claimed.get("last_error"),
         lane=Lane(claimed.get("lane") or 0),
         weight=claimed.get("weight") or 1.0,
+        options=claimed.get("options"),
+        tool_outputs=claimed.get("tool_outputs"),
     )
 
 

@@ -21,7 +21,7 @@ from models.coordination.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER
 from models.policy import backoff
 
 from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
-from .engine import PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
+from .engine import AppRequest, PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
 from .outcomes import Answered, Cancelled, Deferred, Done, Failed, LeaseLost, NothingToDo, Requeued, Settled, Superseded
 from .runtime import Runtime, process_runtime
 
@@ -126,6 +126,8 @@ def _generate(runtime: Runtime, claimed: claims.Claimed, reserved: Reserved | No
                 tools=TodoTools(runtime.db, question.user, question.id),
                 on_delta=pieces,
                 written=written,
+                app=AppRequest.of(question.options),
+                tool_outputs=question.tool_outputs,
                 cancellation=cancellation,
                 reserved=reserved,
             ))

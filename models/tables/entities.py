@@ -153,6 +153,9 @@ class Message(Base):
     # user's virtual start time within the user (place_for_end_user(), migration 0014).
     end_user: Mapped[str | None] = mapped_column(String(128))
     end_user_tag: Mapped[float | None] = mapped_column(Float(precision=53))
+    # User messages from /v1/responses: what the call asked of the answer (instructions, the app's
+    # function tools and tool_choice, max_output_tokens; migration 0015), read by the worker.
+    response_options: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Assistant messages only: the question it answers. A question has one current reply
     # (uq_messages_current_reply); a regenerate supersedes it and keeps it as an earlier version.
     reply_to_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, g, jsonify, request, stream_with_context
-from sqlalchemy import insert, text
+from sqlalchemy import insert, text, update
 from sqlalchemy.orm import Session
 
 from models import Conversation, Lane, Message, Role, Status
@@ -115,7 +115,8 @@ def _ask(body: ChatCompletionIn) -> dict[str, Any]:
 
 
 def queue_question(history: list[tuple[Role, str]], question: str, *, conversation_id: uuid.UUID | None = None,
-                   temporary: bool, flex: bool, end_user: str | None = None) -> dict[str, Any]:
+                   temporary: bool, flex: bool, end_user: str | None = None,
+                   kept: dict[str, Any] | None = None) -> dict[str, Any]:
     """Store a /v1 call's question — in the conversation it continues, or in a new one holding
     `history` (`temporary`: deleted a day after its last message) — and queue it like any message
     (the job is sent once it committed); the question as the API shows it. With an
@@ -136,6 +137,8 @@ def queue_question(history: list[tuple[Role, str]], question: str, *, conversati
             accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
                                       request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
                                       start_rate=lambda: start_rate(redis))
+            if kept:  # what a /v1/responses call asked of the answer, for the worker, and the app's metadata
+                session.execute(update(Message).where(Message.id == accepted.message_id).values(**kept))
             if end_user is not None:  # its place among the user's, by its end user's fair share
                 session.execute(PLACE_FOR_END_USER, {"question": accepted.message_id, "end_user": end_user})
             if idempotency is not None:
@@ -178,7 +181,7 @@ def _answered(question: dict[str, Any], created: int) -> dict[str, Any]:
 
 @bp.post("/chat/completions")
 @operation("OpenAI: Chat Completions — the messages stored, queued and answered like any message",
-           body=ChatCompletionIn, responses={200: ChatCompletionOut}, errors=OpenAIError)
+           body=ChatCompletionIn, responses={200: (ChatCompletionOut, "text/event-stream")}, errors=OpenAIError)
 def chat_completions() -> Response:
     body = json_body(ChatCompletionIn)
     created = int(time.time())

@@ -14,10 +14,13 @@ The numbers, for a reply handed on in n pieces:
     2, 3         response.output_item.added, response.content_part.added   (with the first piece)
     4 … 3+n      response.output_text.delta, one a piece
     4+n … 6+n    response.output_text.done, response.content_part.done, response.output_item.done
-    7+n          the end: response.completed, .incomplete, or .failed (failed, expired or cancelled:
+    then         each function call of the app's tools: output_item.added, function_call_arguments
+                 .delta and .done, output_item.done (four each)
+    last         the end: response.completed, .incomplete, or .failed (failed, expired or cancelled:
                  the response inside says which)
 
-Without text the end follows in_progress (or created, for a response never started).
+Without text what follows the text's events comes after in_progress (or created, for a response
+never started).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ FIRST_DELTA = 4  # created, in_progress, output_item.added, content_part.added c
 class Progress:
     """What is known of a response now: the response object as it reads now, whether a worker
     ever claimed it, the pieces of its text handed on so far (all of them once final), and
-    whether it is final."""
+    whether it is final. Its function calls (the app's tools) are in the final response's output."""
 
     response: dict[str, Any]
     started: bool
@@ -50,51 +53,62 @@ class Progress:
 
 def events_after(progress: Progress, after: int) -> Iterator[dict[str, Any]]:
     """The events numbered after `after` that `progress` already determines, in order."""
-    response, pieces = progress.response, progress.pieces
-    item_id = reply_item_id(response["id"].removeprefix("resp_"))
-    text = "".join(pieces)
-    known = _known(progress)
-    for number in range(after + 1, known):
-        yield {"sequence_number": number, **_event(number, progress, item_id, text)}
+    head = _head(progress)
+    tail = _tail(progress, reply_item_id(progress.response["id"].removeprefix("resp_"))) if progress.final else []
+    for number in range(after + 1, head + len(tail)):
+        event = _head_event(number, progress) if number < head else tail[number - head]
+        yield {"sequence_number": number, **event}
 
 
-def _known(progress: Progress) -> int:
-    """How many events `progress` determines (numbered 0 … that − 1)."""
+def _head(progress: Progress) -> int:
+    """How many events come before the end: created, in_progress, and the text's while written."""
     if progress.pieces:
-        return FIRST_DELTA + len(progress.pieces) + (4 if progress.final else 0)
-    count = 2 if progress.started else 1
-    return count + (1 if progress.final else 0)
+        return FIRST_DELTA + len(progress.pieces)
+    return 2 if progress.started else 1
 
 
-def _event(number: int, progress: Progress, item_id: str, text: str) -> dict[str, Any]:
-    response, pieces = progress.response, progress.pieces
-    ending = _known(progress) - 1 if progress.final else None
-    if number == ending:
-        return {"type": ENDINGS[response["status"]], "response": response}
+def _head_event(number: int, progress: Progress) -> dict[str, Any]:
+    response = progress.response
     if number == 0:
         return {"type": "response.created", "response": _snapshot(response, "queued")}
     if number == 1:
         return {"type": "response.in_progress", "response": _snapshot(response, "in_progress")}
-    where = {"item_id": item_id, "output_index": 0}
-    part = {"type": "output_text", "text": "", "annotations": []}
+    where = {"item_id": reply_item_id(response["id"].removeprefix("resp_")), "output_index": 0}
     if number == 2:
         return {"type": "response.output_item.added", "output_index": 0,
-                "item": {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant",
+                "item": {"type": "message", "id": where["item_id"], "status": "in_progress", "role": "assistant",
                          "content": []}}
     if number == 3:
-        return {"type": "response.content_part.added", **where, "content_index": 0, "part": part}
-    piece = number - FIRST_DELTA
-    if piece < len(pieces):
-        return {"type": "response.output_text.delta", **where, "content_index": 0, "delta": pieces[piece],
-                "logprobs": []}
-    after_text = piece - len(pieces)
-    if after_text == 0:
-        return {"type": "response.output_text.done", **where, "content_index": 0, "text": text, "logprobs": []}
-    if after_text == 1:
-        return {"type": "response.content_part.done", **where, "content_index": 0, "part": {**part, "text": text}}
-    return {"type": "response.output_item.done", "output_index": 0,
-            "item": {"type": "message", "id": item_id, "status": "completed", "role": "assistant",
-                     "content": [{**part, "text": text}]}}
+        return {"type": "response.content_part.added", **where, "content_index": 0, "part": _part("")}
+    return {"type": "response.output_text.delta", **where, "content_index": 0,
+            "delta": progress.pieces[number - FIRST_DELTA], "logprobs": []}
+
+
+def _tail(progress: Progress, item_id: str) -> list[dict[str, Any]]:
+    """The events of a final response after its text's deltas: the text done, each function call
+    (added, its arguments, done), and the end."""
+    response, tail = progress.response, []
+    if progress.pieces:
+        text, where = "".join(progress.pieces), {"item_id": item_id, "output_index": 0}
+        tail += [{"type": "response.output_text.done", **where, "content_index": 0, "text": text, "logprobs": []},
+                 {"type": "response.content_part.done", **where, "content_index": 0, "part": _part(text)},
+                 {"type": "response.output_item.done", "output_index": 0,
+                  "item": {"type": "message", "id": item_id, "status": "completed", "role": "assistant",
+                           "content": [_part(text)]}}]
+    calls = [item for item in response["output"] if item["type"] == "function_call"]
+    for index, call in enumerate(calls, start=1 if progress.pieces else 0):
+        where = {"item_id": call["id"], "output_index": index}
+        tail += [{"type": "response.output_item.added", "output_index": index,
+                  "item": {**call, "arguments": "", "status": "in_progress"}},
+                 {"type": "response.function_call_arguments.delta", **where, "delta": call["arguments"]},
+                 {"type": "response.function_call_arguments.done", **where, "name": call["name"],
+                  "arguments": call["arguments"]},
+                 {"type": "response.output_item.done", "output_index": index, "item": call}]
+    return [*tail, {"type": ENDINGS[response["status"]], "response": response}]
+
+
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": []}
 
 
 def _snapshot(response: dict[str, Any], status: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -56,8 +57,10 @@ def _epoch(stamp: str) -> int:
     return int(datetime.fromisoformat(stamp).timestamp())
 
 
-def as_response(question: dict[str, Any], *, background: bool = False) -> dict[str, Any]:
-    """A chatq question (as the API shows it) as an OpenAI Response."""
+def as_response(question: dict[str, Any], asked: Asked | None = None, *,
+                background: bool = False) -> dict[str, Any]:
+    """A chatq question (as the API shows it) as an OpenAI Response, with what its call asked."""
+    asked = asked or Asked()
     reply = question.get("reply") or {}
     status = STATUSES[question["status"]]
     if status == "completed" and reply.get("finish") == "length":
@@ -68,6 +71,7 @@ def as_response(question: dict[str, Any], *, background: bool = False) -> dict[s
         output.append({"type": "message", "id": reply_item_id(question["id"]), "role": "assistant",
                        "status": "completed" if reply else "in_progress",
                        "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    output += _function_calls(reply)
     usage = reply.get("usage") or {}
     tokens_in, tokens_out = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
     failed = question["status"] in ("failed", "expired")
@@ -81,12 +85,101 @@ def as_response(question: dict[str, Any], *, background: bool = False) -> dict[s
         "error": {"code": "server_error", "message": question.get("error") or question["status"]} if failed else None,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "conversation": {"id": conversation_id(question["conversation_id"])},
-        "instructions": None, "metadata": {}, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True,
+        "instructions": asked.options.get("instructions"), "metadata": asked.metadata,
+        "tools": asked.options.get("responses_tools", []), "tool_choice": asked.options.get("responses_tool_choice",
+                                                                                          "auto"),
+        "max_output_tokens": asked.options.get("max_output_tokens"), "parallel_tool_calls": True,
         "temperature": None, "top_p": None, "text": {"format": {"type": "text"}}, "store": True,
     }
     if question.get("queue") is not None:
         body["queue"] = question["queue"]  # chatq's: how many start before it, and when it should
     return body
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a response's call asked that the question's row keeps: its options (as the worker
+    reads them, and as the call gave them) and the app's metadata."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # of the app's function calls it answers
+
+
+_ASKED = select(Message.response_options, Message.app_metadata, Message.tool_calls).where(
+    Message.id == bindparam("question"), Message.user_id == bindparam("user"))
+
+
+def _asked(question_id: uuid.UUID | str) -> Asked:
+    row = reader().execute(_ASKED, {"question": uuid.UUID(str(question_id)), "user": g.user}).first()
+    if row is None:
+        return Asked()
+    return Asked(row.response_options or {}, row.app_metadata or {}, row.tool_calls or [])
+
+
+def _function_calls(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply's calls of the app's own tools as function_call items; `call_id` is the id the
+    model was shown the call by (worker/engine/openai_compat.py call_id): the app answers it."""
+    calls = []
+    for index, call in enumerate(reply.get("tool_calls") or []):
+        if call.get("client"):
+            ident = f"call_{reply['seq']}_{index}"
+            calls.append({"type": "function_call", "id": f"fc_{uuid.UUID(reply['id']).hex}_{index}",
+                          "call_id": ident, "name": call["name"], "arguments": json.dumps(call.get("arguments", {})),
+                          "status": "completed"})
+    return calls
+
+
+def _app_tools(body: ResponseIn) -> dict[str, Any]:
+    """The call's function tools and tool_choice, as the worker sends them to a model server (and
+    as the call gave them, to show back); refused with the built-in engine, which runs its own
+    tools only, and for any tool that is not a function."""
+    if not body.tools:
+        return {}
+    if services().settings.engine == "builtin":
+        raise Problem(400, "tools: the built-in assistant calls its own tools only; function tools are sent to "
+                      "a model server (ENGINE=openai)", slug="unsupported-field")
+    tools = []
+    for index, tool in enumerate(body.tools):
+        if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+            raise Problem(400, f"tools[{index}]: chatq takes function tools (with a name) only, not "
+                          f"{tool.get('type')!r}", slug="unsupported-field")
+        tools.append({"type": "function", "function": {key: tool[key] for key in ("name", "description", "parameters")
+                                                       if key in tool}})
+    options: dict[str, Any] = {"tools": tools, "responses_tools": body.tools}
+    choice = body.tool_choice
+    if choice is not None:
+        options["responses_tool_choice"] = choice
+        options["tool_choice"] = ({"type": "function", "function": {"name": choice.get("name")}}
+                                  if isinstance(choice, dict) and choice.get("type") == "function" else choice)
+    return options
+
+
+def _function_outputs(body: ResponseIn) -> list[dict[str, Any]]:
+    """The outputs of the app's function calls the input carries (then it carries nothing else)."""
+    if isinstance(body.input, str):
+        return []
+    outputs = [item for item in body.input if item.get("type") == "function_call_output"]
+    if not outputs:
+        return []
+    if len(outputs) != len(body.input):
+        raise Problem(400, "input: function_call_output items come alone, answering the calls of "
+                      "previous_response_id", slug="unsupported-field")
+    if body.previous_response_id is None:
+        raise Problem(400, "previous_response_id: function_call_output items answer the calls of a previous "
+                      "response: name it", slug="unsupported-field")
+    for index, item in enumerate(outputs):
+        if not isinstance(item.get("call_id"), str) or not isinstance(item.get("output"), str):
+            raise Problem(422, f"input[{index}]: a function_call_output has a call_id and an output (text)",
+                          slug="invalid-field")
+    previous = parsed(body.previous_response_id, "resp_", "response")
+    calls = {call["call_id"] for call in _function_calls(
+        _as_response_or_404(lambda: message_view(previous)[0]).get("reply") or {})}
+    unknown = [item["call_id"] for item in outputs if item["call_id"] not in calls]
+    if unknown:
+        raise Problem(400, f"input: no call of the previous response has call_id {unknown[0]!r}",
+                      slug="unsupported-field")
+    return [{"call_id": item["call_id"], "output": item["output"]} for item in outputs]
 
 
 def _continued(previous: str | None, conversation: str | dict[str, Any] | None) -> uuid.UUID | None:
@@ -120,12 +213,16 @@ def _continued(previous: str | None, conversation: str | dict[str, Any] | None) 
 
 @bp.post("/responses")
 @operation("OpenAI: create a response — queued like any message; background answers at once",
-           body=ResponseIn, responses={200: ResponseOut}, errors=OpenAIError)
+           body=ResponseIn, responses={200: (ResponseOut, "text/event-stream")}, errors=OpenAIError)
 def create_response() -> Response:
     body = json_body(ResponseIn)
-    if body.tools:
-        raise Problem(400, "tools: not supported on /v1/responses yet", slug="unsupported-field")
-    turns = input_turns(body.input)
+    options = _app_tools(body)
+    options.update({name: getattr(body, name) for name in ("instructions", "max_output_tokens")
+                    if getattr(body, name) is not None})
+    outputs = _function_outputs(body)
+    # The outputs of the app's function calls are the question; its text says what they were.
+    turns = [(Role.USER, "\n".join(o["output"] for o in outputs)[:8000] or "(no output)")] if outputs \
+        else input_turns(body.input)
     if not turns or turns[-1][0] is not Role.USER or not turns[-1][1].strip():
         raise Problem(422, "input: the last item must be the user's text (the question to answer)",
                       slug="invalid-field")
@@ -136,9 +233,13 @@ def create_response() -> Response:
     if conversation_id is not None and history:
         raise Problem(400, "input: a response that continues a conversation takes one user message",
                       slug="unsupported-field")
+    asked = Asked(options, body.metadata or {})
+    kept = {"response_options": options or None, "app_metadata": body.metadata, "tool_calls": outputs or None}
+
     def queued() -> dict[str, Any]:
         return queue_question(history, question, conversation_id=conversation_id, temporary=not body.store,
-                              flex=body.service_tier == "flex", end_user=body.safety_identifier or body.user)
+                              flex=body.service_tier == "flex", end_user=body.safety_identifier or body.user,
+                              kept={name: value for name, value in kept.items() if value is not None})
 
     if body.stream:
         return _event_stream(queued, after=-1, background=body.background)
@@ -146,7 +247,7 @@ def create_response() -> Response:
         shown = queued()
         if not body.background:
             shown = answer_of(shown)
-    return jsonify(as_response(shown, background=body.background))
+    return jsonify(as_response(shown, asked, background=body.background))
 
 
 def _shown(response: str) -> dict[str, Any]:
@@ -159,11 +260,11 @@ def _shown(response: str) -> dict[str, Any]:
 
 @bp.get("/responses/<response>")
 @operation("OpenAI: a response as it is now; with stream=true its events after starting_after, live "
-           "until it ends", responses={200: ResponseOut}, errors=OpenAIError)
+           "until it ends", responses={200: (ResponseOut, "text/event-stream")}, errors=OpenAIError)
 def get_response(response: str) -> Response:
     shown = _shown(response)
     if request.args.get("stream", "false").lower() not in ("true", "1"):
-        return jsonify(as_response(shown))
+        return jsonify(as_response(shown, _asked(shown["id"])))
     raw = request.args.get("starting_after", "-1")
     if not raw.lstrip("-").isdigit() or int(raw) < -1 or len(raw) > 9:
         raise Problem(400, "starting_after: a sequence number (0, 1, 2 …)", slug="invalid-field")
@@ -192,7 +293,8 @@ def _progress(ident: uuid.UUID, background: bool) -> tuple[Progress, int]:
         pieces = read_pieces(services().redis, ident, row.attempts, 0)
     else:
         pieces = []
-    return Progress(as_response(shown, background=background), row.attempts > 0, pieces, final), row.attempts
+    return (Progress(as_response(shown, _asked(ident), background=background), row.attempts > 0, pieces, final),
+            row.attempts)
 
 
 def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, background: bool) -> Response:
@@ -254,7 +356,7 @@ def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, backgro
            responses={200: ResponseOut}, errors=OpenAIError)
 def cancel_response(response: str) -> Response:
     question_id = parsed(response, "resp_", "response")
-    return jsonify(as_response(_as_response_or_404(lambda: cancel_question(str(question_id)))))
+    return jsonify(as_response(_as_response_or_404(lambda: cancel_question(str(question_id))), _asked(question_id)))
 
 
 def _as_response_or_404(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -283,8 +385,12 @@ def delete_response(response: str) -> Response:
 @operation("OpenAI: the items a response was given", responses={200: InputItemList}, errors=OpenAIError)
 def input_items(response: str) -> Response:
     shown = _shown(response)
-    item = {"type": "message", "id": f"msg_{uuid.UUID(shown['id']).hex}", "role": "user", "status": "completed",
-            "content": [{"type": "input_text", "text": shown["content"]}]}
-    return jsonify({"object": "list", "data": [item], "first_id": item["id"], "last_id": item["id"],
+    outputs = _asked(shown["id"]).outputs
+    items = [{"type": "function_call_output", "id": f"fco_{uuid.UUID(shown['id']).hex}_{index}",
+              "call_id": output["call_id"], "output": output["output"], "status": "completed"}
+             for index, output in enumerate(outputs)] or [
+        {"type": "message", "id": f"msg_{uuid.UUID(shown['id']).hex}", "role": "user", "status": "completed",
+         "content": [{"type": "input_text", "text": shown["content"]}]}]
+    return jsonify({"object": "list", "data": items, "first_id": items[0]["id"], "last_id": items[-1]["id"],
                     "has_more": False})
 

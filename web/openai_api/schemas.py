@@ -57,6 +57,11 @@ class ResponseIn(_Open):
     service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
     safety_identifier: EndUser | None = None
     user: EndUser | None = None
+    instructions: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    max_output_tokens: int | None = Field(default=None, ge=16, le=1_000_000)
+    tool_choice: str | dict[str, Any] | None = None
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)],
+                   Annotated[str, StringConstraints(max_length=512)]] | None = Field(default=None, max_length=16)
 
 
 class _Out(BaseModel):

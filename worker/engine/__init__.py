@@ -7,6 +7,7 @@ import redis
 from models import Settings
 
 from .base import (
+    AppRequest,
     Cancellation,
     EngineError,
     History,
@@ -48,6 +49,7 @@ def make_reply_engine(settings: Settings, client: redis.Redis) -> ReplyEngine:
 
 
 __all__ = [
+    "AppRequest",
     "BuiltinEngine",
     "Cancellation",
     "EngineError",

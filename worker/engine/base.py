@@ -112,6 +112,25 @@ class Cancellation:
 
 
 @dataclass(frozen=True)
+class AppRequest:
+    """What an app asked of the answer through /v1/responses (docs/openai.md): `instructions` (the
+    model's system prompt), function tools of its own in Chat Completions' shape (a call of one
+    ends the reply: the app runs it and answers with its output), `tool_choice`, and a cap on the
+    answer's tokens. Engines without a model read none of it."""
+
+    instructions: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = None
+    max_output_tokens: int | None = None
+
+    @classmethod
+    def of(cls, options: dict[str, Any] | None) -> AppRequest:
+        options = options or {}
+        return cls(instructions=options.get("instructions"), tools=options.get("tools") or [],
+                   tool_choice=options.get("tool_choice"), max_output_tokens=options.get("max_output_tokens"))
+
+
+@dataclass(frozen=True)
 class ReplyRequest:
     user: str
     conversation_id: uuid.UUID
@@ -126,6 +145,9 @@ class ReplyRequest:
     # The reply's text an earlier attempt already handed on (a worker died mid-reply): the reply
     # begins with it, and the engine hands on only what follows (`continued`).
     written: str = ""
+    app: AppRequest = field(default_factory=AppRequest)
+    # The question answers the app's function calls: their outputs, [{"call_id", "output"}].
+    tool_outputs: list[dict[str, Any]] | None = None
     cancellation: Cancellation = field(default_factory=Cancellation)
     # What the engine reserved for this request before its message was claimed (ReplyEngine.reserve).
     reserved: Reserved | None = None

@@ -35,7 +35,7 @@ from models.policy import backoff
 
 from .. import metrics
 from . import context
-from .base import Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
+from .base import AppRequest, Cancellation, PermanentEngineError, Reply, ReplyRequest, TransientEngineError, Turn
 from .openai_wire import BACKOFF_CAP, Answer, add_usage, error_text, hang_up, read_json, read_stream, retry_after
 from .pool import NoServer, Pool, Slot
 from .tools import TodoTools
@@ -82,19 +82,34 @@ def call_id(turn: Turn, index: int) -> str:
     return f"call_{turn.seq}_{index}"
 
 
-def history_messages(system_prompt: str, history: Sequence[Turn], content: str) -> list[dict[str, Any]]:
+def history_messages(system_prompt: str, history: Sequence[Turn], content: str,
+                     tool_outputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The conversation as Chat Completions messages. A reply's tool calls come with their results;
+    a call of the app's own tools (`"client": true`) has none there — the user message after it
+    carries its output (`tool_outputs`), and is sent as the tool's message."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
     for turn in history:
         if turn.role == "assistant" and turn.tool_calls:
             calls = [{"id": call_id(turn, i), "type": "function",
                       "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}
                      for i, call in enumerate(turn.tool_calls)]
-            messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+            apps = any(call.get("client") for call in turn.tool_calls)
+            messages.append({"role": "assistant", "content": (turn.content or None) if apps else None,
+                             "tool_calls": calls})
             messages += [{"role": "tool", "tool_call_id": call_id(turn, i), "content": json.dumps(call.get("result"))}
-                         for i, call in enumerate(turn.tool_calls)]
+                         for i, call in enumerate(turn.tool_calls) if not call.get("client")]
+            if apps:
+                continue  # its text came with the calls; the app's outputs follow
+        elif turn.role == "user" and turn.tool_calls:
+            messages += _outputs(turn.tool_calls)
+            continue
         messages.append({"role": turn.role, "content": turn.content})
-    messages.append({"role": "user", "content": content})
+    messages += _outputs(tool_outputs) if tool_outputs else [{"role": "user", "content": content}]
     return messages
+
+
+def _outputs(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": "tool", "tool_call_id": output["call_id"], "content": output["output"]} for output in outputs]
 
 
 def run_tool(tools: TodoTools, name: str, raw_arguments: str) -> dict[str, Any]:
@@ -127,7 +142,8 @@ class OpenAICompatibleEngine:
         place = self.pool.preferred(request.conversation_id)
         likely = place.server if place is not None else self.pool.servers[0]
         room = self._context_tokens(likely) - self.config.max_tokens
-        fixed_texts = (self.config.system_prompt, request.content, json.dumps(TOOLS))
+        fixed_texts = (request.app.instructions or self.config.system_prompt, request.content,
+                       json.dumps([*TOOLS, *request.app.tools]), json.dumps(request.tool_outputs or []))
         count = context.ServerTokenizer(likely.url, _headers(likely), timeout=5)
         if context.fits_whole(request.history, fixed_texts, room):  # most conversations: no counting
             budget, window = room, context.Window(list(request.history), len(request.history))
@@ -147,7 +163,9 @@ class OpenAICompatibleEngine:
         raise PermanentEngineError("The model server kept answering that the history does not fit its context.")
 
     def _generate(self, request: ReplyRequest, window: context.Window) -> Reply:
-        messages = history_messages(self.config.system_prompt, window.turns, request.content)
+        messages = history_messages(request.app.instructions or self.config.system_prompt, window.turns,
+                                    request.content, request.tool_outputs)
+        apps_tools = {tool["function"]["name"] for tool in request.app.tools}
         sent = {"messages_sent": len(window.turns), "messages_total": window.total}
         cancellation = request.cancellation
         usage: dict[str, int] | None = None
@@ -166,6 +184,16 @@ class OpenAICompatibleEngine:
                 return Reply(content=said + answer.content, tool_calls=list(request.tools.calls),
                              finish=answer.finish, usage=usage, context=sent, model=model)
             said, prefix = said + answer.content, ""
+            theirs = [call for call in answer.tool_calls if call["name"] in apps_tools - TOOL_NAMES]
+            if theirs:  # the app runs these: the reply ends with them (ours run first, and are kept)
+                for call in answer.tool_calls:
+                    if call not in theirs:
+                        run_tool(request.tools, call["name"], call["arguments"])
+                # Whole calls were parsed: the reply is complete whatever the server cut after them.
+                return Reply(content=said, finish=Finish.STOP, usage=usage, context=sent, model=model,
+                             tool_calls=[*request.tools.calls, *({"name": call["name"], "client": True,
+                                                                  "arguments": json.loads(_as_json(call["arguments"]))}
+                                                                 for call in theirs)])
             messages.append({"role": "assistant", "content": answer.content or None, "tool_calls": [
                 {"id": call["id"], "type": "function", "function": {"name": call["name"],
                                                                     "arguments": _as_json(call["arguments"])}}
@@ -202,7 +230,7 @@ class OpenAICompatibleEngine:
                     if slot is None:
                         return Answer(content=prefix, tool_calls=[], finish="cancelled"), None
                     try:
-                        answer = self._request(slot, asked, deltas, cancellation)
+                        answer = self._request(slot, asked, deltas, cancellation, request.app)
                     except _Retryable as error:
                         last = error
                         failed_on.add(slot.server.key)
@@ -225,10 +253,13 @@ class OpenAICompatibleEngine:
         raise TransientEngineError(str(last))
 
     def _request(self, slot: Slot, messages: list[dict[str, Any]], deltas: _Deltas,
-                 cancellation: Cancellation) -> Answer:
+                 cancellation: Cancellation, app: AppRequest) -> Answer:
         server = slot.server
-        body: dict[str, Any] = {"model": server.model, "messages": messages, "tools": TOOLS,
-                                "stream": self.config.stream, "max_tokens": self.config.max_tokens}
+        max_tokens = min(self.config.max_tokens, app.max_output_tokens or self.config.max_tokens)
+        body: dict[str, Any] = {"model": server.model, "messages": messages, "tools": [*TOOLS, *app.tools],
+                                "stream": self.config.stream, "max_tokens": max_tokens}
+        if app.tool_choice is not None:
+            body["tool_choice"] = app.tool_choice
         if server.pin_slots:
             body["id_slot"] = slot.index
         if self.config.stream:
