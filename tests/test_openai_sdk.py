@@ -154,10 +154,16 @@ def test_a_synchronous_chain_through_previous_response_id_is_answered_from_the_h
                                      previous_response_id=first.id)
     assert second.status == "completed" and "feed the cat" in second.output_text, second.output_text
     assert second.conversation.id == first.conversation.id
-    # Continuing from a response that is no longer the latest would fork: refused, naming the field.
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.responses.create(model="chatq-assistant", input="and?", previous_response_id=first.id)
-    assert refused.value.body["param"] == "previous_response_id"
+    # Continued from a response that is no longer the latest: a copy of the conversation up to it,
+    # answered from that history alone; the original is left as it was.
+    client.responses.create(model="chatq-assistant", input="Add task: feed the dog", previous_response_id=second.id)
+    forked = client.responses.create(model="chatq-assistant", input="what did I just add?",
+                                     previous_response_id=first.id)
+    assert forked.conversation.id != first.conversation.id and "feed the cat" in forked.output_text
+    copied = api.get(f"/api/v1/conversations/{uuid.UUID(forked.conversation.id[5:])}/messages").json()["items"]
+    assert [m["content"] for m in copied][:2] == ["Add task: feed the cat", first.output_text] and len(copied) == 4
+    original = api.get(f"/api/v1/conversations/{uuid.UUID(first.conversation.id[5:])}/messages").json()["items"]
+    assert len(original) == 6
     # Deleted: every later call on it answers 404.
     client.responses.delete(second.id)
     with pytest.raises(openai.NotFoundError):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, g, jsonify, request, stream_with_context
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from models import Conversation, Lane, Message, Role, Status
@@ -84,6 +84,38 @@ def start_conversation(session: Session, user: str, turns: list[tuple[Role, str]
     return conversation_id
 
 
+COPIED = ("role", "content", "tool_calls", "finish", "usage", "context", "model", "question_content", "pieces",
+          "context_seq", "request_id")
+
+
+def copy_conversation(session: Session, user: str, conversation_id: uuid.UUID, question_seq: int) -> uuid.UUID:
+    """A new conversation of the user's holding a copy of this one up to its question `question_seq`
+    and that question's current reply (a response continued from an earlier point: docs/openai.md),
+    numbered 1, 2, 3 …; questions answered there read answered, the others cancelled."""
+    source = session.get(Conversation, conversation_id)
+    assert source is not None and source.user_id == user
+    reply_seq = session.scalar(select(Message.seq).where(
+        Message.conversation_id == conversation_id, Message.superseded.is_(False),
+        Message.reply_to_id == select(Message.id).where(Message.conversation_id == conversation_id,
+                                                        Message.seq == question_seq).scalar_subquery()))
+    kept = list(session.scalars(select(Message).where(
+        Message.conversation_id == conversation_id, Message.superseded.is_(False),
+        Message.seq <= (reply_seq or question_seq)).order_by(Message.seq)))
+    copy = uuid.uuid4()
+    session.execute(insert(Conversation).values(id=copy, user_id=user, title=source.title, last_seq=len(kept),
+                                                lease_version=0, temporary=source.temporary))
+    new_ids = {row.id: uuid.uuid4() for row in kept}
+    answered = {row.reply_to_id for row in kept if row.reply_to_id is not None}
+    rows = [{"id": new_ids[row.id], "conversation_id": copy, "user_id": user, "seq": seq, "attempts": 0,
+             "reply_to_id": new_ids.get(row.reply_to_id) if row.reply_to_id else None,
+             "status": (Status.ANSWERED if row.id in answered else Status.CANCELLED) if row.role is Role.USER
+             else None, **{name: getattr(row, name) for name in COPIED}}
+            for seq, row in enumerate(kept, start=1)]
+    if rows:
+        session.execute(insert(Message), rows)
+    return copy
+
+
 def turn_rows(session: Session, conversation_id: uuid.UUID, user: str, turns: list[tuple[Role, str]],
               first_seq: int) -> list[Message]:
     """Store turns as the conversation's messages `first_seq`, `first_seq` + 1 … (the caller has
@@ -116,7 +148,7 @@ def _ask(body: ChatCompletionIn) -> dict[str, Any]:
 
 def queue_question(history: list[tuple[Role, str]], question: str, *, conversation_id: uuid.UUID | None = None,
                    temporary: bool, flex: bool, end_user: str | None = None,
-                   kept: dict[str, Any] | None = None) -> dict[str, Any]:
+                   kept: dict[str, Any] | None = None, copy_of: tuple[uuid.UUID, int] | None = None) -> dict[str, Any]:
     """Store a /v1 call's question — in the conversation it continues, or in a new one holding
     `history` (`temporary`: deleted a day after its last message) — and queue it like any message
     (the job is sent once it committed); the question as the API shows it. With an
@@ -130,7 +162,9 @@ def queue_question(history: list[tuple[Role, str]], question: str, *, conversati
         if stored is not None:  # a retry: the first call's question (reserved before anything is stored)
             g.idempotent_replayed = True
             replayed = uuid.UUID(stored.body["message"]["id"])
-        if conversation_id is None and stored is None:
+        if copy_of is not None and stored is None:
+            conversation_id = copy_conversation(session, g.user, *copy_of)
+        elif conversation_id is None and stored is None:
             conversation_id = start_conversation(session, g.user, history, " ".join(question.split())[:TITLE_CHARS],
                                                  temporary=temporary)
         if stored is None:

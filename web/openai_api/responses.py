@@ -182,9 +182,19 @@ def _function_outputs(body: ResponseIn) -> list[dict[str, Any]]:
     return [{"call_id": item["call_id"], "output": item["output"]} for item in outputs]
 
 
-def _continued(previous: str | None, conversation: str | dict[str, Any] | None) -> uuid.UUID | None:
-    """The chatq conversation a response continues: its previous response's (which must be that
-    conversation's latest question) or the one named (its id, or `{"id"}`); None for a new one."""
+@dataclass(frozen=True)
+class Fork:
+    """A response continues an earlier point of a conversation: a copy of it up to that question
+    (and its reply) is made in the transaction that stores the new question."""
+
+    conversation_id: uuid.UUID
+    question_seq: int
+
+
+def _continued(previous: str | None, conversation: str | dict[str, Any] | None) -> uuid.UUID | Fork | None:
+    """The chatq conversation a response continues: its previous response's (when that is the
+    conversation's latest question; else a copy up to it) or the one named (its id, or `{"id"}`);
+    None for a new one."""
     if isinstance(conversation, dict):
         conversation = str(conversation.get("id") or "")
     if previous is not None and conversation is not None:
@@ -198,17 +208,19 @@ def _continued(previous: str | None, conversation: str | dict[str, Any] | None) 
         return conversation_id
     if previous is None:
         return None
-    question = reader().execute(select(Message.conversation_id, Message.seq).where(
+    question = reader().execute(select(Message.conversation_id, Message.seq, Message.status).where(
         Message.id == parsed(previous, "resp_", "response"), Message.user_id == g.user,
         Message.role == Role.USER)).first()
     if question is None:
         raise Problem(404, "No such response.")
     latest = reader().scalar(select(Message.seq).where(Message.conversation_id == question.conversation_id,
                                                        Message.role == Role.USER).order_by(Message.seq.desc()).limit(1))
-    if latest != question.seq:
-        raise Problem(400, "previous_response_id: continuing from a response that is not its conversation's "
-                      "latest is not supported yet", slug="unsupported-field")
-    return question.conversation_id
+    if latest == question.seq:
+        return question.conversation_id
+    if question.status.value not in FINAL:
+        raise Problem(400, "previous_response_id: that response is not finished, and later ones follow it; "
+                      "continue from it once it is", slug="unsupported-field")
+    return Fork(question.conversation_id, question.seq)
 
 
 @bp.post("/responses")
@@ -237,6 +249,12 @@ def create_response() -> Response:
     kept = {"response_options": options or None, "app_metadata": body.metadata, "tool_calls": outputs or None}
 
     def queued() -> dict[str, Any]:
+        if isinstance(conversation_id, Fork):
+            return queue_question(history, question, copy_of=(conversation_id.conversation_id,
+                                                              conversation_id.question_seq),
+                                  temporary=not body.store, flex=body.service_tier == "flex",
+                                  end_user=body.safety_identifier or body.user,
+                                  kept={name: value for name, value in kept.items() if value is not None})
         return queue_question(history, question, conversation_id=conversation_id, temporary=not body.store,
                               flex=body.service_tier == "flex", end_user=body.safety_identifier or body.user,
                               kept={name: value for name, value in kept.items() if value is not None})
