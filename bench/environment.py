@@ -17,7 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 # Each bench's Redis database, chosen here only, so that no two benches share one (web_cpu.py's is
 # 11, fairness.py's 6). The tests' are tests/support.py's: a bench and `make test` against the same
 # Redis server may meet, so run them one at a time.
-REDIS_DATABASES = {"data": 5, "models": 7, "webhooks": 8, "lease": 9, "floor": 10, "waits": 12, "matrix": 13}
+REDIS_DATABASES = {"data": 5, "openai": 6, "models": 7, "webhooks": 8, "lease": 9, "floor": 10, "waits": 12,
+                   "matrix": 13}
 
 
 def private_tmpdir(bench: str) -> str:
