@@ -22,7 +22,7 @@ from models.coordination.messaging import announce, read_partials, send_answer_j
 from models.coordination.queue_figures import start_rate
 from models.coordination.signals import conversation_channel, delta_channel, message_channel
 
-from ..accept import Asked, accept_message, remember_answer, reserve_key
+from ..accept import Asked, Lifetime, accept_message, is_one_statement, remember_answer, reserve_key
 from ..inputs import idempotency_of, json_body
 from ..problems import Problem
 from ..services import after_commit, release_db, services, transaction, use_wait_pool
@@ -156,21 +156,28 @@ def queue_question(history: list[tuple[Role, str]], question: str, *, conversati
     settings, redis = services().settings, services().redis
     asked = Asked(lane=Lane.BATCH if flex else Lane.INTERACTIVE, weight=settings.weight_of(g.tier))
     idempotency = idempotency_of(request.path, request.get_json(silent=True) or {})
-    with transaction() as session:
-        refuse_while_erasing(session, g.user)
+    # Anything written before the question (a key, a copy, the history) waits for no erasure; a
+    # plain question is stored as /api/v1 stores one, in one statement (which refuses an erasure).
+    writes_first = idempotency is not None or copy_of is not None or (conversation_id is None and bool(history))
+    one_statement = not writes_first and not kept and end_user is None and is_one_statement(settings, None, "enqueue")
+    with transaction(autocommit=one_statement) as session:
+        if writes_first:
+            refuse_while_erasing(session, g.user)
         stored = reserve_key(session, g.user, *idempotency) if idempotency is not None else None
         if stored is not None:  # a retry: the first call's question (reserved before anything is stored)
             g.idempotent_replayed = True
             replayed = uuid.UUID(stored.body["message"]["id"])
         if copy_of is not None and stored is None:
             conversation_id = copy_conversation(session, g.user, *copy_of)
-        elif conversation_id is None and stored is None:
+        elif conversation_id is None and history and stored is None:
             conversation_id = start_conversation(session, g.user, history, " ".join(question.split())[:TITLE_CHARS],
                                                  temporary=temporary)
         if stored is None:
-            accepted = accept_message(session, user=g.user, content=question, conversation_id=str(conversation_id),
+            accepted = accept_message(session, user=g.user, content=question,
+                                      conversation_id=str(conversation_id) if conversation_id else None,
                                       request_id=g.request_id, idempotency=None, settings=settings, asked=asked,
-                                      start_rate=lambda: start_rate(redis))
+                                      lifetime=Lifetime(temporary=temporary), start_rate=lambda: start_rate(redis))
+            conversation_id = uuid.UUID(accepted.body["conversation_id"])
             if kept:  # what a /v1/responses call asked of the answer, for the worker, and the app's metadata
                 session.execute(update(Message).where(Message.id == accepted.message_id).values(**kept))
             if end_user is not None:  # its place among the user's, by its end user's fair share

@@ -53,10 +53,10 @@ class Progress:
 
 def events_after(progress: Progress, after: int) -> Iterator[dict[str, Any]]:
     """The events numbered after `after` that `progress` already determines, in order."""
-    head = _head(progress)
-    tail = _tail(progress, reply_item_id(progress.response["id"].removeprefix("resp_"))) if progress.final else []
+    head, item_id = _head(progress), reply_item_id(progress.response["id"].removeprefix("resp_"))
+    tail = _tail(progress, item_id) if progress.final else []
     for number in range(after + 1, head + len(tail)):
-        event = _head_event(number, progress) if number < head else tail[number - head]
+        event = _head_event(number, progress, item_id) if number < head else tail[number - head]
         yield {"sequence_number": number, **event}
 
 
@@ -67,13 +67,13 @@ def _head(progress: Progress) -> int:
     return 2 if progress.started else 1
 
 
-def _head_event(number: int, progress: Progress) -> dict[str, Any]:
+def _head_event(number: int, progress: Progress, item_id: str) -> dict[str, Any]:
     response = progress.response
     if number == 0:
         return {"type": "response.created", "response": _snapshot(response, "queued")}
     if number == 1:
         return {"type": "response.in_progress", "response": _snapshot(response, "in_progress")}
-    where = {"item_id": reply_item_id(response["id"].removeprefix("resp_")), "output_index": 0}
+    where = {"item_id": item_id, "output_index": 0}
     if number == 2:
         return {"type": "response.output_item.added", "output_index": 0,
                 "item": {"type": "message", "id": where["item_id"], "status": "in_progress", "role": "assistant",

@@ -24,18 +24,20 @@ from datetime import datetime
 from typing import Any
 
 from flask import Response, g, jsonify, request, stream_with_context
-from sqlalchemy import and_, bindparam, delete, select
+from sqlalchemy import and_, bindparam, delete, func, select
 
 from models import FINAL as FINAL_STATUSES
-from models import Conversation, Message, Role
-from models.coordination.messaging import read_pieces
+from models import Conversation, Message, Role, Status
+from models.coordination.messaging import WrittenSoFar, read_pieces
 from models.coordination.signals import conversation_channel, delta_channel
+from models.representation import message_json
+from models.sql.queries import QUESTION_SHOWN, REPLY_SHOWN, ShownQuestion, ShownReply
 
 from ..control import cancel_question
 from ..inputs import json_body
 from ..problems import Problem
 from ..services import reader, release_db, services, transaction, use_wait_pool
-from ..shown import message_view, with_queue_positions
+from ..shown import with_queue_positions
 from ..spec import operation
 from ..waiting.admission import admission, admitted
 from ..waiting.longpoll import recheck_after
@@ -174,7 +176,7 @@ def _function_outputs(body: ResponseIn) -> list[dict[str, Any]]:
                           slug="invalid-field")
     previous = parsed(body.previous_response_id, "resp_", "response")
     calls = {call["call_id"] for call in _function_calls(
-        _as_response_or_404(lambda: message_view(previous)[0]).get("reply") or {})}
+        _read(previous, queue=False).shown.get("reply") or {})}
     unknown = [item["call_id"] for item in outputs if item["call_id"] not in calls]
     if unknown:
         raise Problem(400, f"input: no call of the previous response has call_id {unknown[0]!r}",
@@ -189,6 +191,13 @@ class Fork:
 
     conversation_id: uuid.UUID
     question_seq: int
+
+
+_later = Message.__table__.alias("later")
+# A question of the user's, and its conversation's latest question's seq.
+_WITH_LATEST = select(Message.conversation_id, Message.seq, Message.status, select(func.max(_later.c.seq)).where(
+    _later.c.conversation_id == Message.conversation_id, _later.c.role == Role.USER).scalar_subquery().label("latest")
+).where(Message.id == bindparam("question"), Message.user_id == bindparam("user"), Message.role == Role.USER)
 
 
 def _continued(previous: str | None, conversation: str | dict[str, Any] | None) -> uuid.UUID | Fork | None:
@@ -208,14 +217,11 @@ def _continued(previous: str | None, conversation: str | dict[str, Any] | None) 
         return conversation_id
     if previous is None:
         return None
-    question = reader().execute(select(Message.conversation_id, Message.seq, Message.status).where(
-        Message.id == parsed(previous, "resp_", "response"), Message.user_id == g.user,
-        Message.role == Role.USER)).first()
+    question = reader().execute(_WITH_LATEST, {"question": parsed(previous, "resp_", "response"),
+                                               "user": g.user}).first()
     if question is None:
         raise Problem(404, "No such response.")
-    latest = reader().scalar(select(Message.seq).where(Message.conversation_id == question.conversation_id,
-                                                       Message.role == Role.USER).order_by(Message.seq.desc()).limit(1))
-    if latest == question.seq:
+    if question.latest == question.seq:
         return question.conversation_id
     if question.status.value not in FINAL:
         raise Problem(400, "previous_response_id: that response is not finished, and later ones follow it; "
@@ -268,51 +274,75 @@ def create_response() -> Response:
     return jsonify(as_response(shown, asked, background=body.background))
 
 
-def _shown(response: str) -> dict[str, Any]:
-    shown = _as_response_or_404(lambda: message_view(parsed(response, "resp_", "response"))[0])
-    if shown["role"] != "user":
+# A response as one statement: its question (with what its call asked), and the current reply
+# with the lengths of the pieces it was handed on in.
+_questions, _replies = Message.__table__, Message.__table__.alias("reply")
+_RESPONSE = (
+    select(*(_questions.c[name] for name in QUESTION_SHOWN), _questions.c.response_options,
+           _questions.c.app_metadata, _questions.c.tool_calls.label("outputs"),
+           *(_replies.c[name] for name in REPLY_SHOWN), _replies.c.pieces)
+    .select_from(_questions.outerjoin(_replies, and_(_replies.c.reply_to_id == _questions.c.id,
+                                                     _replies.c.superseded.is_(False))))
+    .where(_questions.c.id == bindparam("question"), _questions.c.user_id == bindparam("user"),
+           _questions.c.role == Role.USER)
+)
+GENERATING = frozenset({Status.PROCESSING, Status.CANCELLING})
+
+
+@dataclass(frozen=True)
+class Read:
+    """A response as read now: as the API shows its question (the text so far from Redis while it
+    is generated), what its call asked, its pieces (the stored reply's once final, else the current
+    attempt's, up to the first missing), and its attempt."""
+
+    shown: dict[str, Any]
+    asked: Asked
+    pieces: list[str]
+    attempt: int
+    final: bool
+
+
+def _read(response: str | uuid.UUID, *, queue: bool = True) -> Read:
+    ident = response if isinstance(response, uuid.UUID) else parsed(response, "resp_", "response")
+    row = reader().execute(_RESPONSE, {"question": ident, "user": g.user}).first()
+    if row is None:
         raise Problem(404, "No such response.")
-    with_queue_positions([shown])
-    return shown
+    split_at, asked_at = len(QUESTION_SHOWN), len(QUESTION_SHOWN) + 3
+    question = ShownQuestion._make(row[:split_at])
+    reply = ShownReply._make(row[asked_at:asked_at + len(REPLY_SHOWN)]) if row[asked_at] is not None else None
+    final = question.status in FINAL_STATUSES
+    pieces: list[str] = []
+    if final and reply is not None:
+        pieces = split(reply.content, row.pieces)
+    elif question.status in GENERATING and question.attempts:
+        pieces = read_pieces(services().redis, ident, question.attempts, 0)
+    partial = WrittenSoFar(question.attempts, "".join(pieces), len(pieces)) if not final and pieces else None
+    shown = message_json(question, reply, partial)  # type: ignore[arg-type]
+    if queue:
+        with_queue_positions([shown])
+    asked = Asked(row.response_options or {}, row.app_metadata or {}, row.outputs or [])
+    return Read(shown, asked, pieces, question.attempts, final)
 
 
 @bp.get("/responses/<response>")
 @operation("OpenAI: a response as it is now; with stream=true its events after starting_after, live "
            "until it ends", responses={200: (ResponseOut, "text/event-stream")}, errors=OpenAIError)
 def get_response(response: str) -> Response:
-    shown = _shown(response)
     if request.args.get("stream", "false").lower() not in ("true", "1"):
-        return jsonify(as_response(shown, _asked(shown["id"])))
+        read = _read(response)
+        return jsonify(as_response(read.shown, read.asked))
     raw = request.args.get("starting_after", "-1")
     if not raw.lstrip("-").isdigit() or int(raw) < -1 or len(raw) > 9:
         raise Problem(400, "starting_after: a sequence number (0, 1, 2 …)", slug="invalid-field")
+    shown = _read(response, queue=False).shown
     return _event_stream(lambda: shown, after=int(raw), background=True)
 
 
-# The stream's re-read: the question's attempts (a worker claimed it) and its reply's pieces.
-_questions, _replies = Message.__table__, Message.__table__.alias("reply")
-_PROGRESS = (
-    select(_questions.c.attempts, _replies.c.content, _replies.c.pieces)
-    .select_from(_questions.outerjoin(_replies, and_(_replies.c.reply_to_id == _questions.c.id,
-                                                     _replies.c.superseded.is_(False))))
-    .where(_questions.c.id == bindparam("question"), _questions.c.user_id == bindparam("user"))
-)
-GENERATING = frozenset({"processing", "cancelling"})
-
-
 def _progress(ident: uuid.UUID, background: bool) -> tuple[Progress, int]:
-    """The response as it reads now, and its pieces: the stored reply's once final, else the
-    current attempt's in Redis (up to the first missing); and which attempt that is."""
-    shown, final = message_view(ident)
-    row = reader().execute(_PROGRESS, {"question": ident, "user": g.user}).one()
-    if final:
-        pieces = split(row.content or "", row.pieces)
-    elif shown["status"] in GENERATING and row.attempts:
-        pieces = read_pieces(services().redis, ident, row.attempts, 0)
-    else:
-        pieces = []
-    return (Progress(as_response(shown, _asked(ident), background=background), row.attempts > 0, pieces, final),
-            row.attempts)
+    """The response as it reads now, as a stream numbers it, and which attempt it is at."""
+    read = _read(ident, queue=False)
+    return Progress(as_response(read.shown, read.asked, background=background), read.attempt > 0, read.pieces,
+                    read.final), read.attempt
 
 
 def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, background: bool) -> Response:
@@ -329,8 +359,10 @@ def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, backgro
         raise
     ident, conversation = uuid.UUID(shown["id"]), uuid.UUID(shown["conversation_id"])
 
+    heartbeat = services().settings.sse_heartbeat_seconds
+
     def stream() -> Iterator[str]:
-        sent, recheck = after, 0.0
+        sent, recheck, beat = after, 0.0, time.monotonic() + heartbeat
         deltas = delta_channel(conversation)
         progress: Progress | None = None
         attempt = 0
@@ -345,12 +377,16 @@ def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, backgro
                     finally:
                         release_db()
                     recheck = time.monotonic() + recheck_after()
-                for event in events_after(progress, sent):
-                    sent = event["sequence_number"]
-                    yield sse(event)
+                events = list(events_after(progress, sent))
+                if events:  # in one write: a resumed 2,000-token reply is one chunk, not 2,000
+                    sent, beat = events[-1]["sequence_number"], time.monotonic() + heartbeat
+                    yield "".join(sse(event) for event in events)
                 if progress.final:
                     return
-                inbox.event.wait(max(0.0, recheck - time.monotonic()))
+                if time.monotonic() >= beat:  # proxies keep the stream open; a client gone is noticed
+                    beat = time.monotonic() + heartbeat
+                    yield ": heartbeat\n\n"
+                inbox.event.wait(max(0.0, min(recheck, beat) - time.monotonic()))
                 inbox.event.clear()
                 for channel, data in inbox.take():
                     piece = json.loads(data)
@@ -391,7 +427,7 @@ def _as_response_or_404(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @operation("OpenAI: delete a response (its question and every reply); later calls on it answer 404",
            responses={200: ResponseOut}, errors=OpenAIError)
 def delete_response(response: str) -> Response:
-    shown = _shown(response)
+    shown = _read(response, queue=False).shown
     if shown["status"] not in FINAL:
         cancel_question(shown["id"])  # nothing is generated for it after this
     with transaction() as session:  # its replies and their events go with it (the foreign keys cascade)
@@ -402,8 +438,8 @@ def delete_response(response: str) -> Response:
 @bp.get("/responses/<response>/input_items")
 @operation("OpenAI: the items a response was given", responses={200: InputItemList}, errors=OpenAIError)
 def input_items(response: str) -> Response:
-    shown = _shown(response)
-    outputs = _asked(shown["id"]).outputs
+    read = _read(response, queue=False)
+    shown, outputs = read.shown, read.asked.outputs
     items = [{"type": "function_call_output", "id": f"fco_{uuid.UUID(shown['id']).hex}_{index}",
               "call_id": output["call_id"], "output": output["output"], "status": "completed"}
              for index, output in enumerate(outputs)] or [
