@@ -7,7 +7,7 @@ It leans on gunicorn's internals (`AsyncWorker.handle` past the gevent worker's 
 `handle_request`): tests/test_operations.py and tests/test_security.py hold what it must do — a
 silent client disconnected; every waiting request answered at a SIGTERM, its connection closed —
 and fail when a gunicorn upgrade changes what it stands on. The access line is gunicorn's own
-logger's (a cheaper copy of its atoms bought nothing measurable: BENCHMARKS.md).
+logger's (a cheaper copy of its atoms bought nothing measurable: docs/decisions/0007).
 """
 
 from __future__ import annotations

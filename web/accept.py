@@ -136,7 +136,7 @@ def _numbered_insert(numbered: Any, *, counted: bool = False) -> Any:
     return statement.add_cte(add_to_today(bindparam("user"), source=numbered, messages=literal(1)).cte("counted"))
 
 
-# Built once (building them per request was a large share of a POST's CPU: BENCHMARKS.md); values are bound.
+# Built once (building them per request was a large share of a POST's CPU: docs/decisions/0010); values are bound.
 # Core statements on the tables: with parameters, an ORM insert would mean an ORM bulk insert.
 _conversations = Conversation.__table__.c
 _messages = Message.__table__.c

@@ -221,7 +221,7 @@ def get_message(message_id: str) -> Response:
     if params.wait > 0:
         # The channel is named by the canonical id: "ABC…", "{abc…}" and "abc…" are one message.
         # The worker's final notification carries the message as just committed: a woken long-poll
-        # answers with it and does not read it again (BENCHMARKS.md, "Waiting clients").
+        # answers with it and does not read it again (docs/decisions/0010).
         body = wait_for(message_channel(ident), lambda: message_view(ident), params.wait,
                         answer=committed_message(ident))
     else:

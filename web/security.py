@@ -1,6 +1,6 @@
 """Response headers that keep the page safe to embed nothing and run only its own script, and name
 the node that answered: the same on every response, so they are added as the response starts
-rather than by an after-request hook (which cost ~10x more per request: BENCHMARKS.md)."""
+rather than by an after-request hook (which cost ~10x more per request: docs/decisions/0010)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def make_producer(settings: Settings) -> Celery:
     producer = Celery("chatq-web", broker=broker_url(settings), set_as_current=False)
     producer.conf.update(
         # No "task-sent" event: it is a second publish to Redis on every POST (what it cost:
-        # BENCHMARKS.md, "Waiting clients"); Flower shows a job from its "received" on.
+        # docs/decisions/0010); Flower shows a job from its "received" on.
         task_send_sent_event=False,
         broker_connection_timeout=2,
         broker_connection_retry=False,

@@ -2,7 +2,7 @@
 
 kombu builds a new `redis.Redis` client for every message it publishes (`Channel.conn_or_acquire`),
 and building one copies redis-py's table of response callbacks — on the web tier, a part of every
-answer job sent worth keeping (BENCHMARKS.md, "Waiting clients", has the figure).
+answer job sent worth keeping (docs/decisions/0007 has the figure).
 The client only wraps the channel's connection pool, which does the actual sharing, so one client
 per channel sends exactly the same commands over the same connections.
 

@@ -41,7 +41,7 @@ _FINAL_VALUES = frozenset(status.value for status in FINAL)  # announced as stri
 PIECES_TTL_SECONDS = 3600
 
 
-# What every job publish can skip (a large share of `send_task`'s CPU on the web tier, BENCHMARKS.md):
+# What every job publish can skip (a large share of `send_task`'s CPU on the web tier, docs/decisions/0010):
 # - declaring the queue before each publish: a job goes to the default exchange, straight to the
 #   queue named by its routing key, which the workers declare when they start (and Redis keeps a
 #   list whether or not it was declared);

@@ -25,7 +25,7 @@ def make_engine(
     begin and commit ("begin", "commit"), each a round trip to Postgres: the benchmark counts them.
     `autocommit`: every connection of the pool is in autocommit for good, for an engine that only
     reads or writes single statements (cheaper than switching a connection in and out of it at each
-    checkout with `execution_options`: BENCHMARKS.md, "Waiting clients").
+    checkout with `execution_options`: docs/decisions/0010).
     `statement_timeout_ms`: Postgres cancels a statement that runs longer (0: never)."""
     connect_args = dict(POSTGRES_CONNECT_ARGS)
     if statement_timeout_ms:

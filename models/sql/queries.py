@@ -23,7 +23,7 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 
 
 # Statements built once with bound values: building one costs more than running it, and waiting
-# requests run them by the thousand (BENCHMARKS.md). Immutable SQL constructs, not state.
+# requests run them by the thousand (docs/decisions/0010). Immutable SQL constructs, not state.
 _OWNED_CONVERSATION = select(Conversation).where(
     Conversation.id == bindparam("cid", type_=Conversation.id.type), Conversation.user_id == bindparam("user"))
 _MESSAGES_AFTER = (
@@ -67,7 +67,7 @@ def messages_after(session: Session, conversation_id: uuid.UUID, after: int, lim
     return list(session.scalars(_MESSAGES_AFTER, {"cid": conversation_id, "after": after, "limit": limit}))
 
 
-# Built once: making an alias is costly (BENCHMARKS.md). An immutable SQL construct, not state.
+# Built once: making an alias is costly (docs/decisions/0010). An immutable SQL construct, not state.
 _REPLY = aliased(Message, name="reply")
 
 
@@ -92,7 +92,7 @@ def owned_message_with_reply(session: Session, user: str, message_id: str) -> tu
 # The columns the API shows of a question and of a reply (models/representation.py), nothing more,
 # as light rows: the message read of every poll and long-poll is the web tier's hottest read, and
 # the ORM built an entity per row and described and loaded every column (what it cost:
-# BENCHMARKS.md, "Waiting clients"). Immutable SQL constructs and row types.
+# docs/decisions/0010). Immutable SQL constructs and row types.
 _SHOWN = ("id", "conversation_id", "seq", "role", "content", "created_at", "error")
 QUESTION_SHOWN = (*_SHOWN, "status", "attempts")
 REPLY_SHOWN = (*_SHOWN, "reply_to_id", "tool_calls", "finish", "usage", "context", "superseded", "model")

@@ -17,7 +17,7 @@ MAX_TITLE = 500
 COLUMNS = (Task.id, Task.title, Task.done)
 
 # The statements, built once with bound values: building a statement costs more than running it
-# (BENCHMARKS.md has the profile).
+# (docs/decisions/0010).
 # (Named apart from the columns: insert() and update() reserve the column names for themselves.)
 _USER, _ID, _TITLE = bindparam("user", type_=Task.user_id.type), bindparam("task_id"), bindparam("new_title")
 _ORIGIN, _CALL = bindparam("origin"), bindparam("call")
