@@ -157,6 +157,8 @@ def resume(resumes: int) -> None:
     import requests
 
     from bench.environment import bench_environment
+    from models.coordination.messaging import piece_id
+    from models.coordination.signals import pieces_key
     from scripts.devstack import libpq_url
     from tests.support import TEST_SECRET, Api, Web
 
@@ -186,10 +188,10 @@ def resume(resumes: int) -> None:
         column = db.execute("SELECT pg_column_size(pieces) FROM messages WHERE reply_to_id = %s",
                             (stored,)).fetchone()[0]
     client = redis.Redis.from_url(env["REDIS_URL"])
-    stream_key = f"chatq:pieces:{writing}:1"
+    stream_key = pieces_key(writing, 1)
     with client.pipeline(transaction=False) as pipe:
         for index, text in enumerate(pieces):
-            pipe.xadd(stream_key, {"i": index, "t": text})
+            pipe.xadd(stream_key, {"i": index, "t": text}, id=piece_id(index))  # as the worker writes it
         pipe.expire(stream_key, 3600)
         pipe.execute()
     redis_bytes = client.memory_usage(stream_key)

@@ -156,7 +156,7 @@ class PiecePublisher:
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.delete(key)
                 for index, text in enumerate(self.texts):
-                    pipe.xadd(key, {"i": index, "t": text})
+                    pipe.xadd(key, {"i": index, "t": text}, id=piece_id(index))
                 pipe.expire(key, PIECES_TTL_SECONDS)
                 record_start(pipe, self.user)
                 _announce_into(pipe, self.conversation_id, self.message_id, Status.PROCESSING.value)
@@ -176,7 +176,7 @@ class PiecePublisher:
         try:
             # XADD before PUBLISH on one connection: whoever hears of a piece can already read it.
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {"i": index, "t": text})
+                pipe.xadd(key, {"i": index, "t": text}, id=piece_id(index))
                 pipe.expire(key, PIECES_TTL_SECONDS)
                 pipe.publish(delta_channel(self.conversation_id), payload)
                 pipe.execute()
@@ -223,12 +223,28 @@ def read_partials(client: redis.Redis, attempts: dict[uuid.UUID, int]) -> dict[u
     return partials
 
 
+def piece_id(index: int) -> str:
+    """A piece's id in its attempt's stream: its index + 1, so that a reader can ask for the
+    pieces after the ones it has, and tell from the stream's length and last id that none is
+    missing."""
+    return f"0-{index + 1}"
+
+
 def read_pieces(client: redis.Redis, message_id: uuid.UUID | str, attempt: int, start: int) -> list[str]:
-    """The pieces of an attempt from index `start` on (an event stream filling a gap), up to the
-    first one missing: a Redis that lost the stream mid-attempt holds only its later pieces, which
-    are not numbered from 0 and are not read as if they were."""
+    """The pieces of an attempt from index `start` on (an event stream filling a gap, a resumed
+    stream), up to the first one missing: a Redis that lost the stream mid-attempt holds only its
+    later pieces, which are not numbered from 0 and are not read as if they were. When the stream
+    holds n entries and the last is piece n, none is missing, and only those from `start` are read."""
+    key = pieces_key(message_id, attempt)
     try:
-        entries = client.xrange(pieces_key(message_id, attempt))
+        with client.pipeline(transaction=False) as pipe:
+            pipe.xlen(key)
+            pipe.xrevrange(key, count=1)
+            pipe.xrange(key, min=piece_id(start))
+            length, last, entries = pipe.execute()
+        if last and last[0][0] == piece_id(length - 1).encode():
+            return [fields[b"t"].decode() for _id, fields in entries]
+        entries = client.xrange(key)
     except RedisError:
         return []
     texts = []

@@ -42,13 +42,21 @@ FIRST_DELTA = 4  # created, in_progress, output_item.added, content_part.added c
 @dataclass(frozen=True)
 class Progress:
     """What is known of a response now: the response object as it reads now, whether a worker
-    ever claimed it, the pieces of its text handed on so far (all of them once final), and
-    whether it is final. Its function calls (the app's tools) are in the final response's output."""
+    ever claimed it, the pieces of its text handed on so far from piece `first` on (all of them
+    once final: a stream re-reads, while the text is written, only the pieces it has not sent),
+    and whether it is final. Its function calls (the app's tools) are in the final response's
+    output."""
 
     response: dict[str, Any]
     started: bool
     pieces: list[str]
     final: bool
+    first: int = 0
+
+    @property
+    def handed_on(self) -> int:
+        """How many pieces were handed on: the next one's index."""
+        return self.first + len(self.pieces)
 
 
 def events_after(progress: Progress, after: int) -> Iterator[dict[str, Any]]:
@@ -62,8 +70,8 @@ def events_after(progress: Progress, after: int) -> Iterator[dict[str, Any]]:
 
 def _head(progress: Progress) -> int:
     """How many events come before the end: created, in_progress, and the text's while written."""
-    if progress.pieces:
-        return FIRST_DELTA + len(progress.pieces)
+    if progress.handed_on:
+        return FIRST_DELTA + progress.handed_on
     return 2 if progress.started else 1
 
 
@@ -81,13 +89,14 @@ def _head_event(number: int, progress: Progress, item_id: str) -> dict[str, Any]
     if number == 3:
         return {"type": "response.content_part.added", **where, "content_index": 0, "part": _part("")}
     return {"type": "response.output_text.delta", **where, "content_index": 0,
-            "delta": progress.pieces[number - FIRST_DELTA], "logprobs": []}
+            "delta": progress.pieces[number - FIRST_DELTA - progress.first], "logprobs": []}
 
 
 def _tail(progress: Progress, item_id: str) -> list[dict[str, Any]]:
     """The events of a final response after its text's deltas: the text done, each function call
     (added, its arguments, done), and the end."""
     response, tail = progress.response, []
+    assert progress.first == 0, "a final response is read whole"
     if progress.pieces:
         text, where = "".join(progress.pieces), {"item_id": item_id, "output_index": 0}
         tail += [{"type": "response.output_text.done", **where, "content_index": 0, "text": text, "logprobs": []},

@@ -44,7 +44,7 @@ from ..waiting.longpoll import recheck_after
 from ..waiting.wakeups import wakeups
 from . import bp
 from .chat import answer_of, queue_question
-from .events import Progress, events_after, split, sse
+from .events import FIRST_DELTA, Progress, events_after, split, sse
 from .items import conversation_id, input_turns, parsed, reply_item_id, response_id
 from .models import BUILTIN_MODEL
 from .schemas import InputItemList, OpenAIError, ResponseIn, ResponseOut
@@ -300,9 +300,12 @@ class Read:
     pieces: list[str]
     attempt: int
     final: bool
+    first: int = 0  # the index of pieces[0]
 
 
-def _read(response: str | uuid.UUID, *, queue: bool = True) -> Read:
+def _read(response: str | uuid.UUID, *, queue: bool = True, from_piece: int = 0) -> Read:
+    """The response; while it is written, only its pieces from `from_piece` on (a stream that
+    sent the others), and then its `partial` holds only those."""
     ident = response if isinstance(response, uuid.UUID) else parsed(response, "resp_", "response")
     row = reader().execute(_RESPONSE, {"question": ident, "user": g.user}).first()
     if row is None:
@@ -312,16 +315,17 @@ def _read(response: str | uuid.UUID, *, queue: bool = True) -> Read:
     reply = ShownReply._make(row[asked_at:asked_at + len(REPLY_SHOWN)]) if row[asked_at] is not None else None
     final = question.status in FINAL_STATUSES
     pieces: list[str] = []
+    first = 0
     if final and reply is not None:
         pieces = split(reply.content, row.pieces)
     elif question.status in GENERATING and question.attempts:
-        pieces = read_pieces(services().redis, ident, question.attempts, 0)
-    partial = WrittenSoFar(question.attempts, "".join(pieces), len(pieces)) if not final and pieces else None
+        pieces, first = read_pieces(services().redis, ident, question.attempts, from_piece), from_piece
+    partial = WrittenSoFar(question.attempts, "".join(pieces), first + len(pieces)) if not final and pieces else None
     shown = message_json(question, reply, partial)  # type: ignore[arg-type]
     if queue:
         with_queue_positions([shown])
     asked = Asked(row.response_options or {}, row.app_metadata or {}, row.outputs or [])
-    return Read(shown, asked, pieces, question.attempts, final)
+    return Read(shown, asked, pieces, question.attempts, final, first)
 
 
 @bp.get("/responses/<response>")
@@ -338,11 +342,12 @@ def get_response(response: str) -> Response:
     return _event_stream(lambda: shown, after=int(raw), background=True)
 
 
-def _progress(ident: uuid.UUID, background: bool) -> tuple[Progress, int]:
-    """The response as it reads now, as a stream numbers it, and which attempt it is at."""
-    read = _read(ident, queue=False)
+def _progress(ident: uuid.UUID, background: bool, sent: int) -> tuple[Progress, int]:
+    """The response as it reads now, as a stream that sent the events up to `sent` numbers it
+    (while it is written, only the pieces after those are read), and which attempt it is at."""
+    read = _read(ident, queue=False, from_piece=max(0, sent + 1 - FIRST_DELTA))
     return Progress(as_response(read.shown, read.asked, background=background), read.attempt > 0, read.pieces,
-                    read.final), read.attempt
+                    read.final, read.first), read.attempt
 
 
 def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, background: bool) -> Response:
@@ -371,7 +376,7 @@ def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, backgro
             while True:
                 if time.monotonic() >= recheck or progress is None:
                     try:
-                        progress, attempt = _progress(ident, background)
+                        progress, attempt = _progress(ident, background, sent)
                     except Problem:  # deleted meanwhile: nothing more to send
                         return
                     finally:
@@ -392,8 +397,8 @@ def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, backgro
                     piece = json.loads(data)
                     if piece.get("message_id") != str(ident):
                         continue
-                    if channel != deltas or piece.get("attempt") != attempt or piece.get("index") != len(
-                            progress.pieces):
+                    if channel != deltas or piece.get("attempt") != attempt or piece.get("index") != \
+                            progress.handed_on:
                         recheck = 0.0  # a change of status, another attempt or a missed piece: read again
                     else:
                         progress = dataclasses.replace(progress, started=True,
