@@ -314,7 +314,7 @@ def test_responses_cancelled_while_queued_and_while_generated(control, users) ->
     assert never.status == "cancelled" and never.output == []
 
 
-def _sdk(control, api: Api, node: str, name: str):
+def _sdk(api: Api, node: str, name: str):
     import openai
 
     key = api.post("/api/v1/keys", json={"name": name}).json()["key"]
@@ -351,7 +351,7 @@ def test_a_streamed_response_numbers_its_events_and_any_node_resumes_them_after_
     node after several numbers (what the SDK's own `stream(starting_after=)` helper does too):
     exactly the events after it, the same ones."""
     on_a, _on_b = users
-    client_a, client_b = _sdk(control, on_a, control.a, "stream-a"), _sdk(control, on_a, control.b, "stream-b")
+    client_a, client_b = _sdk(on_a, control.a, "stream-a"), _sdk(on_a, control.b, "stream-b")
     stream = client_a.responses.create(model="chatq-assistant", input="hello", stream=True, background=True)
     created = next(iter(stream))
     response_id, events, arrived = created.response.id, [(0, created.type, None)], [time.monotonic()]
@@ -380,14 +380,14 @@ def test_a_stream_read_in_part_on_a_node_then_sigkilled_is_resumed_on_another(co
     on_a, _on_b = users
     node_c = Web("control-web-c", control.env).start()
     try:
-        client_c = _sdk(control, on_a, node_c.url, "dies")
+        client_c = _sdk(on_a, node_c.url, "dies")
         stream = client_c.responses.create(model="chatq-assistant", input="hello", stream=True, background=True)
         response_id = next(iter(stream)).response.id
         first = [(0, "response.created", None), *_read(stream, until=_deltas_at_least(4))]
         node_c.kill(signal.SIGKILL)
     finally:
         node_c.kill(signal.SIGKILL)
-    client_b = _sdk(control, on_a, control.b, "resumes")
+    client_b = _sdk(on_a, control.b, "resumes")
     rest = _read(client_b.responses.retrieve(response_id, stream=True, starting_after=first[-1][0]))
     assert _numbered_from(0, first + rest) and rest[-1][1] == "response.completed"
     assert _text(first + rest) == client_b.responses.retrieve(response_id).output_text == FALLBACK
@@ -398,7 +398,7 @@ def test_a_worker_sigkilled_mid_reply_and_the_stream_resumed_after_the_takeover(
     """The new attempt continues the text the dead one handed on: the stream open through the
     takeover, and one resumed from the middle on the other node, both assemble the stored reply."""
     on_a, _on_b = users
-    client_a, client_b = _sdk(control, on_a, control.a, "takeover-a"), _sdk(control, on_a, control.b, "takeover-b")
+    client_a, client_b = _sdk(on_a, control.a, "takeover-a"), _sdk(on_a, control.b, "takeover-b")
     stream = client_a.responses.create(model="chatq-assistant", input="hello", stream=True, background=True)
     response_id = next(iter(stream)).response.id
     before = [(0, "response.created", None), *_read(stream, until=_deltas_at_least(4))]

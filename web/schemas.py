@@ -30,16 +30,24 @@ def _not_blank(value: str) -> str:
     return value
 
 
-def _storable(value: Any) -> Any:
-    """Every text a client sends may end in Postgres, whose text cannot hold NUL (JSON can carry
-    "\\u0000"): refused as the field's 422 here, rather than as a 500 at the INSERT; strings inside
-    lists too. (A lone surrogate, "\\ud800", pydantic already refuses as no valid string.)"""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-    elif isinstance(value, list):
-        for item in value:
-            _storable(item)
+def storable(value: Any) -> Any:
+    """Every text a client sends may end in Postgres, whose text and jsonb cannot hold NUL (JSON can
+    carry "\\u0000"): refused as the field's 422 here, rather than as a 500 at the INSERT; strings
+    inside lists and objects (keys too) as well, walked without recursion however deep they nest.
+    (A lone surrogate, "\\ud800", pydantic already refuses as no valid string.)"""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("must not contain NUL characters")
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, BaseModel):
+            pending.extend(vars(item).values())
     return value
 
 
@@ -49,7 +57,7 @@ def _storable(value: Any) -> Any:
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    _text = field_validator("*")(_storable)  # every field of every body
+    _text = field_validator("*")(storable)  # every field of every body
 
 
 # A conversation's own lifetime after its last message, in days (RETENTION_DAYS may shorten it).
@@ -141,7 +149,7 @@ class DevSignIn(_Body):
 class _Query(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    _text = field_validator("*")(_storable)
+    _text = field_validator("*")(storable)
 
 
 class ConversationPage(_Query):

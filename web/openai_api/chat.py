@@ -93,7 +93,8 @@ def copy_conversation(session: Session, user: str, conversation_id: uuid.UUID, q
     and that question's current reply (a response continued from an earlier point: docs/openai.md),
     numbered 1, 2, 3 …; questions answered there read answered, the others cancelled."""
     source = session.get(Conversation, conversation_id)
-    assert source is not None and source.user_id == user
+    if source is None or source.user_id != user:  # deleted since the response was looked up
+        raise Problem(404, "No such response.")
     reply_seq = session.scalar(select(Message.seq).where(
         Message.conversation_id == conversation_id, Message.superseded.is_(False),
         Message.reply_to_id == select(Message.id).where(Message.conversation_id == conversation_id,

@@ -7,6 +7,7 @@ response (`conversation` on /v1/responses) asks.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -28,24 +29,21 @@ from ..writes import refuse_while_erasing
 from . import bp
 from .chat import TITLE_CHARS, start_conversation, turn_rows
 from .items import conversation_id, input_turns, message_item, parsed, parsed_item
-from .schemas import OpenAIError
+from .schemas import OpenAIBody, OpenAIError
 
 Metadata = dict[str, str]
 
 
-class ConversationIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ConversationIn(OpenAIBody):
     items: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
     metadata: Metadata | None = Field(default=None, max_length=16)
 
 
-class MetadataIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class MetadataIn(OpenAIBody):
     metadata: Metadata = Field(max_length=16)
 
 
-class ItemsIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ItemsIn(OpenAIBody):
     items: list[dict[str, Any]] = Field(min_length=1, max_length=20)
 
 
@@ -139,7 +137,7 @@ def delete_conversation(conversation: str) -> Response:
 def list_items(conversation: str) -> Response:
     row = _owned(conversation)
     limit = request.args.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+    if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= 100:
         raise Problem(400, "limit: a number from 1 to 100", slug="invalid-field")
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):

@@ -5,16 +5,17 @@ once, `queued`; without it the call waits for the answer. `previous_response_id`
 response's conversation (when it is the conversation's latest question); `conversation` names one.
 
 `stream: true`, and `GET /v1/responses/{id}?stream=true&starting_after=N`, send the response's
-events (events.py numbers them), live until it ends, on any node, for as long as it is kept.
-
-Not built yet (docs/openai.md): function tools, `instructions` and `metadata` kept with the
-response, a response that continues from an earlier point of its conversation (a copy).
+events (events.py numbers them), live until it ends, on any node, for as long as it is kept. A
+response from an earlier point of its conversation starts a copy of it; the app's function tools,
+`instructions` and `max_output_tokens` go to a model server with the question; docs/openai.md
+says field by field what is honoured.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -106,17 +107,6 @@ class Asked:
     options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     outputs: list[dict[str, Any]] = field(default_factory=list)  # of the app's function calls it answers
-
-
-_ASKED = select(Message.response_options, Message.app_metadata, Message.tool_calls).where(
-    Message.id == bindparam("question"), Message.user_id == bindparam("user"))
-
-
-def _asked(question_id: uuid.UUID | str) -> Asked:
-    row = reader().execute(_ASKED, {"question": uuid.UUID(str(question_id)), "user": g.user}).first()
-    if row is None:
-        return Asked()
-    return Asked(row.response_options or {}, row.app_metadata or {}, row.tool_calls or [])
 
 
 def _function_calls(reply: dict[str, Any]) -> list[dict[str, Any]]:
@@ -254,15 +244,13 @@ def create_response() -> Response:
     asked = Asked(options, body.metadata or {})
     kept = {"response_options": options or None, "app_metadata": body.metadata, "tool_calls": outputs or None}
 
+    fork = conversation_id if isinstance(conversation_id, Fork) else None
+
     def queued() -> dict[str, Any]:
-        if isinstance(conversation_id, Fork):
-            return queue_question(history, question, copy_of=(conversation_id.conversation_id,
-                                                              conversation_id.question_seq),
-                                  temporary=not body.store, flex=body.service_tier == "flex",
-                                  end_user=body.safety_identifier or body.user,
-                                  kept={name: value for name, value in kept.items() if value is not None})
-        return queue_question(history, question, conversation_id=conversation_id, temporary=not body.store,
-                              flex=body.service_tier == "flex", end_user=body.safety_identifier or body.user,
+        return queue_question(history, question, conversation_id=None if fork else conversation_id,
+                              copy_of=(fork.conversation_id, fork.question_seq) if fork else None,
+                              temporary=not body.store, flex=body.service_tier == "flex",
+                              end_user=body.safety_identifier or body.user,
                               kept={name: value for name, value in kept.items() if value is not None})
 
     if body.stream:
@@ -336,7 +324,7 @@ def get_response(response: str) -> Response:
         read = _read(response)
         return jsonify(as_response(read.shown, read.asked))
     raw = request.args.get("starting_after", "-1")
-    if not raw.lstrip("-").isdigit() or int(raw) < -1 or len(raw) > 9:
+    if not re.fullmatch(r"-1|[0-9]{1,9}", raw):
         raise Problem(400, "starting_after: a sequence number (0, 1, 2 …)", slug="invalid-field")
     shown = _read(response, queue=False).shown
     return _event_stream(lambda: shown, after=int(raw), background=True)
@@ -415,7 +403,9 @@ def _event_stream(question: Callable[[], dict[str, Any]], *, after: int, backgro
            responses={200: ResponseOut}, errors=OpenAIError)
 def cancel_response(response: str) -> Response:
     question_id = parsed(response, "resp_", "response")
-    return jsonify(as_response(_as_response_or_404(lambda: cancel_question(str(question_id))), _asked(question_id)))
+    _as_response_or_404(lambda: cancel_question(str(question_id)))
+    read = _read(question_id)  # the response as the cancel left it, with what its call asked
+    return jsonify(as_response(read.shown, read.asked))
 
 
 def _as_response_or_404(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:

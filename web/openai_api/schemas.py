@@ -5,33 +5,37 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from ..schemas import storable
 
 # The app's end user (`safety_identifier`, or the older `user`): within one chatq user, end users
 # share that user's part of the workers fairly (migration 0014).
 EndUser = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
-class _Open(BaseModel):
+class OpenAIBody(BaseModel):
     # OpenAI's requests carry many fields chatq has no use for; an app must not have to strip them.
     model_config = ConfigDict(extra="allow")
 
+    _text = field_validator("*")(storable)  # no NUL in any text a field holds, however nested
 
-class ContentPart(_Open):
+
+class ContentPart(OpenAIBody):
     type: str
     text: str | None = None
 
 
-class ChatMessageIn(_Open):
+class ChatMessageIn(OpenAIBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[str, StringConstraints(max_length=8000)] | list[ContentPart] | None = None
 
 
-class StreamOptions(_Open):
+class StreamOptions(OpenAIBody):
     include_usage: bool = False
 
 
-class ChatCompletionIn(_Open):
+class ChatCompletionIn(OpenAIBody):
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=500)
     stream: bool = False
@@ -44,7 +48,7 @@ class ChatCompletionIn(_Open):
     user: EndUser | None = None  # OpenAI's older name for it
 
 
-class ResponseIn(_Open):
+class ResponseIn(OpenAIBody):
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     input: Annotated[str, StringConstraints(min_length=1, max_length=8000)] | list[dict[str, Any]] = Field(
         min_length=1, max_length=500)
