@@ -11,6 +11,7 @@ from celery import Celery, bootsteps, signals
 from kombu import Exchange, Queue
 
 from models import Settings
+from models.coordination import broker
 from models.coordination.jobs import DELIVER_WEBHOOK, ERASE_USER, FORGET, HOUSEKEEPING_QUEUE, SWEEP, WEBHOOK_QUEUE
 from models.process.connections import BROKER_TRANSPORT_OPTIONS, broker_options, broker_url
 from models.process.logs import configure_logging
@@ -64,6 +65,9 @@ def create_celery(settings: Settings) -> Celery:
         # beat's last-run times only; losing the file loses nothing (the schedule is an interval).
         beat_schedule_filename=str(Path(tempfile.gettempdir()) / "chatq-celerybeat-schedule"),
     )
+    # kombu's Redis transport, its subscription reads bounded (models/coordination/broker.py).
+    app.conf.broker_transport = (broker.WORKER_SENTINEL_TRANSPORT if settings.redis_sentinels
+                                 else broker.WORKER_TRANSPORT)
     app.steps["worker"].add(Heartbeat)
     return app
 
@@ -79,8 +83,10 @@ HEARTBEAT_SECONDS = 10.0
 
 class Heartbeat(bootsteps.StartStopStep):
     """Touches WORKER_HEARTBEAT_FILE every HEARTBEAT_SECONDS from the worker's own timer, which its
-    event loop drives: a liveness probe that reads the file's age sees a stuck worker, and costs no
-    broker round trip (`celery inspect ping` costs one per probe per pod)."""
+    event loop drives: a liveness probe that reads the file's age sees a stuck worker, and one that
+    cannot work — the loop does not run while the consumer reconnects to its broker (tests/faults,
+    the partition scenario). It costs no broker round trip (`celery inspect ping` costs one per
+    probe per pod)."""
 
     requires = ("celery.worker.components:Timer",)
 

@@ -30,12 +30,15 @@ POSTGRES_CONNECT_ARGS: dict[str, Any] = {
 }
 
 
-# The Celery broker's connections (kombu's Redis transport): commands (publish, ack) time out after
-# 10 s, and its checks run every 5 s — a BRPOP whose reply is overdue (it is sent with a 1-s server
-# timeout, so a live server always answers) is dropped and reconnected within ~11 s, where kombu's
-# default (25) leaves a consumer on a half-open connection idle for ~51 s.
+# The Celery broker's connections (kombu's Redis transport): commands (publish, ack, kombu's own
+# upkeep) time out after 3 s — the worker's event loop makes them itself, and in a partition each
+# one held the loop for its whole timeout (10 s before: jobs, heartbeats and the soft limits' timers
+# all waited; tests/faults, the partition scenario). Its checks run every 5 s — a BRPOP whose reply
+# is overdue (it is sent with a 1-s server timeout, so a live server always answers) is dropped and
+# reconnected within ~11 s, where kombu's default (25) leaves a consumer on a half-open connection
+# idle for ~51 s.
 BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
-    "socket_timeout": 10, "socket_connect_timeout": 3, "socket_keepalive": True,
+    "socket_timeout": 3, "socket_connect_timeout": 3, "socket_keepalive": True,
     "socket_keepalive_options": TCP_KEEPALIVE, "health_check_interval": 5,
 }
 

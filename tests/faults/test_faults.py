@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,6 +23,7 @@ from tests.faults.proxy import SilentProxy
 from tests.faults.sentinel import MASTER_NAME, SentinelRedis
 from tests.faults.standby import Standby
 from tests.support import Api, BackgroundPoll, Worker, subscribers, wait_until
+from worker.celery_app import HEARTBEAT_SECONDS
 
 pytestmark = pytest.mark.faults
 
@@ -270,38 +272,99 @@ def test_long_polls_are_woken_by_notifications_again_after_redis_restarts(fault_
     assert poll.answer["status"] == "answered" and poll.seconds < 30
 
 
-def test_a_worker_whose_redis_connection_goes_silent_gets_back_to_work_by_itself(fault_stack: FaultStack) -> None:
-    """A worker's every Redis connection (broker and pieces) runs through a proxy that goes silent
-    for ~12 s without closing anything, then forwards new connections again. Meanwhile the other
-    worker answers everything (within the lease); afterwards, with the other worker stopped, the
-    one that was cut off answers by itself: it noticed its dead connections and reconnected."""
-    stack = fault_stack.start(workers=1)
+PARTITION_SECONDS = 20
+SHARE_SECONDS = 12
+
+
+class SteadyLoad(threading.Thread):
+    """Users each posting a message every `period` seconds until stopped, each message's id kept
+    with when it was accepted (time.monotonic())."""
+
+    def __init__(self, conversations: list[tuple[Api, str]], period: float) -> None:
+        super().__init__(daemon=True)
+        self.conversations, self.period = conversations, period
+        self.accepted: list[tuple[float, str]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        for round_ in itertools.count():
+            for user, conversation_id in self.conversations:
+                message_id = _post(user, conversation_id, f"add task {round_}")
+                if message_id:
+                    self.accepted.append((time.monotonic(), message_id))
+            if self.stopped.wait(self.period):
+                return
+
+    def since(self, moment: float) -> list[str]:
+        return [message_id for accepted_at, message_id in self.accepted if accepted_at >= moment]
+
+    def stop(self) -> list[str]:
+        self.stopped.set()
+        self.join()
+        return [message_id for _, message_id in self.accepted]
+
+
+def _age(path: Path) -> float:
+    return time.time() - path.stat().st_mtime
+
+
+def test_a_worker_cut_off_mid_job_by_a_partition_works_again_after_it(fault_stack: FaultStack) -> None:
+    """One of three workers reaches Redis through a proxy. While that worker is in the middle of a
+    job, the proxy goes silent for 20 s: it forwards nothing on any connection and closes none, and
+    connections opened meanwhile are accepted and never answered (a partition; a TCP load balancer
+    in front of an unreachable Redis). The other two answer everything; after the heal the cut-off
+    worker is still running and takes its share again, and its liveness file went stale while it
+    could not work and is fresh again after."""
+    stack = fault_stack.start(workers=2)
     proxy = SilentProxy(stack.redis_port)
+    alive_file = stack.pgdata.parent / "cut-off-alive"
     try:
-        cut_off = Worker("fault-worker-proxied", {**stack.env, "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"},
+        cut_off = Worker("fault-worker-partitioned", {**stack.env, "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
+                                                      "WORKER_HEARTBEAT_FILE": str(alive_file)},
                          concurrency=1).start()
         stack.workers.append(cut_off)  # stopped with the stack
-        users = [Api(stack.webs[0].url) for _ in range(4)]
-        before = [user.chat("add before") for user in users]
-        wait_terminal(stack.connect, [accepted["message"]["id"] for accepted in before], timeout=30)
+        users = [Api(stack.webs[0].url) for _ in range(6)]
+        load = SteadyLoad([(user, user.chat("hello")["conversation_id"]) for user in users], period=0.5)
+        load.start()
+        # Cut it off the moment it starts a job (each takes >= 150 ms here).
+        received = cut_off.log_text().count("received")
+        wait_until(lambda: cut_off.log_text().count("received") > received + 2, timeout=30, interval=0.01,
+                   what="the worker to take jobs")
+        received = cut_off.log_text().count("received")
+        wait_until(lambda: cut_off.log_text().count("received") > received, timeout=30, interval=0.005,
+                   what="the worker to start a job")
         proxy.silence()
-        during = []
-        for round_ in range(4):  # over 8 s of silence: past kombu's check of an overdue pop (1 + 5 s)
-            during += [user.chat(f"add during {round_}")["message"]["id"] for user in users]
-            time.sleep(2)
-        wait_terminal(stack.connect, during, timeout=30)
-        with stack.connect() as connection:
-            figures = audit(connection, "redis-silent", sent=len(during), ids=during)
-        figures.report().assert_clean()
-        time.sleep(2)
+        silenced_at = time.monotonic()
+        ages = []
+        while time.monotonic() - silenced_at < PARTITION_SECONDS:
+            time.sleep(1)
+            ages.append(_age(alive_file))
         proxy.heal()
-        stack.workers[0].stop()  # only the worker that was cut off is left
-        after = [user.chat("add after")["message"]["id"] for user in users]
-        wait_terminal(stack.connect, after, timeout=60)
+        healed_at = time.monotonic()
+        received = cut_off.log_text().count("received")
+        wait_until(lambda: cut_off.log_text().count("received") > received, timeout=40, interval=0.1,
+                   what="the cut-off worker to take a job after the heal")
+        back_after = time.monotonic() - healed_at
+        back_at = time.monotonic()
+        time.sleep(SHARE_SECONDS)
+        ids = load.stop()
+        wait_terminal(stack.connect, ids, timeout=60)
         with stack.connect() as connection:
-            audit(connection, "redis-silent-recovered", sent=len(after), ids=after).report().assert_clean()
-        # With the other worker gone, the one that was cut off answered every one of them.
-        assert all(message_id in cut_off.log_text() for message_id in after)
+            figures = audit(connection, "redis-partition", sent=len(ids), ids=ids)
+        figures.report().assert_clean()
+        assert cut_off.popen is not None and cut_off.popen.poll() is None, cut_off.log_text()[-5000:]
+        after = load.since(back_at)
+        log = cut_off.log_text()
+        took = [message_id for message_id in after if message_id in log]
+        print(f"partition: the cut-off worker took a job {back_after:.1f} s after the heal, then answered "
+              f"{len(took)} of the {len(after)} posted in the next {SHARE_SECONDS} s; its liveness file's age "
+              f"during the partition {[round(age) for age in ages]} s, after {_age(alive_file):.0f} s")
+        # One of three workers: a share, not all (the other two were never away).
+        assert len(took) >= len(after) // 6, "the cut-off worker did not take its share after the heal"
+        # The worker's heartbeat stopped while it could not reach its broker (a liveness probe reading
+        # the file's age sees it), and beats again now that it can.
+        assert max(ages) > HEARTBEAT_SECONDS * 1.5
+        assert _age(alive_file) < HEARTBEAT_SECONDS + 2
     finally:
         proxy.close()
 

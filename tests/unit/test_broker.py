@@ -6,15 +6,25 @@ changes what the jobs look like on the broker."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from urllib.parse import urlsplit
 
+import pytest
 import redis
+from kombu import Connection
+from kombu.simple import SimpleQueue
 
 from models import Settings
 from models.coordination import broker
 from models.coordination.jobs import ANSWER_MESSAGE
 from models.coordination.messaging import send_answer_job
+from tests.faults.proxy import SilentProxy
 from web.services import make_producer
+
+
+def redis_port(settings: Settings) -> int:
+    return urlsplit(settings.redis_url).port or 6379
 
 
 def test_jobs_are_published_through_one_client_per_channel(unit_settings: Settings, monkeypatch) -> None:
@@ -42,3 +52,45 @@ def test_jobs_are_published_through_one_client_per_channel(unit_settings: Settin
     # ... and were published by one client (kombu alone builds one per publish).
     assert len(made) <= 2, f"{len(made)} Redis clients for 5 publishes: kombu no longer calls conn_or_acquire"
     client.delete("celery")
+
+
+def test_a_worker_subscription_read_ends_when_its_connection_goes_silent(unit_settings: Settings) -> None:
+    """kombu reads the worker's subscription (remote control) from the event loop; redis-py reads a
+    blocking pub/sub reply with no timeout. On a connection that went silent that read never ended,
+    and the worker's whole event loop with it (the partition scenario in tests/faults)."""
+    proxy = SilentProxy(redis_port(unit_settings))
+    subscription = broker.BoundedPubSub(redis.ConnectionPool.from_url(f"redis://127.0.0.1:{proxy.port}/0"))
+    ended = threading.Event()
+    try:
+        subscription.subscribe("chatq-unit-silent")
+        assert subscription.parse_response()[0] == b"subscribe"
+        proxy.silence()
+        reader = threading.Thread(target=lambda: (subscription.parse_response(), ended.set()), daemon=True)
+        reader.start()
+        reader.join(broker.SUBSCRIPTION_READ_SECONDS + 3)
+        assert ended.is_set(), "a subscription read on a silent connection did not end"
+    finally:
+        proxy.close()
+
+
+def test_a_worker_whose_ack_timed_out_asks_for_its_next_job(unit_settings: Settings) -> None:
+    """An ack that Redis never heard (the connection went silent) still ends the delivery in this
+    process: with one job prefetched, kombu's own QoS kept it counted and never consumed again."""
+    proxy = SilentProxy(redis_port(unit_settings))
+    queue_name = f"chatq-unit-{uuid.uuid4().hex[:8]}"
+    connection = Connection(f"redis://127.0.0.1:{proxy.port}/0", transport=broker.WORKER_TRANSPORT,
+                            transport_options={"socket_timeout": 0.5})
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_size=0, prefetch_count=1)
+        queue = SimpleQueue(channel, queue_name)
+        queue.put({"job": 1})
+        message = queue.get(timeout=5)
+        assert not channel.qos.can_consume()  # one delivered, not yet acknowledged
+        proxy.silence()
+        with pytest.raises(redis.exceptions.RedisError):
+            message.ack()
+        assert channel.qos.can_consume()
+    finally:
+        proxy.close()
+        redis.Redis.from_url(unit_settings.redis_url).delete(queue_name)

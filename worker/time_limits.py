@@ -1,0 +1,62 @@
+"""A soft time limit reaches only the job it was set for.
+
+Celery's main process times each job on its event loop and, when the soft limit passes, sends the
+pool child SIGUSR1, whose handler (billiard's) raises SoftTimeLimitExceeded wherever the child is.
+When that loop was held up — in a partition every call on a dead connection waits out its timeout —
+the limit fires late, after the job has ended, and the exception hits a child that is waiting for
+its next job: it dies of it (tests/faults, the partition scenario). Here a child raises only while a
+job runs and has run about as long as its limit; a late signal for a job that already ended is
+dropped.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from types import FrameType
+
+from celery import Task, signals
+from celery.exceptions import SoftTimeLimitExceeded
+
+SOFT_LIMIT_SIGNAL = signal.SIGUSR1  # billiard's
+
+# A signal is the running job's when the job has run this share of its soft limit: the main process
+# starts timing when it hands the job over, a moment before the child starts it.
+OWN_SHARE = 0.9
+
+
+class RunningJob:
+    """When this pool child's current job started and its soft limit (a lifecycle fact of the
+    process, not user data). Written by task signals, read by a signal handler: no lock, as in
+    worker/shutdown.py."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.soft_limit: float | None = None
+
+    def owns_soft_limit(self) -> bool:
+        started, limit = self.started, self.soft_limit
+        return started is not None and (not limit or time.monotonic() - started >= limit * OWN_SHARE)
+
+
+RUNNING = RunningJob()
+
+
+def _on_soft_limit(signum: int, frame: FrameType | None) -> None:
+    if RUNNING.owns_soft_limit():
+        raise SoftTimeLimitExceeded()
+    # No logging here: the signal may interrupt code that holds the logging module's locks.
+
+
+@signals.task_prerun.connect
+def _job_started(task: Task | None = None, **_kwargs: object) -> None:
+    RUNNING.soft_limit = (task.soft_time_limit or task.app.conf.task_soft_time_limit) if task else None
+    RUNNING.started = time.monotonic()
+    # billiard installs its handler after Celery's per-process initialisation, so ours goes in here.
+    if signal.getsignal(SOFT_LIMIT_SIGNAL) is not _on_soft_limit:
+        signal.signal(SOFT_LIMIT_SIGNAL, _on_soft_limit)
+
+
+@signals.task_postrun.connect
+def _job_ended(**_kwargs: object) -> None:
+    RUNNING.started = None
