@@ -7,9 +7,9 @@ next run carries on from. Deleting a question deletes its replies and its webhoo
 (the foreign keys cascade); the indexes of migration 0008 make each of those a lookup.
 
 An erasure's work list is its row in `erasures`, leased like a conversation: the worker that runs
-it renews the lease at every batch; the sweeper hands an erasure whose lease ran out to a worker
-again (worker/tasks.py). Once done, the row keeps only the user's keyed digest, when, and how many
-rows of each kind were deleted.
+it renews the lease at every batch; the forget round hands an erasure whose lease ran out (three
+conversation leases) to a worker again (worker/tasks.py). Once done, the row keeps only the user's
+keyed digest, when, and how many rows of each kind were deleted.
 """
 
 from __future__ import annotations
@@ -69,7 +69,10 @@ log = structlog.get_logger(__name__)
 BATCH = 1000  # rows one statement deletes
 RETENTION_BATCH = 50  # conversations one statement deletes, with their messages
 RETENTION_ROUNDS = 20  # statements a forget round runs at most: the rest waits for the next round
-ERASURE_LEASE_SECONDS = 60
+# An erasure's lease, in conversation leases: its first renewal comes after the wait for the user's
+# generations (two leases at most) and one batch. A worker that dies mid-erasure is replaced once it
+# runs out (the forget round sends the erasure again), in seconds rather than the minute it was.
+ERASURE_LEASES = 3
 SETTLE_POLL_SECONDS = 0.2
 
 # The user's rows, table by table, in an order the foreign keys allow: events before the messages
@@ -153,8 +156,9 @@ def erase(runtime: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
     and ends its question within a second; a dead worker's question ends when its lease runs out.
     The erasure waits for that (at most `settle_seconds`, by default two leases), so that no
     worker writes the user's text into Redis after the erasure went through it."""
+    lease = ERASURE_LEASES * runtime.settings.lease_seconds
     with runtime.db.connect() as connection:
-        taken = connection.execute(_TAKE, {"id": erasure_id, "lease": ERASURE_LEASE_SECONDS}).first()
+        taken = connection.execute(_TAKE, {"id": erasure_id, "lease": lease}).first()
         if taken is None or taken.user_id is None:
             return None
         user: str = taken.user_id
@@ -177,8 +181,7 @@ def erase(runtime: Runtime, erasure_id: uuid.UUID, *, batch: int = BATCH,
                 elif name == "conversations":
                     _forget_affinities(runtime.redis, row.ids)
                 if row.deleted:
-                    connection.execute(_PROGRESS, {"id": erasure_id, "erased": json.dumps(counts),
-                                                   "lease": ERASURE_LEASE_SECONDS})
+                    connection.execute(_PROGRESS, {"id": erasure_id, "erased": json.dumps(counts), "lease": lease})
                 if not row.left:
                     break
         counts["redis_keys"] += _forget_in_redis(runtime.redis, user)

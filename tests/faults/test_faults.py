@@ -369,6 +369,47 @@ def test_a_worker_cut_off_mid_job_by_a_partition_works_again_after_it(fault_stac
         proxy.close()
 
 
+def test_a_worker_killed_mid_erasure_is_replaced_and_the_erasure_finishes(fault_stack: FaultStack) -> None:
+    """DELETE /me on a user with a long history; the worker carrying the erasure out is SIGKILLed (the
+    whole process group, as a lost node) while it deletes the user's questions. Another worker finishes it, once the
+    dead one's lease on it has run out: every row of the user goes, the erasure says erased."""
+    fault_stack.env["FORGET_INTERVAL_SECONDS"] = "1"
+    stack = fault_stack.start(workers=1)
+    user = Api(stack.webs[0].url)
+    conversation_id, _ = user.ask("add task: a long history")
+    with stack.connect() as connection:  # 60,000 messages more: the erasure takes 60 batches of them
+        connection.execute(
+            "INSERT INTO messages (id, conversation_id, user_id, seq, role, content, status, attempts) "
+            "SELECT gen_random_uuid(), %s, %s, 10 + n, 'user', 'add task: ' || n, 'answered', 1 "
+            "FROM generate_series(1, 60000) AS n", (conversation_id, user.user))
+        connection.execute("UPDATE conversations SET last_seq = 60010 WHERE id = %s", (conversation_id,))
+        erasure = user.request("DELETE", "/api/v1/me")
+        assert erasure.status_code == 202, erasure.text
+        erasure_id = erasure.json()["id"]
+
+        def under_way() -> bool:  # the user's questions are being deleted, batch by batch
+            return connection.execute("SELECT erased ? 'questions' FROM erasures WHERE id = %s",
+                                      (erasure_id,)).fetchone()[0]
+
+        wait_until(under_way, timeout=30, interval=0.01, what="the erasure to be under way")
+        stack.workers[0].kill(signal.SIGKILL)
+        left = connection.execute("SELECT count(*) FROM messages WHERE user_id = %s", (user.user,)).fetchone()[0]
+        assert left > 0, "the erasure had finished before its worker was killed: nothing was tested"
+        killed_at = time.monotonic()
+        stack.workers[0] = stack.new_worker(0)
+
+        def erased() -> bool:
+            return user.get(f"/api/v1/erasures/{erasure_id}").json()["status"] == "erased"
+
+        wait_until(erased, timeout=30, interval=0.2, what="the erasure to finish on the other worker")
+        print(f"erasure: its worker killed with {left} messages left; finished {time.monotonic() - killed_at:.1f} s "
+              "later by the replacement")
+        assert connection.execute("SELECT count(*) FROM messages WHERE user_id = %s", (user.user,)).fetchone()[0] == 0
+        assert connection.execute("SELECT count(*) FROM conversations WHERE user_id = %s",
+                                  (user.user,)).fetchone()[0] == 0
+        assert stack.workers[0].log_text().count("user_erased") == 1
+
+
 MESSAGES_EACH = 6  # per conversation, 1.5 s apart: ~9 s of load, through the failover 3 s in
 
 
