@@ -410,11 +410,11 @@ def test_a_worker_killed_mid_erasure_is_replaced_and_the_erasure_finishes(fault_
         assert stack.workers[0].log_text().count("user_erased") == 1
 
 
-MESSAGES_EACH = 6  # per conversation, 1.5 s apart: ~9 s of load, through the failover 3 s in
+MESSAGES_EACH = 10  # per conversation, 1.5 s apart: ~15 s of load, through the failover 3 s in
 
 
 def _under_load_while(stack: FaultStack, fail_over, send) -> None:
-    """120 messages into 20 conversations (10 users, 2 each; each conversation's 6 posted 1.5 s
+    """200 messages into 20 conversations (10 users, 2 each; each conversation's 10 posted 1.5 s
     apart: ~13 a second, which three workers answer with room), `fail_over()` 3 s in."""
     users = [Api(stack.webs[0].url) for _ in range(10)]
     conversations = [(user, user.chat("hello")["conversation_id"]) for user in users for _ in range(2)]
@@ -433,18 +433,20 @@ def _under_load_while(stack: FaultStack, fail_over, send) -> None:
         thread.join()
 
 
-def _reply_wait_p99(connection: psycopg.Connection, ids: list[str]) -> float:
-    waits = sorted(row[0] for row in connection.execute(
+def _reply_waits(connection: psycopg.Connection, ids: list[str]) -> list[float]:
+    """How long each question waited for its reply, shortest first."""
+    return sorted(row[0] for row in connection.execute(
         "SELECT extract(epoch FROM r.created_at - q.created_at)::float8 FROM messages q JOIN messages r "
         "ON r.reply_to_id = q.id WHERE q.id = ANY(%s::uuid[])", (ids,)))
-    return waits[int(len(waits) * 0.99)]
 
 
 def test_the_redis_master_killed_under_load_and_sentinel_promoting_its_replica(fault_stack: FaultStack) -> None:
     """Redis under Sentinel (a master, a replica, three sentinels): the master is SIGKILLed while
-    120 messages are posted into 20 conversations. Every process follows the sentinels to the
-    promoted replica by itself; what Redis lost (jobs, pieces) Postgres still has: every message is
-    answered once, in order, no request answers 500, and a reply's wait stays within 15 s."""
+    200 messages are posted into 20 conversations (150-ms replies, three workers). Every process
+    follows the sentinels to the promoted replica by itself; what Redis lost (jobs, pieces)
+    Postgres still has: every message is answered once, in order, no request answers 500, and
+    replies wait no longer than through a Postgres failover under the same load: p50 at most 8 s,
+    the longest at most 15 s."""
     sentinel = SentinelRedis().start()
     try:
         fault_stack.env.update(REDIS_URL=f"redis://127.0.0.1:{sentinel.master_port}/0",
@@ -464,10 +466,10 @@ def test_the_redis_master_killed_under_load_and_sentinel_promoting_its_replica(f
         with stack.connect() as connection:
             figures = audit(connection, "redis-sentinel-failover", sent=len(statuses), ids=accepted)
             figures.extra = reply_latency(connection, accepted)
-            p99 = _reply_wait_p99(connection, accepted)
+            waits = _reply_waits(connection, accepted)
         figures.report().assert_clean()
         assert 500 not in statuses and len(accepted) >= 20 * MESSAGES_EACH - 5, statuses
-        assert p99 <= 15, p99
+        assert waits[len(waits) // 2] <= 8 and waits[-1] <= 15, figures.extra
     finally:
         sentinel.stop()
 
@@ -475,7 +477,7 @@ def test_the_redis_master_killed_under_load_and_sentinel_promoting_its_replica(f
 def test_the_postgres_primary_killed_under_load_and_its_synchronous_standby_promoted(fault_stack: FaultStack) -> None:
     """A primary and a synchronous standby, one multi-host DATABASE_URL (libpq picks the primary
     by target_session_attrs=read-write) for every process and for the test's own database set-up.
-    The primary dies (`-m immediate`) while 120 messages go into 20 conversations, posted as a
+    The primary dies (`-m immediate`) while 200 messages go into 20 conversations, posted as a
     client would, retrying a 503 with its Idempotency-Key; the standby is promoted. Nothing
     acknowledged is lost (synchronous commit), nothing is answered twice or out of order, no
     request answers 500, and replies wait at most 15 s (p99)."""
@@ -508,10 +510,10 @@ def test_the_postgres_primary_killed_under_load_and_its_synchronous_standby_prom
         with connect() as connection:
             figures = audit(connection, "postgres-failover-sync", sent=len(statuses), ids=accepted)
             figures.extra = reply_latency(connection, accepted)
-            p99 = _reply_wait_p99(connection, accepted)
+            waits = _reply_waits(connection, accepted)
         figures.report().assert_clean()
         assert len(set(accepted)) == 20 * MESSAGES_EACH and 500 not in statuses, sorted(set(statuses))
-        assert p99 <= 15, p99
+        assert waits[int(len(waits) * 0.99)] <= 15, figures.extra
         # make test's own set-up takes the same URL: a database made and migrated on the new primary.
         create_database(multi_host, "chatq_after_failover")
     finally:
