@@ -41,6 +41,7 @@ from sqlalchemy.sql.expression import Executable
 
 from models import GENERATING, PENDING, Conversation, Finish, Message, Role, Status, UserShare
 from models.sql.outbox import change, events_of
+from models.sql.queries import ready_order
 from models.sql.usage import add_to_today
 from models.tables.entities import status_cast, status_in
 
@@ -177,13 +178,14 @@ def _claim_fairest(capped: bool) -> Select[Any]:
     with its history. The order: interactive before batch, then by virtual start time (each user's
     messages tagged 1/weight apart from their user's last: next_fair_tag(), migration 0006), so
     that every user with waiting work gets an equal share of starts (weighted by tier), however
-    many conversations they have waiting. The walk follows ix_messages_ready and stops at the first
+    many conversations they have waiting; equal tags in the order of their ids, as a queued
+    message's `ahead` counts them (models/sql/queries.py). The walk follows ix_messages_ready and stops at the first
     ready message: it passes over only messages of busy conversations (at most the running
     generations' conversations' backlogs), not the queue; conversations another claim is taking
     at this instant are skipped."""
     ready, m, c = _ready(capped)
     candidate = (
-        ready.order_by(m.c.lane, m.c.fair_tag).limit(1).with_for_update(of=c, skip_locked=True)
+        ready.order_by(*ready_order(m)).limit(1).with_for_update(of=c, skip_locked=True)
         .cte("candidate")
     )
     claimed = (

@@ -139,9 +139,15 @@ def reply_versions(session: Session, question_id: uuid.UUID) -> list[Message]:
 
 
 # How many messages will start before a queued one, counted up to AHEAD_COUNTED: the queued messages
-# that come first in the claim's order (lane, then tag), from ix_messages_ready. Not exact (a
-# message whose conversation is busy waits on), and said to be an estimate.
+# that come first in the claim's order, ready_order(), from ix_messages_ready. Not exact where a
+# message waits on behind an earlier one of its own conversation (docs/scheduler.md).
 AHEAD_COUNTED = 10_000
+
+
+def ready_order(messages: Any) -> tuple[Any, Any, Any]:
+    """The order in which queued messages start: interactive lane first, then by virtual start time
+    (fair_tag), ties by id. The claim (worker/claim_sql.py) and the count below both follow it."""
+    return messages.c.lane, messages.c.fair_tag, messages.c.id
 
 
 def ahead_of(message: Any) -> Any:
@@ -150,8 +156,7 @@ def ahead_of(message: Any) -> Any:
     queued = _messages.alias("ahead_of_it")
     earlier = (
         select(literal(1))
-        .where(queued.c.status == Status.QUEUED,
-               tuple_(queued.c.lane, queued.c.fair_tag) < tuple_(message.c.lane, message.c.fair_tag))
+        .where(queued.c.status == Status.QUEUED, tuple_(*ready_order(queued)) < tuple_(*ready_order(message)))
         .correlate(message)  # two levels up: SQLAlchemy would otherwise add `message` to this FROM
         .limit(AHEAD_COUNTED)
         .subquery()
@@ -165,7 +170,7 @@ _QUEUE_POSITIONS = select(_messages.c.id, ahead_of(_messages)).where(
 _FIRST_IN_QUEUE = (
     select(ahead_of(_messages))
     .where(_messages.c.user_id == bindparam("user"), _messages.c.status == Status.QUEUED)
-    .order_by(_messages.c.lane, _messages.c.fair_tag)
+    .order_by(*ready_order(_messages))
     .limit(1)
 )
 
