@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from scripts.devstack import libpq_url
-from tests.support import Api, Stack, Web, isolated_env, sample, sign_in, token, wait_until
+from tests.support import Api, Stack, Web, Worker, isolated_env, sample, sign_in, token, wait_until
 
 DELAY_MS = 100
 
@@ -192,16 +192,61 @@ def test_batch_work_is_never_starved_for_good(fair) -> None:
     assert len(order) - 1 - order.index(nightly.user) >= 10, order
 
 
-def test_a_queued_message_says_how_many_start_before_it(fair) -> None:
-    heavy, light = user(fair.url), user(fair.url)
-    post_backlog(heavy, 30)
-    waiting = light.chat("show my tasks")["message"]
-    assert waiting["status"] == "queued" and waiting["queue"]["ahead"] >= 0
-    read = light.get(f"/api/v1/messages/{waiting['id']}").json()
-    if read["status"] == "queued":
-        assert set(read["queue"]) == {"ahead", "eta_seconds"}
+def started_in_order(db: psycopg.Connection, users: list[str]) -> list[str]:
+    """The users' questions in the order their replies were stored: the order their generations
+    started, with one worker slot."""
+    rows = db.execute("SELECT q.id::text FROM messages q JOIN messages r ON r.reply_to_id = q.id "
+                      "WHERE q.user_id = ANY(%s) ORDER BY r.created_at", (users,)).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_queued_message_says_exactly_how_many_start_before_it(fair) -> None:
+    """Backlogs at two weights (a pro user's at weight 4, two free users'), each message in a
+    conversation of its own, posted while no worker runs; then a light user's one message. It says
+    how many will start before it, and exactly that many do (one worker slot: the replies are stored
+    in the order their generations started). Users who join at the same moment share a virtual start
+    time: the claim and the count order such ties alike."""
+    fair.stack.worker.stop()
+    pro, free, other, light = user(fair.url, tier="pro"), user(fair.url), user(fair.url), user(fair.url)
+    users = [pro.user, free.user, other.user, light.user]
+    try:
+        in_parallel(lambda: post_backlog(pro, 12), lambda: post_backlog(free, 8), lambda: post_backlog(other, 8))
+        waiting = light.chat("show my tasks")["message"]
+        ahead = waiting["queue"]["ahead"]
+        assert light.get(f"/api/v1/messages/{waiting['id']}").json()["queue"]["ahead"] == ahead
+        one_slot = Worker("fair-worker-one-slot", fair.stack.env, concurrency=1).start()
+        try:
+            drained(fair.db, users)
+        finally:
+            one_slot.stop()
+    finally:
+        fair.stack.worker = Worker("fair-worker", fair.stack.env).start()
+    order = started_in_order(fair.db, users)
+    assert order.index(waiting["id"]) == ahead, (ahead, order.index(waiting["id"]))
+    assert 0 < ahead < 28  # placed among the backlogs by their tags, not behind them all
     assert light.wait_answered(waiting["id"])["queue"] is None  # answered: no place in any queue
-    drained(fair.db, [heavy.user, light.user])
+
+
+def test_a_queued_messages_estimate_is_within_a_factor_of_two_of_its_wait(fair) -> None:
+    """Two users' backlogs keep both slots busy; a few seconds in, one of them posts once more, behind
+    its own backlog. Its eta_seconds is taken from the rate the workers start generations at now —
+    the time they were idle before the backlog does not count — and its start comes within a factor
+    of two of it (and a second)."""
+    heavy = [user(fair.url) for _ in range(2)]
+    users = [api.user for api in heavy]
+    in_parallel(lambda: post_backlog(heavy[0], 40), lambda: post_backlog(heavy[1], 40))
+    wait_until(lambda: fair.db.execute("SELECT count(*) FROM messages WHERE user_id = ANY(%s) AND role = 'user' "
+                                       "AND status = 'answered'", (users,)).fetchone()[0] >= 20,
+               timeout=30, what="the backlogs to be under way")
+    posted_at = time.monotonic()
+    waiting = heavy[0].chat("add task one more")["message"]
+    wait_until(lambda: status_of(fair.db, waiting["id"]) != "queued", timeout=60, interval=0.02,
+               what="the last message to start")
+    waited = time.monotonic() - posted_at
+    estimate = waiting["queue"]["eta_seconds"]
+    print(f"eta: {waiting['queue']['ahead']} ahead, estimated {estimate} s, started after {waited:.1f} s")
+    assert estimate is not None and estimate / 2 - 1 <= waited <= estimate * 2 + 1, (estimate, waited)
+    drained(fair.db, users)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +275,36 @@ def test_a_user_with_too_many_messages_waiting_gets_429_and_nothing_is_stored(ca
     assert capped.db.execute("SELECT count(*) FROM messages WHERE content = 'one too many'").fetchone()[0] == 0
     for message_id in (first, *waiting):
         assert flood.wait_answered(message_id, timeout=30)["status"] == "answered"
+
+
+def test_a_full_queues_retry_after_is_about_when_its_first_waiting_message_starts(capped) -> None:
+    """The 429's Retry-After is the wait of the user's first waiting message, from the messages
+    ahead of it and the rate generations start at now: eight users' backlogs keep both slots busy
+    (0.8 s a reply, one generation per user at a time), one of them posts past its cap, and its
+    first waiting message starts within a factor of two (and a second) of what the header said."""
+    others = [user(capped.url) for _ in range(8)]
+    in_parallel(*(lambda api=api: post_backlog(api, 3) for api in others))
+    users = [api.user for api in others]
+    wait_until(lambda: capped.db.execute("SELECT count(*) FROM messages WHERE user_id = ANY(%s) AND role = 'user' "
+                                         "AND status = 'answered'", (users,)).fetchone()[0] >= 10,
+               timeout=30, what="the backlogs to be under way")
+    # One of them posts until refused: its waiting messages take turns with the others' (fair share).
+    flood = others[-1]
+    for _ in range(4):
+        refused = flood.post("/api/v1/chat", json={"message": "one too many"})
+        if refused.status_code == 429:
+            break
+    asked_at = time.monotonic()
+    waiting = [row[0] for row in capped.db.execute("SELECT id::text FROM messages WHERE user_id = %s AND "
+                                                   "status = 'queued'", (flood.user,)).fetchall()]
+    assert refused.status_code == 429 and len(waiting) == 3, refused.text
+    told = int(refused.headers["Retry-After"])
+    wait_until(lambda: any(status_of(capped.db, message_id) != "queued" for message_id in waiting), timeout=60,
+               interval=0.05, what="the refused user's first waiting message to start")
+    waited = time.monotonic() - asked_at
+    print(f"retry-after: told {told} s, its first waiting message started after {waited:.1f} s")
+    assert told / 2 - 1 <= waited <= told * 2 + 1, (told, waited)
+    drained(capped.db, users)
 
 
 def test_a_user_generates_at_most_their_cap_at_once_while_others_are_answered(capped) -> None:

@@ -4,6 +4,7 @@ next (the scheduler is the claim's SQL, worker/claim_sql.py); these figures only
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -17,38 +18,50 @@ from .signals import starts_key, user_starts_key
 
 log = structlog.get_logger(__name__)
 
-BUCKET_SECONDS = 10
-WINDOW_BUCKETS = 6  # the rate is taken over the last minute
-# Fewer starts than this in the window are no rate to estimate a wait from (one start after an
-# idle minute said "about 32 s" of a wait that took 4.5).
+# Starts are counted per second, service-wide, and the rate is read over the most recent seconds
+# that hold RATE_STARTS of them, looking back a minute at most: what the workers do now. A
+# minute's average counted the idle time before a backlog began, and told a message 117 s for a
+# start 8 s later (issue 37); one start after an idle minute said "about 32 s" of a wait of 4.5.
+RATE_STARTS = 10
+RATE_WINDOW_SECONDS = 60
+# Fewer starts than this in the whole window are no rate to estimate a wait from.
 MIN_STARTS = 3
-_KEEP_SECONDS = BUCKET_SECONDS * (WINDOW_BUCKETS + 2)
+# The busiest users' starts (operators' figure) are counted in 10-second buckets over the minute.
+BUCKET_SECONDS = 10
+WINDOW_BUCKETS = 6
+_KEEP_SECONDS = RATE_WINDOW_SECONDS + 2 * BUCKET_SECONDS
 
 
 def record_start(pipe: redis.client.Pipeline, user: str, now: float | None = None) -> None:
     """Count a generation's start, service-wide and for its user (into a pipeline the caller
     executes)."""
-    bucket = int((now or time.time()) // BUCKET_SECONDS)
-    pipe.incr(starts_key(bucket))
-    pipe.expire(starts_key(bucket), _KEEP_SECONDS)
+    now = now or time.time()
+    second, bucket = int(now), int(now // BUCKET_SECONDS)
+    pipe.incr(starts_key(second))
+    pipe.expire(starts_key(second), _KEEP_SECONDS)
     pipe.zincrby(user_starts_key(bucket), 1, user)
     pipe.expire(user_starts_key(bucket), _KEEP_SECONDS)
 
 
 def start_rate(client: redis.Redis, now: float | None = None) -> float | None:
-    """Generations started per second over the last minute (the current bucket counted for the
-    part of it that has passed); None when fewer than MIN_STARTS started or Redis cannot say."""
+    """Generations started per second lately: over the most recent seconds holding RATE_STARTS
+    starts — this second so far, then whole seconds back — or the whole last minute when fewer
+    started in it; None when fewer than MIN_STARTS started in the minute, or Redis cannot say."""
     now = now or time.time()
-    current = int(now // BUCKET_SECONDS)
+    current = int(now)
     try:
-        counts = client.mget([starts_key(bucket) for bucket in range(current - WINDOW_BUCKETS, current + 1)])
+        counts = client.mget([starts_key(second) for second in range(current, current - RATE_WINDOW_SECONDS, -1)])
     except RedisError as error:
         log.warning("start_rate_unread", error=str(error))
         return None
-    started = sum(int(count) for count in counts if count is not None)
+    totals = list(itertools.accumulate(int(count or 0) for count in counts))  # this second, then back
+    back = next((seconds for seconds, total in enumerate(totals) if total >= RATE_STARTS), len(totals) - 1)
+    started = totals[back]
     if started < MIN_STARTS:
         return None
-    return started / (WINDOW_BUCKETS * BUCKET_SECONDS + (now - current * BUCKET_SECONDS))
+    # From the start of the earliest second counted; at least a second, so that a burst of starts
+    # in the first moments of this one is not taken for their rate.
+    return started / max(1.0, now - (current - back))
 
 
 def busiest_users(client: redis.Redis, most: int = 10, now: float | None = None) -> list[float]:
