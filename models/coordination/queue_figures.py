@@ -4,9 +4,9 @@ next (the scheduler is the claim's SQL, worker/claim_sql.py); these figures only
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -14,54 +14,52 @@ import redis
 import structlog
 from redis.exceptions import RedisError
 
-from .signals import starts_key, user_starts_key
+from .signals import RECENT_STARTS_KEY, user_starts_key
 
 log = structlog.get_logger(__name__)
 
-# Starts are counted per second, service-wide, and the rate is read over the most recent seconds
-# that hold RATE_STARTS of them, looking back a minute at most: what the workers do now. A
-# minute's average counted the idle time before a backlog began, and told a message 117 s for a
-# start 8 s later (issue 37); one start after an idle minute said "about 32 s" of a wait of 4.5.
-RATE_STARTS = 10
+# The recent starts are kept by time, the last minute's, and the rate is read from the most recent
+# RATE_STARTS of them: what the workers do now. A minute's average counted the idle time before a
+# backlog began, and told a message 82 s for a start 3.4 s later (issue 37 saw 117 s for 8 s); one
+# start after an idle minute said "about 32 s" of a wait of 4.5.
+RATE_STARTS = 20
 RATE_WINDOW_SECONDS = 60
 # Fewer starts than this in the whole window are no rate to estimate a wait from.
 MIN_STARTS = 3
 # The busiest users' starts (operators' figure) are counted in 10-second buckets over the minute.
 BUCKET_SECONDS = 10
 WINDOW_BUCKETS = 6
-_KEEP_SECONDS = RATE_WINDOW_SECONDS + 2 * BUCKET_SECONDS
+_KEEP_SECONDS = BUCKET_SECONDS * (WINDOW_BUCKETS + 2)
 
 
 def record_start(pipe: redis.client.Pipeline, user: str, now: float | None = None) -> None:
     """Count a generation's start, service-wide and for its user (into a pipeline the caller
-    executes)."""
+    executes). A start is kept under a name of its own that says nothing of whose it is: an erasure
+    need not look for it."""
     now = now or time.time()
-    second, bucket = int(now), int(now // BUCKET_SECONDS)
-    pipe.incr(starts_key(second))
-    pipe.expire(starts_key(second), _KEEP_SECONDS)
-    pipe.zincrby(user_starts_key(bucket), 1, user)
-    pipe.expire(user_starts_key(bucket), _KEEP_SECONDS)
+    pipe.zadd(RECENT_STARTS_KEY, {uuid.uuid4().hex: now})
+    pipe.zremrangebyscore(RECENT_STARTS_KEY, "-inf", now - RATE_WINDOW_SECONDS)
+    pipe.expire(RECENT_STARTS_KEY, RATE_WINDOW_SECONDS)
+    bucket = user_starts_key(int(now // BUCKET_SECONDS))
+    pipe.zincrby(bucket, 1, user)
+    pipe.expire(bucket, _KEEP_SECONDS)
 
 
 def start_rate(client: redis.Redis, now: float | None = None) -> float | None:
-    """Generations started per second lately: over the most recent seconds holding RATE_STARTS
-    starts — this second so far, then whole seconds back — or the whole last minute when fewer
-    started in it; None when fewer than MIN_STARTS started in the minute, or Redis cannot say."""
+    """Generations started per second lately: the intervals between the last RATE_STARTS starts
+    (or as many as started in the last minute), over the time since the earliest of them; None when
+    fewer than MIN_STARTS started in the minute, or Redis cannot say."""
     now = now or time.time()
-    current = int(now)
     try:
-        counts = client.mget([starts_key(second) for second in range(current, current - RATE_WINDOW_SECONDS, -1)])
+        recent = client.zrevrangebyscore(RECENT_STARTS_KEY, "+inf", now - RATE_WINDOW_SECONDS, start=0,
+                                         num=RATE_STARTS, withscores=True)
     except RedisError as error:
         log.warning("start_rate_unread", error=str(error))
         return None
-    totals = list(itertools.accumulate(int(count or 0) for count in counts))  # this second, then back
-    back = next((seconds for seconds, total in enumerate(totals) if total >= RATE_STARTS), len(totals) - 1)
-    started = totals[back]
-    if started < MIN_STARTS:
+    if len(recent) < MIN_STARTS:
         return None
-    # From the start of the earliest second counted; at least a second, so that a burst of starts
-    # in the first moments of this one is not taken for their rate.
-    return started / max(1.0, now - (current - back))
+    # Over half a second at least: a burst of starts a moment ago is not their rate.
+    return (len(recent) - 1) / max(0.5, now - recent[-1][1])
 
 
 def busiest_users(client: redis.Redis, most: int = 10, now: float | None = None) -> list[float]:

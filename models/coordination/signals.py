@@ -32,10 +32,9 @@ def pieces_key(message_id: uuid.UUID | str, attempt: int) -> str:
     return f"chatq:pieces:{message_id}:{attempt}"
 
 
-def starts_key(second: int) -> str:
-    """How many generations started in one second of wall-clock time (unix seconds), service-wide:
-    the recent start rate, from which a queued message's wait is estimated. Expires."""
-    return f"chatq:started:{second}"
+# The generations started in the last minute (a random name -> unix time), service-wide:
+# the recent start rate, from which a queued message's wait is estimated. Expires.
+RECENT_STARTS_KEY = "chatq:recent-starts"
 
 
 def user_starts_key(bucket: int) -> str:
