@@ -121,6 +121,70 @@ class TimingProxy:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+class TcpTimingProxy:
+    """A TCP proxy in front of one model server that looks at the bytes as they pass, without
+    parsing HTTP: when a chat completion's request has come through whole (its headers and
+    Content-Length bytes of body), and when the first chunk carrying generated text went back.
+    Seen from outside every process, where TimingProxy's marks are its own HTTP reads."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.arrivals: list[float] = []
+        self.first_tokens: list[float] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: Any, upstream: Any) -> None:
+        import select
+
+        request, waiting_for_text = b"", False
+        peers = {client: upstream, upstream: client}
+        try:
+            while True:
+                readable, _, _ = select.select(list(peers), [], [])
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    now = time.monotonic()
+                    peers[sock].sendall(data)
+                    if sock is client:
+                        request += data
+                        head, separator, body = request.partition(b"\r\n\r\n")
+                        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                       if line.lower().startswith(b"content-length:")), 0)
+                        if separator and len(body) >= length:
+                            if b"/chat/completions" in head:
+                                self.arrivals.append(now)
+                                waiting_for_text = True
+                            request = body[length:]
+                    elif waiting_for_text and b'"content":"' in data.replace(b'"content":""', b""):
+                        self.first_tokens.append(now)
+                        waiting_for_text = False
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+
 def _prefill(figures: list[tuple[float, float, float, dict[str, Any]]]) -> str:
     """What llama-server says it did before the first token: tokens evaluated, from its cache."""
     timings = [f[3] for f in figures]

@@ -3,10 +3,13 @@
     .venv/bin/python bench/openai_api.py [--turns 20] [--messages 200] [--rounds 3] [--resumes 60]
 
 1. the first token (needs llama.cpp: `python scripts/llama.py build`): one llama-server
-   (SmolLM2-135M) behind bench/models.py's timing proxy, one gunicorn and one Celery worker with
-   ENGINE=openai. --turns questions each way, alternated: a POST to /api/v1 with the
-   conversation's event stream open, and a streamed `/v1/responses` create. What chatq adds to the
-   first token = the client's first delta − the model's first token leaving the server; p50 each.
+   (SmolLM2-135M) behind bench/models.py's HTTP timing proxy, and in front of that a TCP proxy that
+   marks the bytes at chatq's door; one gunicorn and one Celery worker with ENGINE=openai. --turns
+   questions each way, alternated: a POST to /api/v1 with the conversation's event stream open,
+   and a streamed `/v1/responses` create. What chatq adds to the first token, all of it seen from
+   outside chatq's processes = (POST sent -> the request through the door) + (the first generated
+   text through the door -> the client's first delta); p50 each, and the second part also from the
+   HTTP proxy's own mark, as bench/models.py takes it.
 2. web CPU per message (the built-in engine, 100 ms a reply; ONE gunicorn process): --messages
    messages as a POST + long-poll (`?wait=30`) on /api/v1, and as a background `/v1/responses`
    create + a `GET /v1/responses/{id}` every --poll-ms (500) until final; --rounds alternated
@@ -35,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
-from bench.models import TimingProxy, _p, _up  # noqa: E402
+from bench.models import TcpTimingProxy, TimingProxy, _p, _up  # noqa: E402
 
 PIECES = 2000
 
@@ -57,7 +60,9 @@ def first_token(turns: int) -> None:
     model = Process("bench-openai-llama", server.argv(port, context=2048), os.environ).start()
     try:
         wait_until(lambda: _up(requests, port), timeout=60, what="llama-server")
-        proxy = TimingProxy(f"http://127.0.0.1:{port}")
+        # chatq -> a TCP proxy that marks bytes at chatq's door -> the HTTP timing proxy -> llama-server.
+        http_proxy = TimingProxy(f"http://127.0.0.1:{port}")
+        proxy = TcpTimingProxy(http_proxy.httpd.server_address[1])
         env = bench_environment("openai", "chatq_openai_llm", TEST_SECRET, ENGINE="openai",
                                 LLM_BASE_URL=proxy.url + "/v1", LLM_MODEL="smollm2", LLM_MAX_TOKENS="16",
                                 LLM_STREAM="1")
@@ -69,25 +74,39 @@ def first_token(turns: int) -> None:
             client = openai.OpenAI(base_url=web.url + "/v1", api_key=api.post("/api/v1/keys", json={"name": "b"})
                                    .json()["key"], max_retries=0, timeout=120)
             api.ask("warm up")
-            added: dict[str, list[float]] = {"/api/v1": [], "/v1/responses": []}
+            # Per API: POST sent -> the request through the proxy's door; the first generated text
+            # through it -> the client's first delta; and that second figure from the HTTP proxy's
+            # own mark, as bench/models.py takes it.
+            added: dict[str, dict[str, list[float]]] = {
+                name: {"in": [], "out": [], "out (HTTP proxy's mark)": []} for name in ("/api/v1", "/v1/responses")}
+
+            def note(name: str, sent: float, seen: float) -> None:
+                added[name]["in"].append(proxy.arrivals[-1] - sent)
+                added[name]["out"].append(seen - proxy.first_tokens[-1])
+                added[name]["out (HTTP proxy's mark)"].append(seen - http_proxy.first_tokens[-1])
+
             for turn in range(turns):
                 conversation = api.post("/api/v1/conversations", json={}).json()["id"]
                 stream = EventStream(api, f"/api/v1/conversations/{conversation}/events")
                 try:
+                    sent = time.monotonic()
                     api.chat(f"Say a word about the number {turn}.", conversation)
                     stream.until(lambda event: event["event"] == "delta", limit=500)
-                    seen = time.monotonic()
+                    note("/api/v1", sent, time.monotonic())
                 finally:
                     stream.close()
-                added["/api/v1"].append(seen - proxy.first_tokens[-1])
+                sent = time.monotonic()
                 for event in client.responses.create(model="smollm2", input=f"Say a word about {turn}.",
                                                      stream=True):
                     if event.type == "response.output_text.delta":
-                        added["/v1/responses"].append(time.monotonic() - proxy.first_tokens[-1])
+                        note("/v1/responses", sent, time.monotonic())
                         break
-            for name, values in added.items():
-                print(f"1. what chatq adds to the first token, {name}: p50 {_p(values, 0.5) * 1000:.1f} ms, "
-                      f"p95 {_p(values, 0.95) * 1000:.1f} ms ({len(values)} turns)")
+            for name, figures in added.items():
+                parts = ", ".join(f"{part} p50 {_p(values, 0.5) * 1000:.1f} ms" for part, values in figures.items())
+                total = [a + b for a, b in zip(figures["in"], figures["out"], strict=True)]
+                print(f"1. what chatq adds to the first token, {name}: {_p(total, 0.5) * 1000:.1f} ms p50 "
+                      f"(p95 {_p(total, 0.95) * 1000:.1f}) = POST -> the model server has the request + its "
+                      f"first text -> the client's first delta; {parts} ({turns} turns)")
         finally:
             web.kill()
             worker.kill()
