@@ -62,6 +62,9 @@ def create_app() -> Any:
     from pydantic import BaseModel, Field
     from sqlalchemy import create_engine, text
 
+    from models.coordination import broker
+    from models.coordination.messaging import PUBLISH_AS_IS
+
     app = Flask(__name__)
     app.add_url_rule("/livez", "livez", lambda: {"status": "alive"})  # what the harness waits for
     app.add_url_rule("/park", "park", lambda: {"woken": gevent.event.Event().wait(300)})
@@ -71,8 +74,11 @@ def create_app() -> Any:
 
     engine = create_engine(os.environ["DATABASE_URL"], pool_size=10, isolation_level="AUTOCOMMIT")
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    # Published as chatq publishes (the floor pays no cost chatq has removed): no task-sent event,
+    # one Redis client per channel, no declare, no result, no repr of the arguments.
     producer = Celery("floor", broker=os.environ["REDIS_URL"], set_as_current=False)
     producer.conf.task_send_sent_event = False
+    producer.conf.broker_transport = broker.TRANSPORT
     insert = text("INSERT INTO floor_messages (id, user_id, content) VALUES (:id, :user, :content)")
     read = text("SELECT id, content, status, created_at FROM floor_messages WHERE id = :id AND user_id = :user")
 
@@ -90,7 +96,8 @@ def create_app() -> Any:
             with engine.connect() as connection:
                 connection.execute(insert, {"id": ident, "user": who, "content": body.message})
         if "celery" in steps:
-            producer.send_task("floor.answer", args=[str(ident)], retry=False)
+            producer.send_task("floor.answer", args=[str(ident)], argsrepr=f"['{ident}']", retry=False,
+                               **PUBLISH_AS_IS)
         if "publish" in steps:
             client.publish(f"floor:{ident}", "queued")
         return {"id": str(ident), "poll_url": f"/floor/{ident}"}, 202

@@ -41,13 +41,14 @@ _FINAL_VALUES = frozenset(status.value for status in FINAL)  # announced as stri
 PIECES_TTL_SECONDS = 3600
 
 
-# What every job publish can skip (a large share of `send_task`'s CPU on the web tier, docs/decisions/0010):
+# What every job publish can skip (a large share of `send_task`'s CPU on the web tier,
+# docs/decisions/0010; bench/floor.py's lean app skips it too):
 # - declaring the queue before each publish: a job goes to the default exchange, straight to the
 #   queue named by its routing key, which the workers declare when they start (and Redis keeps a
 #   list whether or not it was declared);
 # - a result: no result backend is configured (the reply is in Postgres, not in a Celery result);
 # - building the repr of the arguments with `saferepr`: they are ids, whose repr is short and safe.
-_PUBLISH_AS_IS: dict[str, Any] = {"declare": [], "ignore_result": True, "kwargsrepr": "{}"}
+PUBLISH_AS_IS: dict[str, Any] = {"declare": [], "ignore_result": True, "kwargsrepr": "{}"}
 
 
 def send_answer_job(producer: Celery, message_id: uuid.UUID, request_id: str | None,
@@ -65,7 +66,7 @@ def send_answer_job(producer: Celery, message_id: uuid.UUID, request_id: str | N
             shadow=f"{ANSWER_MESSAGE} {message_id}",
             countdown=countdown,
             retry=False,
-            **_PUBLISH_AS_IS,
+            **PUBLISH_AS_IS,
         )
     except (KombuOperationalError, RedisError, OSError) as error:
         log.warning("enqueue_failed", message_id=str(message_id), error=str(error))
