@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -142,27 +141,19 @@ def main() -> None:
         print(json.dumps({"rate": rate, "cpu_ms": per_message}))
         return
     sys.path.insert(0, str(HERE))
-    from bench.environment import private_tmpdir
+    from bench.environment import alternated, private_tmpdir
 
     private_tmpdir("e2e")  # the measured processes' temporary files, whichever checkout they are
     roots = ([args.against.resolve()] if args.against else []) + [HERE]
     figures: dict[Path, list[float]] = {root: [] for root in roots}
     cpu: dict[Path, list[dict[str, float]]] = {root: [] for root in roots}
-    for round_ in range(args.rounds):
-        for root in roots:
-            # The measuring code is this file's; the processes measured are `root`'s, run by its own
-            # virtualenv when it has one (a change of requirements is measured too).
-            own = root / ".venv" / "bin" / "python"
-            python = str(own if own.exists() else sys.executable)
-            output = subprocess.run([python, __file__, "--measure", str(root), "--users", str(args.users),
-                                     "--messages", str(args.messages), "--slots", str(args.slots)],
-                                    check=True, capture_output=True, text=True).stdout
-            measured = json.loads(output.splitlines()[-1])
-            figures[root].append(measured["rate"])
-            cpu[root].append(measured["cpu_ms"])
-            spent = ", ".join(f"{part} {ms:.2f}" for part, ms in measured["cpu_ms"].items())
-            print(f"round {round_ + 1}, {root}: {measured['rate']:.1f} messages/s; CPU ms a message: {spent}",
-                  flush=True)
+    for round_, root, line in alternated(Path(__file__), args.against, args.rounds, "--users", str(args.users),
+                                         "--messages", str(args.messages), "--slots", str(args.slots)):
+        measured = json.loads(line)
+        figures[root].append(measured["rate"])
+        cpu[root].append(measured["cpu_ms"])
+        spent = ", ".join(f"{part} {ms:.2f}" for part, ms in measured["cpu_ms"].items())
+        print(f"round {round_}, {root}: {measured['rate']:.1f} messages/s; CPU ms a message: {spent}", flush=True)
     medians = {root: statistics.median(values) for root, values in figures.items()}
     print()
     for root, median in medians.items():

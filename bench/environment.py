@@ -2,8 +2,9 @@
 embedded default's), a Redis database of their own, flushed, and nothing in the way of the load —
 no rate limits, no dev mode, no shared metrics folder.
 
-web_cpu.py and fairness.py build theirs by hand inside the checkout they measure, which may be
-older than this module; only their TMPDIR comes from here, set before they start it.
+web_cpu.py, fairness.py and end_to_end.py build theirs by hand inside the checkout they measure,
+which may be older than this module; only their TMPDIR and the alternation of their rounds
+(`alternated`) come from here, in the checkout that runs them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 # Each bench's Redis database, chosen here only, so that no two benches share one (web_cpu.py's is
@@ -49,3 +54,20 @@ def bench_environment(bench: str, database: str, secret: str, base: dict[str, st
             "DATABASE_URL": devstack.create_database(base["DATABASE_URL"], database), "REDIS_URL": redis_url,
             "AUTH_SECRET": secret, "RATE_LIMIT": "", "READ_RATE_LIMIT": "", "PROMETHEUS_MULTIPROC_DIR": "",
             "TMPDIR": tmpdir, **settings}
+
+
+def alternated(bench: Path, against: Path | None, rounds: int, *options: str) -> Iterator[tuple[int, Path, str]]:
+    """Run `bench --measure <checkout> <options>` in each checkout, round after round, the baseline
+    (`against`) first, so that the machine's drift hits both alike; yields (round, checkout, the
+    last line it printed). The measuring code is `bench`, this checkout's file; the processes it
+    measures are the checkout's, run by its own virtualenv when it has one (a change of
+    requirements is measured too)."""
+    here = Path(bench).resolve().parent.parent
+    roots = ([against.resolve()] if against else []) + [here]
+    for round_ in range(1, rounds + 1):
+        for root in roots:
+            own = root / ".venv" / "bin" / "python"
+            python = str(own if own.exists() else sys.executable)
+            output = subprocess.run([python, str(bench), "--measure", str(root), *options],
+                                    check=True, capture_output=True, text=True).stdout
+            yield round_, root, output.splitlines()[-1]

@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -236,20 +235,13 @@ def main() -> None:
         claim_scaling([int(size) for size in args.claim_scaling.split(",")])
         return
     sys.path.insert(0, str(HERE))
-    from bench.environment import private_tmpdir
+    from bench.environment import alternated, private_tmpdir
 
     private_tmpdir("fairness")  # the measured processes' temporary files, whichever checkout they are
-    roots = ([args.against.resolve()] if args.against else []) + [HERE]
-    for round_ in range(args.rounds):
-        for root in roots:
-            own = root / ".venv" / "bin" / "python"
-            python = str(own if own.exists() else sys.executable)
-            output = subprocess.run([python, __file__, "--measure", str(root), "--delay-ms", str(args.delay_ms)],
-                                    check=True, capture_output=True, text=True).stdout
-            figures = json.loads(output.splitlines()[-1])
-            print(f"round {round_ + 1}, {root}: " + ", ".join(f"{key} {value:.3g}" for key, value in figures.items()),
-                  flush=True)
-
+    for round_, root, line in alternated(Path(__file__), args.against, args.rounds, "--delay-ms", str(args.delay_ms)):
+        figures = json.loads(line)
+        print(f"round {round_}, {root}: " + ", ".join(f"{key} {value:.3g}" for key, value in figures.items()),
+              flush=True)
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ import argparse
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -86,22 +85,15 @@ def main() -> None:
         print(f"{measure(args.messages, args.engine_delay_ms):.3f}")
         return
     sys.path.insert(0, str(HERE))
-    from bench.environment import private_tmpdir
+    from bench.environment import alternated, private_tmpdir
 
     private_tmpdir("webcpu")  # the measured processes' temporary files, whichever checkout they are
     roots = ([args.against.resolve()] if args.against else []) + [HERE]
     figures: dict[Path, list[float]] = {root: [] for root in roots}
-    for round_ in range(args.rounds):
-        for root in roots:
-            # The measuring code is this file's; the processes measured are `root`'s, run by its own
-            # virtualenv when it has one (a change of requirements is measured too).
-            own = root / ".venv" / "bin" / "python"
-            python = str(own if own.exists() else sys.executable)
-            output = subprocess.run([python, __file__, "--measure", str(root), "--messages",
-                                     str(args.messages), "--engine-delay-ms", str(args.engine_delay_ms)],
-                                    check=True, capture_output=True, text=True).stdout
-            figures[root].append(float(output.split()[-1]))
-            print(f"round {round_ + 1}, {root}: {figures[root][-1]:.2f} ms of web CPU per message", flush=True)
+    for round_, root, line in alternated(Path(__file__), args.against, args.rounds, "--messages",
+                                         str(args.messages), "--engine-delay-ms", str(args.engine_delay_ms)):
+        figures[root].append(float(line.split()[-1]))
+        print(f"round {round_}, {root}: {figures[root][-1]:.2f} ms of web CPU per message", flush=True)
     medians = {root: statistics.median(values) for root, values in figures.items()}
     print()
     for root, median in medians.items():
