@@ -178,11 +178,11 @@ def _claim_fairest(capped: bool) -> Select[Any]:
     with its history. The order: interactive before batch, then by virtual start time (each user's
     messages tagged 1/weight apart from their user's last: next_fair_tag(), migration 0006), so
     that every user with waiting work gets an equal share of starts (weighted by tier), however
-    many conversations they have waiting; equal tags in the order of their ids, as a queued
-    message's `ahead` counts them (models/sql/queries.py). The walk follows ix_messages_ready and stops at the first
-    ready message: it passes over only messages of busy conversations (at most the running
-    generations' conversations' backlogs), not the queue; conversations another claim is taking
-    at this instant are skipped."""
+    many conversations they have waiting; equal tags first come, first served, as a queued
+    message's `ahead` counts them (models/sql/queries.py ready_order). The walk follows
+    ix_messages_ready and stops at the first ready message: it passes over only messages of busy
+    conversations (at most the running generations' conversations' backlogs), not the queue;
+    conversations another claim is taking at this instant are skipped."""
     ready, m, c = _ready(capped)
     candidate = (
         ready.order_by(*ready_order(m)).limit(1).with_for_update(of=c, skip_locked=True)

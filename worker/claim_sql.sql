@@ -7,7 +7,7 @@ WITH candidate AS
 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id 
 WHERE m.status IN ('queued') AND (m.not_before IS NULL OR m.not_before <= now()) AND (m.expires_at IS NULL OR m.expires_at > now()) AND (c.lease_expires_at IS NULL OR c.lease_expires_at < now()) AND NOT (EXISTS (SELECT 1::INTEGER AS anon_1 
 FROM messages AS e 
-WHERE e.conversation_id = m.conversation_id AND e.status IN ('queued', 'processing') AND e.seq < m.seq)) ORDER BY m.lane, m.fair_tag, m.id 
+WHERE e.conversation_id = m.conversation_id AND e.status IN ('queued', 'processing') AND e.seq < m.seq)) ORDER BY m.lane, m.fair_tag, m.created_at, m.id 
  LIMIT 1::INTEGER FOR UPDATE OF c SKIP LOCKED), 
 claimed AS 
 (UPDATE conversations SET lease_version=(conversations.lease_version + 1::INTEGER), lease_expires_at=(now() + make_interval(0::INTEGER, 0::INTEGER, 0::INTEGER, 0::INTEGER, 0::INTEGER, 0::INTEGER, CAST(:lease AS FLOAT))), updated_at=now() FROM candidate WHERE conversations.id = candidate.id RETURNING conversations.id, conversations.user_id, conversations.lease_version, conversations.last_seq), 
@@ -35,7 +35,7 @@ WHERE m.status IN ('queued') AND (m.not_before IS NULL OR m.not_before <= now())
 FROM messages AS e 
 WHERE e.conversation_id = m.conversation_id AND e.status IN ('queued', 'processing') AND e.seq < m.seq)) AND (SELECT count(*) AS count_2 
 FROM messages AS r 
-WHERE r.user_id = m.user_id AND r.status IN ('processing')) < :max_generations::INTEGER ORDER BY m.lane, m.fair_tag, m.id 
+WHERE r.user_id = m.user_id AND r.status IN ('processing')) < :max_generations::INTEGER ORDER BY m.lane, m.fair_tag, m.created_at, m.id 
  LIMIT 1::INTEGER FOR UPDATE OF c SKIP LOCKED), 
 claimed AS 
 (UPDATE conversations SET lease_version=(conversations.lease_version + 1::INTEGER), lease_expires_at=(now() + make_interval(0::INTEGER, 0::INTEGER, 0::INTEGER, 0::INTEGER, 0::INTEGER, 0::INTEGER, CAST(:lease AS FLOAT))), updated_at=now() FROM candidate WHERE conversations.id = candidate.id RETURNING conversations.id, conversations.user_id, conversations.lease_version, conversations.last_seq), 

@@ -1,10 +1,11 @@
-"""ix_messages_ready orders ties: (lane, fair_tag, id), the claim's order and the queue count's.
+"""ix_messages_ready orders ties: (lane, fair_tag, created_at, id), the claim's and the count's.
 
 Messages of users who join at the same virtual time share a tag (next_fair_tag(), migration 0006):
 the claim took one of them in the index's physical order while a queued message's `ahead` counted
 only the messages strictly before its tag, so a message tied with the head of the queue said
-"0 ahead" and one or more started before it. With the id as the last key the order is total, and
-both the claim and the count follow it (worker/claim_sql.py, models/sql/queries.py ahead_of).
+"0 ahead" and one or more started before it. Ties now go first come, first served (created_at),
+then by id, a total order that the claim and the count both follow (worker/claim_sql.py,
+models/sql/queries.py ready_order).
 
 Built CONCURRENTLY: on a busy messages table a plain CREATE INDEX would hold every POST for the
 time it takes.
@@ -34,7 +35,7 @@ def _ready_index(columns: str) -> None:
 
 
 def upgrade() -> None:
-    _ready_index("lane, fair_tag, id")
+    _ready_index("lane, fair_tag, created_at, id")
 
 
 def downgrade() -> None:

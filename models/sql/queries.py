@@ -144,10 +144,11 @@ def reply_versions(session: Session, question_id: uuid.UUID) -> list[Message]:
 AHEAD_COUNTED = 10_000
 
 
-def ready_order(messages: Any) -> tuple[Any, Any, Any]:
+def ready_order(messages: Any) -> tuple[Any, Any, Any, Any]:
     """The order in which queued messages start: interactive lane first, then by virtual start time
-    (fair_tag), ties by id. The claim (worker/claim_sql.py) and the count below both follow it."""
-    return messages.c.lane, messages.c.fair_tag, messages.c.id
+    (fair_tag); equal times first come, first served, and by id when stored in the same instant.
+    The claim (worker/claim_sql.py) and the count below both follow it."""
+    return messages.c.lane, messages.c.fair_tag, messages.c.created_at, messages.c.id
 
 
 def ahead_of(message: Any) -> Any:

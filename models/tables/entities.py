@@ -206,11 +206,12 @@ class Message(Base):
             postgresql_where=text(PENDING_SQL),
         ),
         CheckConstraint("lane IN (0, 1)", name="lane"),
-        # The scheduler's: the claim walks the ready messages in (lane, tag, id) order (the id orders
-        # ties, migration 0017); the running ones' largest tag is a lane's virtual time; a user's
-        # pending ones are counted for the caps; the sweeper finds what expires and what has waited
-        # in the batch lane long enough.
-        Index("ix_messages_ready", "lane", "fair_tag", "id", postgresql_where=text("status = 'queued'")),
+        # The scheduler's: the claim walks the ready messages in (lane, tag, created_at, id) order
+        # (ties first come, first served: migration 0017); the running ones' largest tag is a lane's
+        # virtual time; a user's pending ones are counted for the caps; the sweeper finds what expires
+        # and what has waited in the batch lane long enough.
+        Index("ix_messages_ready", "lane", "fair_tag", "created_at", "id",
+              postgresql_where=text("status = 'queued'")),
         Index("ix_messages_running", "lane", "fair_tag", postgresql_where=text("status = 'processing'")),
         Index("ix_messages_user_pending", "user_id", "status", postgresql_where=text(PENDING_SQL)),
         Index("ix_messages_expiring", "expires_at",

@@ -203,8 +203,9 @@ def test_the_202_says_as_many_are_ahead_as_a_read_of_the_message_does(rolled_bac
                                  "WHERE user_id = 'heavy'"))
     accepted = accept(rolled_back, "light", "my turn?").body["message"]
     read = queue_positions(rolled_back.connection(), [uuid.UUID(accepted["id"])])[uuid.UUID(accepted["id"])]
-    # Its share starts level with the first heavy message's (the lane's virtual time): tied with it,
-    # the ids deciding which starts first (ready_order()); at most that one is ahead, as a read says.
+    # Its share starts level with the first heavy message's (the lane's virtual time): tied with it.
+    # Ties go first come, first served, here the same instant (one transaction): the ids decide
+    # (ready_order()), and at most that one is ahead, as a read of it says too.
     assert accepted["queue"]["ahead"] == read and read in (0, 1), accepted
 
 
