@@ -115,9 +115,15 @@ def test_a_reply_is_pushed_signed_and_verifies_with_the_specs_own_package(hooks,
     assert event["type"] == "message.answered" and event["id"] == receiver.calls[0]["headers"]["webhook-id"]
     assert event["data"]["id"] == answered["id"] and event["data"]["status"] == "answered"
     assert event["data"]["reply"]["content"] == answered["reply"]["content"]
-    deliveries = user.get(f"/api/v1/webhooks/{webhook['id']}/deliveries").json()["items"]
+    # The worker records the try once the receiver has answered: a moment after the receiver saw it.
+    deliveries = wait_until(lambda: _settled_deliveries(user, webhook["id"]), timeout=10, what="the delivery recorded")
     assert [(d["type"], d["state"], len(d["tries"])) for d in deliveries] == [("message.answered", "delivered", 1)]
     assert deliveries[0]["tries"][0]["status_code"] == 200
+
+
+def _settled_deliveries(user: Api, webhook_id: str) -> list[dict] | None:
+    deliveries = user.get(f"/api/v1/webhooks/{webhook_id}/deliveries").json()["items"]
+    return deliveries if deliveries and all(d["state"] != "pending" for d in deliveries) else None
 
 
 def test_a_receiver_down_for_30_s_then_up_gets_every_event_intact(hooks, user: Api) -> None:
