@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import structlog
-from celery import Celery, bootsteps, signals
+from celery import Celery, Task, bootsteps, signals
 from kombu import Exchange, Queue
 
 from models import Settings
@@ -16,6 +16,8 @@ from models.coordination.jobs import DELIVER_WEBHOOK, ERASE_USER, FORGET, HOUSEK
 from models.process.connections import BROKER_TRANSPORT_OPTIONS, broker_options, broker_url
 from models.process.logs import configure_logging
 from models.process.metrics_support import scrape_registry
+
+from . import time_limits
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -136,6 +138,16 @@ def _tell_pool(**_kwargs: object) -> None:
     from .shutdown import tell_children
 
     tell_children()
+
+
+@signals.task_prerun.connect
+def _job_started(task: Task | None = None, **_kwargs: object) -> None:
+    time_limits.job_started(task)  # a soft time limit reaches only the job it was set for
+
+
+@signals.task_postrun.connect
+def _job_ended(**_kwargs: object) -> None:
+    time_limits.job_ended()
 
 
 @signals.worker_process_shutdown.connect

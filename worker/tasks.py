@@ -20,15 +20,12 @@ from models.coordination import messaging
 from models.coordination.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PING, REQUEST_ID_HEADER, SWEEP
 from models.policy import backoff
 
-from . import app, claims, forget, metrics, shutdown, sweeper, time_limits, watch, webhooks
+from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
 from .engine import AppRequest, PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
 from .outcomes import Answered, Cancelled, Deferred, Done, Failed, LeaseLost, NothingToDo, Requeued, Settled, Superseded
 from .runtime import Runtime, process_runtime
 
 log = structlog.get_logger(__name__)
-
-# Connected by importing: a soft time limit reaches only the job it was set for.
-assert time_limits.RUNNING is not None
 
 
 @worker_process_init.connect

@@ -6,7 +6,7 @@ When that loop was held up — in a partition every call on a dead connection wa
 the limit fires late, after the job has ended, and the exception hits a child that is waiting for
 its next job: it dies of it (tests/faults, the partition scenario). Here a child raises only while a
 job runs and has run about as long as its limit; a late signal for a job that already ended is
-dropped.
+dropped. worker/celery_app.py tells it, from Celery's task signals, when a job starts and ends.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import signal
 import time
 from types import FrameType
 
-from celery import Task, signals
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 SOFT_LIMIT_SIGNAL = signal.SIGUSR1  # billiard's
@@ -48,8 +48,8 @@ def _on_soft_limit(signum: int, frame: FrameType | None) -> None:
     # No logging here: the signal may interrupt code that holds the logging module's locks.
 
 
-@signals.task_prerun.connect
-def _job_started(task: Task | None = None, **_kwargs: object) -> None:
+def job_started(task: Task | None) -> None:
+    """In the pool process, as a job starts (task_prerun, worker/celery_app.py)."""
     RUNNING.soft_limit = (task.soft_time_limit or task.app.conf.task_soft_time_limit) if task else None
     RUNNING.started = time.monotonic()
     # billiard installs its handler after Celery's per-process initialisation, so ours goes in here.
@@ -57,6 +57,6 @@ def _job_started(task: Task | None = None, **_kwargs: object) -> None:
         signal.signal(SOFT_LIMIT_SIGNAL, _on_soft_limit)
 
 
-@signals.task_postrun.connect
-def _job_ended(**_kwargs: object) -> None:
+def job_ended() -> None:
+    """In the pool process, as a job ends (task_postrun)."""
     RUNNING.started = None

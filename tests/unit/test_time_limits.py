@@ -42,3 +42,19 @@ def test_the_running_jobs_own_soft_limit_interrupts_it(soft_limit_handler) -> No
     RUNNING.soft_limit, RUNNING.started = 2.0, time.monotonic() - 2.0
     with pytest.raises(SoftTimeLimitExceeded):
         _signalled()
+
+
+def test_a_workers_jobs_tell_the_guard_when_they_start_and_end(soft_limit_handler) -> None:
+    """`celery -A worker` loads worker/, whose app tells this guard of each job through Celery's
+    own task signals: without them no job would ever own its soft limit."""
+    from celery import signals
+
+    from models.coordination.jobs import PING
+    from worker import app, tasks  # noqa: F401 - importing tasks registers the jobs
+
+    task = app.tasks[PING]
+    signals.task_prerun.send(sender=task, task_id="unit", task=task, args=(), kwargs={})
+    assert RUNNING.started is not None and RUNNING.soft_limit == app.conf.task_soft_time_limit
+    assert signal.getsignal(SOFT_LIMIT_SIGNAL) is time_limits._on_soft_limit
+    signals.task_postrun.send(sender=task, task_id="unit", task=task, args=(), kwargs={}, retval=None, state="SUCCESS")
+    assert RUNNING.started is None
