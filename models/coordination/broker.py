@@ -1,9 +1,11 @@
-"""kombu's Redis transport as chatq uses it: publishing through one Redis client per channel (web),
-and reading the worker's subscriptions with a deadline (worker).
+"""kombu's Redis transport as chatq uses it: sending through one Redis client per channel (web and
+worker), and reading the worker's subscriptions with a deadline (worker).
 
-kombu builds a new `redis.Redis` client for every message it publishes (`Channel.conn_or_acquire`),
-and building one copies redis-py's table of response callbacks — on the web tier, a part of every
-answer job sent worth keeping (docs/decisions/0007 has the figure).
+kombu builds a new `redis.Redis` client for every command it sends outside its polling loop
+(`Channel.conn_or_acquire`): every job published, and in the worker every delivery's bookkeeping,
+every ack and every batch of task events. Building one copies redis-py's table of response
+callbacks — on the web tier a part of every answer job sent worth keeping, in the worker's main
+process a fifth of its CPU (docs/decisions/0007 has the figures).
 The client only wraps the channel's connection pool, which does the actual sharing, so one client
 per channel sends exactly the same commands over the same connections.
 
@@ -13,7 +15,7 @@ per channel sends exactly the same commands over the same connections.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -30,14 +32,25 @@ WORKER_SENTINEL_TRANSPORT = "models.coordination.broker:WorkerSentinelTransport"
 SUBSCRIPTION_READ_SECONDS = 1.0
 
 
-class Channel(kombu_redis.Channel):
-    @cached_property
-    def _publishing_client(self) -> redis.Redis:
-        return self._create_client()
+class _OneClient:
+    """The channel's commands go through one client on its connection pool, built again only when
+    kombu replaced the pool (after a fork, or a connection that failed as the channel opened)."""
+
+    _create_client: Callable[[], redis.Redis]
+    pool: redis.ConnectionPool
+    _sending_client: redis.Redis | None = None
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
-        yield client or self._publishing_client
+        if client is None:
+            if self._sending_client is None or self._sending_client.connection_pool is not self.pool:
+                self._sending_client = self._create_client()
+            client = self._sending_client
+        yield client
+
+
+class Channel(_OneClient, kombu_redis.Channel):
+    pass
 
 
 class Transport(kombu_redis.Transport):
@@ -94,11 +107,11 @@ class DoneEitherWayQoS(kombu_redis.QoS):
             virtual.QoS.ack(self, delivery_tag)
 
 
-class WorkerChannel(_BoundedSubscriptions, kombu_redis.Channel):
+class WorkerChannel(_BoundedSubscriptions, _OneClient, kombu_redis.Channel):
     QoS = DoneEitherWayQoS
 
 
-class WorkerSentinelChannel(_BoundedSubscriptions, kombu_redis.SentinelChannel):
+class WorkerSentinelChannel(_BoundedSubscriptions, _OneClient, kombu_redis.SentinelChannel):
     QoS = DoneEitherWayQoS
 
 

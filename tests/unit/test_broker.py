@@ -1,7 +1,7 @@
-"""web's producer publishes through one Redis client per kombu channel (models/coordination/broker.py): an
-override of kombu's `Channel.conn_or_acquire`. Against the fast tier's real Redis, this fails when
-a kombu upgrade stops sending publishes through that method (each would build a client again) or
-changes what the jobs look like on the broker."""
+"""web's producer and the worker send through one Redis client per kombu channel
+(models/coordination/broker.py): an override of kombu's `Channel.conn_or_acquire`. Against the fast
+tier's real Redis, this fails when a kombu upgrade stops sending through that method (each command
+would build a client again) or changes what the jobs look like on the broker."""
 
 from __future__ import annotations
 
@@ -52,6 +52,43 @@ def test_jobs_are_published_through_one_client_per_channel(unit_settings: Settin
     # ... and were published by one client (kombu alone builds one per publish).
     assert len(made) <= 2, f"{len(made)} Redis clients for 5 publishes: kombu no longer calls conn_or_acquire"
     client.delete("celery")
+
+
+def test_the_worker_takes_and_acknowledges_jobs_through_one_client_per_channel(unit_settings: Settings,
+                                                                                 monkeypatch) -> None:
+    """A delivery's bookkeeping and its ack are commands kombu sends outside its polling loop: in
+    the worker's main process, one client built for each was a fifth of its CPU."""
+    made: list[object] = []
+    create_client = broker.WorkerChannel._create_client
+
+    def counted(self, *args, **kwargs):
+        made.append(args or kwargs)
+        return create_client(self, *args, **kwargs)
+
+    monkeypatch.setattr(broker.WorkerChannel, "_create_client", counted)
+    queue_name = f"chatq-unit-{uuid.uuid4().hex[:8]}"
+    connection = Connection(unit_settings.redis_url, transport=broker.WORKER_TRANSPORT)
+    try:
+        channel = connection.channel()
+        queue = SimpleQueue(channel, queue_name)
+        for job in range(5):
+            queue.put({"job": job})
+        taken = []
+        for _ in range(5):
+            message = queue.get(timeout=5)
+            taken.append(message.payload["job"])
+            message.ack()
+        assert taken == list(range(5))
+        # The five puts, takes, deliveries and acks: one client, and the channel's own polling one.
+        assert len(made) <= 2, f"{len(made)} Redis clients for 20 commands: kombu no longer calls conn_or_acquire"
+        # After a fork kombu gives the channel new pools: its commands go through a client on them.
+        channel._after_fork()
+        queue.put({"job": "after the fork"})
+        assert queue.get(timeout=5).payload == {"job": "after the fork"}
+        assert len(made) == 3
+    finally:
+        connection.release()
+        redis.Redis.from_url(unit_settings.redis_url).delete(queue_name)
 
 
 def test_a_worker_subscription_read_ends_when_its_connection_goes_silent(unit_settings: Settings) -> None:
