@@ -43,7 +43,7 @@ from models import GENERATING, PENDING, Conversation, Finish, Message, Role, Sta
 from models.sql.outbox import change, events_of
 from models.sql.queries import ready_order
 from models.sql.usage import add_to_today
-from models.tables.entities import status_cast, status_in
+from models.tables.entities import status_cast, status_in, written_in_sql
 
 conversations = Conversation.__table__
 messages = Message.__table__
@@ -130,7 +130,7 @@ def _question_with_history(claimed: CTE) -> Select[Any]:
     history = (
         select(h.c.seq, cast(h.c.role, Text), h.c.content, cast(h.c.tool_calls, Text), null())
         .select_from(claimed.join(picked, true()).join(h, h.c.conversation_id == claimed.c.id))
-        .where(or_(h.c.seq < picked.c.seq, h.c.role == literal(Role.ASSISTANT, h.c.role.type, literal_execute=True)),
+        .where(or_(h.c.seq < picked.c.seq, h.c.role == written_in_sql(Role.ASSISTANT, h.c.role.type)),
                ~h.c.superseded)
     )
     return union_all(the_claim, history)
@@ -489,7 +489,7 @@ def readable(statement: Executable) -> str:
         bound = compiled.binds.get(key)
         return f":{key}" if bound is not None and not bound.unique else _literal(compiled.params.get(key))
 
-    return re.sub(r"%\((\w+)\)s", value, re.sub(r"__\[POSTCOMPILE_(\w+)\]", value, str(compiled))).strip()
+    return re.sub(r"%\((\w+)\)s", value, str(compiled)).strip()
 
 
 def as_sql() -> str:
