@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, func, literal, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
-from ..tables.entities import Conversation, Message, Status
+from ..tables.entities import Conversation, Message, Status, status_in
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -157,7 +157,9 @@ def ahead_of(message: Any) -> Any:
     queued = _messages.alias("ahead_of_it")
     earlier = (
         select(literal(1))
-        .where(queued.c.status == Status.QUEUED, tuple_(*ready_order(queued)) < tuple_(*ready_order(message)))
+        # The status written into the SQL: a prepared statement's generic plan can then count in
+        # ix_messages_ready, whose predicate it implies (bound, the plan scanned the whole table).
+        .where(status_in(queued.c.status, Status.QUEUED), tuple_(*ready_order(queued)) < tuple_(*ready_order(message)))
         .correlate(message)  # two levels up: SQLAlchemy would otherwise add `message` to this FROM
         .limit(AHEAD_COUNTED)
         .subquery()
@@ -167,10 +169,10 @@ def ahead_of(message: Any) -> Any:
 
 
 _QUEUE_POSITIONS = select(_messages.c.id, ahead_of(_messages)).where(
-    _messages.c.id.in_(bindparam("ids", expanding=True)), _messages.c.status == Status.QUEUED)
+    _messages.c.id.in_(bindparam("ids", expanding=True)), status_in(_messages.c.status, Status.QUEUED))
 _FIRST_IN_QUEUE = (
     select(ahead_of(_messages))
-    .where(_messages.c.user_id == bindparam("user"), _messages.c.status == Status.QUEUED)
+    .where(_messages.c.user_id == bindparam("user"), status_in(_messages.c.status, Status.QUEUED))
     .order_by(*ready_order(_messages))
     .limit(1)
 )

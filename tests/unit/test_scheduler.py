@@ -5,14 +5,17 @@ the same order end to end."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from models import Lane, Message, Status, WebhookEndpoint, WebhookEvent
+from models.sql import queries
 from web.problems import Problem
 from worker import claim_sql, claims
 from worker.engine import Reply
@@ -234,3 +237,23 @@ def test_a_message_read_as_queued_that_starts_before_its_place_is_counted_is_nex
     with app.test_request_context():
         with_queue_positions(shown)
     assert shown[0]["queue"] == {"ahead": 0, "eta_seconds": None} and "queue" not in shown[1]
+
+
+def test_a_queued_messages_count_reads_the_ready_index_in_a_generic_plan(rolled_back: Session) -> None:
+    """A statement the driver prepared runs on a generic plan after five executions. With the
+    status bound, that plan could not use ix_messages_ready (its predicate is `status = 'queued'`)
+    and counted the messages ahead of a POST by scanning the whole table."""
+    messages = Message.__table__
+    compiled = (select(queries.ahead_of(messages)).where(messages.c.id == bindparam("message_id"))
+                .compile(dialect=postgresql.psycopg.dialect()))
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", str(compiled))))
+    prepared = re.sub(r"%\((\w+)\)s", lambda match: f"${names.index(match.group(1)) + 1}", str(compiled))
+    values = ", ".join("NULL" if compiled.params[name] is None else f"'{compiled.params[name]}'" for name in names)
+    connection = rolled_back.connection()
+    connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+    connection.exec_driver_sql(f"PREPARE queue_count AS {prepared}")
+    try:
+        plan = "\n".join(connection.exec_driver_sql(f"EXPLAIN EXECUTE queue_count({values})").scalars())
+    finally:
+        connection.exec_driver_sql("DEALLOCATE queue_count")
+    assert "ix_messages_ready" in plan, plan
