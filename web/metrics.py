@@ -14,6 +14,7 @@ from models import Message, Status
 from models.coordination.queue_figures import busiest_users
 from models.process.metrics_support import scrape_registry
 from models.sql.round_trips import counter_for
+from models.tables.entities import status_in
 
 from .services import services
 from .spec import operation
@@ -48,13 +49,13 @@ class QueueDepth:
         gauge = GaugeMetricFamily("chatq_messages", "User messages waiting for a reply.", labels=["status"])
         with services().sessions() as session:
             counts = dict(session.execute(
-                select(Message.status, func.count()).where(Message.status.in_([Status.QUEUED, Status.PROCESSING]))
+                select(Message.status, func.count()).where(status_in(Message.status, Status.QUEUED, Status.PROCESSING))
                 .group_by(Message.status)
             ).all())
             waited = func.extract("epoch", func.now() - func.min(Message.created_at))
-            oldest = session.scalar(select(func.coalesce(waited, 0)).where(Message.status == Status.QUEUED))
+            oldest = session.scalar(select(func.coalesce(waited, 0)).where(status_in(Message.status, Status.QUEUED)))
             users = session.scalar(select(func.count(func.distinct(Message.user_id)))
-                                   .where(Message.status.in_([Status.QUEUED, Status.PROCESSING])))
+                                   .where(status_in(Message.status, Status.QUEUED, Status.PROCESSING)))
         for status in (Status.QUEUED, Status.PROCESSING):
             gauge.add_metric([status.value], counts.get(status, 0))
         yield gauge
