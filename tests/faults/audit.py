@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -23,11 +23,13 @@ class Figures:
     out_of_order: int = 0
     reattempted: int = 0  # claimed more than once: a kill or an outage interrupted it
     extra: str = ""
+    errors: list[str] = field(default_factory=list)  # why each failed message failed, as its row says
 
     def line(self) -> str:
+        why = f" errors={self.errors}" if self.errors else ""
         return (f"{self.scenario}: sent={self.sent} accepted={self.accepted} answered={self.answered} "
                 f"failed={self.failed} lost={self.lost} duplicate_replies={self.duplicates} "
-                f"out_of_order={self.out_of_order} reattempted={self.reattempted} {self.extra}").rstrip()
+                f"out_of_order={self.out_of_order} reattempted={self.reattempted} {self.extra}").rstrip() + why
 
     def report(self) -> Figures:
         print(self.line())
@@ -42,7 +44,7 @@ class Figures:
 
 
 ROWS = """
-SELECT q.id::text, q.conversation_id::text, q.seq, q.status::text,
+SELECT q.id::text, q.conversation_id::text, q.seq, q.status::text, q.error,
        q.attempts, count(r.id) AS replies, min(r.seq) AS reply_seq, min(r.context_seq) AS context_seq
 FROM messages q LEFT JOIN messages r ON r.reply_to_id = q.id
 WHERE q.id = ANY(%s::uuid[])
@@ -72,12 +74,13 @@ def audit(connection: psycopg.Connection, scenario: str, sent: int, ids: list[st
     rows = connection.execute(ROWS, (ids,)).fetchall()
     figures.lost = len(ids) - len(rows)
     by_conversation: dict[str, list[tuple]] = defaultdict(list)
-    for _id, conversation, seq, status, attempts, replies, reply_seq, context_seq in rows:
+    for _id, conversation, seq, status, error, attempts, replies, reply_seq, context_seq in rows:
         figures.reattempted += attempts > 1
         if status == "answered" and replies == 1:
             figures.answered += 1
         elif status == "failed":
             figures.failed += 1
+            figures.errors.append(f"{_id}: {error}")
         elif replies == 0:
             figures.lost += 1
         figures.duplicates += max(0, replies - 1)
