@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,7 +19,7 @@ from models.coordination import messaging
 from models.coordination.jobs import ANSWER_MESSAGE, DELIVER_WEBHOOK, ERASE_USER, FORGET, PING, REQUEST_ID_HEADER, SWEEP
 from models.policy import backoff
 
-from . import app, claims, forget, metrics, shutdown, sweeper, watch, webhooks
+from . import app, claims, forget, metrics, shutdown, sweeper, time_limits, watch, webhooks
 from .engine import AppRequest, PermanentEngineError, Reply, ReplyRequest, Reserved, TodoTools, TransientEngineError
 from .outcomes import Answered, Cancelled, Deferred, Done, Failed, LeaseLost, NothingToDo, Requeued, Settled, Superseded
 from .runtime import Runtime, process_runtime
@@ -131,19 +130,18 @@ def _generate(runtime: Runtime, claimed: claims.Claimed, reserved: Reserved | No
                 cancellation=cancellation,
                 reserved=reserved,
             ))
-    except (TransientEngineError, SoftTimeLimitExceeded) as interrupted:
-        cause = str(interrupted) if isinstance(interrupted, TransientEngineError) else \
-            "the generation ran past its time limit"
-        log.warning("generation_interrupted", error=cause)
-        metrics.RETRIES.inc()
-        return _give_back(runtime, claimed, error=cause, retry_in=backoff.full_jitter(question.attempt))
     except PermanentEngineError as permanent:
         log.warning("generation_failed", error=str(permanent))
         metrics.FAILURES.labels("permanent").inc()
         return _give_back(runtime, claimed, error=str(permanent) or "unknown", failed=True)
     except TRANSIENT_INFRASTRUCTURE:
         raise  # Postgres or Redis trouble: the job is retried; the lease runs out for the sweeper
-    except Exception:
+    except Exception as error:
+        if isinstance(error, TransientEngineError) or time_limits.ran_out(error):
+            cause = str(error) if isinstance(error, TransientEngineError) else "the generation ran past its time limit"
+            log.warning("generation_interrupted", error=cause)
+            metrics.RETRIES.inc()
+            return _give_back(runtime, claimed, error=cause, retry_in=backoff.full_jitter(question.attempt))
         # A bug: fail the message with a reason a person can read instead of retrying it forever.
         log.exception("generation_crashed")
         metrics.FAILURES.labels("crashed").inc()

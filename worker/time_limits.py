@@ -48,6 +48,19 @@ def _on_soft_limit(signum: int, frame: FrameType | None) -> None:
     # No logging here: the signal may interrupt code that holds the logging module's locks.
 
 
+def ran_out(error: BaseException) -> bool:
+    """Whether `error` is a soft time limit: SoftTimeLimitExceeded itself, or an exception it caused.
+    The signal lands wherever the job is; when that is inside SQLAlchemy while it prepares a
+    statement (a todo tool's, say), SQLAlchemy raises a StatementError from it instead, which
+    tests/faults saw fail a question as a crash that should have been tried again."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, SoftTimeLimitExceeded):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def job_started(task: Task | None) -> None:
     """In the pool process, as a job starts (task_prerun, worker/celery_app.py)."""
     RUNNING.soft_limit = (task.soft_time_limit or task.app.conf.task_soft_time_limit) if task else None

@@ -1,17 +1,29 @@
 """A soft time limit reaches only the job it was set for (worker/time_limits.py): the main process's
-SIGUSR1 that arrives after the job ended — its timer was held up — no longer kills the idle child."""
+SIGUSR1 that arrives after the job ended — its timer was held up — no longer kills the idle child;
+and one that interrupts a generation, wherever it lands, gives the question back to be tried again."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+import uuid
+from types import FrameType
 
 import pytest
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
 
-from worker import time_limits
+from models import Message, Settings, Status
+from worker import claims, tasks, time_limits
+from worker.engine import builtin, tools
+from worker.outcomes import Requeued
+from worker.runtime import Runtime
 from worker.time_limits import RUNNING, SOFT_LIMIT_SIGNAL
+
+from .support import NO_QUOTAS, OneConnection, accept, hide_the_queue_of_other_tests
 
 
 @pytest.fixture
@@ -58,3 +70,34 @@ def test_a_workers_jobs_tell_the_guard_when_they_start_and_end(soft_limit_handle
     assert signal.getsignal(SOFT_LIMIT_SIGNAL) is time_limits._on_soft_limit
     signals.task_postrun.send(sender=task, task_id="unit", task=task, args=(), kwargs={}, retval=None, state="SUCCESS")
     assert RUNNING.started is None
+
+
+def test_a_soft_limit_that_lands_while_a_tool_statement_is_prepared_gives_the_question_back(
+        soft_limit_handler, rolled_back, unit_settings: Settings) -> None:
+    """The signal lands wherever the job is. Inside SQLAlchemy, while it prepares a todo tool's
+    statement, SQLAlchemy raises a StatementError from it instead: tests/faults' partition scenario
+    saw a question failed so, as a crash. Here the real signal is sent at exactly that moment (a
+    profile hook sends it as SQLAlchemy starts preparing the tool's INSERT; the handler raises at
+    the next bytecode, inside the preparation)."""
+    hide_the_queue_of_other_tests(rolled_back)
+    message_id = uuid.UUID(accept(rolled_back, "alice", "Add task: buy milk").body["message"]["id"])
+    runtime = Runtime(settings=NO_QUOTAS, sessions=None, db=OneConnection(rolled_back),  # type: ignore[arg-type]
+                      redis=redis.Redis.from_url(unit_settings.redis_url), engine=builtin.BuiltinEngine())
+    claimed = claims.claim(runtime)
+    assert isinstance(claimed, claims.Claimed) and claimed.question.id == message_id
+    RUNNING.soft_limit, RUNNING.started = 2.0, time.monotonic() - 2.0  # the job has run out its limit
+
+    def signal_while_preparing(frame: FrameType, event: str, _arg: object) -> None:
+        compiled = frame.f_locals.get("compiled") if event == "call" else None
+        if frame.f_code.co_name == "_init_compiled" and getattr(compiled, "statement", None) is tools.ADD:
+            sys.setprofile(None)
+            os.kill(os.getpid(), SOFT_LIMIT_SIGNAL)
+
+    sys.setprofile(signal_while_preparing)
+    try:
+        settled = tasks._generate(runtime, claimed, None)
+    finally:
+        sys.setprofile(None)
+    assert isinstance(settled, Requeued), settled
+    row = rolled_back.execute(select(Message.status, Message.error).where(Message.id == message_id)).one()
+    assert (row.status, row.error) == (Status.QUEUED, "the generation ran past its time limit")
