@@ -61,13 +61,26 @@ def alternated(bench: Path, against: Path | None, rounds: int, *options: str) ->
     (`against`) first, so that the machine's drift hits both alike; yields (round, checkout, the
     last line it printed). The measuring code is `bench`, this checkout's file; the processes it
     measures are the checkout's, run by its own virtualenv when it has one (a change of
-    requirements is measured too)."""
+    requirements is measured too).
+
+    Both checkouts' processes use the same servers: DATABASE_URL's and REDIS_URL's, or this
+    checkout's embedded ones, started for the run if they are not running and stopped after it.
+    Left to itself, each checkout's devstack would start embedded servers of its own — on the
+    ports it remembers, which another checkout's may hold — and leave them running."""
+    from scripts import devstack
+
     here = Path(bench).resolve().parent.parent
     roots = ([against.resolve()] if against else []) + [here]
-    for round_ in range(1, rounds + 1):
-        for root in roots:
-            own = root / ".venv" / "bin" / "python"
-            python = str(own if own.exists() else sys.executable)
-            output = subprocess.run([python, str(bench), "--measure", str(root), *options],
-                                    check=True, capture_output=True, text=True).stdout
-            yield round_, root, output.splitlines()[-1]
+    started: list[str] = []
+    servers = devstack.environment(started)
+    env = {**os.environ, "DATABASE_URL": servers["DATABASE_URL"], "REDIS_URL": servers["REDIS_URL"]}
+    try:
+        for round_ in range(1, rounds + 1):
+            for root in roots:
+                own = root / ".venv" / "bin" / "python"
+                python = str(own if own.exists() else sys.executable)
+                output = subprocess.run([python, str(bench), "--measure", str(root), *options],
+                                        check=True, capture_output=True, text=True, env=env).stdout
+                yield round_, root, output.splitlines()[-1]
+    finally:
+        devstack.stop_started(started)
