@@ -87,10 +87,13 @@ def test_a_soft_limit_that_lands_while_a_tool_statement_is_prepared_gives_the_qu
     assert isinstance(claimed, claims.Claimed) and claimed.question.id == message_id
     RUNNING.soft_limit, RUNNING.started = 2.0, time.monotonic() - 2.0  # the job has run out its limit
 
+    signalled: list[str] = []
+
     def signal_while_preparing(frame: FrameType, event: str, _arg: object) -> None:
         compiled = frame.f_locals.get("compiled") if event == "call" else None
         if frame.f_code.co_name == "_init_compiled" and getattr(compiled, "statement", None) is tools.ADD:
             sys.setprofile(None)
+            signalled.append(frame.f_code.co_name)
             os.kill(os.getpid(), SOFT_LIMIT_SIGNAL)
 
     sys.setprofile(signal_while_preparing)
@@ -98,6 +101,8 @@ def test_a_soft_limit_that_lands_while_a_tool_statement_is_prepared_gives_the_qu
         settled = tasks._generate(runtime, claimed, None)
     finally:
         sys.setprofile(None)
+    # Sent where it was meant to land (an upgrade that renamed SQLAlchemy's step would say so here).
+    assert signalled == ["_init_compiled"], "SQLAlchemy no longer prepares a statement in _init_compiled"
     assert isinstance(settled, Requeued), settled
     row = rolled_back.execute(select(Message.status, Message.error).where(Message.id == message_id)).one()
     assert (row.status, row.error) == (Status.QUEUED, "the generation ran past its time limit")
